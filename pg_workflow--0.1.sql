@@ -1,0 +1,842 @@
+/* pg_workflow--0.1.sql: schema, views and SQL API of pg_workflow */
+
+-- complain if script is sourced in psql, rather than via CREATE EXTENSION
+\echo Use "CREATE EXTENSION pg_workflow" to load this file. \quit
+
+/*
+ * Layout
+ *
+ * Everything the engine stores lives in schema wf, in tables no role but
+ * the extension's owner can touch.  Users read them through the views at
+ * the end of this file, which show each role its own runs (all of them to
+ * members of wf_admin), and change them only through the wf_* functions.
+ *
+ * Each public wf_* function that writes is a C shim (api.c) that calls the
+ * SECURITY DEFINER function wf._NAME with the caller's role prepended: the
+ * caller cannot be forged, because nobody but the owner may execute
+ * wf._NAME directly.
+ */
+CREATE SCHEMA wf;
+REVOKE ALL ON SCHEMA wf FROM PUBLIC;
+GRANT USAGE ON SCHEMA wf TO PUBLIC;
+
+CREATE FUNCTION wf._check_database() RETURNS void
+	LANGUAGE C AS 'MODULE_PATHNAME', 'wf_check_database';
+SELECT wf._check_database();
+
+DO $$
+BEGIN
+	IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'wf_admin') THEN
+		CREATE ROLE wf_admin NOLOGIN;
+	END IF;
+END
+$$;
+
+/* ---------------------------------------------------------------------
+ * Tables
+ * ---------------------------------------------------------------------
+ */
+
+CREATE TABLE wf.workflow_def (
+	name		text NOT NULL,
+	version		int NOT NULL,
+	definition	jsonb NOT NULL,
+	plan		jsonb NOT NULL,		-- top-level steps with deps and successors
+	defaults	jsonb NOT NULL,		-- workflow-level retry and on_error
+	description	text,
+	created_at	timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	created_by	oid NOT NULL,
+	PRIMARY KEY (name, version)
+);
+
+CREATE TABLE wf.run (
+	id			bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+	workflow	text NOT NULL,
+	version		int NOT NULL,
+	status		text NOT NULL CHECK (status IN ('pending', 'running', 'waiting',
+						'completed', 'failed', 'cancelled')),
+	input		jsonb NOT NULL,
+	output		jsonb,
+	error		jsonb,
+	owner		oid NOT NULL,
+	search_path	text NOT NULL,
+	priority	int NOT NULL DEFAULT 0,
+	idempotency_key text,
+	steps_left	int NOT NULL,		-- top-level steps not yet finished
+	created_at	timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+	start_at	timestamptz,
+	started_at	timestamptz,
+	finished_at	timestamptz,
+	FOREIGN KEY (workflow, version) REFERENCES wf.workflow_def (name, version)
+);
+CREATE UNIQUE INDEX run_idempotency_key ON wf.run (workflow, idempotency_key)
+	WHERE idempotency_key IS NOT NULL;
+CREATE INDEX run_owner ON wf.run (owner, id);
+CREATE INDEX run_unfinished ON wf.run (id)
+	WHERE status IN ('pending', 'running', 'waiting');
+
+CREATE TABLE wf.step (
+	run_id		bigint NOT NULL REFERENCES wf.run (id),
+	step		text NOT NULL,
+	ord			int NOT NULL,		-- position in the definition
+	kind		text NOT NULL,		-- the action key, e.g. 'sql'
+	spec		jsonb NOT NULL,		-- the step's definition
+	status		text NOT NULL CHECK (status IN ('pending', 'ready', 'running',
+						'waiting', 'completed', 'failed', 'skipped',
+						'escalated', 'compensated', 'cancelled')),
+	deps		text[] NOT NULL,
+	successors	text[] NOT NULL,
+	deps_left	int NOT NULL,
+	priority	int NOT NULL,
+	attempt		int NOT NULL DEFAULT 0,
+	ready_at	timestamptz,		-- when a ready step may run (retry backoff)
+	output		jsonb,
+	error		jsonb,
+	started_at	timestamptz,
+	finished_at	timestamptz,
+	PRIMARY KEY (run_id, step)
+);
+/* The executors' queue: ready steps in the order they are claimed. */
+CREATE INDEX step_ready ON wf.step (priority DESC, ready_at)
+	WHERE status = 'ready';
+/* The next time anything becomes due, for the executors' sleep. */
+CREATE INDEX step_ready_at ON wf.step (ready_at) WHERE status = 'ready';
+
+CREATE TABLE wf.history_log (
+	id			bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+	run_id		bigint NOT NULL,
+	step		text,
+	status		text NOT NULL,
+	attempt		int,
+	detail		jsonb,
+	actor		oid NOT NULL,
+	at			timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp()
+);
+CREATE INDEX history_log_run ON wf.history_log (run_id, id);
+
+CREATE FUNCTION wf._history_is_append_only() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+	RAISE EXCEPTION 'wf.history is append-only'
+		USING ERRCODE = 'insufficient_privilege',
+			  DETAIL = 'Rows of the workflow audit log cannot be updated or deleted.';
+END
+$$;
+CREATE TRIGGER history_log_append_only
+	BEFORE UPDATE OR DELETE ON wf.history_log
+	FOR EACH ROW EXECUTE FUNCTION wf._history_is_append_only();
+CREATE TRIGGER history_log_no_truncate
+	BEFORE TRUNCATE ON wf.history_log
+	FOR EACH STATEMENT EXECUTE FUNCTION wf._history_is_append_only();
+
+REVOKE ALL ON ALL TABLES IN SCHEMA wf FROM PUBLIC;
+
+SELECT pg_catalog.pg_extension_config_dump('wf.workflow_def', '');
+SELECT pg_catalog.pg_extension_config_dump('wf.run', '');
+SELECT pg_catalog.pg_extension_config_dump('wf.step', '');
+SELECT pg_catalog.pg_extension_config_dump('wf.history_log', '');
+
+/* ---------------------------------------------------------------------
+ * Internal helpers (owner only)
+ * ---------------------------------------------------------------------
+ */
+
+/* Asks the executors to look for work when the current transaction commits. */
+CREATE FUNCTION wf._wake() RETURNS void
+	LANGUAGE C AS 'MODULE_PATHNAME', 'wf_wake';
+
+/* Wakes the run's wf_wait callers when the current transaction commits. */
+CREATE FUNCTION wf._run_ended(run_id bigint) RETURNS void
+	LANGUAGE C STRICT AS 'MODULE_PATHNAME', 'wf_run_ended';
+
+CREATE FUNCTION wf._xid_is_current(xid) RETURNS boolean
+	LANGUAGE C STRICT AS 'MODULE_PATHNAME', 'wf_xid_is_current';
+
+/* Interrupts a step of the run that an executor is running right now. */
+CREATE FUNCTION wf._interrupt(run_id bigint) RETURNS void
+	LANGUAGE C STRICT AS 'MODULE_PATHNAME', 'wf_interrupt';
+
+CREATE FUNCTION wf._check_definition(definition jsonb) RETURNS void
+	LANGUAGE C AS 'MODULE_PATHNAME', 'wf_check_definition';
+
+/* Announces a run transition on channel wf_events, as configured. */
+CREATE FUNCTION wf._notify(run_id bigint, workflow text, step text, status text)
+RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+	IF (step IS NULL AND current_setting('pg_workflow.notify') <> 'off')
+	   OR current_setting('pg_workflow.notify') = 'steps' THEN
+		PERFORM pg_notify('wf_events',
+						  json_build_object('run', run_id, 'workflow', workflow,
+											'step', step, 'status', status)::text);
+	END IF;
+END
+$$;
+
+/* Is a jsonb value an integer that fits in int4? */
+CREATE FUNCTION wf._is_integer(v jsonb) RETURNS boolean
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+	SELECT jsonb_typeof(v) = 'number'
+	   AND (v::text)::numeric = trunc((v::text)::numeric)
+	   AND abs((v::text)::numeric) <= 2147483647
+$$;
+
+/* May role "caller" see and control runs of role "owner"? */
+CREATE FUNCTION wf._may_control(caller oid, owner oid) RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+	SELECT caller = owner
+		OR pg_has_role(caller, 'wf_admin', 'MEMBER')
+		OR (owner <> 0 AND pg_has_role(caller, owner, 'MEMBER'))
+$$;
+
+/*
+ * Locks a run the caller controls, or raises the right error.
+ */
+CREATE FUNCTION wf._lock_run(caller oid, p_run_id bigint) RETURNS wf.run
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	r	wf.run;
+BEGIN
+	IF p_run_id IS NULL THEN
+		RAISE EXCEPTION 'run id must not be null' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	SELECT * INTO r FROM wf.run WHERE id = p_run_id FOR UPDATE;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'run % does not exist', p_run_id USING ERRCODE = 'undefined_object';
+	END IF;
+	IF NOT wf._may_control(caller, r.owner) THEN
+		RAISE EXCEPTION 'permission denied for run %', p_run_id
+			USING ERRCODE = 'insufficient_privilege',
+				  HINT = 'Only the role that started a run and members of wf_admin may control it.';
+	END IF;
+	RETURN r;
+END
+$$;
+
+/*
+ * Brings a run's bookkeeping back in line with its steps after a structural
+ * change (retry, rewind): deps_left and readiness of every unfinished step,
+ * and the run's count of unfinished steps.
+ */
+CREATE FUNCTION wf._recompute(p_run_id bigint) RETURNS void
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+	UPDATE wf.step s
+	   SET deps_left = d.n,
+		   status = CASE WHEN d.n = 0 THEN 'ready' ELSE 'pending' END,
+		   ready_at = CASE WHEN d.n = 0 THEN clock_timestamp() END
+	  FROM (SELECT s2.step,
+				   (SELECT count(*) FROM wf.step p
+					 WHERE p.run_id = s2.run_id AND p.step = ANY (s2.deps)
+					   AND p.status NOT IN ('completed', 'skipped'))::int AS n
+			  FROM wf.step s2
+			 WHERE s2.run_id = p_run_id
+			   AND s2.status IN ('pending', 'ready', 'failed', 'cancelled')) d
+	 WHERE s.run_id = p_run_id AND s.step = d.step;
+	UPDATE wf.run r
+	   SET steps_left = (SELECT count(*) FROM wf.step s
+						  WHERE s.run_id = r.id
+							AND s.status NOT IN ('completed', 'skipped'))
+	 WHERE r.id = p_run_id;
+$$;
+
+/*
+ * Compiles a validated definition into its plan: the top-level steps with
+ * their kind, explicit or implicit dependencies and successors.
+ */
+CREATE FUNCTION wf._plan(definition jsonb) RETURNS jsonb
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+	WITH s AS (
+		SELECT e.ord::int AS ord, e.spec, e.spec->>'name' AS name,
+			   CASE WHEN e.spec ? 'dependencies'
+					THEN ARRAY(SELECT jsonb_array_elements_text(e.spec->'dependencies'))
+					WHEN e.ord = 1 THEN '{}'::text[]
+					ELSE ARRAY[definition->'steps'->(e.ord::int - 2)->>'name']
+			   END AS deps,
+			   (SELECT k FROM unnest(ARRAY['sql', 'http', 'agent', 'wait_for',
+						'human', 'sleep', 'until', 'workflow', 'if', 'parallel',
+						'map']) k WHERE e.spec ? k LIMIT 1) AS kind
+		  FROM jsonb_array_elements(definition->'steps') WITH ORDINALITY AS e(spec, ord)
+	)
+	SELECT jsonb_agg(jsonb_build_object(
+			'name', s.name, 'ord', s.ord, 'kind', s.kind, 'spec', s.spec,
+			'deps', to_jsonb(s.deps),
+			'successors', to_jsonb(ARRAY(SELECT o.name FROM s o
+										  WHERE s.name = ANY (o.deps)
+										  ORDER BY o.ord)))
+		   ORDER BY s.ord)
+	  FROM s
+$$;
+
+/* ---------------------------------------------------------------------
+ * Definitions
+ * ---------------------------------------------------------------------
+ */
+
+CREATE FUNCTION wf._define(caller oid, caller_path text, p_name text, p_definition jsonb) RETURNS int
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	latest	wf.workflow_def;
+	v		int;
+BEGIN
+	IF p_name IS NULL THEN
+		RAISE EXCEPTION 'workflow name must not be null' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF p_name !~ '^[A-Za-z0-9_.-]+$' OR octet_length(p_name) > 63 THEN
+		RAISE EXCEPTION 'invalid workflow name "%"', p_name
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'A workflow name is 1 to 63 characters among letters, digits, "_", "." and "-".';
+	END IF;
+	IF octet_length(p_definition::text) > pg_size_bytes(current_setting('pg_workflow.max_definition_size')) THEN
+		RAISE EXCEPTION 'workflow definition is too large'
+			USING ERRCODE = 'program_limit_exceeded',
+				  DETAIL = format('The definition has %s bytes; the limit is pg_workflow.max_definition_size = %s.',
+								  octet_length(p_definition::text),
+								  current_setting('pg_workflow.max_definition_size'));
+	END IF;
+	PERFORM wf._check_definition(p_definition);
+
+	/* One definer at a time per name, so that versions stay dense. */
+	PERFORM pg_advisory_xact_lock(hashtext('pg_workflow.define'), hashtext(p_name));
+	SELECT * INTO latest FROM wf.workflow_def
+	 WHERE name = p_name ORDER BY version DESC LIMIT 1;
+	/*
+	 * A workflow belongs to the role that defined its first version: another
+	 * role's new version would run its SQL with the owner's privileges.
+	 */
+	IF FOUND AND NOT wf._may_control(caller, (SELECT created_by FROM wf.workflow_def
+											  WHERE name = p_name AND version = 1)) THEN
+		RAISE EXCEPTION 'permission denied for workflow "%"', p_name
+			USING ERRCODE = 'insufficient_privilege',
+				  DETAIL = 'Only the role that defined the first version of a workflow, its members and members of wf_admin may define new versions.';
+	END IF;
+	IF FOUND AND latest.definition = p_definition THEN
+		RETURN latest.version;
+	END IF;
+	v := coalesce(latest.version, 0) + 1;
+	INSERT INTO wf.workflow_def (name, version, definition, plan, defaults,
+								 description, created_by)
+	VALUES (p_name, v, p_definition, wf._plan(p_definition),
+			jsonb_strip_nulls(jsonb_build_object('retry', p_definition->'retry',
+												 'on_error', p_definition->'on_error')),
+			p_definition->>'description', caller);
+	RETURN v;
+END
+$$;
+
+CREATE FUNCTION wf._export(caller oid, caller_path text, p_name text, p_version int) RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	d	jsonb;
+BEGIN
+	SELECT definition INTO d FROM wf.workflow_def
+	 WHERE name = p_name AND (p_version IS NULL OR version = p_version)
+	 ORDER BY version DESC LIMIT 1;
+	IF NOT FOUND THEN
+		IF p_version IS NULL THEN
+			RAISE EXCEPTION 'workflow "%" does not exist', p_name
+				USING ERRCODE = 'undefined_object';
+		END IF;
+		RAISE EXCEPTION 'workflow "%" has no version %', p_name, p_version
+			USING ERRCODE = 'undefined_object';
+	END IF;
+	RETURN d;
+END
+$$;
+
+/* ---------------------------------------------------------------------
+ * Runs
+ * ---------------------------------------------------------------------
+ */
+
+CREATE FUNCTION wf._start(caller oid, caller_path text, p_name text, p_input jsonb, p_options jsonb)
+RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	def			wf.workflow_def;
+	opt_key		text;
+	opt_version	int;
+	opt_start	timestamptz;
+	opt_prio	int;
+	k			text;
+	rid			bigint;
+BEGIN
+	IF p_name IS NULL THEN
+		RAISE EXCEPTION 'workflow name must not be null' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	p_input := coalesce(p_input, '{}');
+	p_options := coalesce(p_options, '{}');
+	IF jsonb_typeof(p_options) <> 'object' THEN
+		RAISE EXCEPTION 'options must be a JSON object' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	FOR k IN SELECT jsonb_object_keys(p_options) LOOP
+		IF k NOT IN ('idempotency_key', 'version', 'start_at', 'priority') THEN
+			RAISE EXCEPTION 'unknown option "%"', k
+				USING ERRCODE = 'invalid_parameter_value',
+					  HINT = 'Valid options are idempotency_key, version, start_at and priority.';
+		END IF;
+	END LOOP;
+	IF octet_length(p_input::text) > pg_size_bytes(current_setting('pg_workflow.max_input_size')) THEN
+		RAISE EXCEPTION 'workflow input is too large'
+			USING ERRCODE = 'program_limit_exceeded',
+				  DETAIL = format('The input has %s bytes; the limit is pg_workflow.max_input_size = %s.',
+								  octet_length(p_input::text),
+								  current_setting('pg_workflow.max_input_size'));
+	END IF;
+
+	/* Checked by type, so that a plain start opens no subtransaction. */
+	IF (p_options ? 'idempotency_key' AND jsonb_typeof(p_options->'idempotency_key') <> 'string')
+	   OR (p_options ? 'version' AND NOT wf._is_integer(p_options->'version'))
+	   OR (p_options ? 'priority' AND NOT wf._is_integer(p_options->'priority'))
+	   OR (p_options ? 'start_at' AND jsonb_typeof(p_options->'start_at') <> 'string') THEN
+		RAISE EXCEPTION 'invalid options: %', p_options::text
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'idempotency_key is a string, version and priority are integers, start_at is a timestamp.';
+	END IF;
+	opt_key := p_options->>'idempotency_key';
+	opt_version := (p_options->>'version')::int;
+	opt_prio := coalesce((p_options->>'priority')::int, 0);
+	IF p_options ? 'start_at' THEN
+		BEGIN
+			opt_start := (p_options->>'start_at')::timestamptz;
+		EXCEPTION WHEN data_exception THEN
+			RAISE EXCEPTION 'invalid options: start_at is not a timestamp: %', p_options->>'start_at'
+				USING ERRCODE = 'invalid_parameter_value';
+		END;
+	END IF;
+
+	SELECT * INTO def FROM wf.workflow_def
+	 WHERE name = p_name AND (opt_version IS NULL OR version = opt_version)
+	 ORDER BY version DESC LIMIT 1;
+	IF NOT FOUND THEN
+		IF opt_version IS NULL THEN
+			RAISE EXCEPTION 'workflow "%" does not exist', p_name
+				USING ERRCODE = 'undefined_object',
+					  HINT = 'Define it first with wf_define().';
+		END IF;
+		RAISE EXCEPTION 'workflow "%" has no version %', p_name, opt_version
+			USING ERRCODE = 'undefined_object';
+	END IF;
+
+	INSERT INTO wf.run (workflow, version, status, input, owner, search_path,
+						priority, idempotency_key, steps_left, start_at)
+	VALUES (def.name, def.version, 'pending', p_input, caller,
+			coalesce(caller_path, ''), opt_prio, opt_key,
+			jsonb_array_length(def.plan), opt_start)
+	ON CONFLICT (workflow, idempotency_key) WHERE idempotency_key IS NOT NULL
+	DO NOTHING
+	RETURNING id INTO rid;
+
+	IF rid IS NULL THEN
+		/* The key was used before: hand back that run. */
+		SELECT id INTO STRICT rid FROM wf.run
+		 WHERE workflow = def.name AND idempotency_key = opt_key;
+		RETURN rid;
+	END IF;
+
+	INSERT INTO wf.step (run_id, step, ord, kind, spec, status, deps, successors,
+						 deps_left, priority, ready_at)
+	SELECT rid, p->>'name', (p->>'ord')::int, p->>'kind', p->'spec',
+		   CASE WHEN jsonb_array_length(p->'deps') = 0 THEN 'ready' ELSE 'pending' END,
+		   ARRAY(SELECT jsonb_array_elements_text(p->'deps')),
+		   ARRAY(SELECT jsonb_array_elements_text(p->'successors')),
+		   jsonb_array_length(p->'deps'), opt_prio,
+		   CASE WHEN jsonb_array_length(p->'deps') = 0
+				THEN greatest(coalesce(opt_start, '-infinity'), clock_timestamp()) END
+	  FROM jsonb_array_elements(def.plan) p;
+
+	INSERT INTO wf.history_log (run_id, status, detail, actor)
+	VALUES (rid, 'pending', jsonb_build_object('workflow', def.name, 'version', def.version), caller);
+	PERFORM wf._notify(rid, def.name, NULL, 'pending');
+	PERFORM wf._wake();
+	RETURN rid;
+END
+$$;
+
+/* Status of a run the caller may see; raises otherwise.  Used by wf_wait. */
+CREATE FUNCTION wf._run_status(caller oid, caller_path text, p_run_id bigint) RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	r	record;
+BEGIN
+	IF p_run_id IS NULL THEN
+		RAISE EXCEPTION 'run id must not be null' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	SELECT status, owner, xmin INTO r FROM wf.run WHERE id = p_run_id;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'run % does not exist', p_run_id USING ERRCODE = 'undefined_object';
+	END IF;
+	IF NOT wf._may_control(caller, r.owner) THEN
+		RAISE EXCEPTION 'permission denied for run %', p_run_id
+			USING ERRCODE = 'insufficient_privilege',
+				  HINT = 'Only the role that started a run and members of wf_admin may control it.';
+	END IF;
+	RETURN r.status;
+END
+$$;
+
+/* wf_wait's look at a run: refuses to wait for a run this transaction started. */
+CREATE FUNCTION wf._wait_status(caller oid, caller_path text, p_run_id bigint) RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	st	text := wf._run_status(caller, caller_path, p_run_id);
+BEGIN
+	IF st = 'pending' AND wf._xid_is_current((SELECT xmin FROM wf.run WHERE id = p_run_id)) THEN
+		RAISE EXCEPTION 'cannot wait for run % in the transaction that started it', p_run_id
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  DETAIL = 'A run starts when the transaction that called wf_start commits.',
+				  HINT = 'Commit first, then call wf_wait.';
+	END IF;
+	RETURN st;
+END
+$$;
+
+/*
+ * Ends a run: cancels its unfinished steps that no executor holds (the ones
+ * an executor holds are discarded by its checkpoint, which finds the run
+ * over), records and announces the transition.
+ */
+CREATE FUNCTION wf._finish_run(p_run wf.run, p_status text, p_error jsonb, actor oid)
+RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+	UPDATE wf.run SET status = p_status, error = coalesce(p_error, error),
+		   finished_at = clock_timestamp()
+	 WHERE id = p_run.id;
+	UPDATE wf.step SET status = 'cancelled', finished_at = clock_timestamp()
+	 WHERE (run_id, step) IN (SELECT run_id, step FROM wf.step
+							   WHERE run_id = p_run.id
+								 AND status IN ('pending', 'ready', 'running', 'waiting')
+							   FOR UPDATE SKIP LOCKED);
+	INSERT INTO wf.history_log (run_id, status, detail, actor)
+	VALUES (p_run.id, p_status, p_error, actor);
+	PERFORM wf._notify(p_run.id, p_run.workflow, NULL, p_status);
+	PERFORM wf._run_ended(p_run.id);
+END
+$$;
+
+CREATE FUNCTION wf._cancel(caller oid, caller_path text, p_run_id bigint, p_reason text) RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	r	wf.run;
+BEGIN
+	/* Interrupt first: a step that is executing holds a lock on the run. */
+	PERFORM wf._run_status(caller, NULL, p_run_id);
+	PERFORM wf._interrupt(p_run_id);
+	r := wf._lock_run(caller, p_run_id);
+	IF r.status IN ('completed', 'failed', 'cancelled') THEN
+		RETURN false;
+	END IF;
+	PERFORM wf._finish_run(r, 'cancelled',
+						   jsonb_build_object('message', coalesce(p_reason, 'cancelled'),
+											  'cancelled_by', caller::regrole::text),
+						   caller);
+	RETURN true;
+END
+$$;
+
+CREATE FUNCTION wf._retry(caller oid, caller_path text, p_run_id bigint) RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	r	wf.run;
+BEGIN
+	r := wf._lock_run(caller, p_run_id);
+	IF r.status <> 'failed' THEN
+		RETURN false;
+	END IF;
+	/* Failed and cancelled steps start over; completed ones keep their output. */
+	UPDATE wf.step SET attempt = 0, error = NULL, output = NULL,
+		   started_at = NULL, finished_at = NULL
+	 WHERE run_id = p_run_id AND status IN ('failed', 'cancelled');
+	PERFORM wf._recompute(p_run_id);
+	UPDATE wf.run SET status = 'running', error = NULL, finished_at = NULL
+	 WHERE id = p_run_id;
+	INSERT INTO wf.history_log (run_id, status, detail, actor)
+	VALUES (p_run_id, 'running', '{"retried": true}', caller);
+	PERFORM wf._notify(p_run_id, r.workflow, NULL, 'running');
+	PERFORM wf._wake();
+	RETURN true;
+END
+$$;
+
+CREATE FUNCTION wf._rewind(caller oid, caller_path text, p_run_id bigint, p_step text) RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	r	wf.run;
+BEGIN
+	PERFORM wf._run_status(caller, NULL, p_run_id);
+	PERFORM wf._interrupt(p_run_id);
+	r := wf._lock_run(caller, p_run_id);
+	IF p_step IS NULL OR NOT EXISTS (SELECT 1 FROM wf.step
+									  WHERE run_id = p_run_id AND step = p_step) THEN
+		RAISE EXCEPTION 'run % has no step "%"', p_run_id, p_step
+			USING ERRCODE = 'undefined_object';
+	END IF;
+	/* The step and everything downstream of it start over. */
+	WITH RECURSIVE down(step) AS (
+		SELECT p_step
+		UNION
+		SELECT s.step FROM wf.step s JOIN down d ON d.step = ANY (s.deps)
+		 WHERE s.run_id = p_run_id
+	)
+	UPDATE wf.step s SET status = 'pending', attempt = 0, output = NULL,
+		   error = NULL, started_at = NULL, finished_at = NULL
+	  FROM down d
+	 WHERE s.run_id = p_run_id AND s.step = d.step;
+	PERFORM wf._recompute(p_run_id);
+	UPDATE wf.run SET status = 'running', output = NULL, error = NULL,
+		   finished_at = NULL
+	 WHERE id = p_run_id;
+	INSERT INTO wf.history_log (run_id, step, status, detail, actor)
+	VALUES (p_run_id, p_step, 'rewound', NULL, caller);
+	INSERT INTO wf.history_log (run_id, status, detail, actor)
+	VALUES (p_run_id, 'running', jsonb_build_object('rewound_to', p_step), caller);
+	PERFORM wf._notify(p_run_id, r.workflow, NULL, 'running');
+	PERFORM wf._wake();
+	RETURN true;
+END
+$$;
+
+/* ---------------------------------------------------------------------
+ * Executor side: called by the background workers only
+ * ---------------------------------------------------------------------
+ */
+
+/*
+ * Loads a claimed step: what to run, as whom, with which context.  Returns
+ * no row if the run is no longer active (the step is then cancelled).
+ */
+CREATE FUNCTION wf._step_load(p_run_id bigint, p_step text,
+	OUT kind text, OUT spec jsonb, OUT owner oid, OUT search_path text,
+	OUT attempt int, OUT context jsonb, OUT defaults jsonb)
+RETURNS SETOF record
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	r	wf.run;
+BEGIN
+	SELECT * INTO r FROM wf.run WHERE id = p_run_id;
+	IF r.status NOT IN ('pending', 'running', 'waiting') THEN
+		UPDATE wf.step s SET status = 'cancelled', finished_at = clock_timestamp()
+		 WHERE s.run_id = p_run_id AND s.step = p_step;
+		RETURN;
+	END IF;
+	IF r.status = 'pending' THEN
+		UPDATE wf.run SET status = 'running', started_at = clock_timestamp()
+		 WHERE id = p_run_id;
+		INSERT INTO wf.history_log (run_id, status, actor)
+		VALUES (p_run_id, 'running', r.owner);
+		PERFORM wf._notify(p_run_id, r.workflow, NULL, 'running');
+	END IF;
+	UPDATE wf.step s SET attempt = s.attempt + 1, started_at = clock_timestamp()
+	 WHERE s.run_id = p_run_id AND s.step = p_step
+	RETURNING s.kind, s.spec, s.attempt INTO kind, spec, attempt;
+	owner := r.owner;
+	search_path := r.search_path;
+	SELECT d.defaults INTO defaults FROM wf.workflow_def d
+	 WHERE d.name = r.workflow AND d.version = r.version;
+	context := jsonb_build_object(
+		'input', r.input,
+		'steps', coalesce((SELECT jsonb_object_agg(s.step, s.output)
+							 FROM wf.step s
+							WHERE s.run_id = p_run_id
+							  AND s.status IN ('completed', 'skipped')), '{}'),
+		'run', jsonb_build_object('id', r.id, 'workflow', r.workflow,
+								  'version', r.version, 'attempt', attempt));
+	RETURN NEXT;
+END
+$$;
+
+/*
+ * Checkpoints a finished step (completed or skipped): its output, the
+ * successors that become ready, the run's completion, the history.  Returns
+ * the steps that became ready, or nothing when the run had ended meanwhile
+ * (the caller then rolls the step back).
+ */
+CREATE FUNCTION wf._step_done(p_run_id bigint, p_step text, p_status text,
+							  p_output jsonb, OUT ok boolean, OUT ready text[])
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	r			wf.run;
+	st			wf.step;
+	left_now	int;
+BEGIN
+	UPDATE wf.run SET steps_left = steps_left - 1
+	 WHERE id = p_run_id AND status IN ('pending', 'running', 'waiting')
+	RETURNING * INTO r;
+	IF NOT FOUND THEN
+		ok := false;
+		RETURN;
+	END IF;
+	ok := true;
+	UPDATE wf.step SET status = p_status, output = p_output, error = NULL,
+		   finished_at = clock_timestamp(),
+		   started_at = CASE WHEN p_status = 'skipped' THEN NULL ELSE started_at END,
+		   attempt = CASE WHEN p_status = 'skipped' THEN 0 ELSE attempt END
+	 WHERE run_id = p_run_id AND step = p_step
+	RETURNING * INTO st;
+	INSERT INTO wf.history_log (run_id, step, status, attempt, actor)
+	VALUES (p_run_id, p_step, p_status, st.attempt, r.owner);
+	PERFORM wf._notify(p_run_id, r.workflow, p_step, p_status);
+
+	IF cardinality(st.successors) > 0 THEN
+		WITH u AS (
+			UPDATE wf.step s
+			   SET deps_left = s.deps_left - 1,
+				   status = CASE WHEN s.deps_left = 1 THEN 'ready' ELSE s.status END,
+				   ready_at = CASE WHEN s.deps_left = 1 THEN clock_timestamp() END
+			 WHERE s.run_id = p_run_id AND s.step = ANY (st.successors)
+			   AND s.status = 'pending'
+			RETURNING s.step, s.status
+		)
+		SELECT array_agg(u.step) INTO ready FROM u WHERE u.status = 'ready';
+	END IF;
+
+	IF r.steps_left = 0 THEN
+		UPDATE wf.run SET status = 'completed', finished_at = clock_timestamp(),
+			   output = (SELECT s.output FROM wf.step s WHERE s.run_id = p_run_id
+						  ORDER BY s.ord DESC LIMIT 1)
+		 WHERE id = p_run_id;
+		INSERT INTO wf.history_log (run_id, status, actor)
+		VALUES (p_run_id, 'completed', r.owner);
+		PERFORM wf._notify(p_run_id, r.workflow, NULL, 'completed');
+		PERFORM wf._run_ended(p_run_id);
+	END IF;
+END
+$$;
+
+/*
+ * Records a failed attempt.  p_retry_at is the next attempt's time, or NULL
+ * when no attempt is left; then the step fails (or is skipped, as its
+ * on_error says) and a failed step fails the run.  p_again: the attempt did
+ * not count (the executor was interrupted), run it again at once.
+ */
+CREATE FUNCTION wf._step_failed(p_run_id bigint, p_step text, p_error jsonb,
+								p_retry_at timestamptz, p_skip boolean,
+								p_again boolean, OUT ready text[])
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	r	wf.run;
+	d	record;
+	res	record;
+BEGIN
+	SELECT * INTO r FROM wf.run WHERE id = p_run_id FOR NO KEY UPDATE;
+	IF r.status NOT IN ('pending', 'running', 'waiting') THEN
+		UPDATE wf.step SET status = 'cancelled', finished_at = clock_timestamp()
+		 WHERE run_id = p_run_id AND step = p_step;
+		RETURN;
+	END IF;
+	IF p_again THEN
+		UPDATE wf.step SET attempt = attempt - 1, started_at = NULL,
+			   ready_at = clock_timestamp()
+		 WHERE run_id = p_run_id AND step = p_step;
+		RETURN;
+	END IF;
+	IF p_retry_at IS NOT NULL THEN
+		UPDATE wf.step SET error = p_error, ready_at = p_retry_at,
+			   finished_at = clock_timestamp()
+		 WHERE run_id = p_run_id AND step = p_step;
+		INSERT INTO wf.history_log (run_id, step, status, attempt, detail, actor)
+		SELECT p_run_id, p_step, 'retrying', s.attempt,
+			   p_error || jsonb_build_object('retry_at', p_retry_at), r.owner
+		  FROM wf.step s WHERE s.run_id = p_run_id AND s.step = p_step;
+		RETURN;
+	END IF;
+	IF p_skip THEN
+		/* on_error: skip, with the error and the attempts kept for the record. */
+		SELECT attempt, started_at INTO d FROM wf.step
+		 WHERE run_id = p_run_id AND step = p_step;
+		SELECT * INTO res FROM wf._step_done(p_run_id, p_step, 'skipped', NULL);
+		UPDATE wf.step SET error = p_error, attempt = d.attempt, started_at = d.started_at
+		 WHERE run_id = p_run_id AND step = p_step;
+		ready := res.ready;
+		RETURN;
+	END IF;
+	UPDATE wf.step SET status = 'failed', error = p_error, finished_at = clock_timestamp()
+	 WHERE run_id = p_run_id AND step = p_step;
+	INSERT INTO wf.history_log (run_id, step, status, attempt, detail, actor)
+	SELECT p_run_id, p_step, 'failed', s.attempt, p_error, r.owner
+	  FROM wf.step s WHERE s.run_id = p_run_id AND s.step = p_step;
+	PERFORM wf._notify(p_run_id, r.workflow, p_step, 'failed');
+	PERFORM wf._finish_run(r, 'failed', jsonb_build_object('step', p_step) || p_error, r.owner);
+END
+$$;
+
+/* ---------------------------------------------------------------------
+ * Public API
+ * ---------------------------------------------------------------------
+ */
+
+CREATE FUNCTION @extschema@.wf_validate(definition jsonb) RETURNS SETOF text
+	LANGUAGE C STABLE AS 'MODULE_PATHNAME', 'wf_validate';
+
+CREATE FUNCTION @extschema@.wf_define(name text, definition jsonb) RETURNS int
+	LANGUAGE C AS 'MODULE_PATHNAME', 'wf_api_call';
+
+CREATE FUNCTION @extschema@.wf_export(name text, version int DEFAULT NULL) RETURNS jsonb
+	LANGUAGE C STABLE AS 'MODULE_PATHNAME', 'wf_api_call';
+
+CREATE FUNCTION @extschema@.wf_start(name text, input jsonb DEFAULT '{}',
+									 options jsonb DEFAULT '{}') RETURNS bigint
+	LANGUAGE C AS 'MODULE_PATHNAME', 'wf_api_call';
+
+CREATE FUNCTION @extschema@.wf_cancel(run_id bigint, reason text DEFAULT NULL) RETURNS boolean
+	LANGUAGE C AS 'MODULE_PATHNAME', 'wf_api_call';
+
+CREATE FUNCTION @extschema@.wf_retry(run_id bigint) RETURNS boolean
+	LANGUAGE C AS 'MODULE_PATHNAME', 'wf_api_call';
+
+CREATE FUNCTION @extschema@.wf_rewind(run_id bigint, step text) RETURNS boolean
+	LANGUAGE C AS 'MODULE_PATHNAME', 'wf_api_call';
+
+CREATE FUNCTION @extschema@.wf_wait(run_id bigint, timeout interval DEFAULT '30 seconds')
+RETURNS text
+	LANGUAGE C AS 'MODULE_PATHNAME', 'wf_wait';
+
+/* ---------------------------------------------------------------------
+ * Views
+ * ---------------------------------------------------------------------
+ */
+
+CREATE VIEW wf.workflows AS
+	SELECT d.name, d.version, d.definition, d.description, d.created_at,
+		   d.created_by::regrole AS created_by
+	  FROM wf.workflow_def d;
+
+CREATE VIEW wf.runs WITH (security_barrier) AS
+	SELECT r.id, r.workflow, r.version, r.status, r.input, r.output, r.error,
+		   r.owner::regrole AS owner, r.priority, r.idempotency_key,
+		   r.created_at, r.start_at, r.started_at, r.finished_at
+	  FROM wf.run r
+	 WHERE r.owner = (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user)
+		OR (SELECT pg_catalog.pg_has_role('wf_admin', 'MEMBER'));
+
+CREATE VIEW wf.steps WITH (security_barrier) AS
+	SELECT s.run_id, s.step, s.kind, s.status, s.attempt, s.output, s.error,
+		   s.ready_at, s.started_at, s.finished_at,
+		   s.finished_at - s.started_at AS duration, s.ord
+	  FROM wf.step s JOIN wf.run r ON r.id = s.run_id
+	 WHERE r.owner = (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user)
+		OR (SELECT pg_catalog.pg_has_role('wf_admin', 'MEMBER'));
+
+CREATE VIEW wf.history WITH (security_barrier) AS
+	SELECT h.id, h.run_id, h.step, h.status, h.attempt, h.detail,
+		   h.actor::regrole AS actor, h.at
+	  FROM wf.history_log h JOIN wf.run r ON r.id = h.run_id
+	 WHERE r.owner = (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user)
+		OR (SELECT pg_catalog.pg_has_role('wf_admin', 'MEMBER'));
+
+GRANT SELECT ON wf.workflows, wf.runs, wf.steps, wf.history TO PUBLIC;
+
+/* Internal functions are the owner's; the wf_* shims call them. */
+DO $$
+DECLARE
+	f	regprocedure;
+BEGIN
+	FOR f IN SELECT p.oid FROM pg_catalog.pg_proc p
+			  WHERE p.pronamespace = 'wf'::regnamespace LOOP
+		EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', f);
+	END LOOP;
+END
+$$;
+
+/* Workers waiting for the extension to appear start looking for work. */
+SELECT wf._wake();

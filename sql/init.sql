@@ -1,0 +1,41 @@
+--
+-- Installation: settings, executors, where the extension may be created.
+--
+CREATE EXTENSION pg_workflow;
+SELECT extname, extversion, extnamespace::regnamespace AS schema
+  FROM pg_extension WHERE extname = 'pg_workflow';
+
+-- The settings, with their defaults (the test instance runs 2 executors).
+SELECT name, setting, unit, context FROM pg_settings
+ WHERE name LIKE 'pg_workflow.%' ORDER BY name;
+
+-- The prefix is reserved: a misspelt setting is an error, not a placeholder.
+SET pg_workflow.wokers = 4;
+
+-- The executors are up and connected to this database.
+DO $$
+BEGIN
+	FOR i IN 1..300 LOOP
+		EXIT WHEN (SELECT count(*) FROM pg_stat_activity
+					WHERE backend_type = 'pg_workflow executor'
+					  AND datname = current_database()) = 2;
+		PERFORM pg_sleep(0.1);
+	END LOOP;
+END
+$$;
+SELECT backend_type, application_name, datname
+  FROM pg_stat_activity WHERE backend_type = 'pg_workflow executor'
+ ORDER BY application_name;
+
+-- wf_admin exists; the tables are private, the views public.
+SELECT rolname, rolcanlogin FROM pg_roles WHERE rolname = 'wf_admin';
+SELECT c.relname, c.relkind, has_table_privilege('public', c.oid, 'SELECT') AS public_select
+  FROM pg_class c WHERE c.relnamespace = 'wf'::regnamespace AND c.relkind IN ('r', 'v')
+ ORDER BY c.relkind, c.relname;
+
+-- Only the database the executors serve can hold the extension.
+CREATE DATABASE wf_other;
+\c wf_other
+CREATE EXTENSION pg_workflow;
+\c postgres
+DROP DATABASE wf_other;

@@ -1,0 +1,144 @@
+--
+-- Runs of sql steps: outputs, the context, DAGs, options, control.
+--
+CREATE TABLE effects (run_id bigint, step text, at timestamptz DEFAULT clock_timestamp());
+
+SELECT wf_define('seq', '{
+  "description": "three steps passing values along",
+  "steps": [
+    {"name": "double", "sql": "SELECT ($1->''input''->>''n'')::int * 2"},
+    {"name": "label", "sql": "SELECT jsonb_build_object(''n'', $1->''steps''->''double'', ''run'', $1->''run''->''workflow'')"},
+    {"name": "record", "sql": "INSERT INTO effects (run_id, step) VALUES (($1->''run''->>''id'')::bigint, ''record'') RETURNING step"}
+  ]}');
+-- Defining the same document again keeps the version; a new one adds one.
+SELECT wf_define('seq', wf_export('seq'));
+SELECT version, description FROM wf.workflows WHERE name = 'seq';
+
+SELECT wf_start('seq', '{"n": 21}') AS r \gset
+SELECT wf_wait(:r, '60 s');
+SELECT workflow, version, status, input, output, error FROM wf.runs WHERE id = :r;
+SELECT step, kind, status, attempt, output, error, duration >= '0' AS timed
+  FROM wf.steps WHERE run_id = :r ORDER BY ord;
+SELECT step, status FROM wf.history WHERE run_id = :r ORDER BY id;
+SELECT count(*) FROM effects WHERE run_id = :r;
+
+-- A diamond: b and c depend on a, d on both.
+SELECT wf_define('diamond', '{"steps": [
+  {"name": "a", "sql": "SELECT 1"},
+  {"name": "b", "dependencies": ["a"], "sql": "SELECT ($1->''steps''->>''a'')::int + 10"},
+  {"name": "c", "dependencies": ["a"], "sql": "SELECT ($1->''steps''->>''a'')::int + 100"},
+  {"name": "d", "dependencies": ["b", "c"], "sql": "SELECT ($1->''steps''->>''b'')::int + ($1->''steps''->>''c'')::int"}
+]}');
+SELECT wf_start('diamond') AS r \gset
+SELECT wf_wait(:r, '60 s');
+SELECT output FROM wf.runs WHERE id = :r;
+SELECT step, output FROM wf.steps WHERE run_id = :r ORDER BY ord;
+
+-- "when": a false predicate skips the step, the run goes on.
+SELECT wf_define('when', '{"steps": [
+  {"name": "big", "when": "$.input.n > 10", "sql": "SELECT ''big''"},
+  {"name": "small", "when": "$.input.n <= 10", "sql": "SELECT ''small''"}
+]}');
+SELECT wf_start('when', '{"n": 3}') AS r \gset
+SELECT wf_wait(:r, '60 s');
+SELECT step, status, attempt, output FROM wf.steps WHERE run_id = :r ORDER BY ord;
+
+-- A permanent error fails the step and the run; later steps never run.
+SELECT wf_define('broken', '{"steps": [
+  {"name": "ok", "sql": "SELECT 1"},
+  {"name": "bad", "sql": "SELECT 1 / (SELECT 0)"},
+  {"name": "never", "sql": "INSERT INTO effects VALUES (0, ''never'') RETURNING 1"}
+]}');
+SELECT wf_start('broken') AS r \gset
+SELECT wf_wait(:r, '60 s');
+SELECT status, error->>'step' AS step, error->>'message' AS message,
+       error->>'sqlstate' AS sqlstate, error->>'class' AS class
+  FROM wf.runs WHERE id = :r;
+SELECT step, status, attempt FROM wf.steps WHERE run_id = :r ORDER BY ord;
+SELECT count(*) FROM effects WHERE step = 'never';
+
+-- on_error skip: the failed step is skipped with its error kept.
+SELECT wf_define('skipper', '{"steps": [
+  {"name": "bad", "on_error": "skip", "sql": "SELECT 1 / (SELECT 0)"},
+  {"name": "after", "sql": "SELECT ''went on''"}
+]}');
+SELECT wf_start('skipper') AS r \gset
+SELECT wf_wait(:r, '60 s');
+SELECT step, status, error->>'message' AS error, output FROM wf.steps WHERE run_id = :r ORDER BY ord;
+
+-- A business error: the step returns {"error": ...}.
+SELECT wf_define('business', '{"steps": [
+  {"name": "check", "sql": "SELECT jsonb_build_object(''error'', ''ticket has no priority'')"}
+]}');
+SELECT wf_start('business') AS r \gset
+SELECT wf_wait(:r, '60 s');
+SELECT error->>'message' AS message, error->>'class' AS class FROM wf.runs WHERE id = :r;
+
+-- Idempotency keys return the first run.
+SELECT wf_start('seq', '{"n": 1}', '{"idempotency_key": "ticket-42"}') AS k1 \gset
+SELECT wf_start('seq', '{"n": 2}', '{"idempotency_key": "ticket-42"}') = :k1 AS same_run;
+
+-- A start in a rolled-back transaction never exists.
+BEGIN;
+SELECT wf_start('seq', '{"n": 5}') AS rolled_back \gset
+ROLLBACK;
+SELECT count(*) FROM wf.runs WHERE id = :rolled_back;
+
+-- Waiting in the starting transaction is refused, not a silent timeout.
+BEGIN;
+SELECT wf_start('seq', '{"n": 5}') AS same_xact \gset
+SELECT wf_wait(:same_xact);
+ROLLBACK;
+
+-- A run for later stays pending until cancelled.
+SELECT wf_start('seq', '{"n": 1}', '{"start_at": "2999-01-01 00:00:00+00"}') AS later \gset
+SELECT wf_wait(:later, '0.1 s');
+SELECT wf_cancel(:later, 'not needed');
+SELECT wf_cancel(:later);
+SELECT status, error FROM wf.runs WHERE id = :later;
+SELECT step, status FROM wf.steps WHERE run_id = :later ORDER BY ord;
+
+-- wf_retry resumes a failed run once the cause is fixed.
+CREATE TABLE gate (divisor int);
+INSERT INTO gate VALUES (0);
+SELECT wf_define('gated', '{"steps": [
+  {"name": "first", "sql": "INSERT INTO effects (run_id, step) VALUES (($1->''run''->>''id'')::bigint, ''first'') RETURNING 1"},
+  {"name": "divide", "sql": "SELECT 10 / divisor FROM gate"}
+]}');
+SELECT wf_start('gated') AS g \gset
+SELECT wf_wait(:g, '60 s');
+-- Retrying without a fix fails again, at the same step.
+SELECT wf_retry(:g);
+SELECT wf_wait(:g, '60 s');
+UPDATE gate SET divisor = 5;
+SELECT wf_retry(:g);
+SELECT wf_wait(:g, '60 s');
+SELECT step, status, output FROM wf.steps WHERE run_id = :g ORDER BY ord;
+SELECT count(*) AS first_effects FROM effects WHERE run_id = :g;
+SELECT wf_retry(:g) AS retry_completed_run;
+
+-- wf_rewind re-runs a step and what depends on it.
+SELECT wf_start('seq', '{"n": 4}') AS w \gset
+SELECT wf_wait(:w, '60 s');
+SELECT wf_rewind(:w, 'label');
+SELECT wf_wait(:w, '60 s');
+SELECT count(*) AS record_effects FROM effects WHERE run_id = :w;
+SELECT step, status FROM wf.history WHERE run_id = :w AND step IS NOT NULL ORDER BY id;
+
+-- Bad input: clear errors, nothing written.
+SELECT count(*) AS runs_before FROM wf.runs \gset
+SELECT wf_start('no-such-workflow');
+SELECT wf_start(NULL);
+SELECT wf_start('seq', '{}', '{"priority": "high"}');
+SELECT wf_start('seq', '{}', '{"version": 99}');
+SELECT wf_start('seq', '{}', '{"colour": "red"}');
+SELECT wf_start('seq', '{}', '[1]');
+SELECT wf_start('seq', jsonb_build_object('blob', repeat('x', 2000000)));
+SELECT wf_wait(-1);
+SELECT wf_wait(NULL);
+SELECT wf_wait(:w, '-1 s');
+SELECT wf_cancel(123456789);
+SELECT wf_rewind(:w, 'no-such-step');
+SELECT wf_export('no-such-workflow');
+SELECT wf_export('seq', 42);
+SELECT count(*) = :runs_before AS nothing_written FROM wf.runs;

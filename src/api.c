@@ -1,0 +1,267 @@
+/*-------------------------------------------------------------------------
+ *
+ * api.c
+ *		SQL-callable functions of pg_workflow written in C: the shim that
+ *		gives the public wf_* functions their caller, wf_wait, and the
+ *		hooks through which SQL asks for wake-ups at commit.
+ *
+ * The state changes themselves are made by SECURITY DEFINER functions
+ * wf._NAME, owned by the extension's owner and executable by nobody else.
+ * The public wf_NAME(args) is wf_api_call(), which invokes
+ * wf._NAME(caller, caller_search_path, args) directly through fmgr: the
+ * caller's role is GetUserId() at the time of the call, which no SQL
+ * argument can forge (a SECURITY DEFINER function that calls wf_start
+ * starts the run as its owner, exactly as it would create a table).
+ *
+ * src/api.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "pg_workflow.h"
+
+#include "access/htup_details.h"
+#include "access/xact.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_proc.h"
+#include "catalog/pg_type.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "parser/parse_func.h"
+#include "pgstat.h"
+#include "storage/ipc.h"
+#include "utils/builtins.h"
+#include "utils/memutils.h"
+#include "utils/syscache.h"
+#include "utils/timestamp.h"
+
+#define WF_API_MAX_ARGS 8
+
+PG_FUNCTION_INFO_V1(wf_api_call);
+PG_FUNCTION_INFO_V1(wf_wait);
+PG_FUNCTION_INFO_V1(wf_wake);
+PG_FUNCTION_INFO_V1(wf_interrupt);
+PG_FUNCTION_INFO_V1(wf_run_ended);
+PG_FUNCTION_INFO_V1(wf_xid_is_current);
+
+/*
+ * Looks up wf._NAME(oid, text, argtypes...) and prepares to call it.
+ */
+static void
+wf_api_lookup(const char *name, int nargs, const Oid *argtypes,
+			  FmgrInfo *finfo, MemoryContext mcxt)
+{
+	Oid			types[WF_API_MAX_ARGS + 2];
+	Oid			fn;
+
+	if (nargs > WF_API_MAX_ARGS)
+		elog(ERROR, "too many arguments for %s", name);
+	types[0] = OIDOID;
+	types[1] = TEXTOID;
+	memcpy(&types[2], argtypes, nargs * sizeof(Oid));
+	fn = LookupFuncName(list_make2(makeString(WF_SCHEMA_NAME),
+								   makeString(psprintf("_%s", name))),
+						nargs + 2, types, false);
+	fmgr_info_cxt(fn, finfo, mcxt);
+}
+
+/*
+ * Calls an internal function prepared by wf_api_lookup with the caller
+ * prepended to args.
+ */
+static Datum
+wf_api_invoke(FmgrInfo *finfo, int nargs, NullableDatum *args, Oid collation,
+			  bool *isnull)
+{
+	LOCAL_FCINFO(inner, WF_API_MAX_ARGS + 2);
+	MemoryContext oldcxt = CurrentMemoryContext;
+	Datum		result = (Datum) 0;
+	int			i;
+
+	InitFunctionCallInfoData(*inner, finfo, nargs + 2, collation, NULL, NULL);
+	inner->args[0].value = ObjectIdGetDatum(GetUserId());
+	inner->args[0].isnull = false;
+	inner->args[1].value = CStringGetTextDatum(namespace_search_path);
+	inner->args[1].isnull = false;
+	for (i = 0; i < nargs; i++)
+		inner->args[i + 2] = args[i];
+
+	/*
+	 * The internal functions' PL/pgSQL context lines say nothing useful to
+	 * the caller: errors leave without them.
+	 */
+	PG_TRY();
+	{
+		result = FunctionCallInvoke(inner);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(oldcxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		edata->context = NULL;
+		ReThrowError(edata);
+	}
+	PG_END_TRY();
+	*isnull = inner->isnull;
+	return result;
+}
+
+/*
+ * wf_NAME(args...): calls wf._NAME(caller, caller_search_path, args...).
+ */
+Datum
+wf_api_call(PG_FUNCTION_ARGS)
+{
+	FmgrInfo   *inner = fcinfo->flinfo->fn_extra;
+	Datum		result;
+	bool		isnull;
+
+	if (inner == NULL)
+	{
+		HeapTuple	tp;
+		Form_pg_proc proc;
+		const char *name;
+
+		tp = SearchSysCache1(PROCOID, ObjectIdGetDatum(fcinfo->flinfo->fn_oid));
+		if (!HeapTupleIsValid(tp))
+			elog(ERROR, "cache lookup failed for function %u", fcinfo->flinfo->fn_oid);
+		proc = (Form_pg_proc) GETSTRUCT(tp);
+		name = NameStr(proc->proname);
+		if (strncmp(name, "wf_", 3) != 0)
+			elog(ERROR, "wf_api_call called through function \"%s\"", name);
+		inner = MemoryContextAllocZero(fcinfo->flinfo->fn_mcxt, sizeof(FmgrInfo));
+		wf_api_lookup(name + 3, proc->pronargs, proc->proargtypes.values,
+					  inner, fcinfo->flinfo->fn_mcxt);
+		ReleaseSysCache(tp);
+		fcinfo->flinfo->fn_extra = inner;
+	}
+
+	result = wf_api_invoke(inner, PG_NARGS(), fcinfo->args, PG_GET_COLLATION(),
+						   &isnull);
+	if (isnull)
+		PG_RETURN_NULL();
+	return result;
+}
+
+static bool
+wf_api_status_is_final(const char *status)
+{
+	return strcmp(status, "completed") == 0 ||
+		strcmp(status, "failed") == 0 ||
+		strcmp(status, "cancelled") == 0;
+}
+
+static void
+wf_api_stop_waiting(int code, Datum arg)
+{
+	wf_shmem_set_waiting(0);
+}
+
+/*
+ * wf_wait(run_id, timeout): sleeps on the backend's latch until the run
+ * ends (the transaction that ends it wakes us at commit) or the timeout
+ * passes; returns the run's status.  A NULL timeout waits without limit.
+ */
+Datum
+wf_wait(PG_FUNCTION_ARGS)
+{
+	FmgrInfo	status_fn;
+	NullableDatum args[1];
+	TimestampTz deadline = 0;
+	char	   *volatile status = NULL;
+	bool		isnull;
+	Oid			argtypes[1] = {INT8OID};
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("run id must not be null")));
+	if (!PG_ARGISNULL(1))
+	{
+		Interval   *iv = PG_GETARG_INTERVAL_P(1);
+		int64		usecs = iv->time + (int64) iv->day * USECS_PER_DAY +
+			(int64) iv->month * DAYS_PER_MONTH * USECS_PER_DAY;
+
+		if (usecs < 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("timeout must not be negative")));
+		deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), usecs / 1000);
+	}
+
+	wf_api_lookup("wait_status", 1, argtypes, &status_fn, CurrentMemoryContext);
+	args[0].value = PG_GETARG_DATUM(0);
+	args[0].isnull = false;
+
+	PG_ENSURE_ERROR_CLEANUP(wf_api_stop_waiting, (Datum) 0);
+	{
+		wf_shmem_set_waiting(DatumGetInt64(args[0].value));
+		for (;;)
+		{
+			long		timeout_ms = -1;
+			int			events = WL_LATCH_SET | WL_EXIT_ON_PM_DEATH;
+
+			ResetLatch(MyLatch);
+			status = TextDatumGetCString(wf_api_invoke(&status_fn, 1, args,
+													   InvalidOid, &isnull));
+			if (wf_api_status_is_final(status))
+				break;
+			if (IsolationUsesXactSnapshot())
+				ereport(ERROR,
+						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+						 errmsg("wf_wait cannot wait in a REPEATABLE READ or SERIALIZABLE transaction"),
+						 errdetail("The transaction's snapshot would never show the run ending."),
+						 errhint("Call wf_wait in a READ COMMITTED transaction.")));
+			if (deadline != 0)
+			{
+				long		secs;
+				int			usecs;
+
+				if (GetCurrentTimestamp() >= deadline)
+					break;
+				TimestampDifference(GetCurrentTimestamp(), deadline, &secs, &usecs);
+				timeout_ms = secs * 1000 + (usecs + 999) / 1000;
+				events |= WL_TIMEOUT;
+			}
+			(void) WaitLatch(MyLatch, events, timeout_ms, PG_WAIT_EXTENSION);
+			CHECK_FOR_INTERRUPTS();
+		}
+	}
+	PG_END_ENSURE_ERROR_CLEANUP(wf_api_stop_waiting, (Datum) 0);
+	wf_shmem_set_waiting(0);
+
+	PG_RETURN_TEXT_P(cstring_to_text(status));
+}
+
+/* wf._wake(): wake an executor when the current transaction commits. */
+Datum
+wf_wake(PG_FUNCTION_ARGS)
+{
+	wf_shmem_wake_at_commit();
+	PG_RETURN_VOID();
+}
+
+/* wf._interrupt(run_id): interrupt the run's step being executed now. */
+Datum
+wf_interrupt(PG_FUNCTION_ARGS)
+{
+	wf_shmem_interrupt_run(PG_GETARG_INT64(0));
+	PG_RETURN_VOID();
+}
+
+/* wf._run_ended(run_id): wake its wf_wait callers at commit. */
+Datum
+wf_run_ended(PG_FUNCTION_ARGS)
+{
+	wf_shmem_run_ended_at_commit(PG_GETARG_INT64(0));
+	PG_RETURN_VOID();
+}
+
+/* wf._xid_is_current(xid): was the row written by this transaction? */
+Datum
+wf_xid_is_current(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_BOOL(TransactionIdIsCurrentTransactionId(DatumGetTransactionId(PG_GETARG_DATUM(0))));
+}

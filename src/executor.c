@@ -1,0 +1,685 @@
+/*-------------------------------------------------------------------------
+ *
+ * executor.c
+ *		The batch executor: claims ready steps, runs each attempt in a
+ *		subtransaction together with its checkpoint, and commits many steps
+ *		of different runs in one transaction.
+ *
+ * One call of wf_exec_batch() is one transaction:
+ *
+ *	1. claim up to pg_workflow.batch_size ready steps with FOR UPDATE SKIP
+ *	   LOCKED, so that no two executors ever run the same attempt;
+ *	2. for each, in a subtransaction: load the step and its run context,
+ *	   evaluate "when", execute the step kind, and checkpoint it (output,
+ *	   successors made ready, run completion, history) through
+ *	   wf._step_done();
+ *	3. on an error, roll the subtransaction back, so that nothing of the
+ *	   attempt remains, and record the failure (retry time, or failure of
+ *	   the step and the run) through wf._step_failed();
+ *	4. steps that a checkpoint made ready are executed next in the same
+ *	   transaction, depth first, while the batch has room: a run of
+ *	   sequential sql steps usually completes in a single commit;
+ *	5. commit.
+ *
+ * A step's effects and its checkpoint are in the same transaction, so they
+ * happen exactly once whatever crashes.  Batching only amortises the
+ * commit: a failed step rolls back its own subtransaction, never its
+ * neighbours'.
+ *
+ * Step kinds are looked up in wf_step_kinds[]; each kind executes one
+ * attempt and reports a WfStepResult.
+ *
+ * src/executor.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "pg_workflow.h"
+
+#include <math.h>
+
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "common/pg_prng.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/fmgrprotos.h"
+#include "utils/json.h"
+#include "utils/jsonb.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/timeout.h"
+#include "utils/timestamp.h"
+
+/* A step to execute in the current batch. */
+typedef struct WfWorkItem
+{
+	int64		run_id;
+	char	   *step;
+} WfWorkItem;
+
+static const WfStepKind wf_step_kinds[] = {
+	{"sql", wf_sql_execute},
+};
+
+/* The step timeout: its own timer, so that we know it was ours. */
+TimeoutId	wf_exec_timeout_id = MAX_TIMEOUTS;
+static volatile sig_atomic_t wf_exec_timed_out = false;
+
+/* Prepared statements, kept for the life of the process. */
+static SPIPlanPtr wf_plan_claim = NULL;
+static SPIPlanPtr wf_plan_next_due = NULL;
+static SPIPlanPtr wf_plan_load = NULL;
+static SPIPlanPtr wf_plan_done = NULL;
+static SPIPlanPtr wf_plan_failed = NULL;
+
+const WfStepKind *
+wf_exec_find_kind(const char *name)
+{
+	int			i;
+
+	for (i = 0; i < lengthof(wf_step_kinds); i++)
+		if (strcmp(wf_step_kinds[i].name, name) == 0)
+			return &wf_step_kinds[i];
+	return NULL;
+}
+
+static SPIPlanPtr
+wf_exec_prepare(const char *sql, int nargs, Oid *argtypes)
+{
+	SPIPlanPtr	plan = SPI_prepare(sql, nargs, argtypes);
+
+	if (plan == NULL)
+		elog(ERROR, "SPI_prepare failed for \"%s\": %s",
+			 sql, SPI_result_code_string(SPI_result));
+	if (SPI_keepplan(plan) != 0)
+		elog(ERROR, "SPI_keepplan failed");
+	return plan;
+}
+
+static void
+wf_exec_prepare_all(void)
+{
+	Oid			claim_types[2] = {INT4OID, INT8ARRAYOID};
+	Oid			key_types[2] = {INT8OID, TEXTOID};
+	Oid			done_types[4] = {INT8OID, TEXTOID, TEXTOID, JSONBOID};
+	Oid			failed_types[6] = {INT8OID, TEXTOID, JSONBOID, TIMESTAMPTZOID,
+	BOOLOID, BOOLOID};
+
+	if (wf_plan_claim != NULL)
+		return;
+
+	/*
+	 * The KEY SHARE lock on the run lets wf_cancel, wf_retry and wf_rewind,
+	 * which lock the run FOR UPDATE, wait for the steps in flight, and makes
+	 * executors skip a run while one of them holds it.
+	 */
+	wf_plan_claim = wf_exec_prepare(
+									"SELECT s.run_id, s.step FROM wf.step s JOIN wf.run r ON r.id = s.run_id"
+									" WHERE s.status = 'ready' AND s.ready_at <= pg_catalog.clock_timestamp()"
+									" AND ($2 IS NULL OR s.run_id <> ALL ($2))"
+									" ORDER BY s.priority DESC, s.ready_at LIMIT $1"
+									" FOR UPDATE OF s SKIP LOCKED FOR KEY SHARE OF r SKIP LOCKED",
+									2, claim_types);
+	wf_plan_next_due = wf_exec_prepare(
+									   "SELECT pg_catalog.min(ready_at) FROM wf.step"
+									   " WHERE status = 'ready' AND ready_at > pg_catalog.clock_timestamp()",
+									   0, NULL);
+	wf_plan_load = wf_exec_prepare(
+								   "SELECT kind, spec, owner, search_path, attempt, context, defaults"
+								   " FROM wf._step_load($1, $2)",
+								   2, key_types);
+	wf_plan_done = wf_exec_prepare(
+								   "SELECT ok, ready FROM wf._step_done($1, $2, $3, $4)",
+								   4, done_types);
+	wf_plan_failed = wf_exec_prepare(
+									 "SELECT ready FROM wf._step_failed($1, $2, $3, $4, $5, $6)",
+									 6, failed_types);
+}
+
+/*
+ * Timeout handler: cancels the statement in progress, as a query cancel
+ * would, and remembers that the step's time was up.
+ */
+static void
+wf_exec_timeout_handler(void)
+{
+	wf_exec_timed_out = true;
+	QueryCancelPending = true;
+	InterruptPending = true;
+	SetLatch(MyLatch);
+}
+
+void
+wf_exec_init(void)
+{
+	wf_exec_timeout_id = RegisterTimeout(USER_TIMEOUT, wf_exec_timeout_handler);
+}
+
+static void
+wf_exec_set_current_run(int64 run_id)
+{
+	SpinLockAcquire(&wf_shared->mutex);
+	wf_worker_slot->current_run = run_id;
+	SpinLockRelease(&wf_shared->mutex);
+}
+
+/*
+ * Evaluates a "when" predicate on the context, jsonb_path_match() style;
+ * an unknown (NULL) result counts as false.
+ */
+static bool
+wf_exec_predicate(Jsonb *context, const char *path)
+{
+	LOCAL_FCINFO(fcinfo, 4);
+	Datum		jsonpath;
+	Datum		result;
+
+	jsonpath = DirectFunctionCall1(jsonpath_in, CStringGetDatum(path));
+	InitFunctionCallInfoData(*fcinfo, NULL, 4, InvalidOid, NULL, NULL);
+	fcinfo->args[0].value = JsonbPGetDatum(context);
+	fcinfo->args[0].isnull = false;
+	fcinfo->args[1].value = jsonpath;
+	fcinfo->args[1].isnull = false;
+	fcinfo->args[2].value = DirectFunctionCall1(jsonb_in, CStringGetDatum("{}"));
+	fcinfo->args[2].isnull = false;
+	fcinfo->args[3].value = BoolGetDatum(false);
+	fcinfo->args[3].isnull = false;
+	result = jsonb_path_match(fcinfo);
+	return !fcinfo->isnull && DatumGetBool(result);
+}
+
+/*
+ * A retry policy setting: the step's, else the workflow's, else NULL.
+ */
+static char *
+wf_exec_policy_text(Jsonb *step_policy, Jsonb *wf_policy, const char *key)
+{
+	char	   *v = wf_util_jsonb_get_text(step_policy, key);
+
+	return v ? v : wf_util_jsonb_get_text(wf_policy, key);
+}
+
+static double
+wf_exec_policy_number(Jsonb *step_policy, Jsonb *wf_policy, const char *key,
+					  double dflt)
+{
+	return wf_util_jsonb_get_number(step_policy, key,
+									wf_util_jsonb_get_number(wf_policy, key, dflt));
+}
+
+/*
+ * When to run the next attempt after a transient failure of attempt
+ * "attempt", or 0 when no attempt is left.  Defaults: 3 attempts,
+ * exponential backoff from 1 s, capped at 5 minutes, no jitter.
+ */
+static TimestampTz
+wf_exec_retry_at(Jsonb *step_retry, Jsonb *wf_retry, int attempt)
+{
+	double		max_attempts;
+	char	   *backoff;
+	char	   *s;
+	double		initial_ms;
+	double		max_ms;
+	double		jitter;
+	double		delay_ms;
+
+	max_attempts = wf_exec_policy_number(step_retry, wf_retry, "max_attempts", 3);
+	if (attempt >= max_attempts)
+		return 0;
+
+	backoff = wf_exec_policy_text(step_retry, wf_retry, "backoff");
+	s = wf_exec_policy_text(step_retry, wf_retry, "initial_interval");
+	initial_ms = s ? wf_util_interval_ms(s) : 1000;
+	s = wf_exec_policy_text(step_retry, wf_retry, "max_interval");
+	max_ms = s ? wf_util_interval_ms(s) : 5 * 60 * 1000;
+	jitter = wf_exec_policy_number(step_retry, wf_retry, "jitter", 0);
+
+	if (backoff != NULL && strcmp(backoff, "fixed") == 0)
+		delay_ms = initial_ms;
+	else if (backoff != NULL && strcmp(backoff, "linear") == 0)
+		delay_ms = initial_ms * attempt;
+	else
+		delay_ms = initial_ms * pow(2.0, Min(attempt - 1, 60));
+	delay_ms = Min(delay_ms, max_ms);
+	if (jitter > 0)
+		delay_ms *= 1.0 - Min(jitter, 1.0) * pg_prng_double(&pg_global_prng_state);
+
+	return TimestampTzPlusMilliseconds(GetCurrentTimestamp(), (int64) delay_ms);
+}
+
+/*
+ * The recorded form of a failed attempt.
+ */
+static Jsonb *
+wf_exec_error_json(WfStepResult *res, int attempt)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	appendStringInfoString(&buf, "{\"message\": ");
+	escape_json(&buf, res->error_message ? res->error_message : "unknown error");
+	if (res->error_detail)
+	{
+		appendStringInfoString(&buf, ", \"detail\": ");
+		escape_json(&buf, res->error_detail);
+	}
+	if (res->sqlstate[0])
+	{
+		appendStringInfoString(&buf, ", \"sqlstate\": ");
+		escape_json(&buf, res->sqlstate);
+	}
+	appendStringInfo(&buf, ", \"class\": \"%s\", \"attempt\": %d",
+					 res->error_class == WF_ERROR_TRANSIENT ? "transient" :
+					 res->error_class == WF_ERROR_BUSINESS ? "business" : "permanent",
+					 attempt);
+	if (res->timed_out)
+		appendStringInfoString(&buf, ", \"timeout\": true");
+	appendStringInfoChar(&buf, '}');
+	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data)));
+}
+
+/*
+ * Turns a completed result into a failure when the output says so (a
+ * business error) or is too large.
+ */
+static void
+wf_exec_check_output(WfStepResult *res)
+{
+	Jsonb	   *err;
+
+	if (res->output == NULL)
+		return;
+	if (VARSIZE(res->output) > wf_guc_max_output_size)
+	{
+		res->outcome = WF_STEP_FAILED;
+		res->error_class = WF_ERROR_PERMANENT;
+		res->error_message = psprintf("step output of %zu bytes exceeds pg_workflow.max_output_size",
+									  (size_t) VARSIZE(res->output));
+		strlcpy(res->sqlstate, "54000", sizeof(res->sqlstate));
+		res->output = NULL;
+		return;
+	}
+	if (JB_ROOT_IS_OBJECT(res->output) &&
+		(err = wf_util_jsonb_get(res->output, "error")) != NULL)
+	{
+		res->outcome = WF_STEP_FAILED;
+		res->error_class = WF_ERROR_BUSINESS;
+		res->error_message = wf_util_jsonb_get_text(res->output, "error");
+		if (res->error_message == NULL)
+			res->error_message = JsonbToCString(NULL, &err->root, VARSIZE(err));
+	}
+}
+
+/* Appends the names of a text[] datum as work items of run_id. */
+static List *
+wf_exec_append_ready(List *queue, int64 run_id, Datum arr, bool isnull,
+					 MemoryContext batchctx)
+{
+	Datum	   *elems;
+	bool	   *nulls;
+	int			n;
+	int			i;
+	MemoryContext old;
+	List	   *items = NIL;
+
+	if (isnull)
+		return queue;
+	deconstruct_array(DatumGetArrayTypeP(arr), TEXTOID, -1, false, TYPALIGN_INT,
+					  &elems, &nulls, &n);
+	old = MemoryContextSwitchTo(batchctx);
+	for (i = 0; i < n; i++)
+	{
+		WfWorkItem *item = palloc(sizeof(WfWorkItem));
+
+		item->run_id = run_id;
+		item->step = TextDatumGetCString(elems[i]);
+		items = lappend(items, item);
+	}
+	/* Depth first: the run that just advanced goes on first. */
+	queue = list_concat(items, queue);
+	MemoryContextSwitchTo(old);
+	return queue;
+}
+
+/*
+ * One attempt, inside the step's subtransaction: "when", the step kind and,
+ * on success, the checkpoint.  Reports only through ex and res, so that
+ * the caller's PG_TRY has no local variable to protect.
+ */
+static void
+wf_exec_attempt(WfStepExec *ex, WfStepResult *res)
+{
+	char	   *when = wf_util_jsonb_get_text(ex->spec, "when");
+	const char *status = "completed";
+	Datum		args[4];
+	char		nulls[4] = {' ', ' ', ' ', ' '};
+	bool		isnull;
+	Datum		ready;
+
+	/* Any cancel still pending was meant for an earlier step. */
+	QueryCancelPending = false;
+	wf_exec_timed_out = false;
+	wf_exec_set_current_run(ex->run_id);
+	RESUME_CANCEL_INTERRUPTS();
+
+	if (when != NULL && !wf_exec_predicate(ex->context, when))
+	{
+		res->outcome = WF_STEP_COMPLETED;
+		status = "skipped";
+	}
+	else
+	{
+		ex->kind_def->execute(ex, res);
+		wf_exec_check_output(res);
+	}
+
+	HOLD_CANCEL_INTERRUPTS();
+	if (res->outcome != WF_STEP_COMPLETED)
+		return;
+
+	args[0] = Int64GetDatum(ex->run_id);
+	args[1] = CStringGetTextDatum(ex->step);
+	args[2] = CStringGetTextDatum(status);
+	args[3] = res->output ? JsonbPGetDatum(res->output) : (Datum) 0;
+	nulls[3] = res->output ? ' ' : 'n';
+	if (SPI_execute_plan(wf_plan_done, args, nulls, false, 0) != SPI_OK_SELECT ||
+		SPI_processed != 1)
+		elog(ERROR, "could not checkpoint step \"%s\"", ex->step);
+	if (!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
+									1, &isnull)))
+	{
+		/* The run ended meanwhile: the attempt must leave no trace. */
+		res->outcome = WF_STEP_INTERRUPTED;
+		return;
+	}
+	ready = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
+	if (!isnull)
+		res->ready = PointerGetDatum(PG_DETOAST_DATUM_COPY(ready));
+	SPI_freetuptable(SPI_tuptable);
+}
+
+/*
+ * Executes one claimed step and checkpoints the outcome.  Returns the
+ * queue with the steps that became ready in front.
+ */
+static List *
+wf_exec_step(WfWorkItem *item, List *queue, MemoryContext batchctx)
+{
+	Datum		args[6];
+	char		nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
+	WfStepExec *ex = palloc0(sizeof(WfStepExec));
+	WfStepResult *res = palloc0(sizeof(WfStepResult));
+	Jsonb	   *defaults;
+	char	   *strategy;
+	char	   *s;
+	bool		isnull;
+	TupleDesc	tupdesc;
+	HeapTuple	tuple;
+	MemoryContext stepctx = CurrentMemoryContext;
+	ResourceOwner oldowner = CurrentResourceOwner;
+	int			holdoff = QueryCancelHoldoffCount;
+	TimestampTz retry_at = 0;
+	bool		skip = false;
+	Datum		ready;
+
+	/* Load the step, its run context and the workflow's defaults. */
+	args[0] = Int64GetDatum(item->run_id);
+	args[1] = CStringGetTextDatum(item->step);
+	if (SPI_execute_plan(wf_plan_load, args, nulls, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not load step \"%s\" of run " INT64_FORMAT,
+			 item->step, item->run_id);
+	if (SPI_processed == 0)
+		return queue;			/* the run has ended: step cancelled */
+
+	tupdesc = SPI_tuptable->tupdesc;
+	tuple = SPI_tuptable->vals[0];
+	ex->run_id = item->run_id;
+	ex->step = item->step;
+	ex->kind = TextDatumGetCString(SPI_getbinval(tuple, tupdesc, 1, &isnull));
+	ex->spec = DatumGetJsonbPCopy(SPI_getbinval(tuple, tupdesc, 2, &isnull));
+	ex->owner = DatumGetObjectId(SPI_getbinval(tuple, tupdesc, 3, &isnull));
+	ex->search_path = TextDatumGetCString(SPI_getbinval(tuple, tupdesc, 4, &isnull));
+	ex->attempt = DatumGetInt32(SPI_getbinval(tuple, tupdesc, 5, &isnull));
+	ex->context = DatumGetJsonbPCopy(SPI_getbinval(tuple, tupdesc, 6, &isnull));
+	defaults = DatumGetJsonbPCopy(SPI_getbinval(tuple, tupdesc, 7, &isnull));
+	SPI_freetuptable(SPI_tuptable);
+
+	s = wf_util_jsonb_get_text(ex->spec, "timeout");
+	ex->timeout_ms = s ? (int) Min(wf_util_interval_ms(s), INT_MAX) : 0;
+	ex->kind_def = wf_exec_find_kind(ex->kind);
+	if (ex->kind_def == NULL)
+		elog(ERROR, "step \"%s\" of run " INT64_FORMAT " has unknown kind \"%s\"",
+			 ex->step, ex->run_id, ex->kind);
+
+	pgstat_report_activity(STATE_RUNNING,
+						   psprintf("run " INT64_FORMAT " step %s", ex->run_id, ex->step));
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(stepctx);
+	PG_TRY();
+	{
+		wf_exec_attempt(ex, res);
+		if (res->outcome == WF_STEP_COMPLETED)
+			ReleaseCurrentSubTransaction();
+		else
+			RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(stepctx);
+		CurrentResourceOwner = oldowner;
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		QueryCancelHoldoffCount = holdoff;
+		disable_timeout(wf_exec_timeout_id, false);
+
+		MemoryContextSwitchTo(stepctx);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(stepctx);
+		CurrentResourceOwner = oldowner;
+
+		res->outcome = WF_STEP_FAILED;
+		res->error_message = edata->message;
+		res->error_detail = edata->detail;
+		strlcpy(res->sqlstate, unpack_sql_state(edata->sqlerrcode),
+				sizeof(res->sqlstate));
+		res->error_class = wf_util_classify_sqlstate(edata->sqlerrcode);
+		if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED)
+		{
+			if (wf_exec_timed_out)
+			{
+				res->timed_out = true;
+				res->error_message = psprintf("step timed out after %d ms",
+											  ex->timeout_ms);
+			}
+			else
+				res->outcome = WF_STEP_INTERRUPTED;
+		}
+	}
+	PG_END_TRY();
+
+	wf_exec_set_current_run(0);
+	QueryCancelPending = false;
+
+	if (res->outcome == WF_STEP_COMPLETED)
+		return wf_exec_append_ready(queue, ex->run_id, res->ready,
+									res->ready == (Datum) 0, batchctx);
+
+	/* Record the failed or interrupted attempt. */
+	if (res->outcome == WF_STEP_FAILED)
+	{
+		Jsonb	   *on_error = wf_util_jsonb_get(ex->spec, "on_error");
+
+		strategy = wf_util_jsonb_get_text(ex->spec, "on_error");
+		if (strategy == NULL)
+			strategy = wf_util_jsonb_get_text(on_error, "strategy");
+		if (strategy == NULL)
+			strategy = wf_util_jsonb_get_text(defaults, "on_error");
+		if (strategy == NULL)
+			strategy = wf_util_jsonb_get_text(wf_util_jsonb_get(defaults, "on_error"),
+											  "strategy");
+
+		if (res->error_class == WF_ERROR_TRANSIENT &&
+			(strategy == NULL || strcmp(strategy, "fail") != 0))
+			retry_at = wf_exec_retry_at(wf_util_jsonb_get(ex->spec, "retry"),
+										wf_util_jsonb_get(defaults, "retry"),
+										ex->attempt);
+		if (retry_at == 0 && strategy != NULL && strcmp(strategy, "skip") == 0)
+			skip = true;
+		ereport(LOG,
+				(errmsg("step \"%s\" of run " INT64_FORMAT " failed: %s",
+						ex->step, ex->run_id, res->error_message),
+				 retry_at ? errdetail("Attempt %d will be retried at %s.", ex->attempt,
+									  timestamptz_to_str(retry_at)) : 0));
+	}
+
+	args[0] = Int64GetDatum(ex->run_id);
+	args[1] = CStringGetTextDatum(ex->step);
+	args[2] = JsonbPGetDatum(wf_exec_error_json(res, ex->attempt));
+	args[3] = TimestampTzGetDatum(retry_at);
+	nulls[3] = retry_at ? ' ' : 'n';
+	args[4] = BoolGetDatum(skip);
+	args[5] = BoolGetDatum(res->outcome == WF_STEP_INTERRUPTED);
+	if (SPI_execute_plan(wf_plan_failed, args, nulls, false, 0) != SPI_OK_SELECT ||
+		SPI_processed != 1)
+		elog(ERROR, "could not record the failure of step \"%s\"", ex->step);
+	ready = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	return wf_exec_append_ready(queue, ex->run_id, ready, isnull, batchctx);
+}
+
+/*
+ * Runs one executor transaction.  Returns the number of steps executed;
+ * when none was due, *next_due is when the next one will be (0: none
+ * known, sleep until woken).
+ */
+int
+wf_exec_batch(int max_steps, TimestampTz *next_due)
+{
+	MemoryContext batchctx = CurrentMemoryContext;
+	MemoryContext stepctx;
+	List	   *queue = NIL;
+	Datum		args[2];
+	char		nulls[2] = {' ', 'n'};
+	int64	   *interrupted;
+	int			ninterrupted;
+	uint64		i;
+	int			done = 0;
+	int			budget;
+	TimestampTz start;
+	bool		isnull;
+
+	*next_due = 0;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+
+	if (!wf_util_extension_exists())
+	{
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+		MemoryContextSwitchTo(batchctx);
+		return 0;
+	}
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	wf_exec_prepare_all();
+
+	args[0] = Int32GetDatum(max_steps);
+	interrupted = wf_shmem_interrupted_runs(&ninterrupted);
+	if (ninterrupted > 0)
+	{
+		Datum	   *elems = palloc(sizeof(Datum) * ninterrupted);
+
+		for (i = 0; i < ninterrupted; i++)
+			elems[i] = Int64GetDatum(interrupted[i]);
+		args[1] = PointerGetDatum(construct_array(elems, ninterrupted, INT8OID,
+												  sizeof(int64), FLOAT8PASSBYVAL,
+												  TYPALIGN_DOUBLE));
+		nulls[1] = ' ';
+	}
+	if (SPI_execute_plan(wf_plan_claim, args, nulls, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not claim ready steps");
+
+	if (SPI_processed == 0)
+	{
+		if (SPI_execute_plan(wf_plan_next_due, NULL, NULL, true, 1) == SPI_OK_SELECT &&
+			SPI_processed == 1)
+		{
+			Datum		d = SPI_getbinval(SPI_tuptable->vals[0],
+										  SPI_tuptable->tupdesc, 1, &isnull);
+
+			if (!isnull)
+				*next_due = DatumGetTimestampTz(d);
+		}
+		SPI_finish();
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+		MemoryContextSwitchTo(batchctx);
+		return 0;
+	}
+
+	/* Working: wake-ups now go to another executor. */
+	SpinLockAcquire(&wf_shared->mutex);
+	wf_worker_slot->sleeping = false;
+	SpinLockRelease(&wf_shared->mutex);
+	if (SPI_processed == max_steps)
+		wf_shmem_wake_one();	/* there is probably more */
+
+	MemoryContextSwitchTo(batchctx);
+	for (i = 0; i < SPI_processed; i++)
+	{
+		WfWorkItem *item = palloc(sizeof(WfWorkItem));
+
+		item->run_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i],
+												   SPI_tuptable->tupdesc, 1, &isnull));
+		item->step = TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[i],
+													   SPI_tuptable->tupdesc, 2, &isnull));
+		queue = lappend(queue, item);
+	}
+	SPI_freetuptable(SPI_tuptable);
+
+	stepctx = AllocSetContextCreate(batchctx, "pg_workflow step",
+									ALLOCSET_DEFAULT_SIZES);
+	budget = Max(max_steps, Min(2 * max_steps, WF_MAX_BATCH));
+	start = GetCurrentTimestamp();
+
+	while (queue != NIL)
+	{
+		WfWorkItem *item = linitial(queue);
+
+		queue = list_delete_first(queue);
+		CHECK_FOR_INTERRUPTS();
+		if (wf_shmem_run_is_interrupted(item->run_id))
+			continue;			/* stays ready for after the interrupter */
+
+		MemoryContextSwitchTo(stepctx);
+		queue = wf_exec_step(item, queue, batchctx);
+		MemoryContextSwitchTo(batchctx);
+		MemoryContextReset(stepctx);
+		done++;
+
+		if (done >= budget ||
+			TimestampDifferenceExceeds(start, GetCurrentTimestamp(),
+									   wf_guc_batch_time_ms))
+			break;
+	}
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	MemoryContextSwitchTo(batchctx);
+	pgstat_report_activity(STATE_IDLE, NULL);
+
+	/* Work left for others: some of it may be a parallel branch. */
+	if (queue != NIL)
+		wf_shmem_wake_one();
+
+	return done;
+}

@@ -1,0 +1,190 @@
+/*-------------------------------------------------------------------------
+ *
+ * pg_workflow.c
+ *		Module entry point: settings, shared memory requests and the
+ *		registration of the executor background workers.
+ *
+ * The library must be loaded through shared_preload_libraries, because the
+ * executors are started by the postmaster and share state with backends.
+ *
+ * src/pg_workflow.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "pg_workflow.h"
+
+#include "commands/dbcommands.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "storage/ipc.h"
+#include "utils/guc.h"
+#include "utils/memutils.h"
+
+PG_MODULE_MAGIC;
+
+char	   *wf_guc_database = NULL;
+int			wf_guc_workers = 2;
+int			wf_guc_notify = WF_NOTIFY_RUNS;
+int			wf_guc_batch_size = 32;
+int			wf_guc_batch_time_ms = 50;
+int			wf_guc_max_output_size = 1024 * 1024;
+static int	wf_guc_max_input_size = 1024 * 1024;
+static int	wf_guc_max_definition_size = 1024 * 1024;
+
+static const struct config_enum_entry wf_notify_options[] = {
+	{"off", WF_NOTIFY_OFF, false},
+	{"runs", WF_NOTIFY_RUNS, false},
+	{"steps", WF_NOTIFY_STEPS, false},
+	{NULL, 0, false}
+};
+
+static shmem_request_hook_type wf_prev_shmem_request_hook = NULL;
+static shmem_startup_hook_type wf_prev_shmem_startup_hook = NULL;
+
+void		_PG_init(void);
+
+PG_FUNCTION_INFO_V1(wf_check_database);
+
+static void
+wf_shmem_request_hook(void)
+{
+	if (wf_prev_shmem_request_hook)
+		wf_prev_shmem_request_hook();
+	wf_shmem_request();
+}
+
+static void
+wf_shmem_startup_hook(void)
+{
+	if (wf_prev_shmem_startup_hook)
+		wf_prev_shmem_startup_hook();
+	wf_shmem_startup();
+}
+
+static void
+wf_define_settings(void)
+{
+	DefineCustomStringVariable("pg_workflow.database",
+							   "Database whose workflows the executors run.",
+							   NULL,
+							   &wf_guc_database,
+							   "postgres",
+							   PGC_POSTMASTER,
+							   0,
+							   NULL, NULL, NULL);
+
+	DefineCustomIntVariable("pg_workflow.workers",
+							"Number of executor background workers.",
+							NULL,
+							&wf_guc_workers,
+							2, 1, WF_MAX_WORKERS,
+							PGC_POSTMASTER,
+							0,
+							NULL, NULL, NULL);
+
+	DefineCustomEnumVariable("pg_workflow.notify",
+							 "Transitions announced on channel wf_events.",
+							 "\"runs\" announces run transitions, \"steps\" also "
+							 "step transitions, \"off\" nothing.",
+							 &wf_guc_notify,
+							 WF_NOTIFY_RUNS,
+							 wf_notify_options,
+							 PGC_SIGHUP,
+							 0,
+							 NULL, NULL, NULL);
+
+	DefineCustomIntVariable("pg_workflow.batch_size",
+							"Maximum number of steps an executor checkpoints "
+							"in one transaction.",
+							NULL,
+							&wf_guc_batch_size,
+							32, 1, WF_MAX_BATCH,
+							PGC_SIGHUP,
+							0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("pg_workflow.batch_time",
+							"Time after which an executor stops adding steps "
+							"to its current transaction.",
+							NULL,
+							&wf_guc_batch_time_ms,
+							50, 0, 10000,
+							PGC_SIGHUP,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("pg_workflow.max_output_size",
+							"Largest step output accepted, in bytes.",
+							NULL,
+							&wf_guc_max_output_size,
+							1024 * 1024, 1024, MaxAllocSize / 2,
+							PGC_SIGHUP,
+							GUC_UNIT_BYTE,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("pg_workflow.max_input_size",
+							"Largest run input accepted by wf_start, in bytes.",
+							NULL,
+							&wf_guc_max_input_size,
+							1024 * 1024, 1024, MaxAllocSize / 2,
+							PGC_SUSET,
+							GUC_UNIT_BYTE,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("pg_workflow.max_definition_size",
+							"Largest workflow definition accepted by wf_define, "
+							"in bytes.",
+							NULL,
+							&wf_guc_max_definition_size,
+							1024 * 1024, 1024, MaxAllocSize / 2,
+							PGC_SUSET,
+							GUC_UNIT_BYTE,
+							NULL, NULL, NULL);
+
+	MarkGUCPrefixReserved("pg_workflow");
+}
+
+void
+_PG_init(void)
+{
+	int			i;
+
+	if (!process_shared_preload_libraries_in_progress)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("pg_workflow must be loaded via shared_preload_libraries"),
+				 errhint("Add pg_workflow to shared_preload_libraries in "
+						 "postgresql.conf and restart the server.")));
+
+	wf_define_settings();
+
+	wf_prev_shmem_request_hook = shmem_request_hook;
+	shmem_request_hook = wf_shmem_request_hook;
+	wf_prev_shmem_startup_hook = shmem_startup_hook;
+	shmem_startup_hook = wf_shmem_startup_hook;
+
+	for (i = 0; i < wf_guc_workers; i++)
+		wf_worker_register(i);
+}
+
+/*
+ * wf._check_database(): called first by the install script, so that the
+ * extension is only created where the executors run.
+ */
+Datum
+wf_check_database(PG_FUNCTION_ARGS)
+{
+	char	   *dbname = get_database_name(MyDatabaseId);
+
+	if (dbname == NULL || strcmp(dbname, wf_guc_database) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("pg_workflow can only be created in database \"%s\"",
+						wf_guc_database),
+				 errdetail("The executors run the workflows of the database named "
+						   "by pg_workflow.database."),
+				 errhint("Create the extension in database \"%s\", or set "
+						 "pg_workflow.database = '%s' and restart the server.",
+						 wf_guc_database, dbname ? dbname : "")));
+	PG_RETURN_VOID();
+}

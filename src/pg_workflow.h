@@ -1,0 +1,204 @@
+/*-------------------------------------------------------------------------
+ *
+ * pg_workflow.h
+ *		Declarations shared by the modules of pg_workflow, a durable
+ *		workflow engine executed by background workers.
+ *
+ * Module prefixes: wf_guc_* (settings), wf_shmem_* (shared state and
+ * wake-ups), wf_worker_* (process main loop), wf_exec_* (batch executor),
+ * wf_sql_* (the "sql" step kind), wf_api_* (SQL-callable functions),
+ * wf_validate_* (definition checks), wf_util_* (small helpers).
+ *
+ * src/pg_workflow.h
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef PG_WORKFLOW_H
+#define PG_WORKFLOW_H
+
+#include "postgres.h"
+
+#include "datatype/timestamp.h"
+#include "nodes/pg_list.h"
+#include "storage/latch.h"
+#include "storage/spin.h"
+#include "utils/jsonb.h"
+#include "utils/timeout.h"
+
+#define WF_VERSION_STR		"0.1"
+#define WF_EXTENSION_NAME	"pg_workflow"
+#define WF_SCHEMA_NAME		"wf"
+
+/* Upper bound of pg_workflow.workers. */
+#define WF_MAX_WORKERS		64
+
+/* Never more step subtransactions in one executor transaction than this. */
+#define WF_MAX_BATCH		60
+
+/* ----------------------------------------------------------------
+ * Settings (pg_workflow.c)
+ * ----------------------------------------------------------------
+ */
+typedef enum WfNotifyLevel
+{
+	WF_NOTIFY_OFF,
+	WF_NOTIFY_RUNS,
+	WF_NOTIFY_STEPS
+} WfNotifyLevel;
+
+extern char *wf_guc_database;
+extern int	wf_guc_workers;
+extern int	wf_guc_notify;
+extern int	wf_guc_batch_size;
+extern int	wf_guc_batch_time_ms;
+extern int	wf_guc_max_output_size;
+
+/* ----------------------------------------------------------------
+ * Shared memory (shmem.c)
+ * ----------------------------------------------------------------
+ */
+typedef struct WfWorkerSlot
+{
+	pid_t		pid;			/* 0 when the slot is not in use */
+	Latch	   *latch;			/* the worker's process latch */
+	bool		sleeping;		/* will re-check for work only if woken */
+	int64		current_run;	/* run whose step is executing, or 0 */
+} WfWorkerSlot;
+
+/* What one backend asks of the engine. */
+typedef struct WfBackendSlot
+{
+	int64		waiting_for;	/* run it waits for in wf_wait, or 0 */
+	int64		interrupting;	/* run it interrupts until its xact ends */
+	Latch	   *latch;
+} WfBackendSlot;
+
+typedef struct WfShared
+{
+	slock_t		mutex;			/* protects everything below */
+	int			nworkers;
+	uint32		next_wake;		/* round-robin position for wake-ups */
+	WfWorkerSlot workers[WF_MAX_WORKERS];
+	int			ninterrupts;	/* backends interrupting a run now */
+	/* One entry per backend id: wf_wait and interrupt requests. */
+	int			nbackends;
+	WfBackendSlot backends[FLEXIBLE_ARRAY_MEMBER];
+} WfShared;
+
+extern WfShared *wf_shared;
+
+extern void wf_shmem_request(void);
+extern void wf_shmem_startup(void);
+extern void wf_shmem_wake_one(void);
+extern void wf_shmem_wake_all(void);
+extern void wf_shmem_wake_at_commit(void);
+extern void wf_shmem_run_ended_at_commit(int64 run_id);
+extern void wf_shmem_interrupt_run(int64 run_id);
+extern int64 *wf_shmem_interrupted_runs(int *n);
+extern bool wf_shmem_run_is_interrupted(int64 run_id);
+extern void wf_shmem_wake_waiters(int64 *run_ids, int nruns);
+extern void wf_shmem_set_waiting(int64 run_id);
+
+/* ----------------------------------------------------------------
+ * Worker process (worker.c)
+ * ----------------------------------------------------------------
+ */
+extern void wf_worker_register(int index);
+extern PGDLLEXPORT void wf_worker_main(Datum main_arg);
+extern WfWorkerSlot *wf_worker_slot;
+
+/* ----------------------------------------------------------------
+ * Executor (executor.c) and step kinds
+ * ----------------------------------------------------------------
+ */
+
+/* What an error means for the retry policy. */
+typedef enum WfErrorClass
+{
+	WF_ERROR_TRANSIENT,
+	WF_ERROR_PERMANENT,
+	WF_ERROR_BUSINESS
+} WfErrorClass;
+
+/* Everything a step kind needs to execute one attempt. */
+typedef struct WfStepKind WfStepKind;
+
+typedef struct WfStepExec
+{
+	int64		run_id;
+	char	   *step;			/* step name (path for nested steps) */
+	char	   *kind;			/* action key, e.g. "sql" */
+	Jsonb	   *spec;			/* the step's definition object */
+	Jsonb	   *context;		/* the run context passed to the step */
+	Oid			owner;			/* role that started the run */
+	char	   *search_path;	/* caller's search_path at wf_start */
+	int			attempt;		/* 1 for the first attempt */
+	int			timeout_ms;		/* 0 for none */
+	const WfStepKind *kind_def;
+} WfStepExec;
+
+/* The outcome of one attempt. */
+typedef enum WfStepOutcome
+{
+	WF_STEP_COMPLETED,			/* output is set */
+	WF_STEP_FAILED,				/* error fields are set */
+	WF_STEP_INTERRUPTED			/* the run was cancelled under our feet */
+} WfStepOutcome;
+
+typedef struct WfStepResult
+{
+	WfStepOutcome outcome;
+	Jsonb	   *output;
+	WfErrorClass error_class;
+	char	   *error_message;
+	char	   *error_detail;
+	char		sqlstate[6];
+	bool		timed_out;
+	Datum		ready;			/* text[] of steps made ready, or 0 */
+} WfStepResult;
+
+/*
+ * A step kind.  "execute" performs one attempt synchronously inside the
+ * executor's transaction (in a subtransaction of its own).
+ */
+struct WfStepKind
+{
+	const char *name;
+	void		(*execute) (WfStepExec *ex, WfStepResult *res);
+};
+
+extern TimeoutId wf_exec_timeout_id;
+extern void wf_exec_init(void);
+extern const WfStepKind *wf_exec_find_kind(const char *name);
+extern int	wf_exec_batch(int max_steps, TimestampTz *next_due);
+
+/* step_sql.c */
+extern void wf_sql_execute(WfStepExec *ex, WfStepResult *res);
+
+/* ----------------------------------------------------------------
+ * Definition checks (validate.c)
+ * ----------------------------------------------------------------
+ */
+typedef struct WfProblem
+{
+	int			sqlstate;		/* an ERRCODE_* value */
+	char	   *message;		/* lower-case, no trailing period */
+} WfProblem;
+
+extern List *wf_validate_definition(Jsonb *definition);
+extern void wf_validate_report(List *problems);
+extern bool wf_validate_template(const char *str, char **problem);
+
+/* ----------------------------------------------------------------
+ * Helpers (util.c)
+ * ----------------------------------------------------------------
+ */
+extern int64 wf_util_interval_ms(const char *text);
+extern double wf_util_jsonb_get_number(Jsonb *obj, const char *key, double dflt);
+extern Jsonb *wf_util_datum_to_jsonb(Datum value, Oid typid, bool isnull);
+extern char *wf_util_jsonb_get_text(Jsonb *obj, const char *key);
+extern Jsonb *wf_util_jsonb_get(Jsonb *obj, const char *key);
+extern bool wf_util_extension_exists(void);
+extern WfErrorClass wf_util_classify_sqlstate(int sqlerrcode);
+
+#endif							/* PG_WORKFLOW_H */

@@ -1,0 +1,338 @@
+/*-------------------------------------------------------------------------
+ *
+ * shmem.c
+ *		Shared state of pg_workflow: the executors' slots, the backends
+ *		waiting in wf_wait, and the wake-ups that replace polling.
+ *
+ * Executors sleep on their latch whenever a check finds nothing due.  A
+ * transaction that makes work due (wf_start, wf_retry, ...) asks for a
+ * wake-up, delivered by a transaction callback once the commit is durable,
+ * so that the woken executor sees the new rows.  The protocol is the usual
+ * latch one: an executor marks itself sleeping *before* it resets its latch
+ * and looks for work, so a wake-up can never fall between the check and
+ * the sleep.
+ *
+ * src/shmem.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "pg_workflow.h"
+
+#include <signal.h>
+
+#include "access/xact.h"
+#include "miscadmin.h"
+#include "storage/ipc.h"
+#include "storage/lwlock.h"
+#include "storage/shmem.h"
+
+WfShared   *wf_shared = NULL;
+
+static bool wf_xact_callback_registered = false;
+
+/* What the current transaction asks for at commit. */
+static bool wf_wake_pending = false;
+#define WF_MAX_PENDING_ENDS 64
+static int64 wf_ended_runs[WF_MAX_PENDING_ENDS];
+static int	wf_n_ended_runs = 0;	/* -1: too many, wake every waiter */
+
+#define WF_BACKENDS(shared) ((shared)->backends)
+
+static int64 wf_my_interrupt = 0;
+
+static Size
+wf_shmem_size(void)
+{
+	return add_size(offsetof(WfShared, backends),
+					mul_size(MaxBackends + 1, sizeof(WfBackendSlot)));
+}
+
+void
+wf_shmem_request(void)
+{
+	RequestAddinShmemSpace(wf_shmem_size());
+}
+
+void
+wf_shmem_startup(void)
+{
+	bool		found;
+
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	wf_shared = ShmemInitStruct("pg_workflow", wf_shmem_size(), &found);
+	if (!found)
+	{
+		memset(wf_shared, 0, wf_shmem_size());
+		SpinLockInit(&wf_shared->mutex);
+		wf_shared->nworkers = wf_guc_workers;
+		wf_shared->nbackends = MaxBackends + 1;
+	}
+	LWLockRelease(AddinShmemInitLock);
+}
+
+/*
+ * Wakes one sleeping executor, taking them in turn.  When none sleeps, all
+ * of them are going to look for work again anyway.
+ */
+void
+wf_shmem_wake_one(void)
+{
+	Latch	   *latch = NULL;
+	int			i;
+
+	if (wf_shared == NULL)
+		return;
+	SpinLockAcquire(&wf_shared->mutex);
+	for (i = 0; i < wf_shared->nworkers; i++)
+	{
+		WfWorkerSlot *slot;
+
+		slot = &wf_shared->workers[(wf_shared->next_wake + i) % wf_shared->nworkers];
+		if (slot->pid != 0 && slot->sleeping)
+		{
+			slot->sleeping = false;
+			latch = slot->latch;
+			wf_shared->next_wake += i + 1;
+			break;
+		}
+	}
+	SpinLockRelease(&wf_shared->mutex);
+	if (latch)
+		SetLatch(latch);
+}
+
+void
+wf_shmem_wake_all(void)
+{
+	Latch	   *latches[WF_MAX_WORKERS];
+	int			n = 0;
+	int			i;
+
+	if (wf_shared == NULL)
+		return;
+	SpinLockAcquire(&wf_shared->mutex);
+	for (i = 0; i < wf_shared->nworkers; i++)
+	{
+		WfWorkerSlot *slot = &wf_shared->workers[i];
+
+		if (slot->pid != 0)
+		{
+			slot->sleeping = false;
+			latches[n++] = slot->latch;
+		}
+	}
+	SpinLockRelease(&wf_shared->mutex);
+	for (i = 0; i < n; i++)
+		SetLatch(latches[i]);
+}
+
+static void
+wf_shmem_xact_callback(XactEvent event, void *arg)
+{
+	if (wf_my_interrupt != 0 &&
+		(event == XACT_EVENT_COMMIT || event == XACT_EVENT_PARALLEL_COMMIT ||
+		 event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT ||
+		 event == XACT_EVENT_PREPARE))
+	{
+		WfBackendSlot *me = &WF_BACKENDS(wf_shared)[MyBackendId];
+
+		SpinLockAcquire(&wf_shared->mutex);
+		me->interrupting = 0;
+		wf_shared->ninterrupts--;
+		SpinLockRelease(&wf_shared->mutex);
+		wf_my_interrupt = 0;
+	}
+
+	switch (event)
+	{
+		case XACT_EVENT_COMMIT:
+		case XACT_EVENT_PARALLEL_COMMIT:
+			if (wf_wake_pending)
+				wf_shmem_wake_one();
+			if (wf_n_ended_runs != 0)
+				wf_shmem_wake_waiters(wf_ended_runs, wf_n_ended_runs);
+			wf_wake_pending = false;
+			wf_n_ended_runs = 0;
+			break;
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PARALLEL_ABORT:
+		case XACT_EVENT_PREPARE:
+			wf_wake_pending = false;
+			wf_n_ended_runs = 0;
+			break;
+		default:
+			break;
+	}
+}
+
+static void
+wf_shmem_register_callback(void)
+{
+	if (!wf_xact_callback_registered)
+	{
+		RegisterXactCallback(wf_shmem_xact_callback, NULL);
+		wf_xact_callback_registered = true;
+	}
+}
+
+/*
+ * Asks for an executor to be woken when the current transaction commits.
+ */
+void
+wf_shmem_wake_at_commit(void)
+{
+	wf_shmem_register_callback();
+	wf_wake_pending = true;
+}
+
+/*
+ * Asks for the backends waiting for run_id in wf_wait to be woken when the
+ * current transaction commits.
+ */
+void
+wf_shmem_run_ended_at_commit(int64 run_id)
+{
+	int			i;
+
+	wf_shmem_register_callback();
+	if (wf_n_ended_runs < 0)
+		return;
+	for (i = 0; i < wf_n_ended_runs; i++)
+		if (wf_ended_runs[i] == run_id)
+			return;
+	if (wf_n_ended_runs == WF_MAX_PENDING_ENDS)
+		wf_n_ended_runs = -1;
+	else
+		wf_ended_runs[wf_n_ended_runs++] = run_id;
+}
+
+/*
+ * Interrupts the step of run_id that an executor may be running now, and
+ * keeps every executor away from that run until the current transaction
+ * ends.  The step's subtransaction is rolled back and the step stays
+ * ready; the caller then locks the run, which waits for the executor's
+ * transaction to end, and can change the run without racing it.  One run
+ * at a time per backend: once the caller holds the run's lock, executors
+ * cannot claim its steps anyway.
+ */
+void
+wf_shmem_interrupt_run(int64 run_id)
+{
+	WfBackendSlot *me;
+	pid_t		pids[WF_MAX_WORKERS];
+	int			n = 0;
+	int			i;
+
+	if (wf_shared == NULL || MyBackendId <= 0 || MyBackendId >= wf_shared->nbackends)
+		return;
+	wf_shmem_register_callback();
+	me = &WF_BACKENDS(wf_shared)[MyBackendId];
+	SpinLockAcquire(&wf_shared->mutex);
+	if (me->interrupting == 0)
+		wf_shared->ninterrupts++;
+	me->interrupting = run_id;
+	for (i = 0; i < wf_shared->nworkers; i++)
+	{
+		WfWorkerSlot *slot = &wf_shared->workers[i];
+
+		if (slot->pid != 0 && slot->current_run == run_id)
+			pids[n++] = slot->pid;
+	}
+	SpinLockRelease(&wf_shared->mutex);
+	wf_my_interrupt = run_id;
+	for (i = 0; i < n; i++)
+		kill(pids[i], SIGINT);
+}
+
+/*
+ * The runs executors must keep away from now; *n is set to their number.
+ */
+int64 *
+wf_shmem_interrupted_runs(int *n)
+{
+	WfBackendSlot *slots = WF_BACKENDS(wf_shared);
+	int64	   *runs;
+	int			i;
+
+	*n = 0;
+	/* An unlocked read is fine: requests that race us are rechecked later. */
+	if (wf_shared->ninterrupts == 0)
+		return NULL;
+	runs = palloc(sizeof(int64) * wf_shared->nbackends);
+	SpinLockAcquire(&wf_shared->mutex);
+	for (i = 1; i < wf_shared->nbackends; i++)
+		if (slots[i].interrupting != 0)
+			runs[(*n)++] = slots[i].interrupting;
+	SpinLockRelease(&wf_shared->mutex);
+	return runs;
+}
+
+bool
+wf_shmem_run_is_interrupted(int64 run_id)
+{
+	WfBackendSlot *slots = WF_BACKENDS(wf_shared);
+	bool		found = false;
+	int			i;
+
+	if (wf_shared->ninterrupts == 0)
+		return false;
+	SpinLockAcquire(&wf_shared->mutex);
+	for (i = 1; i < wf_shared->nbackends && !found; i++)
+		found = (slots[i].interrupting == run_id);
+	SpinLockRelease(&wf_shared->mutex);
+	return found;
+}
+
+/*
+ * Registers the current backend as waiting for run_id (0: not waiting).
+ */
+void
+wf_shmem_set_waiting(int64 run_id)
+{
+	WfBackendSlot *me;
+
+	if (wf_shared == NULL || MyBackendId <= 0 || MyBackendId >= wf_shared->nbackends)
+		return;
+	me = &WF_BACKENDS(wf_shared)[MyBackendId];
+	SpinLockAcquire(&wf_shared->mutex);
+	me->latch = MyLatch;
+	me->waiting_for = run_id;
+	SpinLockRelease(&wf_shared->mutex);
+}
+
+/*
+ * Wakes the backends waiting in wf_wait for any of the given runs
+ * (nruns < 0: every waiting backend).
+ */
+void
+wf_shmem_wake_waiters(int64 *run_ids, int nruns)
+{
+	WfBackendSlot *slots;
+	Latch	  **latches;
+	int			n = 0;
+	int			i,
+				j;
+
+	if (wf_shared == NULL || nruns == 0)
+		return;
+	slots = WF_BACKENDS(wf_shared);
+	latches = palloc(sizeof(Latch *) * wf_shared->nbackends);
+	SpinLockAcquire(&wf_shared->mutex);
+	for (i = 1; i < wf_shared->nbackends; i++)
+	{
+		if (slots[i].waiting_for == 0)
+			continue;
+		for (j = 0; j < nruns || nruns < 0; j++)
+		{
+			if (nruns < 0 || slots[i].waiting_for == run_ids[j])
+			{
+				latches[n++] = slots[i].latch;
+				break;
+			}
+		}
+	}
+	SpinLockRelease(&wf_shared->mutex);
+	for (i = 0; i < n; i++)
+		SetLatch(latches[i]);
+	pfree(latches);
+}

@@ -1,0 +1,158 @@
+/*-------------------------------------------------------------------------
+ *
+ * util.c
+ *		Small helpers shared by the modules of pg_workflow: intervals,
+ *		jsonb access and conversion, error classification.
+ *
+ * src/util.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "pg_workflow.h"
+
+#include "catalog/pg_type.h"
+#include "commands/extension.h"
+#include "fmgr.h"
+#include "nodes/makefuncs.h"
+#include "utils/builtins.h"
+#include "utils/fmgroids.h"
+#include "utils/timestamp.h"
+
+/*
+ * Milliseconds in an interval given as text ('5m', '3 minutes'), months
+ * counted as 30 days.  Raises on malformed input.
+ */
+int64
+wf_util_interval_ms(const char *text)
+{
+	Interval   *iv;
+	int64		usecs;
+
+	iv = DatumGetIntervalP(DirectFunctionCall3(interval_in,
+											   CStringGetDatum(text),
+											   ObjectIdGetDatum(InvalidOid),
+											   Int32GetDatum(-1)));
+	usecs = iv->time + (int64) iv->day * USECS_PER_DAY +
+		(int64) iv->month * DAYS_PER_MONTH * USECS_PER_DAY;
+	return usecs / 1000;
+}
+
+/*
+ * The value of key in a jsonb object, or NULL when absent (or not an
+ * object).
+ */
+Jsonb *
+wf_util_jsonb_get(Jsonb *obj, const char *key)
+{
+	JsonbValue	vbuf;
+	JsonbValue *v;
+
+	if (obj == NULL || !JB_ROOT_IS_OBJECT(obj))
+		return NULL;
+	v = getKeyJsonValueFromContainer(&obj->root, key, strlen(key), &vbuf);
+	if (v == NULL)
+		return NULL;
+	return JsonbValueToJsonb(v);
+}
+
+/*
+ * The string value of key in a jsonb object, or NULL when absent or not a
+ * string.
+ */
+char *
+wf_util_jsonb_get_text(Jsonb *obj, const char *key)
+{
+	JsonbValue	vbuf;
+	JsonbValue *v;
+
+	if (obj == NULL || !JB_ROOT_IS_OBJECT(obj))
+		return NULL;
+	v = getKeyJsonValueFromContainer(&obj->root, key, strlen(key), &vbuf);
+	if (v == NULL || v->type != jbvString)
+		return NULL;
+	return pnstrdup(v->val.string.val, v->val.string.len);
+}
+
+/*
+ * The numeric value of key in a jsonb object as a double, or dflt.
+ */
+double
+wf_util_jsonb_get_number(Jsonb *obj, const char *key, double dflt)
+{
+	JsonbValue	vbuf;
+	JsonbValue *v;
+
+	if (obj == NULL || !JB_ROOT_IS_OBJECT(obj))
+		return dflt;
+	v = getKeyJsonValueFromContainer(&obj->root, key, strlen(key), &vbuf);
+	if (v == NULL)
+		return dflt;
+	if (v->type == jbvNumeric)
+		return DatumGetFloat8(DirectFunctionCall1(numeric_float8,
+												  NumericGetDatum(v->val.numeric)));
+	if (v->type == jbvBool)
+		return v->val.boolean ? 1.0 : 0.0;
+	return dflt;
+}
+
+/*
+ * A value of any type as jsonb, with to_jsonb()'s rules; NULL stays NULL.
+ */
+Jsonb *
+wf_util_datum_to_jsonb(Datum value, Oid typid, bool isnull)
+{
+	FmgrInfo	flinfo;
+
+	if (isnull)
+		return NULL;
+	if (typid == JSONBOID)
+		return DatumGetJsonbPCopy(value);
+
+	/* to_jsonb(anyelement) learns the argument's type from fn_expr. */
+	fmgr_info(F_TO_JSONB, &flinfo);
+	flinfo.fn_expr = (Node *) makeFuncExpr(F_TO_JSONB, JSONBOID,
+										   list_make1(makeNullConst(typid, -1,
+																	InvalidOid)),
+										   InvalidOid, InvalidOid,
+										   COERCE_EXPLICIT_CALL);
+	return DatumGetJsonbP(FunctionCall1(&flinfo, value));
+}
+
+/*
+ * Is the extension installed in the current database?  Executors keep
+ * sleeping while it is not (before CREATE EXTENSION, after DROP EXTENSION).
+ */
+bool
+wf_util_extension_exists(void)
+{
+	return OidIsValid(get_extension_oid(WF_EXTENSION_NAME, true));
+}
+
+/*
+ * Transient errors are worth retrying: concurrency conflicts, timeouts,
+ * lack of resources, lost connections.  Everything else is permanent.
+ */
+WfErrorClass
+wf_util_classify_sqlstate(int sqlerrcode)
+{
+	switch (ERRCODE_TO_CATEGORY(sqlerrcode))
+	{
+		case ERRCODE_TRANSACTION_ROLLBACK:	/* serialization, deadlock */
+		case ERRCODE_INSUFFICIENT_RESOURCES:
+		case ERRCODE_CONNECTION_EXCEPTION:
+		case ERRCODE_SYSTEM_ERROR:
+			return WF_ERROR_TRANSIENT;
+		default:
+			break;
+	}
+	switch (sqlerrcode)
+	{
+		case ERRCODE_LOCK_NOT_AVAILABLE:
+		case ERRCODE_QUERY_CANCELED:	/* the step's timeout */
+		case ERRCODE_ADMIN_SHUTDOWN:
+		case ERRCODE_CANNOT_CONNECT_NOW:
+			return WF_ERROR_TRANSIENT;
+		default:
+			return WF_ERROR_PERMANENT;
+	}
+}

@@ -1,0 +1,197 @@
+/*-------------------------------------------------------------------------
+ *
+ * worker.c
+ *		The executor background workers: registration and main loop.
+ *
+ * Each executor connects to pg_workflow.database and repeats: look for due
+ * steps and run a batch of them (executor.c); when none is due, sleep on
+ * the process latch until woken by a committed wf_start (or any other
+ * change that makes work due), or until the next retry or start_at time.
+ * An idle executor runs no query at all.
+ *
+ * SIGTERM ends the executor at the next interrupt check, rolling back the
+ * transaction in progress; SIGHUP reloads the configuration; SIGINT
+ * interrupts the step being executed (wf_cancel) or ends a step's timeout.
+ *
+ * src/worker.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "pg_workflow.h"
+
+#include "access/xact.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/proc.h"
+#include "tcop/tcopprot.h"
+#include "utils/guc.h"
+#include "utils/memutils.h"
+#include "utils/timeout.h"
+#include "utils/timestamp.h"
+
+WfWorkerSlot *wf_worker_slot = NULL;
+
+void
+wf_worker_register(int index)
+{
+	BackgroundWorker worker;
+
+	memset(&worker, 0, sizeof(worker));
+	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	worker.bgw_restart_time = 5;
+	snprintf(worker.bgw_library_name, BGW_MAXLEN, "pg_workflow");
+	snprintf(worker.bgw_function_name, BGW_MAXLEN, "wf_worker_main");
+	snprintf(worker.bgw_name, BGW_MAXLEN, "pg_workflow executor %d", index + 1);
+	snprintf(worker.bgw_type, BGW_MAXLEN, "pg_workflow executor");
+	worker.bgw_main_arg = Int32GetDatum(index);
+	RegisterBackgroundWorker(&worker);
+}
+
+static void
+wf_worker_detach(int code, Datum arg)
+{
+	SpinLockAcquire(&wf_shared->mutex);
+	wf_worker_slot->pid = 0;
+	wf_worker_slot->latch = NULL;
+	wf_worker_slot->sleeping = false;
+	wf_worker_slot->current_run = 0;
+	SpinLockRelease(&wf_shared->mutex);
+}
+
+static void
+wf_worker_attach(int index)
+{
+	wf_worker_slot = &wf_shared->workers[index];
+	SpinLockAcquire(&wf_shared->mutex);
+	wf_worker_slot->pid = MyProcPid;
+	wf_worker_slot->latch = MyLatch;
+	wf_worker_slot->sleeping = false;
+	wf_worker_slot->current_run = 0;
+	SpinLockRelease(&wf_shared->mutex);
+	before_shmem_exit(wf_worker_detach, (Datum) 0);
+}
+
+/*
+ * Recovers from an error that escaped the executor: the transaction is
+ * rolled back, nothing of it remains, and the work is found again.
+ */
+static void
+wf_worker_recover(MemoryContext iterctx, int *consecutive_errors)
+{
+	long		delay_ms;
+
+	error_context_stack = NULL;
+	HOLD_INTERRUPTS();
+	disable_all_timeouts(false);
+	QueryCancelPending = false;
+	EmitErrorReport();
+	AbortCurrentTransaction();
+	MemoryContextSwitchTo(TopMemoryContext);
+	FlushErrorState();
+	MemoryContextReset(iterctx);
+	SpinLockAcquire(&wf_shared->mutex);
+	wf_worker_slot->current_run = 0;
+	SpinLockRelease(&wf_shared->mutex);
+	pgstat_report_activity(STATE_IDLE, NULL);
+	RESUME_INTERRUPTS();
+
+	/*
+	 * A conflict between executors (a deadlock on a run) resolves itself on
+	 * the next try; anything that repeats is backed off, up to 10 s.
+	 */
+	(*consecutive_errors)++;
+	if (*consecutive_errors > 1)
+	{
+		delay_ms = Min(10000L, 100L << Min(*consecutive_errors, 10));
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 delay_ms, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+	}
+}
+
+void
+wf_worker_main(Datum main_arg)
+{
+	int			index = DatumGetInt32(main_arg);
+	sigjmp_buf	local_sigjmp_buf;
+	MemoryContext iterctx;
+	int			consecutive_errors = 0;
+
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	pqsignal(SIGINT, StatementCancelHandler);
+	BackgroundWorkerUnblockSignals();
+
+	BackgroundWorkerInitializeConnection(wf_guc_database, NULL, 0);
+	wf_worker_attach(index);
+	wf_exec_init();
+	SetConfigOption("application_name", MyBgworkerEntry->bgw_name,
+					PGC_USERSET, PGC_S_SESSION);
+	pgstat_report_appname(MyBgworkerEntry->bgw_name);
+
+	/* Cancels only act inside a step's execution (executor.c). */
+	HOLD_CANCEL_INTERRUPTS();
+
+	iterctx = AllocSetContextCreate(TopMemoryContext,
+									"pg_workflow executor iteration",
+									ALLOCSET_DEFAULT_SIZES);
+
+	if (sigsetjmp(local_sigjmp_buf, 1) != 0)
+	{
+		QueryCancelHoldoffCount = 1;
+		wf_worker_recover(iterctx, &consecutive_errors);
+	}
+	PG_exception_stack = &local_sigjmp_buf;
+
+	ereport(LOG,
+			(errmsg("%s started in database \"%s\"",
+					MyBgworkerEntry->bgw_name, wf_guc_database)));
+
+	for (;;)
+	{
+		TimestampTz next_due;
+		long		timeout_ms = -1;
+		int			done;
+		int			events = WL_LATCH_SET | WL_EXIT_ON_PM_DEATH;
+
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+
+		MemoryContextReset(iterctx);
+		MemoryContextSwitchTo(iterctx);
+
+		/*
+		 * Mark ourselves sleeping before looking: a wake-up that comes
+		 * after the look then sets our latch, and the wait returns at once.
+		 */
+		SpinLockAcquire(&wf_shared->mutex);
+		wf_worker_slot->sleeping = true;
+		SpinLockRelease(&wf_shared->mutex);
+		ResetLatch(MyLatch);
+
+		done = wf_exec_batch(wf_guc_batch_size, &next_due);
+		consecutive_errors = 0;
+		if (done > 0)
+			continue;
+
+		if (next_due != 0)
+		{
+			long		secs;
+			int			usecs;
+
+			TimestampDifference(GetCurrentTimestamp(), next_due, &secs, &usecs);
+			timeout_ms = secs * 1000 + (usecs + 999) / 1000;
+			events |= WL_TIMEOUT;
+		}
+		(void) WaitLatch(MyLatch, events, timeout_ms, PG_WAIT_EXTENSION);
+	}
+}

@@ -1,0 +1,202 @@
+
+# Copyright (c) pg_workflow authors
+
+=pod
+
+=head1 NAME
+
+PgWorkflowTest - small helpers shared by the TAP tests of pg_workflow
+
+=head1 SYNOPSIS
+
+  use FindBin;
+  use lib "$FindBin::RealBin/../perl";
+  use PgWorkflowTest;
+
+  my $node = wf_node('main', workers => 4);
+  wf_define($node, 'wf1', { steps => [ { name => 'a', sql => 'SELECT 1' } ] });
+  my $run = wf_start($node, 'wf1', { x => 1 });
+  is(wf_wait($node, $run), 'completed', 'run completed');
+
+=head1 DESCRIPTION
+
+Every test file starts its own node(s); these helpers only remove the
+boilerplate: a node with pg_workflow preloaded and the extension created,
+workflow definitions written as Perl data (encoded with JSON::PP), starting
+and waiting for runs, and the executor processes as seen in
+pg_stat_activity.  Synchronisation is always on a real condition: wf_wait()
+or poll_query_until(), never a sleep.
+
+=cut
+
+package PgWorkflowTest;
+
+use strict;
+use warnings;
+
+use Exporter 'import';
+use JSON::PP;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+
+our @EXPORT = qw(
+  wf_node wf_json wf_define wf_start wf_wait wf_sql_quote
+  wf_executor_pids wf_wait_for_executors
+);
+
+my $json = JSON::PP->new->canonical(1);
+
+=pod
+
+=over
+
+=item wf_node(name, workers => N, conf => 'extra postgresql.conf lines', create => 1)
+
+A started node with shared_preload_libraries = 'pg_workflow',
+pg_workflow.workers = N (default 2) and, unless create => 0, the extension
+created in database postgres.
+
+=cut
+
+sub wf_node
+{
+	my ($name, %params) = @_;
+	my $workers = $params{workers} // 2;
+	my $node = PostgreSQL::Test::Cluster->new($name);
+
+	$node->init;
+	$node->append_conf('postgresql.conf',
+		"shared_preload_libraries = 'pg_workflow'\n"
+		  . "pg_workflow.workers = $workers\n"
+		  . ($params{conf} // ''));
+	$node->start;
+	$node->safe_psql('postgres', 'CREATE EXTENSION pg_workflow')
+	  unless defined $params{create} && !$params{create};
+	return $node;
+}
+
+=pod
+
+=item wf_json(data)
+
+The canonical JSON text of a Perl structure.
+
+=item wf_sql_quote(text)
+
+The text as an SQL string literal (standard_conforming_strings on).
+
+=cut
+
+sub wf_json
+{
+	my ($data) = @_;
+	return ref $data ? $json->encode($data) : $data;
+}
+
+sub wf_sql_quote
+{
+	my ($text) = @_;
+	$text =~ s/'/''/g;
+	return "'$text'";
+}
+
+=pod
+
+=item wf_define(node, name, definition)
+
+Defines a workflow (definition: Perl data or JSON text) and returns the
+version wf_define() returned.
+
+=cut
+
+sub wf_define
+{
+	my ($node, $name, $def) = @_;
+	return $node->safe_psql('postgres',
+		    'SELECT wf_define('
+		  . wf_sql_quote($name) . ', '
+		  . wf_sql_quote(wf_json($def))
+		  . '::jsonb)');
+}
+
+=pod
+
+=item wf_start(node, name, input, options)
+
+Starts one run in its own transaction and returns its id.
+
+=cut
+
+sub wf_start
+{
+	my ($node, $name, $input, $options) = @_;
+	return $node->safe_psql('postgres',
+		    'SELECT wf_start('
+		  . wf_sql_quote($name) . ', '
+		  . wf_sql_quote(wf_json($input // {}))
+		  . '::jsonb, '
+		  . wf_sql_quote(wf_json($options // {}))
+		  . '::jsonb)');
+}
+
+=pod
+
+=item wf_wait(node, run, timeout)
+
+wf_wait(run, timeout) (default 60s): the run's status once it has ended,
+or its status at the timeout.
+
+=cut
+
+sub wf_wait
+{
+	my ($node, $run, $timeout) = @_;
+	$timeout //= $PostgreSQL::Test::Utils::timeout_default;
+	return $node->safe_psql('postgres',
+		"SELECT wf_wait($run, '$timeout s')");
+}
+
+=pod
+
+=item wf_executor_pids(node)
+
+The pids of the executors in pg_stat_activity, sorted.
+
+=item wf_wait_for_executors(node, n, [exclude_pids])
+
+Waits until exactly n executors are in pg_stat_activity, none of them with
+one of the pids in exclude_pids; returns true on success.
+
+=cut
+
+sub wf_executor_pids
+{
+	my ($node) = @_;
+	my $out = $node->safe_psql('postgres',
+		"SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_workflow executor' ORDER BY pid"
+	);
+	return grep { $_ ne '' } split /\n/, $out;
+}
+
+sub wf_wait_for_executors
+{
+	my ($node, $n, $exclude) = @_;
+	my $not = '';
+	$not = ' AND pid NOT IN (' . join(', ', @$exclude) . ')'
+	  if $exclude && @$exclude;
+	return $node->poll_query_until('postgres',
+		"SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'pg_workflow executor'$not",
+		$n)
+	  && $node->poll_query_until('postgres',
+		"SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'pg_workflow executor'",
+		$n);
+}
+
+=pod
+
+=back
+
+=cut
+
+1;
