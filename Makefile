@@ -7,6 +7,8 @@ OBJS = \
 	src/worker.o \
 	src/executor.o \
 	src/step_sql.o \
+	src/http.o \
+	src/template.o \
 	src/api.o \
 	src/validate.o \
 	src/util.o

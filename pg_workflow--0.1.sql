@@ -94,6 +94,7 @@ CREATE TABLE wf.step (
 	error		jsonb,
 	started_at	timestamptz,
 	finished_at	timestamptz,
+	running_by	int,				-- executor slot of a running http step
 	PRIMARY KEY (run_id, step)
 );
 /* The executors' queue: ready steps in the order they are claimed. */
@@ -129,12 +130,32 @@ CREATE TRIGGER history_log_no_truncate
 	BEFORE TRUNCATE ON wf.history_log
 	FOR EACH STATEMENT EXECUTE FUNCTION wf._history_is_append_only();
 
+/* Secrets for {{secret.NAME}} templates: nobody but the owner reads them. */
+CREATE TABLE wf.secret (
+	name		text PRIMARY KEY CHECK (name ~ '^[A-Za-z0-9_.-]+$'),
+	value		text NOT NULL,
+	updated_at	timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	updated_by	oid NOT NULL
+);
+
+/* Circuit breakers of http steps, one per host, shared by every run. */
+CREATE TABLE wf.circuit_breaker (
+	key			text PRIMARY KEY,		-- the host
+	state		text NOT NULL CHECK (state IN ('closed', 'open', 'half_open')),
+	failures	int NOT NULL,			-- consecutive failures
+	opened_at	timestamptz,
+	reset_after	interval,
+	probe_at	timestamptz,			-- when the half-open probe was sent
+	updated_at	timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp()
+);
+
 REVOKE ALL ON ALL TABLES IN SCHEMA wf FROM PUBLIC;
 
 SELECT pg_catalog.pg_extension_config_dump('wf.workflow_def', '');
 SELECT pg_catalog.pg_extension_config_dump('wf.run', '');
 SELECT pg_catalog.pg_extension_config_dump('wf.step', '');
 SELECT pg_catalog.pg_extension_config_dump('wf.history_log', '');
+SELECT pg_catalog.pg_extension_config_dump('wf.secret', '');
 
 /* ---------------------------------------------------------------------
  * Internal helpers (owner only)
@@ -607,7 +628,8 @@ $$;
  */
 CREATE FUNCTION wf._step_load(p_run_id bigint, p_step text,
 	OUT kind text, OUT spec jsonb, OUT owner oid, OUT search_path text,
-	OUT attempt int, OUT context jsonb, OUT defaults jsonb)
+	OUT attempt int, OUT context jsonb, OUT defaults jsonb,
+	OUT started_at timestamptz)
 RETURNS SETOF record
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -616,7 +638,8 @@ BEGIN
 	SELECT * INTO r FROM wf.run WHERE id = p_run_id;
 	IF r.status NOT IN ('pending', 'running', 'waiting') THEN
 		UPDATE wf.step s SET status = 'cancelled', finished_at = clock_timestamp()
-		 WHERE s.run_id = p_run_id AND s.step = p_step;
+		 WHERE s.run_id = p_run_id AND s.step = p_step
+		   AND s.status IN ('pending', 'ready', 'running', 'waiting');
 		RETURN;
 	END IF;
 	IF r.status = 'pending' THEN
@@ -628,7 +651,8 @@ BEGIN
 	END IF;
 	UPDATE wf.step s SET attempt = s.attempt + 1, started_at = clock_timestamp()
 	 WHERE s.run_id = p_run_id AND s.step = p_step
-	RETURNING s.kind, s.spec, s.attempt INTO kind, spec, attempt;
+	RETURNING s.kind, s.spec, s.attempt, s.started_at
+	INTO kind, spec, attempt, started_at;
 	owner := r.owner;
 	search_path := r.search_path;
 	SELECT d.defaults INTO defaults FROM wf.workflow_def d
@@ -668,7 +692,7 @@ BEGIN
 	END IF;
 	ok := true;
 	UPDATE wf.step SET status = p_status, output = p_output, error = NULL,
-		   finished_at = clock_timestamp(),
+		   finished_at = clock_timestamp(), running_by = NULL,
 		   started_at = CASE WHEN p_status = 'skipped' THEN NULL ELSE started_at END,
 		   attempt = CASE WHEN p_status = 'skipped' THEN 0 ELSE attempt END
 	 WHERE run_id = p_run_id AND step = p_step
@@ -703,6 +727,136 @@ BEGIN
 END
 $$;
 
+/* An asynchronous step (http) has been started by executor p_worker. */
+CREATE FUNCTION wf._step_started(p_run_id bigint, p_step text, p_worker int)
+RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	st	wf.step;
+BEGIN
+	UPDATE wf.step SET status = 'running', running_by = p_worker
+	 WHERE run_id = p_run_id AND step = p_step
+	RETURNING * INTO st;
+	INSERT INTO wf.history_log (run_id, step, status, attempt, actor)
+	SELECT p_run_id, p_step, 'running', st.attempt, r.owner FROM wf.run r WHERE r.id = p_run_id;
+	IF current_setting('pg_workflow.notify') = 'steps' THEN
+		PERFORM wf._notify(p_run_id, (SELECT workflow FROM wf.run WHERE id = p_run_id),
+						   p_step, 'running');
+	END IF;
+END
+$$;
+
+/*
+ * The definition of a step whose asynchronous attempt just finished, if
+ * that attempt is still the step's running one; no row otherwise (the run
+ * was cancelled, rewound or retried meanwhile).
+ */
+CREATE FUNCTION wf._step_resume(p_run_id bigint, p_step text, p_attempt int,
+								p_started_at timestamptz,
+								OUT spec jsonb, OUT defaults jsonb)
+RETURNS SETOF record
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+	SELECT s.spec, d.defaults
+	  FROM wf.step s JOIN wf.run r ON r.id = s.run_id
+		   JOIN wf.workflow_def d ON d.name = r.workflow AND d.version = r.version
+	 WHERE s.run_id = p_run_id AND s.step = p_step AND s.status = 'running'
+	   AND s.attempt = p_attempt AND s.started_at = p_started_at
+	   FOR NO KEY UPDATE OF s
+$$;
+
+/*
+ * Steps an executor left running when it died (its requests are lost with
+ * it) become ready again, to be sent anew with the same idempotency key.
+ * Executor p_worker calls this when it starts, for itself and for slots
+ * beyond pg_workflow.workers.
+ */
+CREATE FUNCTION wf._requeue_orphans(p_worker int, p_nworkers int) RETURNS void
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+	WITH o AS (
+		UPDATE wf.step s
+		   SET status = 'ready', ready_at = clock_timestamp(), running_by = NULL,
+			   attempt = greatest(s.attempt - 1, 0)
+		 WHERE s.status = 'running' AND s.kind = 'http'
+		   AND (s.running_by = p_worker OR s.running_by >= p_nworkers
+				OR s.running_by IS NULL)
+		RETURNING s.run_id, s.step, s.attempt
+	)
+	INSERT INTO wf.history_log (run_id, step, status, attempt, detail, actor)
+	SELECT o.run_id, o.step, 'ready', o.attempt,
+		   '{"requeued": "the executor running it stopped"}', r.owner
+	  FROM o JOIN wf.run r ON r.id = o.run_id;
+$$;
+
+/*
+ * May a request to this breaker's host go now?  NULL: yes (closed, or the
+ * probe of a breaker that has been open for reset_after); otherwise the
+ * time to try again, the step waiting without burning an attempt.
+ */
+CREATE FUNCTION wf._breaker_admit(p_key text, p_reset_after interval)
+RETURNS timestamptz
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	b	wf.circuit_breaker;
+	now	timestamptz := clock_timestamp();
+BEGIN
+	SELECT * INTO b FROM wf.circuit_breaker WHERE key = p_key;
+	IF NOT FOUND OR b.state = 'closed' THEN
+		RETURN NULL;
+	END IF;
+	IF b.state = 'open' AND now >= b.opened_at + p_reset_after THEN
+		/* The first to get here sends the probe. */
+		UPDATE wf.circuit_breaker SET state = 'half_open', probe_at = now,
+			   updated_at = now
+		 WHERE key = p_key AND state = 'open';
+		IF FOUND THEN
+			RETURN NULL;
+		END IF;
+	END IF;
+	IF b.state = 'half_open' AND now >= b.probe_at + p_reset_after THEN
+		/* The probe itself got lost: send another. */
+		UPDATE wf.circuit_breaker SET probe_at = now, updated_at = now
+		 WHERE key = p_key AND state = 'half_open' AND probe_at = b.probe_at;
+		IF FOUND THEN
+			RETURN NULL;
+		END IF;
+	END IF;
+	IF b.state = 'open' THEN
+		RETURN b.opened_at + p_reset_after;
+	END IF;
+	RETURN b.probe_at + p_reset_after;		-- half open: the probe decides
+END
+$$;
+
+/* Counts a request's outcome on its host's breaker. */
+CREATE FUNCTION wf._breaker_record(p_key text, p_ok boolean, p_failures int,
+								   p_reset_after interval)
+RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+	IF p_ok THEN
+		UPDATE wf.circuit_breaker
+		   SET state = 'closed', failures = 0, opened_at = NULL, probe_at = NULL,
+			   updated_at = clock_timestamp()
+		 WHERE key = p_key AND (state <> 'closed' OR failures <> 0);
+		RETURN;
+	END IF;
+	INSERT INTO wf.circuit_breaker (key, state, failures, reset_after)
+	VALUES (p_key, 'closed', 0, p_reset_after)
+	ON CONFLICT (key) DO NOTHING;
+	/* Opens at the p_failures-th failure in a row, or when the probe fails. */
+	UPDATE wf.circuit_breaker b
+	   SET failures = b.failures + 1,
+		   state = CASE WHEN b.state = 'half_open' OR b.failures + 1 >= p_failures
+						THEN 'open' ELSE b.state END,
+		   opened_at = CASE WHEN b.state = 'half_open'
+								 OR (b.state = 'closed' AND b.failures + 1 >= p_failures)
+							THEN clock_timestamp() ELSE b.opened_at END,
+		   probe_at = NULL, reset_after = p_reset_after,
+		   updated_at = clock_timestamp()
+	 WHERE key = p_key;
+END
+$$;
+
 /*
  * Records a failed attempt.  p_retry_at is the next attempt's time, or NULL
  * when no attempt is left; then the step fails (or is skipped, as its
@@ -721,18 +875,20 @@ BEGIN
 	SELECT * INTO r FROM wf.run WHERE id = p_run_id FOR NO KEY UPDATE;
 	IF r.status NOT IN ('pending', 'running', 'waiting') THEN
 		UPDATE wf.step SET status = 'cancelled', finished_at = clock_timestamp()
-		 WHERE run_id = p_run_id AND step = p_step;
+		 WHERE run_id = p_run_id AND step = p_step
+		   AND status IN ('pending', 'ready', 'running', 'waiting');
 		RETURN;
 	END IF;
 	IF p_again THEN
-		UPDATE wf.step SET attempt = attempt - 1, started_at = NULL,
-			   ready_at = clock_timestamp()
+		UPDATE wf.step SET status = 'ready', running_by = NULL,
+			   attempt = attempt - 1, started_at = NULL,
+			   ready_at = coalesce(p_retry_at, clock_timestamp())
 		 WHERE run_id = p_run_id AND step = p_step;
 		RETURN;
 	END IF;
 	IF p_retry_at IS NOT NULL THEN
-		UPDATE wf.step SET error = p_error, ready_at = p_retry_at,
-			   finished_at = clock_timestamp()
+		UPDATE wf.step SET status = 'ready', running_by = NULL, error = p_error,
+			   ready_at = p_retry_at, finished_at = clock_timestamp()
 		 WHERE run_id = p_run_id AND step = p_step;
 		INSERT INTO wf.history_log (run_id, step, status, attempt, detail, actor)
 		SELECT p_run_id, p_step, 'retrying', s.attempt,
@@ -750,7 +906,8 @@ BEGIN
 		ready := res.ready;
 		RETURN;
 	END IF;
-	UPDATE wf.step SET status = 'failed', error = p_error, finished_at = clock_timestamp()
+	UPDATE wf.step SET status = 'failed', running_by = NULL, error = p_error,
+		   finished_at = clock_timestamp()
 	 WHERE run_id = p_run_id AND step = p_step;
 	INSERT INTO wf.history_log (run_id, step, status, attempt, detail, actor)
 	SELECT p_run_id, p_step, 'failed', s.attempt, p_error, r.owner
@@ -785,6 +942,33 @@ CREATE FUNCTION @extschema@.wf_retry(run_id bigint) RETURNS boolean
 	LANGUAGE C AS 'MODULE_PATHNAME', 'wf_api_call';
 
 CREATE FUNCTION @extschema@.wf_rewind(run_id bigint, step text) RETURNS boolean
+	LANGUAGE C AS 'MODULE_PATHNAME', 'wf_api_call';
+
+CREATE FUNCTION wf._set_secret(caller oid, caller_path text, p_name text, p_value text)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+	IF NOT pg_has_role(caller, 'wf_admin', 'MEMBER') THEN
+		RAISE EXCEPTION 'permission denied to set secrets'
+			USING ERRCODE = 'insufficient_privilege',
+				  HINT = 'Only members of wf_admin may set secrets.';
+	END IF;
+	IF p_name IS NULL OR p_name !~ '^[A-Za-z0-9_.-]+$' OR octet_length(p_name) > 63 THEN
+		RAISE EXCEPTION 'invalid secret name "%"', coalesce(p_name, '')
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'A secret name is 1 to 63 characters among letters, digits, "_", "." and "-".';
+	END IF;
+	IF p_value IS NULL THEN
+		DELETE FROM wf.secret WHERE name = p_name;
+		RETURN;
+	END IF;
+	INSERT INTO wf.secret (name, value, updated_by) VALUES (p_name, p_value, caller)
+	ON CONFLICT (name) DO UPDATE
+	   SET value = excluded.value, updated_at = now(), updated_by = caller;
+END
+$$;
+
+CREATE FUNCTION @extschema@.wf_set_secret(name text, value text) RETURNS void
 	LANGUAGE C AS 'MODULE_PATHNAME', 'wf_api_call';
 
 CREATE FUNCTION @extschema@.wf_wait(run_id bigint, timeout interval DEFAULT '30 seconds')
@@ -824,7 +1008,19 @@ CREATE VIEW wf.history WITH (security_barrier) AS
 	 WHERE r.owner = (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user)
 		OR (SELECT pg_catalog.pg_has_role('wf_admin', 'MEMBER'));
 
-GRANT SELECT ON wf.workflows, wf.runs, wf.steps, wf.history TO PUBLIC;
+CREATE VIEW wf.circuit_breakers AS
+	SELECT b.key AS host, b.state, b.failures, b.opened_at, b.reset_after,
+		   CASE WHEN b.state <> 'closed' THEN b.opened_at + b.reset_after END AS retry_at,
+		   b.updated_at
+	  FROM wf.circuit_breaker b;
+
+/* Which secrets exist, never their values. */
+CREATE VIEW wf.secrets AS
+	SELECT s.name, s.updated_at, s.updated_by::regrole AS updated_by
+	  FROM wf.secret s;
+
+GRANT SELECT ON wf.workflows, wf.runs, wf.steps, wf.history, wf.secrets,
+	wf.circuit_breakers TO PUBLIC;
 
 /* Internal functions are the owner's; the wf_* shims call them. */
 DO $$

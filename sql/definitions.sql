@@ -42,7 +42,6 @@ SELECT * FROM wf_validate('{"steps": [{"name": "x", "sql": "SELECT 1", "payload"
 
 -- actions and policies not supported yet
 SELECT * FROM wf_validate('{"steps": [
-  {"name": "h", "http": {"url": "http://example.com"}},
   {"name": "g", "agent": "pool"},
   {"name": "w", "wait_for": {"signal": "go"}},
   {"name": "u", "human": {"assignee": "bob"}},
@@ -55,6 +54,20 @@ SELECT * FROM wf_validate('{"steps": [
 SELECT * FROM wf_validate('{"steps": [{"name": "x", "sql": "SELECT 1",
   "compensate": {"sql": "SELECT 2"}, "circuit_breaker": {"failures": 3, "reset_after": "1m"},
   "on_error": "compensate"}, {"name": "y", "sql": "SELECT 1", "on_error": {"strategy": "escalate"}}]}');
+
+-- http: the request, templates, the circuit breaker
+SELECT * FROM wf_validate('{"steps": [
+  {"name": "ok", "http": {"method": "POST", "url": "https://api.example.com/t/{{$.input.id}}",
+   "headers": {"Authorization": "Bearer {{secret.token}}"}, "body": {"name": "{{$.input.name}}"},
+   "timeout": "10s", "ok_status": [200, 201]},
+   "circuit_breaker": {"failures": 3, "reset_after": "1 minute"}},
+  {"name": "range", "http": {"url": "http://h/x", "ok_status": "200-299"}}]}');
+SELECT * FROM wf_validate('{"steps": [
+  {"name": "a", "http": {}},
+  {"name": "b", "http": {"url": "ftp://example.com/f", "method": "FETCH"}},
+  {"name": "c", "http": {"url": "http://h/{{$.input.id", "headers": {"X": 1}}},
+  {"name": "d", "http": {"url": "http://h/{{secret.}}", "ok_status": 700, "verbose": true}},
+  {"name": "e", "http": {"url": "http://h/"}, "circuit_breaker": {"failures": 0}}]}');
 
 -- sql
 SELECT * FROM wf_validate('{"steps": [{"name": "a", "sql": ""}, {"name": "b", "sql": "SELEC 1"},
@@ -122,7 +135,7 @@ SELECT wf._check_definition('{"stpes": [], "steps": [{"name": "a", "sql": "SELEC
 SELECT wf._check_definition(NULL);
 SELECT wf._check_definition('{"steps": [{"name": "a", "sql": "SELECT 1", "timeout": "x"}]}');
 SELECT wf._check_definition('{"steps": [{"name": "a", "sql": "SELEC 1"}]}');
-SELECT wf._check_definition('{"steps": [{"name": "a", "http": {}}]}');
+SELECT wf._check_definition('{"steps": [{"name": "a", "agent": "pool"}]}');
 SELECT wf._check_definition('{"steps": [{"name": "a", "sql": "SELECT 1"}, {"name": "a", "sql": "SELECT 1"}]}');
 SELECT wf._check_definition('{"steps": [{"name": "a", "sql": "SELECT 1", "dependencies": ["b"]},
   {"name": "b", "sql": "SELECT 1"}]}');

@@ -59,10 +59,12 @@ typedef struct WfWorkItem
 {
 	int64		run_id;
 	char	   *step;
+	bool		http;			/* an http step: needs room in flight */
 } WfWorkItem;
 
 static const WfStepKind wf_step_kinds[] = {
 	{"sql", wf_sql_execute},
+	{"http", wf_http_execute},
 };
 
 /* The step timeout: its own timer, so that we know it was ours. */
@@ -75,6 +77,16 @@ static SPIPlanPtr wf_plan_next_due = NULL;
 static SPIPlanPtr wf_plan_load = NULL;
 static SPIPlanPtr wf_plan_done = NULL;
 static SPIPlanPtr wf_plan_failed = NULL;
+static SPIPlanPtr wf_plan_started = NULL;
+static SPIPlanPtr wf_plan_resume = NULL;
+static SPIPlanPtr wf_plan_requeue = NULL;
+
+/* Steps left running by an earlier incarnation have been requeued. */
+static bool wf_exec_requeued = false;
+
+static List *wf_exec_record_failure(WfStepExec *ex, Jsonb *defaults,
+									WfStepResult *res, List *queue,
+									MemoryContext batchctx);
 
 const WfStepKind *
 wf_exec_find_kind(const char *name)
@@ -103,7 +115,10 @@ wf_exec_prepare(const char *sql, int nargs, Oid *argtypes)
 static void
 wf_exec_prepare_all(void)
 {
-	Oid			claim_types[2] = {INT4OID, INT8ARRAYOID};
+	Oid			claim_types[3] = {INT4OID, INT8ARRAYOID, BOOLOID};
+	Oid			started_types[3] = {INT8OID, TEXTOID, INT4OID};
+	Oid			resume_types[4] = {INT8OID, TEXTOID, INT4OID, TIMESTAMPTZOID};
+	Oid			requeue_types[2] = {INT4OID, INT4OID};
 	Oid			key_types[2] = {INT8OID, TEXTOID};
 	Oid			done_types[4] = {INT8OID, TEXTOID, TEXTOID, JSONBOID};
 	Oid			failed_types[6] = {INT8OID, TEXTOID, JSONBOID, TIMESTAMPTZOID,
@@ -118,18 +133,19 @@ wf_exec_prepare_all(void)
 	 * executors skip a run while one of them holds it.
 	 */
 	wf_plan_claim = wf_exec_prepare(
-									"SELECT s.run_id, s.step FROM wf.step s JOIN wf.run r ON r.id = s.run_id"
+									"SELECT s.run_id, s.step, s.kind = 'http' FROM wf.step s JOIN wf.run r ON r.id = s.run_id"
 									" WHERE s.status = 'ready' AND s.ready_at <= pg_catalog.clock_timestamp()"
 									" AND ($2 IS NULL OR s.run_id <> ALL ($2))"
+									" AND (s.kind <> 'http' OR $3)"
 									" ORDER BY s.priority DESC, s.ready_at LIMIT $1"
 									" FOR UPDATE OF s SKIP LOCKED FOR KEY SHARE OF r SKIP LOCKED",
-									2, claim_types);
+									3, claim_types);
 	wf_plan_next_due = wf_exec_prepare(
 									   "SELECT pg_catalog.min(ready_at) FROM wf.step"
 									   " WHERE status = 'ready' AND ready_at > pg_catalog.clock_timestamp()",
 									   0, NULL);
 	wf_plan_load = wf_exec_prepare(
-								   "SELECT kind, spec, owner, search_path, attempt, context, defaults"
+								   "SELECT kind, spec, owner, search_path, attempt, context, defaults, started_at"
 								   " FROM wf._step_load($1, $2)",
 								   2, key_types);
 	wf_plan_done = wf_exec_prepare(
@@ -138,6 +154,15 @@ wf_exec_prepare_all(void)
 	wf_plan_failed = wf_exec_prepare(
 									 "SELECT ready FROM wf._step_failed($1, $2, $3, $4, $5, $6)",
 									 6, failed_types);
+	wf_plan_started = wf_exec_prepare(
+									  "SELECT wf._step_started($1, $2, $3)",
+									  3, started_types);
+	wf_plan_resume = wf_exec_prepare(
+									 "SELECT spec, defaults FROM wf._step_resume($1, $2, $3, $4)",
+									 4, resume_types);
+	wf_plan_requeue = wf_exec_prepare(
+									  "SELECT wf._requeue_orphans($1, $2)",
+									  2, requeue_types);
 }
 
 /*
@@ -278,6 +303,8 @@ wf_exec_error_json(WfStepResult *res, int attempt)
 					 attempt);
 	if (res->timed_out)
 		appendStringInfoString(&buf, ", \"timeout\": true");
+	if (res->http_status)
+		appendStringInfo(&buf, ", \"http_status\": %d", res->http_status);
 	appendStringInfoChar(&buf, '}');
 	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data)));
 }
@@ -378,6 +405,17 @@ wf_exec_attempt(WfStepExec *ex, WfStepResult *res)
 	}
 
 	HOLD_CANCEL_INTERRUPTS();
+
+	if (res->outcome == WF_STEP_STARTED)
+	{
+		/* Asynchronous: the step is running until its completion comes. */
+		args[0] = Int64GetDatum(ex->run_id);
+		args[1] = CStringGetTextDatum(ex->step);
+		args[2] = Int32GetDatum(wf_worker_index);
+		if (SPI_execute_plan(wf_plan_started, args, nulls, false, 0) != SPI_OK_SELECT)
+			elog(ERROR, "could not mark step \"%s\" running", ex->step);
+		return;
+	}
 	if (res->outcome != WF_STEP_COMPLETED)
 		return;
 
@@ -414,7 +452,6 @@ wf_exec_step(WfWorkItem *item, List *queue, MemoryContext batchctx)
 	WfStepExec *ex = palloc0(sizeof(WfStepExec));
 	WfStepResult *res = palloc0(sizeof(WfStepResult));
 	Jsonb	   *defaults;
-	char	   *strategy;
 	char	   *s;
 	bool		isnull;
 	TupleDesc	tupdesc;
@@ -422,9 +459,6 @@ wf_exec_step(WfWorkItem *item, List *queue, MemoryContext batchctx)
 	MemoryContext stepctx = CurrentMemoryContext;
 	ResourceOwner oldowner = CurrentResourceOwner;
 	int			holdoff = QueryCancelHoldoffCount;
-	TimestampTz retry_at = 0;
-	bool		skip = false;
-	Datum		ready;
 
 	/* Load the step, its run context and the workflow's defaults. */
 	args[0] = Int64GetDatum(item->run_id);
@@ -446,6 +480,7 @@ wf_exec_step(WfWorkItem *item, List *queue, MemoryContext batchctx)
 	ex->attempt = DatumGetInt32(SPI_getbinval(tuple, tupdesc, 5, &isnull));
 	ex->context = DatumGetJsonbPCopy(SPI_getbinval(tuple, tupdesc, 6, &isnull));
 	defaults = DatumGetJsonbPCopy(SPI_getbinval(tuple, tupdesc, 7, &isnull));
+	ex->started_at = DatumGetTimestampTz(SPI_getbinval(tuple, tupdesc, 8, &isnull));
 	SPI_freetuptable(SPI_tuptable);
 
 	s = wf_util_jsonb_get_text(ex->spec, "timeout");
@@ -463,7 +498,7 @@ wf_exec_step(WfWorkItem *item, List *queue, MemoryContext batchctx)
 	PG_TRY();
 	{
 		wf_exec_attempt(ex, res);
-		if (res->outcome == WF_STEP_COMPLETED)
+		if (res->outcome == WF_STEP_COMPLETED || res->outcome == WF_STEP_STARTED)
 			ReleaseCurrentSubTransaction();
 		else
 			RollbackAndReleaseCurrentSubTransaction();
@@ -484,6 +519,11 @@ wf_exec_step(WfWorkItem *item, List *queue, MemoryContext batchctx)
 		MemoryContextSwitchTo(stepctx);
 		CurrentResourceOwner = oldowner;
 
+		if (res->request != NULL)
+		{
+			wf_http_forget(res->request);
+			res->request = NULL;
+		}
 		res->outcome = WF_STEP_FAILED;
 		res->error_message = edata->message;
 		res->error_detail = edata->detail;
@@ -510,8 +550,38 @@ wf_exec_step(WfWorkItem *item, List *queue, MemoryContext batchctx)
 	if (res->outcome == WF_STEP_COMPLETED)
 		return wf_exec_append_ready(queue, ex->run_id, res->ready,
 									res->ready == (Datum) 0, batchctx);
+	if (res->outcome == WF_STEP_STARTED)
+	{
+		wf_http_enqueue(res->request);
+		return queue;
+	}
+	if (res->request != NULL)
+	{
+		/* Rolled back after all (the run ended): never send it. */
+		wf_http_forget(res->request);
+		res->request = NULL;
+	}
+	return wf_exec_record_failure(ex, defaults, res, queue, batchctx);
+}
 
-	/* Record the failed or interrupted attempt. */
+/*
+ * Records a failed or interrupted attempt: the next attempt's time as the
+ * retry policy says (no earlier than a Retry-After), or the step's failure
+ * or skip as on_error says.  Returns the queue with the steps a skip made
+ * ready in front.
+ */
+static List *
+wf_exec_record_failure(WfStepExec *ex, Jsonb *defaults, WfStepResult *res,
+					   List *queue, MemoryContext batchctx)
+{
+	Datum		args[6];
+	char		nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
+	char	   *strategy;
+	TimestampTz retry_at = 0;
+	bool		skip = false;
+	bool		isnull;
+	Datum		ready;
+
 	if (res->outcome == WF_STEP_FAILED)
 	{
 		Jsonb	   *on_error = wf_util_jsonb_get(ex->spec, "on_error");
@@ -530,6 +600,10 @@ wf_exec_step(WfWorkItem *item, List *queue, MemoryContext batchctx)
 			retry_at = wf_exec_retry_at(wf_util_jsonb_get(ex->spec, "retry"),
 										wf_util_jsonb_get(defaults, "retry"),
 										ex->attempt);
+		if (retry_at != 0 && res->retry_after_s > 0)
+			retry_at = Max(retry_at,
+						   TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+													   (int64) res->retry_after_s * 1000));
 		if (retry_at == 0 && strategy != NULL && strcmp(strategy, "skip") == 0)
 			skip = true;
 		ereport(LOG,
@@ -539,18 +613,139 @@ wf_exec_step(WfWorkItem *item, List *queue, MemoryContext batchctx)
 									  timestamptz_to_str(retry_at)) : 0));
 	}
 
+	if (res->outcome == WF_STEP_DEFERRED)
+		retry_at = res->defer_until;
+
 	args[0] = Int64GetDatum(ex->run_id);
 	args[1] = CStringGetTextDatum(ex->step);
 	args[2] = JsonbPGetDatum(wf_exec_error_json(res, ex->attempt));
 	args[3] = TimestampTzGetDatum(retry_at);
 	nulls[3] = retry_at ? ' ' : 'n';
 	args[4] = BoolGetDatum(skip);
-	args[5] = BoolGetDatum(res->outcome == WF_STEP_INTERRUPTED);
+	args[5] = BoolGetDatum(res->outcome == WF_STEP_INTERRUPTED ||
+						   res->outcome == WF_STEP_DEFERRED);
 	if (SPI_execute_plan(wf_plan_failed, args, nulls, false, 0) != SPI_OK_SELECT ||
 		SPI_processed != 1)
 		elog(ERROR, "could not record the failure of step \"%s\"", ex->step);
 	ready = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 	return wf_exec_append_ready(queue, ex->run_id, ready, isnull, batchctx);
+}
+
+/*
+ * Is status one of the step's ok_status (default 200-299)?  ok_status is a
+ * number, a range "200-299", or an array of those.
+ */
+static bool
+wf_exec_http_status_ok(Jsonb *ok_status, int status)
+{
+	JsonbIterator *it;
+	JsonbValue	v;
+	JsonbIteratorToken tok;
+
+	if (ok_status == NULL)
+		return status >= 200 && status <= 299;
+	it = JsonbIteratorInit(&ok_status->root);
+	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+	{
+		if (tok != WJB_ELEM && tok != WJB_VALUE)
+			continue;
+		if (v.type == jbvNumeric &&
+			DatumGetInt32(DirectFunctionCall1(numeric_int4,
+											  NumericGetDatum(v.val.numeric))) == status)
+			return true;
+		if (v.type == jbvString)
+		{
+			char	   *range = pnstrdup(v.val.string.val, v.val.string.len);
+			int			lo,
+						hi;
+
+			if (sscanf(range, "%d-%d", &lo, &hi) == 2 && status >= lo && status <= hi)
+				return true;
+		}
+	}
+	return false;
+}
+
+/*
+ * Checkpoints a finished http request: the step's output, or its failure
+ * classified (429, 408, 5xx and transport errors are transient, other
+ * statuses permanent).  A completion whose attempt is no longer the step's
+ * running one (the run was cancelled or rewound meanwhile) is dropped.
+ */
+static List *
+wf_exec_completion(WfHttpCompletion *c, List *queue, MemoryContext batchctx)
+{
+	WfStepExec *ex = palloc0(sizeof(WfStepExec));
+	WfStepResult *res = palloc0(sizeof(WfStepResult));
+	Datum		args[4];
+	char		nulls[4] = {' ', ' ', ' ', ' '};
+	Jsonb	   *defaults;
+	Jsonb	   *breaker;
+	bool		transient;
+	bool		isnull;
+
+	wf_http_completion_key(c, &ex->run_id, &ex->step, &ex->attempt, &ex->started_at);
+	args[0] = Int64GetDatum(ex->run_id);
+	args[1] = CStringGetTextDatum(ex->step);
+	args[2] = Int32GetDatum(ex->attempt);
+	args[3] = TimestampTzGetDatum(ex->started_at);
+	if (SPI_execute_plan(wf_plan_resume, args, nulls, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not resume step \"%s\"", ex->step);
+	if (SPI_processed == 0)
+		return queue;
+	ex->spec = DatumGetJsonbPCopy(SPI_getbinval(SPI_tuptable->vals[0],
+												SPI_tuptable->tupdesc, 1, &isnull));
+	defaults = DatumGetJsonbPCopy(SPI_getbinval(SPI_tuptable->vals[0],
+												SPI_tuptable->tupdesc, 2, &isnull));
+	SPI_freetuptable(SPI_tuptable);
+
+	transient = c->error != NULL ? c->transient :
+		(c->status == 429 || c->status == 408 || c->status >= 500);
+	breaker = wf_util_jsonb_get(ex->spec, "circuit_breaker");
+	if (breaker != NULL && wf_http_breaker_key(c) != NULL)
+	{
+		Oid			btypes[4] = {TEXTOID, BOOLOID, INT4OID, TEXTOID};
+		Datum		bargs[4];
+
+		bargs[0] = CStringGetTextDatum(wf_http_breaker_key(c));
+		bargs[1] = BoolGetDatum(!transient);
+		bargs[2] = Int32GetDatum((int) wf_util_jsonb_get_number(breaker, "failures", 5));
+		bargs[3] = CStringGetTextDatum(wf_util_jsonb_get_text(breaker, "reset_after"));
+		if (SPI_execute_with_args("SELECT wf._breaker_record($1, $2, $3, $4::interval)",
+								  4, btypes, bargs, NULL, false, 0) != SPI_OK_SELECT)
+			elog(ERROR, "could not record on the circuit breaker");
+	}
+
+	if (c->error == NULL &&
+		wf_exec_http_status_ok(wf_util_jsonb_get(wf_util_jsonb_get(ex->spec, "http"),
+												 "ok_status"), c->status))
+	{
+		Jsonb	   *output = wf_http_output(c);
+		Datum		dargs[4];
+		char		dnulls[4] = {' ', ' ', ' ', ' '};
+		Datum		ready;
+
+		dargs[0] = args[0];
+		dargs[1] = args[1];
+		dargs[2] = CStringGetTextDatum("completed");
+		dargs[3] = JsonbPGetDatum(output);
+		if (SPI_execute_plan(wf_plan_done, dargs, dnulls, false, 0) != SPI_OK_SELECT ||
+			SPI_processed != 1)
+			elog(ERROR, "could not checkpoint step \"%s\"", ex->step);
+		if (!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
+										1, &isnull)))
+			return queue;
+		ready = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
+		return wf_exec_append_ready(queue, ex->run_id, ready, isnull, batchctx);
+	}
+
+	res->outcome = WF_STEP_FAILED;
+	res->error_message = wf_http_error_message(c);
+	res->http_status = c->status;
+	res->timed_out = c->timed_out;
+	res->retry_after_s = c->retry_after_s;
+	res->error_class = transient ? WF_ERROR_TRANSIENT : WF_ERROR_PERMANENT;
+	return wf_exec_record_failure(ex, defaults, res, queue, batchctx);
 }
 
 /*
@@ -564,8 +759,11 @@ wf_exec_batch(int max_steps, TimestampTz *next_due)
 	MemoryContext batchctx = CurrentMemoryContext;
 	MemoryContext stepctx;
 	List	   *queue = NIL;
-	Datum		args[2];
-	char		nulls[2] = {' ', 'n'};
+	Datum		args[3];
+	char		nulls[3] = {' ', 'n', ' '};
+	List	   *completions;
+	ListCell   *lc;
+	bool		requeued = false;
 	int64	   *interrupted;
 	int			ninterrupted;
 	uint64		i;
@@ -592,6 +790,20 @@ wf_exec_batch(int max_steps, TimestampTz *next_due)
 		elog(ERROR, "SPI_connect failed");
 	wf_exec_prepare_all();
 
+	/* Requests an earlier incarnation of this executor left in flight. */
+	if (!wf_exec_requeued)
+	{
+		Datum		rargs[2];
+
+		rargs[0] = Int32GetDatum(wf_worker_index);
+		rargs[1] = Int32GetDatum(wf_guc_workers);
+		if (SPI_execute_plan(wf_plan_requeue, rargs, NULL, false, 0) != SPI_OK_SELECT)
+			elog(ERROR, "could not requeue orphaned steps");
+		requeued = true;
+	}
+
+	completions = wf_http_completions();
+
 	args[0] = Int32GetDatum(max_steps);
 	interrupted = wf_shmem_interrupted_runs(&ninterrupted);
 	if (ninterrupted > 0)
@@ -605,10 +817,11 @@ wf_exec_batch(int max_steps, TimestampTz *next_due)
 												  TYPALIGN_DOUBLE));
 		nulls[1] = ' ';
 	}
+	args[2] = BoolGetDatum(wf_http_busy() < wf_guc_http_max_concurrency);
 	if (SPI_execute_plan(wf_plan_claim, args, nulls, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not claim ready steps");
 
-	if (SPI_processed == 0)
+	if (SPI_processed == 0 && completions == NIL)
 	{
 		if (SPI_execute_plan(wf_plan_next_due, NULL, NULL, true, 1) == SPI_OK_SELECT &&
 			SPI_processed == 1)
@@ -623,6 +836,8 @@ wf_exec_batch(int max_steps, TimestampTz *next_due)
 		PopActiveSnapshot();
 		CommitTransactionCommand();
 		MemoryContextSwitchTo(batchctx);
+		if (requeued)
+			wf_exec_requeued = true;
 		return 0;
 	}
 
@@ -642,12 +857,27 @@ wf_exec_batch(int max_steps, TimestampTz *next_due)
 												   SPI_tuptable->tupdesc, 1, &isnull));
 		item->step = TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[i],
 													   SPI_tuptable->tupdesc, 2, &isnull));
+		item->http = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[i],
+												SPI_tuptable->tupdesc, 3, &isnull));
 		queue = lappend(queue, item);
 	}
 	SPI_freetuptable(SPI_tuptable);
 
+	/*
+	 * Checkpoint the http requests that finished.  After the claim: the
+	 * steps they make ready are ours, uncommitted, and must be queued once.
+	 */
 	stepctx = AllocSetContextCreate(batchctx, "pg_workflow step",
 									ALLOCSET_DEFAULT_SIZES);
+	foreach(lc, completions)
+	{
+		MemoryContextSwitchTo(stepctx);
+		queue = wf_exec_completion((WfHttpCompletion *) lfirst(lc), queue, batchctx);
+		MemoryContextSwitchTo(batchctx);
+		MemoryContextReset(stepctx);
+		done++;
+	}
+
 	budget = Max(max_steps, Min(2 * max_steps, WF_MAX_BATCH));
 	start = GetCurrentTimestamp();
 
@@ -659,6 +889,8 @@ wf_exec_batch(int max_steps, TimestampTz *next_due)
 		CHECK_FOR_INTERRUPTS();
 		if (wf_shmem_run_is_interrupted(item->run_id))
 			continue;			/* stays ready for after the interrupter */
+		if (item->http && wf_http_busy() >= wf_guc_http_max_concurrency)
+			continue;			/* stays ready until there is room */
 
 		MemoryContextSwitchTo(stepctx);
 		queue = wf_exec_step(item, queue, batchctx);
@@ -676,6 +908,13 @@ wf_exec_batch(int max_steps, TimestampTz *next_due)
 	CommitTransactionCommand();
 	MemoryContextSwitchTo(batchctx);
 	pgstat_report_activity(STATE_IDLE, NULL);
+
+	/* Committed: send what was started, forget what was checkpointed. */
+	if (requeued)
+		wf_exec_requeued = true;
+	wf_http_submit();
+	foreach(lc, completions)
+		wf_http_release((WfHttpCompletion *) lfirst(lc));
 
 	/* Work left for others: some of it may be a parallel branch. */
 	if (queue != NIL)

@@ -13,6 +13,8 @@
  */
 #include "pg_workflow.h"
 
+#include <limits.h>
+
 #include "commands/dbcommands.h"
 #include "fmgr.h"
 #include "miscadmin.h"
@@ -140,6 +142,53 @@ wf_define_settings(void)
 							PGC_SUSET,
 							GUC_UNIT_BYTE,
 							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("pg_workflow.http_max_concurrency",
+							"Most http requests one executor has in flight.",
+							"Further http steps wait, ready, in wf.step.",
+							&wf_guc_http_max_concurrency,
+							256, 1, 10000,
+							PGC_SIGHUP,
+							0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("pg_workflow.http_max_response_size",
+							"Largest http response body accepted, in bytes.",
+							NULL,
+							&wf_guc_http_max_response_size,
+							10 * 1024 * 1024, 1024, MaxAllocSize / 2,
+							PGC_SIGHUP,
+							GUC_UNIT_BYTE,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("pg_workflow.http_timeout",
+							"Time limit of an http request whose step sets none.",
+							NULL,
+							&wf_guc_http_timeout_ms,
+							30000, 1, INT_MAX,
+							PGC_SIGHUP,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomStringVariable("pg_workflow.http_allowed_hosts",
+							   "Hosts http steps may connect to.",
+							   "Comma-separated names, addresses, \"*.domain\" "
+							   "patterns or \"*\"; empty allows every host.",
+							   &wf_guc_http_allowed_hosts,
+							   "",
+							   PGC_SIGHUP,
+							   0,
+							   NULL, NULL, NULL);
+
+	DefineCustomStringVariable("pg_workflow.http_ca_file",
+							   "File of certificate authorities that https "
+							   "servers are verified against.",
+							   "Empty uses the system's default.",
+							   &wf_guc_http_ca_file,
+							   "",
+							   PGC_SIGHUP,
+							   0,
+							   NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("pg_workflow");
 }

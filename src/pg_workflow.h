@@ -106,6 +106,7 @@ extern void wf_shmem_set_waiting(int64 run_id);
 extern void wf_worker_register(int index);
 extern PGDLLEXPORT void wf_worker_main(Datum main_arg);
 extern WfWorkerSlot *wf_worker_slot;
+extern int	wf_worker_index;
 
 /* ----------------------------------------------------------------
  * Executor (executor.c) and step kinds
@@ -122,6 +123,7 @@ typedef enum WfErrorClass
 
 /* Everything a step kind needs to execute one attempt. */
 typedef struct WfStepKind WfStepKind;
+typedef struct WfHttpRequest WfHttpRequest;
 
 typedef struct WfStepExec
 {
@@ -134,6 +136,7 @@ typedef struct WfStepExec
 	char	   *search_path;	/* caller's search_path at wf_start */
 	int			attempt;		/* 1 for the first attempt */
 	int			timeout_ms;		/* 0 for none */
+	TimestampTz started_at;		/* identifies the attempt, with attempt */
 	const WfStepKind *kind_def;
 } WfStepExec;
 
@@ -142,7 +145,9 @@ typedef enum WfStepOutcome
 {
 	WF_STEP_COMPLETED,			/* output is set */
 	WF_STEP_FAILED,				/* error fields are set */
-	WF_STEP_INTERRUPTED			/* the run was cancelled under our feet */
+	WF_STEP_INTERRUPTED,		/* the run was cancelled under our feet */
+	WF_STEP_STARTED,			/* asynchronous: request is set */
+	WF_STEP_DEFERRED			/* not now (open circuit): defer_until */
 } WfStepOutcome;
 
 typedef struct WfStepResult
@@ -155,6 +160,10 @@ typedef struct WfStepResult
 	char		sqlstate[6];
 	bool		timed_out;
 	Datum		ready;			/* text[] of steps made ready, or 0 */
+	WfHttpRequest *request;		/* WF_STEP_STARTED by the http kind */
+	int			retry_after_s;	/* the server asked to wait this long */
+	int			http_status;	/* the response's status, for the record */
+	TimestampTz defer_until;	/* WF_STEP_DEFERRED: when to try again */
 } WfStepResult;
 
 /*
@@ -176,6 +185,61 @@ extern int	wf_exec_batch(int max_steps, TimestampTz *next_due);
 extern void wf_sql_execute(WfStepExec *ex, WfStepResult *res);
 
 /* ----------------------------------------------------------------
+ * The http kind (http.c)
+ * ----------------------------------------------------------------
+ */
+typedef struct WfHttpCompletion
+{
+	WfHttpRequest *request;
+	int			status;			/* HTTP status, 0 when no response */
+	int			curl_code;		/* CURLE_OK when a response came */
+	char	   *error;			/* transport error, or NULL */
+	bool		transient;		/* the transport error is worth a retry */
+	bool		timed_out;
+	int			retry_after_s;	/* Retry-After, 0 when absent */
+} WfHttpCompletion;
+
+extern int	wf_guc_http_max_concurrency;
+extern int	wf_guc_http_max_response_size;
+extern int	wf_guc_http_timeout_ms;
+extern char *wf_guc_http_allowed_hosts;
+extern char *wf_guc_http_ca_file;
+
+extern void wf_http_init(void);
+extern void wf_http_execute(WfStepExec *ex, WfStepResult *res);
+extern void wf_http_enqueue(WfHttpRequest *req);
+extern void wf_http_forget(WfHttpRequest *req);
+extern void wf_http_submit(void);
+extern void wf_http_discard(void);
+extern int	wf_http_busy(void);
+extern List *wf_http_completions(void);
+extern void wf_http_release(WfHttpCompletion *c);
+extern void wf_http_drop_interrupted(void);
+extern void wf_http_wait(long timeout_ms);
+extern bool wf_http_host_allowed_url(const char *url);
+extern Jsonb *wf_http_output(WfHttpCompletion *c);
+extern char *wf_http_error_message(WfHttpCompletion *c);
+extern char *wf_http_breaker_key(WfHttpCompletion *c);
+extern void wf_http_completion_key(WfHttpCompletion *c, int64 *run_id, char **step,
+								   int *attempt, TimestampTz *started_at);
+
+/* ----------------------------------------------------------------
+ * Templates and secrets (template.c)
+ * ----------------------------------------------------------------
+ */
+typedef struct WfTemplateCtx
+{
+	Jsonb	   *context;		/* the run context {"input", "steps", "run"} */
+	List	   *secret_values;	/* char * of every secret value substituted */
+} WfTemplateCtx;
+
+extern char *wf_template_render_string(WfTemplateCtx *tc, const char *str,
+									   bool url_escape);
+extern Jsonb *wf_template_render_jsonb(WfTemplateCtx *tc, Jsonb *value);
+extern char *wf_template_redact(WfTemplateCtx *tc, const char *text);
+extern Jsonb *wf_template_redact_jsonb(WfTemplateCtx *tc, Jsonb *value);
+
+/* ----------------------------------------------------------------
  * Definition checks (validate.c)
  * ----------------------------------------------------------------
  */
@@ -195,6 +259,7 @@ extern bool wf_validate_template(const char *str, char **problem);
  */
 extern int64 wf_util_interval_ms(const char *text);
 extern double wf_util_jsonb_get_number(Jsonb *obj, const char *key, double dflt);
+extern char *wf_util_jsonb_scalar_text(Jsonb *value);
 extern Jsonb *wf_util_datum_to_jsonb(Datum value, Oid typid, bool isnull);
 extern char *wf_util_jsonb_get_text(Jsonb *obj, const char *key);
 extern Jsonb *wf_util_jsonb_get(Jsonb *obj, const char *key);

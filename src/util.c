@@ -96,6 +96,20 @@ wf_util_jsonb_get_number(Jsonb *obj, const char *key, double dflt)
 }
 
 /*
+ * The text of a jsonb scalar string, or NULL for any other value.
+ */
+char *
+wf_util_jsonb_scalar_text(Jsonb *value)
+{
+	JsonbValue	v;
+
+	if (value == NULL || !JB_ROOT_IS_SCALAR(value) ||
+		!JsonbExtractScalar(&value->root, &v) || v.type != jbvString)
+		return NULL;
+	return pnstrdup(v.val.string.val, v.val.string.len);
+}
+
+/*
  * A value of any type as jsonb, with to_jsonb()'s rules; NULL stays NULL.
  */
 Jsonb *

@@ -190,7 +190,7 @@ static const WfvFeature wfv_features[] = {
 
 	/* step actions */
 	{"sql", WFV_ACTION, "sql", wfv_check_sql, true},
-	{"http", WFV_ACTION, "http", wfv_check_http, false},
+	{"http", WFV_ACTION, "http", wfv_check_http, true},
 	{"agent", WFV_ACTION, "agent", wfv_check_agent, false},
 	{"wait_for", WFV_ACTION, "wait_for", wfv_check_wait_for, false},
 	{"human", WFV_ACTION, "human", wfv_check_human, false},
@@ -214,7 +214,7 @@ static const WfvFeature wfv_features[] = {
 	{"retry", WFV_POLICY, NULL, wfv_check_retry, true},
 	{"on_error", WFV_POLICY, NULL, wfv_check_on_error, true},
 	{"compensate", WFV_POLICY, NULL, wfv_check_compensate, false},
-	{"circuit_breaker", WFV_POLICY, NULL, wfv_check_circuit_breaker, false},
+	{"circuit_breaker", WFV_POLICY, NULL, wfv_check_circuit_breaker, true},
 
 	/* strategies of "on_error" */
 	{"retry", WFV_STRATEGY, NULL, NULL, true},

@@ -34,6 +34,7 @@
 #include "utils/timestamp.h"
 
 WfWorkerSlot *wf_worker_slot = NULL;
+int			wf_worker_index = -1;
 
 void
 wf_worker_register(int index)
@@ -66,6 +67,7 @@ wf_worker_detach(int code, Datum arg)
 static void
 wf_worker_attach(int index)
 {
+	wf_worker_index = index;
 	wf_worker_slot = &wf_shared->workers[index];
 	SpinLockAcquire(&wf_shared->mutex);
 	wf_worker_slot->pid = MyProcPid;
@@ -94,6 +96,7 @@ wf_worker_recover(MemoryContext iterctx, int *consecutive_errors)
 	MemoryContextSwitchTo(TopMemoryContext);
 	FlushErrorState();
 	MemoryContextReset(iterctx);
+	wf_http_discard();
 	SpinLockAcquire(&wf_shared->mutex);
 	wf_worker_slot->current_run = 0;
 	SpinLockRelease(&wf_shared->mutex);
@@ -130,6 +133,7 @@ wf_worker_main(Datum main_arg)
 	BackgroundWorkerInitializeConnection(wf_guc_database, NULL, 0);
 	wf_worker_attach(index);
 	wf_exec_init();
+	wf_http_init();
 	SetConfigOption("application_name", MyBgworkerEntry->bgw_name,
 					PGC_USERSET, PGC_S_SESSION);
 	pgstat_report_appname(MyBgworkerEntry->bgw_name);
@@ -157,7 +161,6 @@ wf_worker_main(Datum main_arg)
 		TimestampTz next_due;
 		long		timeout_ms = -1;
 		int			done;
-		int			events = WL_LATCH_SET | WL_EXIT_ON_PM_DEATH;
 
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)
@@ -180,8 +183,15 @@ wf_worker_main(Datum main_arg)
 
 		done = wf_exec_batch(wf_guc_batch_size, &next_due);
 		consecutive_errors = 0;
+		if (wf_shared->ninterrupts > 0)
+			wf_http_drop_interrupted();
 		if (done > 0)
+		{
+			/* Busy: service the requests in flight without sleeping. */
+			if (wf_http_busy() > 0)
+				wf_http_wait(0);
 			continue;
+		}
 
 		if (next_due != 0)
 		{
@@ -190,8 +200,8 @@ wf_worker_main(Datum main_arg)
 
 			TimestampDifference(GetCurrentTimestamp(), next_due, &secs, &usecs);
 			timeout_ms = secs * 1000 + (usecs + 999) / 1000;
-			events |= WL_TIMEOUT;
 		}
-		(void) WaitLatch(MyLatch, events, timeout_ms, PG_WAIT_EXTENSION);
+		/* Latch, libcurl's sockets and timer, and our own next due time. */
+		wf_http_wait(timeout_ms);
 	}
 }

@@ -1,0 +1,970 @@
+/*-------------------------------------------------------------------------
+ *
+ * template.c
+ *		Rendering of the templates in step actions against the run
+ *		context: "{{ path }}" is replaced by the value of a SQL/JSON path
+ *		on the context, "{{ secret.NAME }}" by a stored secret.  Secret
+ *		values used by a rendering are remembered so that whatever comes
+ *		back (outputs, errors) can be redacted.
+ *
+ * The template syntax is exactly the one wf_validate_template() accepts:
+ * each "{{" is closed by the first "}}" after it, and the expression in
+ * between, trimmed of white space, is "secret.NAME" or a JSON path.  There
+ * is no escape syntax.
+ *
+ * src/template.c
+ *
+ *-------------------------------------------------------------------------
+ */
+
+/*
+ * Declarations for pg_workflow.h
+ * ------------------------------
+ *
+ * To be pasted into the header under a banner "Templates (template.c)".
+ * WfTemplateCtx is a rendering session: zero it, set context to the run
+ * context ({"input", "steps", "run"}); secret_values then collects (char *)
+ * every secret value substituted, without duplicates, for redaction.  The
+ * strings live in the memory context of the list (the current one when the
+ * first secret is added).
+ *
+typedef struct WfTemplateCtx
+{
+	Jsonb	   *context;
+	List	   *secret_values;
+} WfTemplateCtx;
+
+extern char *wf_template_render_string(WfTemplateCtx *tc, const char *str,
+									   bool url_escape);
+extern Jsonb *wf_template_render_jsonb(WfTemplateCtx *tc, Jsonb *value);
+extern char *wf_template_redact(WfTemplateCtx *tc, const char *text);
+extern Jsonb *wf_template_redact_jsonb(WfTemplateCtx *tc, Jsonb *value);
+ *
+ * (end of the declarations)
+ */
+#include "pg_workflow.h"
+
+#include <ctype.h>
+
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "mb/pg_wchar.h"
+#include "miscadmin.h"
+#include "utils/builtins.h"
+#include "utils/fmgrprotos.h"
+#include "utils/json.h"
+#include "utils/jsonb.h"
+#include "utils/memutils.h"
+
+/* What a redacted secret is replaced by. */
+#define WF_TEMPLATE_REDACTED	"[redacted]"
+
+/* Strings quoted in error messages are clipped to this many bytes. */
+#define WF_TEMPLATE_CLIP		200
+
+/* Interrupts are checked every this many bytes of a scan. */
+#define WF_TEMPLATE_CHECK_MASK	0xFFFF
+
+/* The state of one rendering call. */
+typedef struct WfTemplateRun
+{
+	WfTemplateCtx *tc;
+	MemoryContext cxt;			/* the caller's context: results go there */
+	MemoryContext scratch;		/* evaluation garbage, reset per template */
+	Jsonb	   *target;			/* tc->context, or {} when there is none */
+	Jsonb	   *vars;			/* {}: paths have no variables */
+	List	   *cache_names;	/* secrets read by this call... */
+	List	   *cache_values;	/* ...and their values */
+} WfTemplateRun;
+
+/* One byte string to redact, with its KMP failure function. */
+typedef struct WfTemplatePattern
+{
+	char	   *str;
+	int			len;
+	int		   *fail;
+} WfTemplatePattern;
+
+static void wf_template_run_init(WfTemplateRun *run, WfTemplateCtx *tc);
+static void wf_template_run_done(WfTemplateRun *run);
+static const char *wf_template_find(const char *hay, Size haylen,
+									const char *needle, Size needlelen);
+static char *wf_template_clip(const char *str);
+static char *wf_template_expr(const char *str, const char *start,
+							  const char *close);
+static bool wf_template_is_whole(const char *str, Size len);
+static void wf_template_url_escape(StringInfo out, const char *s, Size len);
+static const char *wf_template_secret(WfTemplateRun *run, const char *name);
+static void wf_template_remember(WfTemplateCtx *tc, const char *value,
+								 MemoryContext cxt);
+static Jsonb *wf_template_eval_path(WfTemplateRun *run, const char *expr);
+static void wf_template_append_value(WfTemplateRun *run, StringInfo out,
+									 const char *expr, bool escape);
+static void wf_template_eval_value(WfTemplateRun *run, const char *expr,
+								   JsonbValue *result);
+static void wf_template_render_into(WfTemplateRun *run, StringInfo out,
+									const char *str, bool url_escape);
+static void wf_template_render_scalar(WfTemplateRun *run, JsonbValue *v,
+									  JsonbValue *result);
+static int	wf_template_pattern_cmp(const void *a, const void *b);
+static void wf_template_add_pattern(WfTemplatePattern *pats, int *npats,
+									char *str, int len);
+static WfTemplatePattern *wf_template_patterns(WfTemplateCtx *tc, int *npats);
+static bool wf_template_pattern_occurs(WfTemplatePattern *pat,
+									   const char *text, int len);
+static char *wf_template_redact_buf(WfTemplatePattern *pats, int npats,
+									const char *text, int len, int *outlen);
+
+
+/* ----------------------------------------------------------------
+ * Rendering
+ * ----------------------------------------------------------------
+ */
+
+/*
+ * Render a string: each "{{ expr }}" is replaced by its value, a string
+ * value by its text, any other value by its JSON text.  With url_escape,
+ * substituted values are percent-encoded, except when the template is the
+ * whole string (so that "{{$.input.url}}" gives a usable URL).  The result
+ * is always a new string.
+ */
+char *
+wf_template_render_string(WfTemplateCtx *tc, const char *str, bool url_escape)
+{
+	WfTemplateRun run;
+	StringInfoData out;
+
+	if (strstr(str, "{{") == NULL)
+		return pstrdup(str);
+
+	wf_template_run_init(&run, tc);
+	initStringInfo(&out);
+	wf_template_render_into(&run, &out, str, url_escape);
+	wf_template_run_done(&run);
+
+	return out.data;
+}
+
+/*
+ * Render a JSON value: every string in it (object member values and array
+ * elements, at any depth, but not object keys) is rendered.  A string that
+ * is exactly one template is replaced by the JSON value it evaluates to (a
+ * secret by a string); a string with text around its templates stays a
+ * string.  Returns value itself when it has nothing to render.
+ */
+Jsonb *
+wf_template_render_jsonb(WfTemplateCtx *tc, Jsonb *value)
+{
+	WfTemplateRun run;
+	JsonbParseState *state = NULL;
+	JsonbIterator *it;
+	JsonbIteratorToken tok;
+	JsonbValue	v;
+	JsonbValue *res = NULL;
+	Jsonb	   *result;
+	uint32		n = 0;
+
+	/* Strings are stored unescaped: no "{{" in the binary, no template. */
+	if (wf_template_find((const char *) &value->root,
+						 VARSIZE(value) - VARHDRSZ, "{{", 2) == NULL)
+		return value;
+
+	wf_template_run_init(&run, tc);
+
+	if (JB_ROOT_IS_SCALAR(value))
+	{
+		JsonbValue	scalar;
+		JsonbValue	rendered;
+
+		if (!JsonbExtractScalar(&value->root, &scalar))
+			elog(ERROR, "could not extract the scalar of a jsonb value");
+		if (scalar.type != jbvString)
+		{
+			wf_template_run_done(&run);
+			return value;
+		}
+		wf_template_render_scalar(&run, &scalar, &rendered);
+		/* a scalar becomes a scalar root, a container is copied as is */
+		result = JsonbValueToJsonb(&rendered);
+		wf_template_run_done(&run);
+		return result;
+	}
+
+	it = JsonbIteratorInit(&value->root);
+	while ((tok = JsonbIteratorNext(&it, &v, false)) != WJB_DONE)
+	{
+		if ((++n & 0xFFF) == 0)
+			CHECK_FOR_INTERRUPTS();
+
+		if ((tok == WJB_VALUE || tok == WJB_ELEM) && v.type == jbvString)
+		{
+			JsonbValue	rendered;
+
+			wf_template_render_scalar(&run, &v, &rendered);
+			res = pushJsonbValue(&state, tok, &rendered);
+		}
+		else
+			res = pushJsonbValue(&state, tok,
+								 tok < WJB_BEGIN_ARRAY ? &v : NULL);
+	}
+	result = JsonbValueToJsonb(res);
+	wf_template_run_done(&run);
+
+	return result;
+}
+
+/* Set up the state of a rendering call. */
+static void
+wf_template_run_init(WfTemplateRun *run, WfTemplateCtx *tc)
+{
+	run->tc = tc;
+	run->cxt = CurrentMemoryContext;
+	run->scratch = AllocSetContextCreate(CurrentMemoryContext,
+										 "pg_workflow template",
+										 ALLOCSET_DEFAULT_SIZES);
+	run->vars = DatumGetJsonbP(DirectFunctionCall1(jsonb_in,
+												   CStringGetDatum("{}")));
+	run->target = tc->context != NULL ? tc->context : run->vars;
+	run->cache_names = NIL;
+	run->cache_values = NIL;
+}
+
+/* Release what a rendering call used (its results stay). */
+static void
+wf_template_run_done(WfTemplateRun *run)
+{
+	MemoryContextDelete(run->scratch);
+	list_free_deep(run->cache_names);
+	list_free_deep(run->cache_values);
+	pfree(run->vars);
+}
+
+/*
+ * Render str into out.  Each "{{" is closed by the first "}}" after it,
+ * as in wf_validate_template().
+ */
+static void
+wf_template_render_into(WfTemplateRun *run, StringInfo out, const char *str,
+						bool url_escape)
+{
+	const char *p = str;
+	const char *open;
+
+	while ((open = strstr(p, "{{")) != NULL)
+	{
+		const char *close = strstr(open + 2, "}}");
+		MemoryContext old;
+		char	   *expr;
+		bool		escape;
+
+		CHECK_FOR_INTERRUPTS();
+
+		if (close == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("unterminated template in \"%s\"",
+							wf_template_clip(str))));
+
+		appendBinaryStringInfo(out, p, open - p);
+
+		old = MemoryContextSwitchTo(run->scratch);
+		expr = wf_template_expr(str, open + 2, close);
+		escape = url_escape && !(open == str && close[2] == '\0');
+		wf_template_append_value(run, out, expr, escape);
+		MemoryContextSwitchTo(old);
+		MemoryContextReset(run->scratch);
+
+		p = close + 2;
+	}
+	appendStringInfoString(out, p);
+}
+
+/*
+ * Render one string of a JSON document (v, a jbvString) into result: the
+ * value of its template when it is exactly one, a string otherwise.
+ * Whatever result points to lives in the caller's context.
+ */
+static void
+wf_template_render_scalar(WfTemplateRun *run, JsonbValue *v,
+						  JsonbValue *result)
+{
+	const char *s = v->val.string.val;
+	int			len = v->val.string.len;
+	char	   *str;
+
+	if (wf_template_find(s, len, "{{", 2) == NULL)
+	{
+		*result = *v;
+		return;
+	}
+
+	str = pnstrdup(s, len);
+	if (wf_template_is_whole(str, len))
+	{
+		MemoryContext old = MemoryContextSwitchTo(run->scratch);
+		char	   *expr = wf_template_expr(str, str + 2, str + len - 2);
+
+		wf_template_eval_value(run, expr, result);
+		MemoryContextSwitchTo(old);
+		MemoryContextReset(run->scratch);
+	}
+	else
+	{
+		StringInfoData out;
+
+		initStringInfo(&out);
+		wf_template_render_into(run, &out, str, false);
+		result->type = jbvString;
+		result->val.string.val = out.data;
+		result->val.string.len = out.len;
+	}
+	pfree(str);
+}
+
+/*
+ * Is str (of len bytes) exactly one template: "{{" at its start and the
+ * first "}}" after it at its end?
+ */
+static bool
+wf_template_is_whole(const char *str, Size len)
+{
+	const char *close;
+
+	if (len < 4 || str[0] != '{' || str[1] != '{')
+		return false;
+	close = strstr(str + 2, "}}");
+	return close != NULL && close + 2 == str + len;
+}
+
+/*
+ * The expression of the template of str that begins at start and is closed
+ * at close, trimmed as wf_validate_template() trims it.  Raises for what
+ * the validator rejects without a JSON path parse: an empty expression, a
+ * secret without a valid name.
+ */
+static char *
+wf_template_expr(const char *str, const char *start, const char *close)
+{
+	const char *end = close;
+	char	   *expr;
+
+	while (start < end && isspace((unsigned char) *start))
+		start++;
+	while (end > start && isspace((unsigned char) end[-1]))
+		end--;
+	if (start == end)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("empty template in \"%s\"", wf_template_clip(str))));
+
+	expr = pnstrdup(start, end - start);
+	if (strncmp(expr, "secret.", 7) == 0)
+	{
+		const char *c = expr + 7;
+
+		if (*c == '\0')
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("template \"{{%s}}\" has no secret name",
+							wf_template_clip(expr))));
+		for (; *c != '\0'; c++)
+		{
+			if (!((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') ||
+				  (*c >= '0' && *c <= '9') ||
+				  *c == '_' || *c == '.' || *c == '-'))
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("invalid secret name \"%s\"",
+								wf_template_clip(expr + 7))));
+		}
+	}
+	return expr;
+}
+
+/*
+ * Append the value of expr to out: a string's (or a secret's) text, the
+ * JSON text of anything else; percent-encoded if escape.  Runs in the
+ * scratch context; out lives in the caller's.
+ */
+static void
+wf_template_append_value(WfTemplateRun *run, StringInfo out,
+						 const char *expr, bool escape)
+{
+	const char *text;
+	Size		len;
+
+	if (strncmp(expr, "secret.", 7) == 0)
+	{
+		text = wf_template_secret(run, expr + 7);
+		len = strlen(text);
+	}
+	else
+	{
+		Jsonb	   *jb = wf_template_eval_path(run, expr);
+		JsonbValue	scalar;
+
+		if (JB_ROOT_IS_SCALAR(jb) &&
+			JsonbExtractScalar(&jb->root, &scalar) &&
+			scalar.type == jbvString)
+		{
+			text = scalar.val.string.val;
+			len = scalar.val.string.len;
+		}
+		else if (!escape)
+		{
+			(void) JsonbToCString(out, &jb->root, VARSIZE(jb));
+			return;
+		}
+		else
+		{
+			text = JsonbToCString(NULL, &jb->root, VARSIZE(jb));
+			len = strlen(text);
+		}
+	}
+
+	if (escape)
+		wf_template_url_escape(out, text, len);
+	else
+		appendBinaryStringInfo(out, text, len);
+}
+
+/*
+ * The JSON value of expr in result, for a string that is exactly one
+ * template: a secret as a string, a path's result as it is.  Runs in the
+ * scratch context; result points to copies in the caller's context.
+ */
+static void
+wf_template_eval_value(WfTemplateRun *run, const char *expr,
+					   JsonbValue *result)
+{
+	if (strncmp(expr, "secret.", 7) == 0)
+	{
+		/* The secret cache lives in the caller's context. */
+		const char *value = wf_template_secret(run, expr + 7);
+
+		result->type = jbvString;
+		result->val.string.val = (char *) value;
+		result->val.string.len = strlen(value);
+	}
+	else
+	{
+		Jsonb	   *jb = wf_template_eval_path(run, expr);
+		Jsonb	   *copy;
+
+		copy = MemoryContextAlloc(run->cxt, VARSIZE(jb));
+		memcpy(copy, jb, VARSIZE(jb));
+
+		if (JB_ROOT_IS_SCALAR(copy))
+		{
+			if (!JsonbExtractScalar(&copy->root, result))
+				elog(ERROR, "could not extract the scalar of a jsonb value");
+		}
+		else
+		{
+			result->type = jbvBinary;
+			result->val.binary.data = &copy->root;
+			result->val.binary.len = VARSIZE(copy) - VARHDRSZ;
+		}
+	}
+}
+
+/*
+ * The first value of a JSON path on the context, as jsonb_path_query_first
+ * (lax unless the path says strict, no variables, errors not silenced).
+ * Raises when it matches nothing.
+ */
+static Jsonb *
+wf_template_eval_path(WfTemplateRun *run, const char *expr)
+{
+	LOCAL_FCINFO(fcinfo, 4);
+	Datum		path;
+	Datum		result;
+
+	/* A malformed path raises here: the definition is at fault. */
+	path = DirectFunctionCall1(jsonpath_in, CStringGetDatum(expr));
+
+	InitFunctionCallInfoData(*fcinfo, NULL, 4, InvalidOid, NULL, NULL);
+	fcinfo->args[0].value = JsonbPGetDatum(run->target);
+	fcinfo->args[0].isnull = false;
+	fcinfo->args[1].value = path;
+	fcinfo->args[1].isnull = false;
+	fcinfo->args[2].value = JsonbPGetDatum(run->vars);
+	fcinfo->args[2].isnull = false;
+	fcinfo->args[3].value = BoolGetDatum(false);
+	fcinfo->args[3].isnull = false;
+
+	result = jsonb_path_query_first(fcinfo);
+	if (fcinfo->isnull)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("template \"{{%s}}\" matched nothing in the run context",
+						wf_template_clip(expr))));
+
+	return DatumGetJsonbP(result);
+}
+
+/*
+ * The value of secret name, read from wf.secret (once per rendering call:
+ * nothing is cached across calls, secrets may change).  The value is
+ * remembered in the session for redaction.  Works whether or not the
+ * caller is connected to SPI.
+ */
+static const char *
+wf_template_secret(WfTemplateRun *run, const char *name)
+{
+	MemoryContext old = CurrentMemoryContext;
+	ListCell   *lc1;
+	ListCell   *lc2;
+	Oid			argtype = TEXTOID;
+	Datum		arg;
+	char	   *value = NULL;
+	bool		found = false;
+	int			rc;
+
+	forboth(lc1, run->cache_names, lc2, run->cache_values)
+	{
+		if (strcmp((char *) lfirst(lc1), name) == 0)
+			return (const char *) lfirst(lc2);
+	}
+
+	arg = CStringGetTextDatum(name);
+	if ((rc = SPI_connect()) != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed: %s", SPI_result_code_string(rc));
+	rc = SPI_execute_with_args("SELECT value FROM " WF_SCHEMA_NAME ".secret"
+							   " WHERE name = $1",
+							   1, &argtype, &arg, NULL, false, 1);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "could not read secret \"%s\": %s",
+			 name, SPI_result_code_string(rc));
+	if (SPI_processed > 0)
+	{
+		bool		isnull;
+		Datum		d = SPI_getbinval(SPI_tuptable->vals[0],
+									  SPI_tuptable->tupdesc, 1, &isnull);
+
+		if (!isnull)
+		{
+			/* Copy out of SPI's memory before SPI_finish() frees it. */
+			MemoryContextSwitchTo(run->cxt);
+			value = TextDatumGetCString(d);
+			found = true;
+		}
+	}
+	SPI_finish();
+	MemoryContextSwitchTo(old);
+
+	if (!found)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("secret \"%s\" does not exist", name)));
+
+	MemoryContextSwitchTo(run->cxt);
+	run->cache_names = lappend(run->cache_names, pstrdup(name));
+	run->cache_values = lappend(run->cache_values, value);
+	MemoryContextSwitchTo(old);
+
+	wf_template_remember(run->tc, value, run->cxt);
+
+	return value;
+}
+
+/*
+ * Add a secret value to tc->secret_values, unless empty or already there.
+ * The string goes in the list's memory context (cxt, the caller's, for the
+ * first), so that list and strings live and die together.
+ */
+static void
+wf_template_remember(WfTemplateCtx *tc, const char *value, MemoryContext cxt)
+{
+	MemoryContext old;
+	ListCell   *lc;
+
+	if (value[0] == '\0')
+		return;
+	foreach(lc, tc->secret_values)
+	{
+		if (strcmp((char *) lfirst(lc), value) == 0)
+			return;
+	}
+
+	if (tc->secret_values != NIL)
+		cxt = GetMemoryChunkContext(tc->secret_values);
+	old = MemoryContextSwitchTo(cxt);
+	tc->secret_values = lappend(tc->secret_values, pstrdup(value));
+	MemoryContextSwitchTo(old);
+}
+
+/*
+ * Append s percent-encoded to out: RFC 3986 unreserved characters (letters,
+ * digits, "-", ".", "_", "~") are kept, every other byte is "%XX".
+ */
+static void
+wf_template_url_escape(StringInfo out, const char *s, Size len)
+{
+	static const char hex[] = "0123456789ABCDEF";
+	Size		i = 0;
+
+	while (i < len)
+	{
+		Size		run = i;
+		unsigned char c;
+		char		enc[3];
+
+		while (run < len &&
+			   ((s[run] >= 'a' && s[run] <= 'z') ||
+				(s[run] >= 'A' && s[run] <= 'Z') ||
+				(s[run] >= '0' && s[run] <= '9') ||
+				s[run] == '-' || s[run] == '.' ||
+				s[run] == '_' || s[run] == '~'))
+			run++;
+		if (run > i)
+			appendBinaryStringInfo(out, s + i, run - i);
+		if (run >= len)
+			break;
+
+		c = (unsigned char) s[run];
+		enc[0] = '%';
+		enc[1] = hex[c >> 4];
+		enc[2] = hex[c & 0x0F];
+		appendBinaryStringInfo(out, enc, 3);
+		i = run + 1;
+	}
+}
+
+
+/* ----------------------------------------------------------------
+ * Redaction
+ * ----------------------------------------------------------------
+ */
+
+/*
+ * Replace every secret value used by tc in text with "[redacted]".  Each
+ * secret is looked for as it is, JSON-escaped (as it appears in JSON text)
+ * and percent-encoded (as it appears in a URL).  Every byte covered by some
+ * occurrence (overlapping ones included) is hidden, and each maximal run of
+ * hidden bytes becomes one "[redacted]": a secret that contains another,
+ * or overlaps it, leaks nothing.  Returns text itself when no secret
+ * occurs in it.
+ */
+char *
+wf_template_redact(WfTemplateCtx *tc, const char *text)
+{
+	WfTemplatePattern *pats;
+	int			npats;
+	char	   *result;
+	int			outlen;
+	Size		len;
+
+	if (text == NULL)
+		return NULL;
+	pats = wf_template_patterns(tc, &npats);
+	if (npats == 0)
+		return (char *) text;
+
+	len = strlen(text);
+	if (len > MaxAllocSize)
+		elog(ERROR, "text too long to redact");
+	result = wf_template_redact_buf(pats, npats, text, (int) len, &outlen);
+
+	return result != NULL ? result : (char *) text;
+}
+
+/*
+ * wf_template_redact() for a jsonb document: inside every string, object
+ * keys included.  Returns value itself when no secret occurs in it.
+ */
+Jsonb *
+wf_template_redact_jsonb(WfTemplateCtx *tc, Jsonb *value)
+{
+	WfTemplatePattern *pats;
+	int			npats;
+	int			i;
+	const char *data;
+	int			datalen;
+	JsonbParseState *state = NULL;
+	JsonbIterator *it;
+	JsonbIteratorToken tok;
+	JsonbValue	v;
+	JsonbValue *res = NULL;
+	bool		changed = false;
+	uint32		n = 0;
+
+	if (value == NULL)
+		return NULL;
+	pats = wf_template_patterns(tc, &npats);
+	if (npats == 0)
+		return value;
+
+	/*
+	 * Strings (and keys) are stored unescaped and contiguous in the binary:
+	 * when no pattern occurs in it, none occurs in any string.
+	 */
+	data = (const char *) &value->root;
+	datalen = VARSIZE(value) - VARHDRSZ;
+	for (i = 0; i < npats; i++)
+	{
+		if (wf_template_pattern_occurs(&pats[i], data, datalen))
+			break;
+	}
+	if (i == npats)
+		return value;
+
+	it = JsonbIteratorInit(&value->root);
+	while ((tok = JsonbIteratorNext(&it, &v, false)) != WJB_DONE)
+	{
+		if ((++n & 0xFFF) == 0)
+			CHECK_FOR_INTERRUPTS();
+
+		if ((tok == WJB_KEY || tok == WJB_VALUE || tok == WJB_ELEM) &&
+			v.type == jbvString)
+		{
+			int			outlen;
+			char	   *red = wf_template_redact_buf(pats, npats,
+													 v.val.string.val,
+													 v.val.string.len,
+													 &outlen);
+
+			if (red != NULL)
+			{
+				v.val.string.val = red;
+				v.val.string.len = outlen;
+				changed = true;
+			}
+		}
+		res = pushJsonbValue(&state, tok,
+							 tok < WJB_BEGIN_ARRAY ||
+							 (tok == WJB_BEGIN_ARRAY && v.val.array.rawScalar) ?
+							 &v : NULL);
+	}
+
+	if (!changed)
+		return value;
+	return JsonbValueToJsonb(res);
+}
+
+/* Longest first, then bytewise, for sorting and de-duplication. */
+static int
+wf_template_pattern_cmp(const void *a, const void *b)
+{
+	const WfTemplatePattern *pa = (const WfTemplatePattern *) a;
+	const WfTemplatePattern *pb = (const WfTemplatePattern *) b;
+
+	if (pa->len != pb->len)
+		return pa->len > pb->len ? -1 : 1;
+	return memcmp(pa->str, pb->str, pa->len);
+}
+
+/* Append a pattern with its KMP failure function. */
+static void
+wf_template_add_pattern(WfTemplatePattern *pats, int *npats, char *str,
+						int len)
+{
+	WfTemplatePattern *pat = &pats[(*npats)++];
+	int			k = 0;
+	int			q;
+
+	pat->str = str;
+	pat->len = len;
+	pat->fail = palloc(sizeof(int) * len);
+	pat->fail[0] = 0;
+	for (q = 1; q < len; q++)
+	{
+		while (k > 0 && str[k] != str[q])
+			k = pat->fail[k - 1];
+		if (str[k] == str[q])
+			k++;
+		pat->fail[q] = k;
+	}
+}
+
+/*
+ * The byte strings to redact for the secrets of tc: each non-empty value
+ * as it is, JSON-escaped and percent-encoded; without duplicates, longest
+ * first.
+ */
+static WfTemplatePattern *
+wf_template_patterns(WfTemplateCtx *tc, int *npats)
+{
+	WfTemplatePattern *pats;
+	int			n = 0;
+	int			i;
+	int			j;
+	ListCell   *lc;
+
+	*npats = 0;
+	if (tc == NULL || tc->secret_values == NIL)
+		return NULL;
+
+	pats = palloc(sizeof(WfTemplatePattern) * 3 * list_length(tc->secret_values));
+	foreach(lc, tc->secret_values)
+	{
+		char	   *secret = (char *) lfirst(lc);
+		int			len = strlen(secret);
+		StringInfoData buf;
+
+		if (len == 0)
+			continue;
+		wf_template_add_pattern(pats, &n, secret, len);
+
+		/* JSON-escaped, without the quotes escape_json() adds */
+		initStringInfo(&buf);
+		escape_json(&buf, secret);
+		if (buf.len - 2 != len)
+			wf_template_add_pattern(pats, &n, pnstrdup(buf.data + 1, buf.len - 2),
+									buf.len - 2);
+		pfree(buf.data);
+
+		/* percent-encoded, as in a rendered URL */
+		initStringInfo(&buf);
+		wf_template_url_escape(&buf, secret, len);
+		if (buf.len != len)
+			wf_template_add_pattern(pats, &n, buf.data, buf.len);
+		else
+			pfree(buf.data);
+	}
+	if (n == 0)
+		return NULL;
+
+	qsort(pats, n, sizeof(WfTemplatePattern), wf_template_pattern_cmp);
+	for (i = 1, j = 1; i < n; i++)
+	{
+		if (wf_template_pattern_cmp(&pats[i], &pats[j - 1]) != 0)
+			pats[j++] = pats[i];
+	}
+	*npats = j;
+	return pats;
+}
+
+/* Does pat occur in text (of len bytes)? */
+static bool
+wf_template_pattern_occurs(WfTemplatePattern *pat, const char *text, int len)
+{
+	int			q = 0;
+	int			i;
+
+	for (i = 0; i < len; i++)
+	{
+		if ((i & WF_TEMPLATE_CHECK_MASK) == 0)
+			CHECK_FOR_INTERRUPTS();
+		while (q > 0 && pat->str[q] != text[i])
+			q = pat->fail[q - 1];
+		if (pat->str[q] == text[i])
+			q++;
+		if (q == pat->len)
+			return true;
+	}
+	return false;
+}
+
+/*
+ * Redact text (len bytes, not necessarily terminated): every byte covered
+ * by an occurrence of a pattern is hidden, each maximal run of hidden bytes
+ * replaced by "[redacted]".  Returns NULL when nothing is hidden, else a
+ * new terminated string of *outlen bytes.  Linear in len for each pattern
+ * (Knuth-Morris-Pratt; each byte is marked at most once per pattern).
+ */
+static char *
+wf_template_redact_buf(WfTemplatePattern *pats, int npats, const char *text,
+					   int len, int *outlen)
+{
+	bool	   *hidden = NULL;
+	StringInfoData out;
+	int			p;
+	int			i;
+
+	for (p = 0; p < npats; p++)
+	{
+		WfTemplatePattern *pat = &pats[p];
+		int			q = 0;
+		int			marked = 0; /* bytes below this are marked already */
+
+		if (pat->len > len)
+			continue;
+		for (i = 0; i < len; i++)
+		{
+			if ((i & WF_TEMPLATE_CHECK_MASK) == 0)
+				CHECK_FOR_INTERRUPTS();
+			while (q > 0 && pat->str[q] != text[i])
+				q = pat->fail[q - 1];
+			if (pat->str[q] == text[i])
+				q++;
+			if (q == pat->len)
+			{
+				int			j = Max(i - pat->len + 1, marked);
+
+				if (hidden == NULL)
+					hidden = palloc0(len);
+				for (; j <= i; j++)
+					hidden[j] = true;
+				marked = i + 1;
+				q = pat->fail[q - 1];
+			}
+		}
+	}
+	if (hidden == NULL)
+		return NULL;
+
+	initStringInfo(&out);
+	i = 0;
+	while (i < len)
+	{
+		int			start = i;
+
+		if (hidden[i])
+		{
+			while (i < len && hidden[i])
+				i++;
+			appendStringInfoString(&out, WF_TEMPLATE_REDACTED);
+			continue;
+		}
+		while (i < len && !hidden[i])
+			i++;
+		appendBinaryStringInfo(&out, text + start, i - start);
+	}
+	pfree(hidden);
+
+	*outlen = out.len;
+	return out.data;
+}
+
+
+/* ----------------------------------------------------------------
+ * Small helpers
+ * ----------------------------------------------------------------
+ */
+
+/* The first occurrence of needle in hay (neither terminated), or NULL. */
+static const char *
+wf_template_find(const char *hay, Size haylen, const char *needle,
+				 Size needlelen)
+{
+	const char *p = hay;
+	const char *end = hay + haylen;
+
+	if (needlelen == 0)
+		return hay;
+	while ((Size) (end - p) >= needlelen)
+	{
+		p = memchr(p, needle[0], (end - p) - needlelen + 1);
+		if (p == NULL)
+			return NULL;
+		if (memcmp(p, needle, needlelen) == 0)
+			return p;
+		p++;
+	}
+	return NULL;
+}
+
+/* str for an error message: clipped to a sensible length. */
+static char *
+wf_template_clip(const char *str)
+{
+	int			len = strlen(str);
+	int			clip;
+
+	if (len <= WF_TEMPLATE_CLIP)
+		return (char *) str;
+	clip = pg_mbcliplen(str, len, WF_TEMPLATE_CLIP);
+	return psprintf("%.*s...", clip, str);
+}
