@@ -626,7 +626,7 @@ $$;
  * Loads a claimed step: what to run, as whom, with which context.  Returns
  * no row if the run is no longer active (the step is then cancelled).
  */
-CREATE FUNCTION wf._step_load(p_run_id bigint, p_step text,
+CREATE FUNCTION wf._step_load(p_run_id bigint, p_step text, p_worker int,
 	OUT kind text, OUT spec jsonb, OUT owner oid, OUT search_path text,
 	OUT attempt int, OUT context jsonb, OUT defaults jsonb,
 	OUT started_at timestamptz)
@@ -649,10 +649,24 @@ BEGIN
 		VALUES (p_run_id, 'running', r.owner);
 		PERFORM wf._notify(p_run_id, r.workflow, NULL, 'running');
 	END IF;
-	UPDATE wf.step s SET attempt = s.attempt + 1, started_at = clock_timestamp()
+	/*
+	 * An http step is running from now on: its request leaves when this
+	 * transaction commits.  (If preparing it fails, the failure is recorded
+	 * over this in the same transaction.)
+	 */
+	UPDATE wf.step s SET attempt = s.attempt + 1, started_at = clock_timestamp(),
+		   status = CASE WHEN s.kind = 'http' THEN 'running' ELSE s.status END,
+		   running_by = CASE WHEN s.kind = 'http' THEN p_worker END
 	 WHERE s.run_id = p_run_id AND s.step = p_step
 	RETURNING s.kind, s.spec, s.attempt, s.started_at
 	INTO kind, spec, attempt, started_at;
+	IF kind = 'http' THEN
+		INSERT INTO wf.history_log (run_id, step, status, attempt, actor)
+		VALUES (p_run_id, p_step, 'running', attempt, r.owner);
+		IF current_setting('pg_workflow.notify') = 'steps' THEN
+			PERFORM wf._notify(p_run_id, r.workflow, p_step, 'running');
+		END IF;
+	END IF;
 	owner := r.owner;
 	search_path := r.search_path;
 	SELECT d.defaults INTO defaults FROM wf.workflow_def d
@@ -699,7 +713,9 @@ BEGIN
 	RETURNING * INTO st;
 	INSERT INTO wf.history_log (run_id, step, status, attempt, actor)
 	VALUES (p_run_id, p_step, p_status, st.attempt, r.owner);
-	PERFORM wf._notify(p_run_id, r.workflow, p_step, p_status);
+	IF current_setting('pg_workflow.notify') = 'steps' THEN
+		PERFORM wf._notify(p_run_id, r.workflow, p_step, p_status);
+	END IF;
 
 	IF cardinality(st.successors) > 0 THEN
 		WITH u AS (
@@ -723,25 +739,6 @@ BEGIN
 		VALUES (p_run_id, 'completed', r.owner);
 		PERFORM wf._notify(p_run_id, r.workflow, NULL, 'completed');
 		PERFORM wf._run_ended(p_run_id);
-	END IF;
-END
-$$;
-
-/* An asynchronous step (http) has been started by executor p_worker. */
-CREATE FUNCTION wf._step_started(p_run_id bigint, p_step text, p_worker int)
-RETURNS void
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-	st	wf.step;
-BEGIN
-	UPDATE wf.step SET status = 'running', running_by = p_worker
-	 WHERE run_id = p_run_id AND step = p_step
-	RETURNING * INTO st;
-	INSERT INTO wf.history_log (run_id, step, status, attempt, actor)
-	SELECT p_run_id, p_step, 'running', st.attempt, r.owner FROM wf.run r WHERE r.id = p_run_id;
-	IF current_setting('pg_workflow.notify') = 'steps' THEN
-		PERFORM wf._notify(p_run_id, (SELECT workflow FROM wf.run WHERE id = p_run_id),
-						   p_step, 'running');
 	END IF;
 END
 $$;
@@ -970,6 +967,30 @@ $$;
 
 CREATE FUNCTION @extschema@.wf_set_secret(name text, value text) RETURNS void
 	LANGUAGE C AS 'MODULE_PATHNAME', 'wf_api_call';
+
+/*
+ * Row trigger function: starts the workflow named by its argument with the
+ * row as input, in the transaction that changed the row, as the role that
+ * changed it.  Use it in AFTER triggers (a BEFORE trigger's row may still
+ * change).
+ */
+CREATE FUNCTION @extschema@.wf_start_trigger() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+	IF TG_LEVEL <> 'ROW' THEN
+		RAISE EXCEPTION 'wf_start_trigger must be used in a FOR EACH ROW trigger'
+			USING ERRCODE = 'invalid_object_definition';
+	END IF;
+	IF TG_NARGS <> 1 THEN
+		RAISE EXCEPTION 'wf_start_trigger takes the name of the workflow to start as its argument'
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'EXECUTE FUNCTION wf_start_trigger(''workflow-name'')';
+	END IF;
+	PERFORM @extschema@.wf_start(TG_ARGV[0],
+								 to_jsonb(CASE WHEN TG_OP = 'DELETE' THEN OLD ELSE NEW END));
+	RETURN CASE WHEN TG_OP = 'DELETE' THEN OLD ELSE NEW END;
+END
+$$;
 
 CREATE FUNCTION @extschema@.wf_wait(run_id bigint, timeout interval DEFAULT '30 seconds')
 RETURNS text

@@ -77,7 +77,6 @@ static SPIPlanPtr wf_plan_next_due = NULL;
 static SPIPlanPtr wf_plan_load = NULL;
 static SPIPlanPtr wf_plan_done = NULL;
 static SPIPlanPtr wf_plan_failed = NULL;
-static SPIPlanPtr wf_plan_started = NULL;
 static SPIPlanPtr wf_plan_resume = NULL;
 static SPIPlanPtr wf_plan_requeue = NULL;
 
@@ -116,10 +115,9 @@ static void
 wf_exec_prepare_all(void)
 {
 	Oid			claim_types[3] = {INT4OID, INT8ARRAYOID, BOOLOID};
-	Oid			started_types[3] = {INT8OID, TEXTOID, INT4OID};
 	Oid			resume_types[4] = {INT8OID, TEXTOID, INT4OID, TIMESTAMPTZOID};
 	Oid			requeue_types[2] = {INT4OID, INT4OID};
-	Oid			key_types[2] = {INT8OID, TEXTOID};
+	Oid			key_types[3] = {INT8OID, TEXTOID, INT4OID};
 	Oid			done_types[4] = {INT8OID, TEXTOID, TEXTOID, JSONBOID};
 	Oid			failed_types[6] = {INT8OID, TEXTOID, JSONBOID, TIMESTAMPTZOID,
 	BOOLOID, BOOLOID};
@@ -146,17 +144,14 @@ wf_exec_prepare_all(void)
 									   0, NULL);
 	wf_plan_load = wf_exec_prepare(
 								   "SELECT kind, spec, owner, search_path, attempt, context, defaults, started_at"
-								   " FROM wf._step_load($1, $2)",
-								   2, key_types);
+								   " FROM wf._step_load($1, $2, $3)",
+								   3, key_types);
 	wf_plan_done = wf_exec_prepare(
 								   "SELECT ok, ready FROM wf._step_done($1, $2, $3, $4)",
 								   4, done_types);
 	wf_plan_failed = wf_exec_prepare(
 									 "SELECT ready FROM wf._step_failed($1, $2, $3, $4, $5, $6)",
 									 6, failed_types);
-	wf_plan_started = wf_exec_prepare(
-									  "SELECT wf._step_started($1, $2, $3)",
-									  3, started_types);
 	wf_plan_resume = wf_exec_prepare(
 									 "SELECT spec, defaults FROM wf._step_resume($1, $2, $3, $4)",
 									 4, resume_types);
@@ -406,16 +401,7 @@ wf_exec_attempt(WfStepExec *ex, WfStepResult *res)
 
 	HOLD_CANCEL_INTERRUPTS();
 
-	if (res->outcome == WF_STEP_STARTED)
-	{
-		/* Asynchronous: the step is running until its completion comes. */
-		args[0] = Int64GetDatum(ex->run_id);
-		args[1] = CStringGetTextDatum(ex->step);
-		args[2] = Int32GetDatum(wf_worker_index);
-		if (SPI_execute_plan(wf_plan_started, args, nulls, false, 0) != SPI_OK_SELECT)
-			elog(ERROR, "could not mark step \"%s\" running", ex->step);
-		return;
-	}
+	/* An asynchronous attempt was marked running when it was loaded. */
 	if (res->outcome != WF_STEP_COMPLETED)
 		return;
 
@@ -463,6 +449,7 @@ wf_exec_step(WfWorkItem *item, List *queue, MemoryContext batchctx)
 	/* Load the step, its run context and the workflow's defaults. */
 	args[0] = Int64GetDatum(item->run_id);
 	args[1] = CStringGetTextDatum(item->step);
+	args[2] = Int32GetDatum(wf_worker_index);
 	if (SPI_execute_plan(wf_plan_load, args, nulls, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not load step \"%s\" of run " INT64_FORMAT,
 			 item->step, item->run_id);

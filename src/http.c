@@ -11,7 +11,7 @@
  *	   step's subtransaction: templates are rendered against the run
  *	   context and secrets, the URL's host is checked against
  *	   pg_workflow.http_allowed_hosts, and a WfHttpRequest is prepared.  The
- *	   step is checkpointed as "running" (wf._step_started), and the request
+ *	   step is checkpointed as "running" (by wf._step_load), and the request
  *	   is queued with wf_http_enqueue().
  *	2. Only when that transaction has committed does wf_http_submit() hand
  *	   the queued requests to libcurl; if it aborts, wf_http_discard() drops
@@ -34,6 +34,8 @@
  *-------------------------------------------------------------------------
  */
 #include "pg_workflow.h"
+
+#include <poll.h>
 
 #include <curl/curl.h>
 
@@ -807,6 +809,47 @@ wf_http_rebuild_wait_set(void)
 }
 
 /*
+ * Lets libcurl act on every socket that is ready now, without waiting.
+ */
+static void
+wf_http_poll_sockets(void)
+{
+	struct pollfd *fds;
+	int			nfds = wf_http_nsockets;
+	int			running;
+	int			i;
+
+	if (nfds == 0)
+		return;
+	fds = palloc(nfds * sizeof(struct pollfd));
+	for (i = 0; i < nfds; i++)
+	{
+		fds[i].fd = wf_http_sockets[i].fd;
+		fds[i].events = ((wf_http_sockets[i].what & CURL_POLL_IN) ? POLLIN : 0) |
+			((wf_http_sockets[i].what & CURL_POLL_OUT) ? POLLOUT : 0);
+		fds[i].revents = 0;
+	}
+	if (poll(fds, nfds, 0) > 0)
+	{
+		/* socket_action may change wf_http_sockets: we work on the copy. */
+		for (i = 0; i < nfds; i++)
+		{
+			int			mask = 0;
+
+			if (fds[i].revents & (POLLIN | POLLHUP))
+				mask |= CURL_CSELECT_IN;
+			if (fds[i].revents & POLLOUT)
+				mask |= CURL_CSELECT_OUT;
+			if (fds[i].revents & POLLERR)
+				mask |= CURL_CSELECT_ERR;
+			if (mask != 0)
+				curl_multi_socket_action(wf_http_multi, fds[i].fd, mask, &running);
+		}
+	}
+	pfree(fds);
+}
+
+/*
  * Waits for the latch, a socket of libcurl's or libcurl's timer, at most
  * timeout_ms (-1: no limit but libcurl's), and lets libcurl act on what
  * happened.  Returns after one round of events.
@@ -815,7 +858,7 @@ void
 wf_http_wait(long timeout_ms)
 {
 	WaitEvent	events[64];
-	int			n;
+	int			n = 0;
 	int			i;
 	int			running;
 
@@ -832,22 +875,32 @@ wf_http_wait(long timeout_ms)
 			timeout_ms = curl_ms;
 	}
 
-	if (wf_http_wes_dirty || wf_http_wes == NULL)
-		wf_http_rebuild_wait_set();
-	n = WaitEventSetWait(wf_http_wes, timeout_ms, events, lengthof(events),
-						 PG_WAIT_EXTENSION);
-
-	for (i = 0; i < n; i++)
+	if (timeout_ms == 0)
 	{
-		int			mask = 0;
+		/*
+		 * A busy executor does not sleep, it only looks: a poll() of the
+		 * sockets, rather than rebuilding the wait set they keep changing.
+		 */
+		wf_http_poll_sockets();
+	}
+	else
+	{
+		if (wf_http_wes_dirty || wf_http_wes == NULL)
+			wf_http_rebuild_wait_set();
+		n = WaitEventSetWait(wf_http_wes, timeout_ms, events, lengthof(events),
+							 PG_WAIT_EXTENSION);
+		for (i = 0; i < n; i++)
+		{
+			int			mask = 0;
 
-		if (events[i].events & (WL_LATCH_SET | WL_POSTMASTER_DEATH))
-			continue;
-		if (events[i].events & WL_SOCKET_READABLE)
-			mask |= CURL_CSELECT_IN;
-		if (events[i].events & WL_SOCKET_WRITEABLE)
-			mask |= CURL_CSELECT_OUT;
-		curl_multi_socket_action(wf_http_multi, events[i].fd, mask, &running);
+			if (events[i].events & (WL_LATCH_SET | WL_POSTMASTER_DEATH))
+				continue;
+			if (events[i].events & WL_SOCKET_READABLE)
+				mask |= CURL_CSELECT_IN;
+			if (events[i].events & WL_SOCKET_WRITEABLE)
+				mask |= CURL_CSELECT_OUT;
+			curl_multi_socket_action(wf_http_multi, events[i].fd, mask, &running);
+		}
 	}
 	if (wf_http_timer_at != 0 && GetCurrentTimestamp() >= wf_http_timer_at)
 	{

@@ -127,7 +127,7 @@ static char *wf_template_redact_buf(WfTemplatePattern *pats, int npats,
  * value by its text, any other value by its JSON text.  With url_escape,
  * substituted values are percent-encoded, except when the template is the
  * whole string (so that "{{$.input.url}}" gives a usable URL).  The result
- * is always a new string.
+ * is always a new string (NULL for NULL).
  */
 char *
 wf_template_render_string(WfTemplateCtx *tc, const char *str, bool url_escape)
@@ -135,6 +135,8 @@ wf_template_render_string(WfTemplateCtx *tc, const char *str, bool url_escape)
 	WfTemplateRun run;
 	StringInfoData out;
 
+	if (str == NULL)
+		return NULL;
 	if (strstr(str, "{{") == NULL)
 		return pstrdup(str);
 
@@ -164,6 +166,9 @@ wf_template_render_jsonb(WfTemplateCtx *tc, Jsonb *value)
 	JsonbValue *res = NULL;
 	Jsonb	   *result;
 	uint32		n = 0;
+
+	if (value == NULL)
+		return NULL;
 
 	/* Strings are stored unescaped: no "{{" in the binary, no template. */
 	if (wf_template_find((const char *) &value->root,

@@ -41,7 +41,8 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 
 our @EXPORT = qw(
-  wf_node wf_json wf_define wf_start wf_wait wf_sql_quote
+  wf_node wf_json wf_define wf_start wf_start_many wf_wait wf_wait_all
+  wf_sql_quote
   wf_executor_pids wf_wait_for_executors
 );
 
@@ -142,6 +143,26 @@ sub wf_start
 
 =pod
 
+=item wf_start_many(node, name, n)
+
+Starts n runs with inputs {"i": 1} .. {"i": n} in one transaction; returns
+their ids in order.
+
+=cut
+
+sub wf_start_many
+{
+	my ($node, $name, $n) = @_;
+	my $out = $node->safe_psql('postgres',
+		    'SELECT wf_start('
+		  . wf_sql_quote($name)
+		  . ", jsonb_build_object('i', g)) FROM generate_series(1, $n) g ORDER BY g"
+	);
+	return split /\n/, $out;
+}
+
+=pod
+
 =item wf_wait(node, run, timeout)
 
 wf_wait(run, timeout) (default 60s): the run's status once it has ended,
@@ -155,6 +176,26 @@ sub wf_wait
 	$timeout //= $PostgreSQL::Test::Utils::timeout_default;
 	return $node->safe_psql('postgres',
 		"SELECT wf_wait($run, '$timeout s')");
+}
+
+=pod
+
+=item wf_wait_all(node, runs...)
+
+Waits for every run in one session; returns their statuses joined by
+commas, in the order given.
+
+=cut
+
+sub wf_wait_all
+{
+	my ($node, @runs) = @_;
+	my $timeout = $PostgreSQL::Test::Utils::timeout_default;
+	return '' unless @runs;
+	return $node->safe_psql('postgres',
+		"SELECT string_agg(wf_wait(r, '$timeout s'), ',' ORDER BY o) FROM unnest(ARRAY["
+		  . join(',', @runs)
+		  . "]::bigint[]) WITH ORDINALITY AS u(r, o)");
 }
 
 =pod

@@ -26,7 +26,9 @@ use PgWorkflowTest;
 use Test::More;
 use Time::HiRes qw(usleep);
 
-my $node = wf_node('basic', workers => 2);
+# A small batch size makes executors hand work over to each other, so that
+# the branches of a DAG run in different executors and transactions.
+my $node = wf_node('basic', workers => 2, conf => "pg_workflow.batch_size = 1\n");
 
 $node->safe_psql('postgres',
 	'CREATE TABLE side_effect (run_id bigint, step text)');
@@ -130,19 +132,19 @@ wf_define(
 		steps => [
 			{
 				name => 'a',
-				sql => q{SELECT jsonb_build_object('x', ($1->'input'->>'x')::int)}
+				sql => q{SELECT jsonb_build_object('x', ($1->'input'->>'i')::int)}
 			},
 			{
 				name => 'b',
 				dependencies => ['a'],
 				sql =>
-				  q{SELECT jsonb_build_object('b', ($1->'steps'->'a'->>'x')::int * 2)}
+				  q{SELECT jsonb_build_object('b', ($1->'steps'->'a'->>'x')::int * 2, 'pid', pg_backend_pid())}
 			},
 			{
 				name => 'c',
 				dependencies => ['a'],
 				sql =>
-				  q{SELECT jsonb_build_object('c', ($1->'steps'->'a'->>'x')::int + 100)}
+				  q{SELECT jsonb_build_object('c', ($1->'steps'->'a'->>'x')::int + 100, 'pid', pg_backend_pid())}
 			},
 			{
 				name => 'd',
@@ -153,9 +155,10 @@ wf_define(
 		]
 	});
 
-my @diamond = map { wf_start($node, 'diamond', { x => $_ }) } (1 .. 10);
-is( join(',', map { wf_wait($node, $_) } @diamond),
-	join(',', ('completed') x 10),
+my $ndiamond = 30;
+my @diamond = wf_start_many($node, 'diamond', $ndiamond);
+is( wf_wait_all($node, @diamond),
+	join(',', ('completed') x $ndiamond),
 	'diamond runs completed');
 is( $node->safe_psql(
 		'postgres', qq{
@@ -163,7 +166,7 @@ is( $node->safe_psql(
 	 WHERE run_id IN (@{[ join(',', @diamond) ]}) AND step = 'd'}),
 	join(',',
 		map { qq({"sum": @{[ 2 * $_ + $_ + 100 ]}, "seen": ["a", "b", "c"]}) }
-		  (1 .. 10)),
+		  (1 .. $ndiamond)),
 	'd combined the outputs of b and c');
 is( $node->safe_psql(
 		'postgres', qq{
@@ -174,8 +177,14 @@ is( $node->safe_psql(
 	 WHERE d.run_id IN (@{[ join(',', @diamond) ]}) AND d.step = 'd'
 	   AND d.started_at >= greatest(b.finished_at, c.finished_at)
 	   AND least(b.started_at, c.started_at) >= a.finished_at}),
-	'10',
+	$ndiamond,
 	'd started after b and c finished, b and c after a');
+note 'diamond runs whose b and c ran in different executors: '
+  . $node->safe_psql(
+	'postgres', qq{
+	SELECT count(*) FROM wf.steps b JOIN wf.steps c USING (run_id)
+	 WHERE b.step = 'b' AND c.step = 'c' AND b.output->'pid' <> c.output->'pid'
+	   AND run_id IN (@{[ join(',', @diamond) ]})});
 is( $node->safe_psql(
 		'postgres', qq{
 	SELECT string_agg(DISTINCT output::text, ',') FROM wf.runs
