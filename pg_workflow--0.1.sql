@@ -4,6 +4,15 @@
 \echo Use "CREATE EXTENSION pg_workflow" to load this file. \quit
 
 /*
+ * Integrity
+ *
+ * The tables below are written only by the functions of this file, which
+ * keep them consistent (a run's steps are created with it; runs and
+ * definitions are never deleted).  They carry no foreign keys: the
+ * executors update a step several times per transaction, and every such
+ * update would re-check the keys of a row the same transaction inserted or
+ * changed before.
+ *
  * Layout
  *
  * Everything the engine stores lives in schema wf, in tables no role but
@@ -66,8 +75,7 @@ CREATE TABLE wf.run (
 	created_at	timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
 	start_at	timestamptz,
 	started_at	timestamptz,
-	finished_at	timestamptz,
-	FOREIGN KEY (workflow, version) REFERENCES wf.workflow_def (name, version)
+	finished_at	timestamptz
 );
 CREATE UNIQUE INDEX run_idempotency_key ON wf.run (workflow, idempotency_key)
 	WHERE idempotency_key IS NOT NULL;
@@ -76,7 +84,7 @@ CREATE INDEX run_unfinished ON wf.run (id)
 	WHERE status IN ('pending', 'running', 'waiting');
 
 CREATE TABLE wf.step (
-	run_id		bigint NOT NULL REFERENCES wf.run (id),
+	run_id		bigint NOT NULL,		-- a wf.run; see below on integrity
 	step		text NOT NULL,
 	ord			int NOT NULL,		-- position in the definition
 	kind		text NOT NULL,		-- the action key, e.g. 'sql'
@@ -183,7 +191,7 @@ CREATE FUNCTION wf._check_definition(definition jsonb) RETURNS void
 /* Announces a run transition on channel wf_events, as configured. */
 CREATE FUNCTION wf._notify(run_id bigint, workflow text, step text, status text)
 RETURNS void
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql AS $$
 BEGIN
 	IF (step IS NULL AND current_setting('pg_workflow.notify') <> 'off')
 	   OR current_setting('pg_workflow.notify') = 'steps' THEN
@@ -518,7 +526,7 @@ $$;
  */
 CREATE FUNCTION wf._finish_run(p_run wf.run, p_status text, p_error jsonb, actor oid)
 RETURNS void
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql AS $$
 BEGIN
 	UPDATE wf.run SET status = p_status, error = coalesce(p_error, error),
 		   finished_at = clock_timestamp()
@@ -619,6 +627,10 @@ $$;
 
 /* ---------------------------------------------------------------------
  * Executor side: called by the background workers only
+ *
+ * These functions carry no SET search_path: the executors run with
+ * search_path = pg_catalog, pg_temp, and the API functions that share some
+ * of them set it themselves.
  * ---------------------------------------------------------------------
  */
 
@@ -631,7 +643,7 @@ CREATE FUNCTION wf._step_load(p_run_id bigint, p_step text, p_worker int,
 	OUT attempt int, OUT context jsonb, OUT defaults jsonb,
 	OUT started_at timestamptz)
 RETURNS SETOF record
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql AS $$
 DECLARE
 	r	wf.run;
 BEGIN
@@ -691,7 +703,7 @@ $$;
  */
 CREATE FUNCTION wf._step_done(p_run_id bigint, p_step text, p_status text,
 							  p_output jsonb, OUT ok boolean, OUT ready text[])
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql AS $$
 DECLARE
 	r			wf.run;
 	st			wf.step;
@@ -752,7 +764,7 @@ CREATE FUNCTION wf._step_resume(p_run_id bigint, p_step text, p_attempt int,
 								p_started_at timestamptz,
 								OUT spec jsonb, OUT defaults jsonb)
 RETURNS SETOF record
-LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE sql AS $$
 	SELECT s.spec, d.defaults
 	  FROM wf.step s JOIN wf.run r ON r.id = s.run_id
 		   JOIN wf.workflow_def d ON d.name = r.workflow AND d.version = r.version
@@ -768,7 +780,7 @@ $$;
  * beyond pg_workflow.workers.
  */
 CREATE FUNCTION wf._requeue_orphans(p_worker int, p_nworkers int) RETURNS void
-LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE sql AS $$
 	WITH o AS (
 		UPDATE wf.step s
 		   SET status = 'ready', ready_at = clock_timestamp(), running_by = NULL,
@@ -791,7 +803,7 @@ $$;
  */
 CREATE FUNCTION wf._breaker_admit(p_key text, p_reset_after interval)
 RETURNS timestamptz
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql AS $$
 DECLARE
 	b	wf.circuit_breaker;
 	now	timestamptz := clock_timestamp();
@@ -828,7 +840,7 @@ $$;
 CREATE FUNCTION wf._breaker_record(p_key text, p_ok boolean, p_failures int,
 								   p_reset_after interval)
 RETURNS void
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql AS $$
 BEGIN
 	IF p_ok THEN
 		UPDATE wf.circuit_breaker
@@ -863,7 +875,7 @@ $$;
 CREATE FUNCTION wf._step_failed(p_run_id bigint, p_step text, p_error jsonb,
 								p_retry_at timestamptz, p_skip boolean,
 								p_again boolean, OUT ready text[])
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql AS $$
 DECLARE
 	r	wf.run;
 	d	record;

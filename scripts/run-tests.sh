@@ -6,7 +6,8 @@
 #
 # Usage (as root):
 #   scripts/run-tests.sh [all]             build, install, regress + TAP tests
-#   scripts/run-tests.sh regress [TEST...] pg_regress only (TEST: name in sql/)
+#   scripts/run-tests.sh regress [TEST...] pg_regress only (TEST: name in sql/;
+#                                          init creates the extension: regress init runs)
 #   scripts/run-tests.sh tap [TEST...]     TAP only; TEST is t/001_x.pl
 #                                          (relative to test/), test/t/001_x.pl or 001_x
 #   scripts/run-tests.sh build             install deps, build and install only

@@ -126,17 +126,18 @@ wf_exec_prepare_all(void)
 		return;
 
 	/*
-	 * The KEY SHARE lock on the run lets wf_cancel, wf_retry and wf_rewind,
-	 * which lock the run FOR UPDATE, wait for the steps in flight, and makes
-	 * executors skip a run while one of them holds it.
+	 * Ready steps in the order of index step_ready, skipping those another
+	 * executor holds and those of runs that wf_cancel, wf_retry or wf_rewind
+	 * are interrupting ($2): those lock the run only once no executor can
+	 * start its steps.
 	 */
 	wf_plan_claim = wf_exec_prepare(
-									"SELECT s.run_id, s.step, s.kind = 'http' FROM wf.step s JOIN wf.run r ON r.id = s.run_id"
+									"SELECT s.run_id, s.step, s.kind = 'http' FROM wf.step s"
 									" WHERE s.status = 'ready' AND s.ready_at <= pg_catalog.clock_timestamp()"
 									" AND ($2 IS NULL OR s.run_id <> ALL ($2))"
 									" AND (s.kind <> 'http' OR $3)"
 									" ORDER BY s.priority DESC, s.ready_at LIMIT $1"
-									" FOR UPDATE OF s SKIP LOCKED FOR KEY SHARE OF r SKIP LOCKED",
+									" FOR UPDATE SKIP LOCKED",
 									3, claim_types);
 	wf_plan_next_due = wf_exec_prepare(
 									   "SELECT pg_catalog.min(ready_at) FROM wf.step"
@@ -895,6 +896,9 @@ wf_exec_batch(int max_steps, TimestampTz *next_due)
 	CommitTransactionCommand();
 	MemoryContextSwitchTo(batchctx);
 	pgstat_report_activity(STATE_IDLE, NULL);
+
+	/* Let autovacuum know about the rows we updated. */
+	pgstat_report_stat(false);
 
 	/* Committed: send what was started, forget what was checkpointed. */
 	if (requeued)

@@ -16,6 +16,11 @@
  * caller's search_path, saved by wf_start, applies to name resolution, and
  * every setting the statement changes is undone when it ends.
  *
+ * A single statement is planned once per owner and search_path and kept
+ * (PostgreSQL's plan cache replans it after DDL); a string of several
+ * statements is parsed at each run, since each may depend on the one
+ * before.
+ *
  * src/step_sql.c
  *
  *-------------------------------------------------------------------------
@@ -26,9 +31,119 @@
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
+#include "common/hashfn.h"
+#include "parser/parser.h"
 #include "utils/guc.h"
+#include "utils/hsearch.h"
+#include "utils/memutils.h"
 #include "utils/syscache.h"
 #include "utils/timeout.h"
+
+/* At most this many statements keep a plan; beyond, all are forgotten. */
+#define WF_SQL_MAX_PLANS	512
+
+typedef struct WfSqlPlanKey
+{
+	Oid			owner;
+	uint32		sql_hash;
+	uint32		path_hash;
+} WfSqlPlanKey;
+
+typedef struct WfSqlPlan
+{
+	WfSqlPlanKey key;
+	char	   *sql;			/* to tell hash collisions apart */
+	char	   *search_path;
+	SPIPlanPtr	plan;			/* NULL: several statements, not kept */
+} WfSqlPlan;
+
+static HTAB *wf_sql_plans = NULL;
+static MemoryContext wf_sql_plan_ctx = NULL;
+
+static void
+wf_sql_init_plans(void)
+{
+	HASHCTL		ctl;
+
+	if (wf_sql_plan_ctx == NULL)
+		wf_sql_plan_ctx = AllocSetContextCreate(TopMemoryContext,
+												"pg_workflow sql plans",
+												ALLOCSET_DEFAULT_SIZES);
+	ctl.keysize = sizeof(WfSqlPlanKey);
+	ctl.entrysize = sizeof(WfSqlPlan);
+	ctl.hcxt = wf_sql_plan_ctx;
+	wf_sql_plans = hash_create("pg_workflow sql plans", 64, &ctl,
+							   HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+}
+
+/* Forgets every kept plan. */
+static void
+wf_sql_reset_plans(void)
+{
+	HASH_SEQ_STATUS seq;
+	WfSqlPlan  *e;
+
+	hash_seq_init(&seq, wf_sql_plans);
+	while ((e = hash_seq_search(&seq)) != NULL)
+		if (e->plan)
+			SPI_freeplan(e->plan);
+	hash_destroy(wf_sql_plans);
+	wf_sql_plans = NULL;
+	MemoryContextReset(wf_sql_plan_ctx);
+}
+
+/*
+ * The kept plan of sql for this owner and search_path, prepared now if need
+ * be (as the owner, under that search_path); NULL for a string of several
+ * statements.
+ */
+static SPIPlanPtr
+wf_sql_plan(WfStepExec *ex, const char *sql)
+{
+	WfSqlPlanKey key;
+	WfSqlPlan  *e;
+	bool		found;
+	Oid			argtypes[1] = {JSONBOID};
+	SPIPlanPtr	plan = NULL;
+	MemoryContext old;
+
+	if (wf_sql_plans == NULL)
+		wf_sql_init_plans();
+
+	memset(&key, 0, sizeof(key));
+	key.owner = ex->owner;
+	key.sql_hash = hash_bytes((const unsigned char *) sql, strlen(sql));
+	key.path_hash = hash_bytes((const unsigned char *) ex->search_path,
+							   strlen(ex->search_path));
+	e = hash_search(wf_sql_plans, &key, HASH_FIND, NULL);
+	if (e != NULL && strcmp(e->sql, sql) == 0 &&
+		strcmp(e->search_path, ex->search_path) == 0)
+		return e->plan;
+	if (e != NULL)
+		return NULL;			/* a collision: run this one unkept */
+
+	if (list_length(raw_parser(sql, RAW_PARSE_DEFAULT)) == 1)
+	{
+		plan = SPI_prepare(sql, 1, argtypes);
+		if (plan == NULL)
+			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+		if (SPI_keepplan(plan) != 0)
+			elog(ERROR, "SPI_keepplan failed");
+	}
+
+	if (hash_get_num_entries(wf_sql_plans) >= WF_SQL_MAX_PLANS)
+	{
+		wf_sql_reset_plans();
+		wf_sql_init_plans();
+	}
+	e = hash_search(wf_sql_plans, &key, HASH_ENTER, &found);
+	old = MemoryContextSwitchTo(wf_sql_plan_ctx);
+	e->sql = pstrdup(sql);
+	e->search_path = pstrdup(ex->search_path);
+	e->plan = plan;
+	MemoryContextSwitchTo(old);
+	return plan;
+}
 
 void
 wf_sql_execute(WfStepExec *ex, WfStepResult *res)
@@ -39,6 +154,7 @@ wf_sql_execute(WfStepExec *ex, WfStepResult *res)
 	Oid			save_userid;
 	int			save_sec_context;
 	int			save_nestlevel;
+	SPIPlanPtr	plan;
 	int			ret;
 
 	if (sql == NULL)
@@ -67,7 +183,11 @@ wf_sql_execute(WfStepExec *ex, WfStepResult *res)
 	 * On error, the subtransaction's abort restores the user, the settings
 	 * and the timeout (the executor disables it).
 	 */
-	ret = SPI_execute_with_args(sql, 1, argtypes, values, NULL, false, 0);
+	plan = wf_sql_plan(ex, sql);
+	if (plan != NULL)
+		ret = SPI_execute_plan(plan, values, NULL, false, 0);
+	else
+		ret = SPI_execute_with_args(sql, 1, argtypes, values, NULL, false, 0);
 
 	if (ex->timeout_ms > 0)
 		disable_timeout(wf_exec_timeout_id, false);

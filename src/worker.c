@@ -136,6 +136,12 @@ wf_worker_main(Datum main_arg)
 	wf_http_init();
 	SetConfigOption("application_name", MyBgworkerEntry->bgw_name,
 					PGC_USERSET, PGC_S_SESSION);
+
+	/*
+	 * The engine's own SQL runs as superuser: nothing a user can create may
+	 * capture its names.  (Steps get their caller's search_path.)
+	 */
+	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_SESSION);
 	pgstat_report_appname(MyBgworkerEntry->bgw_name);
 
 	/* Cancels only act inside a step's execution (executor.c). */
@@ -201,6 +207,9 @@ wf_worker_main(Datum main_arg)
 			TimestampDifference(GetCurrentTimestamp(), next_due, &secs, &usecs);
 			timeout_ms = secs * 1000 + (usecs + 999) / 1000;
 		}
+		/* About to sleep: flush our statistics first. */
+		pgstat_report_stat(true);
+
 		/* Latch, libcurl's sockets and timer, and our own next due time. */
 		wf_http_wait(timeout_ms);
 	}

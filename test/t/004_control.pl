@@ -4,8 +4,9 @@
 # Controlling runs:
 #  - wf_cancel interrupts a step running pg_sleep(60): the step and the run
 #    end cancelled, the step's INSERT before the sleep never commits, the
-#    executor is free again; wf_cancel of a finished run returns false, of
-#    a run not started yet (start_at) true;
+#    executor is free again; cancelling one of several runs an executor has
+#    claimed in one transaction leaves the others alone; wf_cancel of a
+#    finished run returns false, of a run not started yet (start_at) true;
 #  - wf_retry resumes a failed run once the cause is fixed: the failed and
 #    cancelled steps run again, completed steps keep their checkpoints (their
 #    effects exactly once); wf_retry of a non-failed run returns false;
@@ -29,7 +30,7 @@ my $node = wf_node('control', workers => 2);
 
 $node->safe_psql(
 	'postgres', q{
-	CREATE TABLE marks (run_id bigint, step text);
+	CREATE TABLE marks (run_id bigint, step text, pid int DEFAULT pg_backend_pid());
 	CREATE TABLE gate (x int);
 	INSERT INTO gate VALUES (0);
 	GRANT ALL ON marks, gate TO PUBLIC;});
@@ -40,7 +41,7 @@ sub marking_step
 	my ($name, $then, %extra) = @_;
 	return {
 		name => $name,
-		sql => qq{WITH i AS (INSERT INTO marks VALUES ((\$1->'run'->>'id')::bigint, '$name') RETURNING 1)
+		sql => qq{WITH i AS (INSERT INTO marks (run_id, step) VALUES ((\$1->'run'->>'id')::bigint, '$name') RETURNING 1)
 			SELECT $then FROM i},
 		%extra
 	};
@@ -108,6 +109,33 @@ ok( $node->poll_query_until(
 	 WHERE backend_type = 'pg_workflow executor' AND wait_event = 'PgSleep'}, '0'),
 	'no executor sleeps in the step any more');
 
+# Cancelling one run among several that an executor has claimed in one
+# transaction: the others complete, the cancelled one leaves nothing.
+wf_define($node, 'batchy',
+	{ steps => [ marking_step('slow', 'pg_sleep(0.3)') ] });
+my @batch = wf_start_many($node, 'batchy', 6);
+ok( $node->poll_query_until(
+		'postgres', qq{
+	SELECT count(*) FROM pg_stat_activity
+	 WHERE backend_type = 'pg_workflow executor' AND wait_event = 'PgSleep'
+	   AND query = 'run $batch[0] step slow'}, '1'),
+	'an executor is running the first run of the batch');
+is($node->safe_psql('postgres', "SELECT wf_cancel($batch[5], 'batch')"),
+	't', 'wf_cancel of a claimed run returns true');
+is( wf_wait_all($node, @batch),
+	'completed,completed,completed,completed,completed,cancelled',
+	'the other runs of the batch completed');
+is( $node->safe_psql(
+		'postgres', qq{
+	SELECT string_agg(coalesce(m.n, 0)::text, ',' ORDER BY r)
+	  FROM unnest(ARRAY[@{[ join(',', @batch) ]}]::bigint[]) r
+	  LEFT JOIN (SELECT run_id, count(*) AS n FROM marks GROUP BY run_id) m ON m.run_id = r}),
+	'1,1,1,1,1,0',
+	'each completed run had its effect once, the cancelled one none');
+note 'executors of the batch: '
+  . $node->safe_psql('postgres',
+	"SELECT string_agg(run_id || ':' || pid, ' ' ORDER BY run_id) FROM marks WHERE run_id IN (@{[ join(',', @batch) ]})");
+
 # The executors are free for other runs.
 wf_define($node, 'quick', { steps => [ marking_step('only', q{'done'}) ] });
 my $quick = wf_start($node, 'quick');
@@ -124,6 +152,8 @@ is($node->safe_psql('postgres', "SELECT status FROM wf.runs WHERE id = $quick"),
 # A run that has not started yet.
 my $later = wf_start($node, 'quick', {},
 	{ start_at => '2999-01-01 00:00:00+00' });
+is($node->safe_psql('postgres', "SELECT wf_wait($later, '10ms')"),
+	'pending', 'wf_wait returns the current status at its timeout');
 is($node->safe_psql('postgres', "SELECT wf_cancel($later, 'not needed')"),
 	't', 'wf_cancel of a run waiting for start_at returns true');
 is(wf_wait($node, $later), 'cancelled', 'that run is cancelled');
