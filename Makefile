@@ -7,6 +7,7 @@ OBJS = \
 	src/worker.o \
 	src/executor.o \
 	src/step_sql.o \
+	src/step_wait.o \
 	src/http.o \
 	src/template.o \
 	src/api.o \

@@ -75,13 +75,16 @@ CREATE TABLE wf.run (
 	created_at	timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
 	start_at	timestamptz,
 	started_at	timestamptz,
-	finished_at	timestamptz
+	finished_at	timestamptz,
+	deadline	timestamptz			-- the workflow's "timeout", from the start
 );
 CREATE UNIQUE INDEX run_idempotency_key ON wf.run (workflow, idempotency_key)
 	WHERE idempotency_key IS NOT NULL;
 CREATE INDEX run_owner ON wf.run (owner, id);
 CREATE INDEX run_unfinished ON wf.run (id)
 	WHERE status IN ('pending', 'running', 'waiting');
+CREATE INDEX run_deadline ON wf.run (deadline)
+	WHERE status IN ('pending', 'running', 'waiting') AND deadline IS NOT NULL;
 
 CREATE TABLE wf.step (
 	run_id		bigint NOT NULL,		-- a wf.run; see below on integrity
@@ -103,13 +106,55 @@ CREATE TABLE wf.step (
 	started_at	timestamptz,
 	finished_at	timestamptz,
 	running_by	int,				-- executor slot of a running http step
+	wait_key	text,				-- what a waiting step waits for
+	payload		jsonb,				-- the event that woke a waiting step
 	PRIMARY KEY (run_id, step)
 );
-/* The executors' queue: ready steps in the order they are claimed. */
+/*
+ * The executors' queue: ready steps, and waiting steps whose timer is set
+ * (ready_at), in the order they are claimed.
+ */
 CREATE INDEX step_ready ON wf.step (priority DESC, ready_at)
-	WHERE status = 'ready';
+	WHERE status IN ('ready', 'waiting');
 /* The next time anything becomes due, for the executors' sleep. */
-CREATE INDEX step_ready_at ON wf.step (ready_at) WHERE status = 'ready';
+CREATE INDEX step_ready_at ON wf.step (ready_at) WHERE status IN ('ready', 'waiting');
+/* Waiting steps by what they wait for, for wf_signal and wf_emit. */
+CREATE INDEX step_waiting ON wf.step (wait_key) WHERE status = 'waiting';
+
+/* Signals sent to runs, kept until a step takes them. */
+CREATE TABLE wf.signal (
+	id			bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+	run_id		bigint NOT NULL,
+	name		text NOT NULL,
+	payload		jsonb NOT NULL,
+	sent_by		oid NOT NULL,
+	sent_at		timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+	taken_by	text,				-- the step that took it
+	taken_at	timestamptz
+);
+CREATE INDEX signal_pending ON wf.signal (run_id, name, id) WHERE taken_at IS NULL;
+
+/* Durable events, as emitted. */
+CREATE TABLE wf.event (
+	id			bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+	event		text NOT NULL,
+	key			text,
+	payload		jsonb NOT NULL,
+	emitted_by	oid NOT NULL,
+	emitted_at	timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+	started		int NOT NULL,		-- runs started by subscriptions
+	woken		int NOT NULL		-- waiting steps woken
+);
+
+/* Workflows started by events. */
+CREATE TABLE wf.subscription (
+	event		text NOT NULL,
+	workflow	text NOT NULL,
+	condition	jsonpath,
+	created_by	oid NOT NULL,
+	created_at	timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	PRIMARY KEY (event, workflow)
+);
 
 CREATE TABLE wf.history_log (
 	id			bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -164,6 +209,9 @@ SELECT pg_catalog.pg_extension_config_dump('wf.run', '');
 SELECT pg_catalog.pg_extension_config_dump('wf.step', '');
 SELECT pg_catalog.pg_extension_config_dump('wf.history_log', '');
 SELECT pg_catalog.pg_extension_config_dump('wf.secret', '');
+SELECT pg_catalog.pg_extension_config_dump('wf.signal', '');
+SELECT pg_catalog.pg_extension_config_dump('wf.event', '');
+SELECT pg_catalog.pg_extension_config_dump('wf.subscription', '');
 
 /* ---------------------------------------------------------------------
  * Internal helpers (owner only)
@@ -531,7 +579,8 @@ BEGIN
 	UPDATE wf.run SET status = p_status, error = coalesce(p_error, error),
 		   finished_at = clock_timestamp()
 	 WHERE id = p_run.id;
-	UPDATE wf.step SET status = 'cancelled', finished_at = clock_timestamp()
+	UPDATE wf.step SET status = 'cancelled', finished_at = clock_timestamp(),
+		   wait_key = NULL
 	 WHERE (run_id, step) IN (SELECT run_id, step FROM wf.step
 							   WHERE run_id = p_run.id
 								 AND status IN ('pending', 'ready', 'running', 'waiting')
@@ -641,11 +690,13 @@ $$;
 CREATE FUNCTION wf._step_load(p_run_id bigint, p_step text, p_worker int,
 	OUT kind text, OUT spec jsonb, OUT owner oid, OUT search_path text,
 	OUT attempt int, OUT context jsonb, OUT defaults jsonb,
-	OUT started_at timestamptz)
+	OUT started_at timestamptz, OUT resuming boolean, OUT payload jsonb,
+	OUT wait_key text)
 RETURNS SETOF record
 LANGUAGE plpgsql AS $$
 DECLARE
 	r	wf.run;
+	t	timestamptz := clock_timestamp();
 BEGIN
 	SELECT * INTO r FROM wf.run WHERE id = p_run_id;
 	IF r.status NOT IN ('pending', 'running', 'waiting') THEN
@@ -655,7 +706,12 @@ BEGIN
 		RETURN;
 	END IF;
 	IF r.status = 'pending' THEN
-		UPDATE wf.run SET status = 'running', started_at = clock_timestamp()
+		/* The workflow's timeout counts from here. */
+		UPDATE wf.run SET status = 'running', started_at = t,
+			   deadline = t + (SELECT (d.definition->>'timeout')::interval
+												 FROM wf.workflow_def d
+												WHERE d.name = r.workflow
+												  AND d.version = r.version)
 		 WHERE id = p_run_id;
 		INSERT INTO wf.history_log (run_id, status, actor)
 		VALUES (p_run_id, 'running', r.owner);
@@ -666,12 +722,26 @@ BEGIN
 	 * transaction commits.  (If preparing it fails, the failure is recorded
 	 * over this in the same transaction.)
 	 */
-	UPDATE wf.step s SET attempt = s.attempt + 1, started_at = clock_timestamp(),
-		   status = CASE WHEN s.kind = 'http' THEN 'running' ELSE s.status END,
-		   running_by = CASE WHEN s.kind = 'http' THEN p_worker END
-	 WHERE s.run_id = p_run_id AND s.step = p_step
-	RETURNING s.kind, s.spec, s.attempt, s.started_at
-	INTO kind, spec, attempt, started_at;
+	IF r.status = 'waiting' THEN
+		UPDATE wf.run SET status = 'running' WHERE id = p_run_id;
+		INSERT INTO wf.history_log (run_id, status, actor) VALUES (p_run_id, 'running', r.owner);
+		PERFORM wf._notify(p_run_id, r.workflow, NULL, 'running');
+	END IF;
+	SELECT s.status = 'waiting' INTO resuming FROM wf.step s
+	 WHERE s.run_id = p_run_id AND s.step = p_step;
+	IF resuming THEN
+		/* A timer fired or a signal or event came: the same attempt goes on. */
+		SELECT s.kind, s.spec, s.attempt, s.started_at, s.payload, s.wait_key
+		  INTO kind, spec, attempt, started_at, payload, wait_key
+		  FROM wf.step s WHERE s.run_id = p_run_id AND s.step = p_step;
+	ELSE
+		UPDATE wf.step s SET attempt = s.attempt + 1, started_at = clock_timestamp(),
+			   status = CASE WHEN s.kind = 'http' THEN 'running' ELSE s.status END,
+			   running_by = CASE WHEN s.kind = 'http' THEN p_worker END
+		 WHERE s.run_id = p_run_id AND s.step = p_step
+		RETURNING s.kind, s.spec, s.attempt, s.started_at
+		INTO kind, spec, attempt, started_at;
+	END IF;
 	IF kind = 'http' THEN
 		INSERT INTO wf.history_log (run_id, step, status, attempt, actor)
 		VALUES (p_run_id, p_step, 'running', attempt, r.owner);
@@ -719,6 +789,7 @@ BEGIN
 	ok := true;
 	UPDATE wf.step SET status = p_status, output = p_output, error = NULL,
 		   finished_at = clock_timestamp(), running_by = NULL,
+		   wait_key = NULL, payload = NULL,
 		   started_at = CASE WHEN p_status = 'skipped' THEN NULL ELSE started_at END,
 		   attempt = CASE WHEN p_status = 'skipped' THEN 0 ELSE attempt END
 	 WHERE run_id = p_run_id AND step = p_step
@@ -867,6 +938,117 @@ END
 $$;
 
 /*
+ * A step starts (or goes on) waiting: for its timer p_wake_at (NULL: none)
+ * and/or for what p_wait_key names ('signal:NAME' or 'event:NAME:KEY').  The
+ * run is "waiting" while none of its steps is ready or running.
+ */
+CREATE FUNCTION wf._step_wait(p_run_id bigint, p_step text, p_wake_at timestamptz,
+							  p_wait_key text)
+RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+	r	wf.run;
+	was	text;
+BEGIN
+	SELECT status INTO was FROM wf.step WHERE run_id = p_run_id AND step = p_step;
+	UPDATE wf.step SET status = 'waiting', ready_at = p_wake_at, wait_key = p_wait_key,
+		   payload = NULL
+	 WHERE run_id = p_run_id AND step = p_step;
+	IF p_wait_key IS NOT NULL THEN
+		/*
+		 * wf_signal and wf_emit take this lock exclusively: either they wait
+		 * for this transaction and then see the step waiting, or they
+		 * committed before we got the lock and we see what they sent.
+		 */
+		PERFORM pg_advisory_xact_lock_shared(hashtext('pg_workflow.wait'), hashtext(p_wait_key));
+		IF p_wait_key LIKE 'signal:%' THEN
+			UPDATE wf.step SET ready_at = clock_timestamp()
+			 WHERE run_id = p_run_id AND step = p_step
+			   AND EXISTS (SELECT 1 FROM wf.signal g
+							WHERE g.run_id = p_run_id AND g.taken_at IS NULL
+							  AND 'signal:' || g.name = p_wait_key);
+		ELSE
+			UPDATE wf.step s
+			   SET ready_at = clock_timestamp(),
+				   payload = (SELECT jsonb_build_object('event', e.event, 'key', e.key,
+														'payload', e.payload)
+								FROM wf.event e
+							   WHERE e.emitted_at >= s.started_at
+								 AND p_wait_key IN ('event:' || e.event || ':' || coalesce(e.key, ''),
+												   'event:' || e.event || ':')
+							   ORDER BY e.id LIMIT 1)
+			 WHERE s.run_id = p_run_id AND s.step = p_step
+			   AND EXISTS (SELECT 1 FROM wf.event e
+							WHERE e.emitted_at >= s.started_at
+							  AND p_wait_key IN ('event:' || e.event || ':' || coalesce(e.key, ''),
+												'event:' || e.event || ':'));
+		END IF;
+	END IF;
+	IF was <> 'waiting' THEN
+		INSERT INTO wf.history_log (run_id, step, status, attempt, detail, actor)
+		SELECT p_run_id, p_step, 'waiting', s.attempt,
+			   jsonb_strip_nulls(jsonb_build_object('until', p_wake_at, 'for', p_wait_key)),
+			   (SELECT owner FROM wf.run WHERE id = p_run_id)
+		  FROM wf.step s WHERE s.run_id = p_run_id AND s.step = p_step;
+	END IF;
+	UPDATE wf.run SET status = 'waiting'
+	 WHERE id = p_run_id AND status = 'running'
+	   AND NOT EXISTS (SELECT 1 FROM wf.step s
+						WHERE s.run_id = p_run_id
+						  AND (s.status = 'running'
+							   OR (s.status IN ('ready', 'waiting') AND s.ready_at <= clock_timestamp())))
+	RETURNING * INTO r;
+	IF FOUND THEN
+		INSERT INTO wf.history_log (run_id, status, actor) VALUES (p_run_id, 'waiting', r.owner);
+		PERFORM wf._notify(p_run_id, r.workflow, NULL, 'waiting');
+	END IF;
+END
+$$;
+
+/* Takes the oldest signal NAME sent to the run that no step has taken. */
+CREATE FUNCTION wf._take_signal(p_run_id bigint, p_step text, p_name text,
+								OUT taken boolean, OUT payload jsonb)
+LANGUAGE plpgsql AS $$
+DECLARE
+	sig	wf.signal;
+BEGIN
+	SELECT * INTO sig FROM wf.signal
+	 WHERE run_id = p_run_id AND name = p_name AND taken_at IS NULL
+	 ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED;
+	taken := FOUND;
+	IF taken THEN
+		UPDATE wf.signal SET taken_by = p_step, taken_at = clock_timestamp()
+		 WHERE id = sig.id;
+		payload := sig.payload;
+	END IF;
+END
+$$;
+
+/*
+ * Fails the runs whose workflow timeout has passed; returns the next
+ * deadline of an unfinished run, for the executors' sleep.
+ */
+CREATE FUNCTION wf._expire_runs() RETURNS timestamptz
+LANGUAGE plpgsql AS $$
+DECLARE
+	r	wf.run;
+BEGIN
+	FOR r IN SELECT * FROM wf.run
+			  WHERE status IN ('pending', 'running', 'waiting')
+				AND deadline <= clock_timestamp()
+			  FOR UPDATE SKIP LOCKED LOOP
+		PERFORM wf._finish_run(r, 'failed',
+			jsonb_build_object('message', format('workflow timed out after %s',
+												 r.deadline - r.started_at),
+							   'class', 'transient', 'timeout', true),
+			r.owner);
+	END LOOP;
+	RETURN (SELECT min(deadline) FROM wf.run
+			 WHERE status IN ('pending', 'running', 'waiting') AND deadline IS NOT NULL);
+END
+$$;
+
+/*
  * Records a failed attempt.  p_retry_at is the next attempt's time, or NULL
  * when no attempt is left; then the step fails (or is skipped, as its
  * on_error says) and a failed step fails the run.  p_again: the attempt did
@@ -889,14 +1071,18 @@ BEGIN
 		RETURN;
 	END IF;
 	IF p_again THEN
-		UPDATE wf.step SET status = 'ready', running_by = NULL,
-			   attempt = attempt - 1, started_at = NULL,
+		/* Not counted: a waiting step keeps waiting, others run again. */
+		UPDATE wf.step SET status = CASE WHEN status = 'waiting' THEN 'waiting' ELSE 'ready' END,
+			   running_by = NULL,
+			   attempt = CASE WHEN status = 'waiting' THEN attempt ELSE attempt - 1 END,
+			   started_at = CASE WHEN status = 'waiting' THEN started_at END,
 			   ready_at = coalesce(p_retry_at, clock_timestamp())
 		 WHERE run_id = p_run_id AND step = p_step;
 		RETURN;
 	END IF;
 	IF p_retry_at IS NOT NULL THEN
 		UPDATE wf.step SET status = 'ready', running_by = NULL, error = p_error,
+			   wait_key = NULL, payload = NULL,
 			   ready_at = p_retry_at, finished_at = clock_timestamp()
 		 WHERE run_id = p_run_id AND step = p_step;
 		INSERT INTO wf.history_log (run_id, step, status, attempt, detail, actor)
@@ -916,7 +1102,7 @@ BEGIN
 		RETURN;
 	END IF;
 	UPDATE wf.step SET status = 'failed', running_by = NULL, error = p_error,
-		   finished_at = clock_timestamp()
+		   wait_key = NULL, payload = NULL, finished_at = clock_timestamp()
 	 WHERE run_id = p_run_id AND step = p_step;
 	INSERT INTO wf.history_log (run_id, step, status, attempt, detail, actor)
 	SELECT p_run_id, p_step, 'failed', s.attempt, p_error, r.owner
@@ -978,6 +1164,132 @@ END
 $$;
 
 CREATE FUNCTION @extschema@.wf_set_secret(name text, value text) RETURNS void
+	LANGUAGE C AS 'MODULE_PATHNAME', 'wf_api_call';
+
+/*
+ * wf_signal: a signal for a run.  Kept until a step waiting for it (wait_for
+ * {"signal": NAME}) takes it; a step waiting already is woken at commit.
+ * False when the run has ended.
+ */
+CREATE FUNCTION wf._signal(caller oid, caller_path text, p_run_id bigint, p_name text,
+						   p_payload jsonb)
+RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	st	text := wf._run_status(caller, caller_path, p_run_id);
+BEGIN
+	IF p_name IS NULL OR p_name = '' THEN
+		RAISE EXCEPTION 'signal name must not be empty' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF octet_length(coalesce(p_payload, '{}')::text) > pg_size_bytes(current_setting('pg_workflow.max_input_size')) THEN
+		RAISE EXCEPTION 'signal payload is too large' USING ERRCODE = 'program_limit_exceeded';
+	END IF;
+	IF st NOT IN ('pending', 'running', 'waiting') THEN
+		RETURN false;
+	END IF;
+	/* See wf._step_wait. */
+	PERFORM pg_advisory_xact_lock(hashtext('pg_workflow.wait'), hashtext('signal:' || p_name));
+	INSERT INTO wf.signal (run_id, name, payload, sent_by)
+	VALUES (p_run_id, p_name, coalesce(p_payload, '{}'), caller);
+	INSERT INTO wf.history_log (run_id, status, detail, actor)
+	VALUES (p_run_id, 'signalled', jsonb_build_object('signal', p_name), caller);
+	UPDATE wf.step SET ready_at = clock_timestamp()
+	 WHERE run_id = p_run_id AND status = 'waiting' AND wait_key = 'signal:' || p_name;
+	IF FOUND THEN
+		PERFORM wf._wake();
+	END IF;
+	RETURN true;
+END
+$$;
+
+CREATE FUNCTION @extschema@.wf_signal(run_id bigint, signal text, payload jsonb DEFAULT '{}')
+RETURNS boolean
+	LANGUAGE C AS 'MODULE_PATHNAME', 'wf_api_call';
+
+/*
+ * wf_emit: a durable event.  Starts the workflows subscribed to it whose
+ * condition holds on the payload (as the emitting role), and wakes the steps
+ * waiting for it (wait_for {"event": NAME, "key": ...} with the same key, or
+ * any key when the step names none).  Returns how many runs it started or
+ * woke.  All of it happens at the commit of the emitting transaction.
+ */
+CREATE FUNCTION wf._emit(caller oid, caller_path text, p_event text, p_payload jsonb,
+						 p_key text)
+RETURNS int
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	sub		wf.subscription;
+	started	int := 0;
+	woken	int := 0;
+BEGIN
+	IF p_event IS NULL OR p_event = '' THEN
+		RAISE EXCEPTION 'event name must not be empty' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	p_payload := coalesce(p_payload, '{}');
+	IF octet_length(p_payload::text) > pg_size_bytes(current_setting('pg_workflow.max_input_size')) THEN
+		RAISE EXCEPTION 'event payload is too large' USING ERRCODE = 'program_limit_exceeded';
+	END IF;
+	FOR sub IN SELECT * FROM wf.subscription WHERE event = p_event ORDER BY workflow LOOP
+		IF sub.condition IS NULL OR coalesce(jsonb_path_match(p_payload, sub.condition, silent => true), false) THEN
+			PERFORM wf._start(caller, caller_path, sub.workflow, p_payload,
+							  '{}'::jsonb);
+			started := started + 1;
+		END IF;
+	END LOOP;
+	/* See wf._step_wait. */
+	PERFORM pg_advisory_xact_lock(hashtext('pg_workflow.wait'), k)
+	   FROM (SELECT DISTINCT hashtext(w) AS k
+			   FROM unnest(ARRAY['event:' || p_event || ':' || coalesce(p_key, ''),
+								 'event:' || p_event || ':']) w
+			  ORDER BY 1) keys;
+	UPDATE wf.step SET ready_at = clock_timestamp(),
+		   payload = jsonb_build_object('event', p_event, 'key', p_key, 'payload', p_payload)
+	 WHERE status = 'waiting'
+	   AND (wait_key = 'event:' || p_event || ':' || coalesce(p_key, '')
+			OR wait_key = 'event:' || p_event || ':');
+	GET DIAGNOSTICS woken = ROW_COUNT;
+	INSERT INTO wf.event (event, key, payload, emitted_by, started, woken)
+	VALUES (p_event, p_key, p_payload, caller, started, woken);
+	IF woken > 0 THEN
+		PERFORM wf._wake();
+	END IF;
+	RETURN started + woken;
+END
+$$;
+
+CREATE FUNCTION @extschema@.wf_emit(event text, payload jsonb DEFAULT '{}', key text DEFAULT NULL)
+RETURNS int
+	LANGUAGE C AS 'MODULE_PATHNAME', 'wf_api_call';
+
+/* wf_on_event: subscribes a workflow to an event; NULL condition: always. */
+CREATE FUNCTION wf._on_event(caller oid, caller_path text, p_event text, p_workflow text,
+							 p_condition jsonpath)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	wf_owner	oid;
+BEGIN
+	IF p_event IS NULL OR p_event = '' THEN
+		RAISE EXCEPTION 'event name must not be empty' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	SELECT created_by INTO wf_owner FROM wf.workflow_def WHERE name = p_workflow AND version = 1;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'workflow "%" does not exist', p_workflow USING ERRCODE = 'undefined_object';
+	END IF;
+	IF NOT wf._may_control(caller, wf_owner) THEN
+		RAISE EXCEPTION 'permission denied for workflow "%"', p_workflow
+			USING ERRCODE = 'insufficient_privilege',
+				  DETAIL = 'Only the owner of a workflow and members of wf_admin may subscribe it to events.';
+	END IF;
+	INSERT INTO wf.subscription (event, workflow, condition, created_by)
+	VALUES (p_event, p_workflow, p_condition, caller)
+	ON CONFLICT (event, workflow) DO UPDATE
+	   SET condition = excluded.condition, created_by = excluded.created_by, created_at = now();
+END
+$$;
+
+CREATE FUNCTION @extschema@.wf_on_event(event text, workflow text, condition jsonpath DEFAULT NULL)
+RETURNS void
 	LANGUAGE C AS 'MODULE_PATHNAME', 'wf_api_call';
 
 /*

@@ -43,10 +43,7 @@ SELECT * FROM wf_validate('{"steps": [{"name": "x", "sql": "SELECT 1", "payload"
 -- actions and policies not supported yet
 SELECT * FROM wf_validate('{"steps": [
   {"name": "g", "agent": "pool"},
-  {"name": "w", "wait_for": {"signal": "go"}},
   {"name": "u", "human": {"assignee": "bob"}},
-  {"name": "s", "sleep": "5 minutes"},
-  {"name": "t", "until": "{{$.input.at}}"},
   {"name": "c", "workflow": "child"},
   {"name": "i", "if": "$.a", "then": [{"name": "i1", "sql": "SELECT 1"}]},
   {"name": "p", "parallel": [{"name": "b", "steps": [{"name": "p1", "sql": "SELECT 1"}]}]},
@@ -54,6 +51,18 @@ SELECT * FROM wf_validate('{"steps": [
 SELECT * FROM wf_validate('{"steps": [{"name": "x", "sql": "SELECT 1",
   "compensate": {"sql": "SELECT 2"}, "circuit_breaker": {"failures": 3, "reset_after": "1m"},
   "on_error": "compensate"}, {"name": "y", "sql": "SELECT 1", "on_error": {"strategy": "escalate"}}]}');
+
+-- durable waits: sleep, until, wait_for
+SELECT * FROM wf_validate('{"timeout": "1 day", "steps": [
+  {"name": "s", "sleep": "5 minutes"}, {"name": "t", "until": "{{$.input.at}}"},
+  {"name": "u", "sleep": {"until": "{{$.input.at}}"}},
+  {"name": "w", "wait_for": {"signal": "go", "timeout": "1 hour"}},
+  {"name": "e", "wait_for": {"event": "payment", "key": "{{$.input.order}}"}}]}');
+SELECT * FROM wf_validate('{"timeout": "soon", "steps": [
+  {"name": "s", "sleep": "-5 minutes"}, {"name": "t", "sleep": {"at": "x"}},
+  {"name": "w", "wait_for": {"signal": "go", "event": "e"}},
+  {"name": "e", "wait_for": {"signal": "go", "key": "k"}},
+  {"name": "f", "wait_for": {}}]}');
 
 -- http: the request, templates, the circuit breaker
 SELECT * FROM wf_validate('{"steps": [

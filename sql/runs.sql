@@ -142,3 +142,57 @@ SELECT wf_rewind(:w, 'no-such-step');
 SELECT wf_export('no-such-workflow');
 SELECT wf_export('seq', 42);
 SELECT count(*) = :runs_before AS nothing_written FROM wf.runs;
+
+-- Durable waits: a signal sent before the wait is kept, one sent after wakes it.
+CREATE FUNCTION wait_until_waiting(run bigint, step_name text) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+	FOR i IN 1..1200 LOOP
+		EXIT WHEN (SELECT status FROM wf.steps WHERE run_id = run AND step = step_name) = 'waiting';
+		PERFORM pg_sleep(0.05);
+	END LOOP;
+END
+$$;
+SELECT wf_define('approval', '{"steps": [
+  {"name": "approve", "wait_for": {"signal": "decision", "timeout": "1 hour"}},
+  {"name": "act", "sql": "SELECT $1->''steps''->''approve''->>''decision''"}
+]}');
+SELECT wf_start('approval') AS early \gset
+SELECT wf_signal(:early, 'decision', '{"decision": "yes"}');
+SELECT wf_wait(:early, '60 s');
+SELECT wf_start('approval') AS late \gset
+SELECT wait_until_waiting(:late, 'approve');
+SELECT status FROM wf.runs WHERE id = :late;
+SELECT wf_signal(:late, 'decision', '{"decision": "no"}');
+SELECT wf_wait(:late, '60 s');
+SELECT run_id, step, status, output FROM wf.steps WHERE run_id IN (:early, :late) ORDER BY run_id, ord;
+SELECT wf_signal(:late, 'decision');
+SELECT wf_signal(:late, '');
+
+-- Events: subscriptions start runs; waiting steps wake on their key.
+SELECT wf_define('on-order', '{"steps": [{"name": "seen", "sql": "SELECT $1->''input''->>''order''"}]}');
+SELECT wf_on_event('order.paid', 'on-order', '$.amount > 100');
+SELECT wf_define('ship', '{"steps": [
+  {"name": "paid", "wait_for": {"event": "order.paid", "key": "{{$.input.order}}"}},
+  {"name": "label", "sql": "SELECT ''ship '' || ($1->''steps''->''paid''->>''amount'')"}
+]}');
+SELECT wf_start('ship', '{"order": "A-1"}') AS ship \gset
+SELECT wait_until_waiting(:ship, 'paid');
+BEGIN;
+SELECT wf_emit('order.paid', '{"order": "A-1", "amount": 500}', 'A-1');
+ROLLBACK;
+SELECT count(*) AS started_by_rolled_back_emit FROM wf.runs WHERE workflow = 'on-order';
+SELECT wf_emit('order.paid', '{"order": "B-2", "amount": 5}', 'B-2') AS nothing;
+SELECT wf_emit('order.paid', '{"order": "A-1", "amount": 500}', 'A-1') AS started_and_woken;
+SELECT wf_wait(:ship, '60 s');
+SELECT output FROM wf.runs WHERE id = :ship;
+SELECT wf_on_event('order.paid', 'no-such-workflow');
+SELECT wf_emit(NULL);
+
+-- A workflow timeout fails the run; a wait's timeout fails its step.
+SELECT wf_define('too-slow', '{"timeout": "200ms", "steps": [{"name": "nap", "sleep": "1 hour"}]}');
+SELECT wf_define('no-answer', '{"steps": [{"name": "ask", "wait_for": {"signal": "never", "timeout": "200ms"}}]}');
+SELECT wf_start('too-slow') AS ts, wf_start('no-answer') AS na \gset
+SELECT wf_wait(:ts, '60 s'), wf_wait(:na, '60 s');
+SELECT error->>'message' AS run_error FROM wf.runs WHERE id = :ts;
+SELECT step, status, error->>'message' AS message FROM wf.steps WHERE run_id IN (:ts, :na) ORDER BY run_id;

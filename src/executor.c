@@ -63,8 +63,11 @@ typedef struct WfWorkItem
 } WfWorkItem;
 
 static const WfStepKind wf_step_kinds[] = {
-	{"sql", wf_sql_execute},
-	{"http", wf_http_execute},
+	{"sql", wf_sql_execute, NULL},
+	{"http", wf_http_execute, NULL},
+	{"sleep", wf_wait_sleep_execute, wf_wait_sleep_resume},
+	{"until", wf_wait_sleep_execute, wf_wait_sleep_resume},
+	{"wait_for", wf_wait_for_execute, wf_wait_for_resume},
 };
 
 /* The step timeout: its own timer, so that we know it was ours. */
@@ -79,6 +82,8 @@ static SPIPlanPtr wf_plan_done = NULL;
 static SPIPlanPtr wf_plan_failed = NULL;
 static SPIPlanPtr wf_plan_resume = NULL;
 static SPIPlanPtr wf_plan_requeue = NULL;
+static SPIPlanPtr wf_plan_wait = NULL;
+static SPIPlanPtr wf_plan_expire = NULL;
 
 /* Steps left running by an earlier incarnation have been requeued. */
 static bool wf_exec_requeued = false;
@@ -117,6 +122,7 @@ wf_exec_prepare_all(void)
 	Oid			claim_types[3] = {INT4OID, INT8ARRAYOID, BOOLOID};
 	Oid			resume_types[4] = {INT8OID, TEXTOID, INT4OID, TIMESTAMPTZOID};
 	Oid			requeue_types[2] = {INT4OID, INT4OID};
+	Oid			wait_types[4] = {INT8OID, TEXTOID, TIMESTAMPTZOID, TEXTOID};
 	Oid			key_types[3] = {INT8OID, TEXTOID, INT4OID};
 	Oid			done_types[4] = {INT8OID, TEXTOID, TEXTOID, JSONBOID};
 	Oid			failed_types[6] = {INT8OID, TEXTOID, JSONBOID, TIMESTAMPTZOID,
@@ -132,8 +138,9 @@ wf_exec_prepare_all(void)
 	 * start its steps.
 	 */
 	wf_plan_claim = wf_exec_prepare(
-									"SELECT s.run_id, s.step, s.kind = 'http' FROM wf.step s"
-									" WHERE s.status = 'ready' AND s.ready_at <= pg_catalog.clock_timestamp()"
+									"SELECT s.run_id, s.step, s.kind = 'http' AND s.status = 'ready' FROM wf.step s"
+									" WHERE s.status IN ('ready', 'waiting')"
+									" AND s.ready_at <= pg_catalog.clock_timestamp()"
 									" AND ($2 IS NULL OR s.run_id <> ALL ($2))"
 									" AND (s.kind <> 'http' OR $3)"
 									" ORDER BY s.priority DESC, s.ready_at LIMIT $1"
@@ -141,10 +148,12 @@ wf_exec_prepare_all(void)
 									3, claim_types);
 	wf_plan_next_due = wf_exec_prepare(
 									   "SELECT pg_catalog.min(ready_at) FROM wf.step"
-									   " WHERE status = 'ready' AND ready_at > pg_catalog.clock_timestamp()",
+									   " WHERE status IN ('ready', 'waiting')"
+									   " AND ready_at > pg_catalog.clock_timestamp()",
 									   0, NULL);
 	wf_plan_load = wf_exec_prepare(
-								   "SELECT kind, spec, owner, search_path, attempt, context, defaults, started_at"
+								   "SELECT kind, spec, owner, search_path, attempt, context, defaults, started_at,"
+								   " resuming, payload, wait_key"
 								   " FROM wf._step_load($1, $2, $3)",
 								   3, key_types);
 	wf_plan_done = wf_exec_prepare(
@@ -159,6 +168,10 @@ wf_exec_prepare_all(void)
 	wf_plan_requeue = wf_exec_prepare(
 									  "SELECT wf._requeue_orphans($1, $2)",
 									  2, requeue_types);
+	wf_plan_wait = wf_exec_prepare(
+								   "SELECT wf._step_wait($1, $2, $3, $4)",
+								   4, wait_types);
+	wf_plan_expire = wf_exec_prepare("SELECT wf._expire_runs()", 0, NULL);
 }
 
 /*
@@ -389,7 +402,12 @@ wf_exec_attempt(WfStepExec *ex, WfStepResult *res)
 	wf_exec_set_current_run(ex->run_id);
 	RESUME_CANCEL_INTERRUPTS();
 
-	if (when != NULL && !wf_exec_predicate(ex->context, when))
+	if (ex->resuming)
+	{
+		ex->kind_def->resume(ex, res);
+		wf_exec_check_output(res);
+	}
+	else if (when != NULL && !wf_exec_predicate(ex->context, when))
 	{
 		res->outcome = WF_STEP_COMPLETED;
 		status = "skipped";
@@ -401,6 +419,19 @@ wf_exec_attempt(WfStepExec *ex, WfStepResult *res)
 	}
 
 	HOLD_CANCEL_INTERRUPTS();
+
+	if (res->outcome == WF_STEP_WAITING)
+	{
+		args[0] = Int64GetDatum(ex->run_id);
+		args[1] = CStringGetTextDatum(ex->step);
+		args[2] = TimestampTzGetDatum(res->wake_at);
+		nulls[2] = res->wake_at ? ' ' : 'n';
+		args[3] = res->wait_key ? CStringGetTextDatum(res->wait_key) : (Datum) 0;
+		nulls[3] = res->wait_key ? ' ' : 'n';
+		if (SPI_execute_plan(wf_plan_wait, args, nulls, false, 0) != SPI_OK_SELECT)
+			elog(ERROR, "could not make step \"%s\" wait", ex->step);
+		return;
+	}
 
 	/* An asynchronous attempt was marked running when it was loaded. */
 	if (res->outcome != WF_STEP_COMPLETED)
@@ -443,6 +474,7 @@ wf_exec_step(WfWorkItem *item, List *queue, MemoryContext batchctx)
 	bool		isnull;
 	TupleDesc	tupdesc;
 	HeapTuple	tuple;
+	Datum		d;
 	MemoryContext stepctx = CurrentMemoryContext;
 	ResourceOwner oldowner = CurrentResourceOwner;
 	int			holdoff = QueryCancelHoldoffCount;
@@ -469,6 +501,11 @@ wf_exec_step(WfWorkItem *item, List *queue, MemoryContext batchctx)
 	ex->context = DatumGetJsonbPCopy(SPI_getbinval(tuple, tupdesc, 6, &isnull));
 	defaults = DatumGetJsonbPCopy(SPI_getbinval(tuple, tupdesc, 7, &isnull));
 	ex->started_at = DatumGetTimestampTz(SPI_getbinval(tuple, tupdesc, 8, &isnull));
+	ex->resuming = DatumGetBool(SPI_getbinval(tuple, tupdesc, 9, &isnull));
+	d = SPI_getbinval(tuple, tupdesc, 10, &isnull);
+	ex->payload = isnull ? NULL : DatumGetJsonbPCopy(d);
+	d = SPI_getbinval(tuple, tupdesc, 11, &isnull);
+	ex->wait_key = isnull ? NULL : TextDatumGetCString(d);
 	SPI_freetuptable(SPI_tuptable);
 
 	s = wf_util_jsonb_get_text(ex->spec, "timeout");
@@ -486,7 +523,8 @@ wf_exec_step(WfWorkItem *item, List *queue, MemoryContext batchctx)
 	PG_TRY();
 	{
 		wf_exec_attempt(ex, res);
-		if (res->outcome == WF_STEP_COMPLETED || res->outcome == WF_STEP_STARTED)
+		if (res->outcome == WF_STEP_COMPLETED || res->outcome == WF_STEP_STARTED ||
+			res->outcome == WF_STEP_WAITING)
 			ReleaseCurrentSubTransaction();
 		else
 			RollbackAndReleaseCurrentSubTransaction();
@@ -538,6 +576,8 @@ wf_exec_step(WfWorkItem *item, List *queue, MemoryContext batchctx)
 	if (res->outcome == WF_STEP_COMPLETED)
 		return wf_exec_append_ready(queue, ex->run_id, res->ready,
 									res->ready == (Datum) 0, batchctx);
+	if (res->outcome == WF_STEP_WAITING)
+		return queue;
 	if (res->outcome == WF_STEP_STARTED)
 	{
 		wf_http_enqueue(res->request);
@@ -752,6 +792,7 @@ wf_exec_batch(int max_steps, TimestampTz *next_due)
 	List	   *completions;
 	ListCell   *lc;
 	bool		requeued = false;
+	Datum		next_deadline;
 	int64	   *interrupted;
 	int			ninterrupted;
 	uint64		i;
@@ -792,6 +833,13 @@ wf_exec_batch(int max_steps, TimestampTz *next_due)
 
 	completions = wf_http_completions();
 
+	/* Runs past their workflow timeout fail; the next deadline bounds our sleep. */
+	if (SPI_execute_plan(wf_plan_expire, NULL, NULL, false, 1) != SPI_OK_SELECT ||
+		SPI_processed != 1)
+		elog(ERROR, "could not expire runs");
+	next_deadline = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	next_deadline = isnull ? 0 : DatumGetTimestampTz(next_deadline);
+
 	args[0] = Int32GetDatum(max_steps);
 	interrupted = wf_shmem_interrupted_runs(&ninterrupted);
 	if (ninterrupted > 0)
@@ -820,6 +868,8 @@ wf_exec_batch(int max_steps, TimestampTz *next_due)
 			if (!isnull)
 				*next_due = DatumGetTimestampTz(d);
 		}
+		if (next_deadline != 0 && (*next_due == 0 || next_deadline < *next_due))
+			*next_due = next_deadline;
 		SPI_finish();
 		PopActiveSnapshot();
 		CommitTransactionCommand();

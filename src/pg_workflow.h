@@ -138,6 +138,9 @@ typedef struct WfStepExec
 	int			timeout_ms;		/* 0 for none */
 	TimestampTz started_at;		/* identifies the attempt, with attempt */
 	const WfStepKind *kind_def;
+	bool		resuming;		/* a waiting step's timer fired or it was woken */
+	Jsonb	   *payload;		/* the event that woke it, or NULL */
+	char	   *wait_key;		/* what it waited for */
 } WfStepExec;
 
 /* The outcome of one attempt. */
@@ -147,7 +150,8 @@ typedef enum WfStepOutcome
 	WF_STEP_FAILED,				/* error fields are set */
 	WF_STEP_INTERRUPTED,		/* the run was cancelled under our feet */
 	WF_STEP_STARTED,			/* asynchronous: request is set */
-	WF_STEP_DEFERRED			/* not now (open circuit): defer_until */
+	WF_STEP_DEFERRED,			/* not now (open circuit): defer_until */
+	WF_STEP_WAITING				/* durably waiting: wake_at, wait_key */
 } WfStepOutcome;
 
 typedef struct WfStepResult
@@ -164,6 +168,8 @@ typedef struct WfStepResult
 	int			retry_after_s;	/* the server asked to wait this long */
 	int			http_status;	/* the response's status, for the record */
 	TimestampTz defer_until;	/* WF_STEP_DEFERRED: when to try again */
+	TimestampTz wake_at;		/* WF_STEP_WAITING: timer, or 0 */
+	char	   *wait_key;		/* WF_STEP_WAITING: "signal:..." or "event:..." */
 } WfStepResult;
 
 /*
@@ -174,6 +180,8 @@ struct WfStepKind
 {
 	const char *name;
 	void		(*execute) (WfStepExec *ex, WfStepResult *res);
+	/* for kinds that wait: the timer fired, or a signal or event came */
+	void		(*resume) (WfStepExec *ex, WfStepResult *res);
 };
 
 extern TimeoutId wf_exec_timeout_id;
@@ -183,6 +191,12 @@ extern int	wf_exec_batch(int max_steps, TimestampTz *next_due);
 
 /* step_sql.c */
 extern void wf_sql_execute(WfStepExec *ex, WfStepResult *res);
+
+/* step_wait.c */
+extern void wf_wait_sleep_execute(WfStepExec *ex, WfStepResult *res);
+extern void wf_wait_sleep_resume(WfStepExec *ex, WfStepResult *res);
+extern void wf_wait_for_execute(WfStepExec *ex, WfStepResult *res);
+extern void wf_wait_for_resume(WfStepExec *ex, WfStepResult *res);
 
 /* ----------------------------------------------------------------
  * The http kind (http.c)

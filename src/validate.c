@@ -183,7 +183,7 @@ static void wfv_check_circuit_breaker(WfvState *st, WfvObject *o,
 static const WfvFeature wfv_features[] = {
 	/* keys of the definition */
 	{"description", WFV_DOCUMENT, NULL, wfv_check_text, true},
-	{"timeout", WFV_DOCUMENT, NULL, wfv_check_interval, false},
+	{"timeout", WFV_DOCUMENT, NULL, wfv_check_interval, true},
 	{"retry", WFV_DOCUMENT, NULL, wfv_check_retry, true},
 	{"on_error", WFV_DOCUMENT, NULL, wfv_check_on_error, true},
 	{"steps", WFV_DOCUMENT, NULL, wfv_check_top_steps, true},
@@ -192,14 +192,14 @@ static const WfvFeature wfv_features[] = {
 	{"sql", WFV_ACTION, "sql", wfv_check_sql, true},
 	{"http", WFV_ACTION, "http", wfv_check_http, true},
 	{"agent", WFV_ACTION, "agent", wfv_check_agent, false},
-	{"wait_for", WFV_ACTION, "wait_for", wfv_check_wait_for, false},
+	{"wait_for", WFV_ACTION, "wait_for", wfv_check_wait_for, true},
 	{"human", WFV_ACTION, "human", wfv_check_human, false},
-	{"sleep", WFV_ACTION, "sleep", wfv_check_sleep, false},
+	{"sleep", WFV_ACTION, "sleep", wfv_check_sleep, true},
 	{"workflow", WFV_ACTION, "workflow", wfv_check_workflow, false},
 	{"if", WFV_ACTION, "if", wfv_check_if, false},
 	{"parallel", WFV_ACTION, "parallel", wfv_check_parallel, false},
 	{"map", WFV_ACTION, "map", wfv_check_map, false},
-	{"until", WFV_ACTION, "sleep", wfv_check_sleep, false},
+	{"until", WFV_ACTION, "sleep", wfv_check_sleep, true},
 
 	/* step keys that go with one action, checked by that action's check */
 	{"payload", WFV_COMPANION, "agent", NULL, true},

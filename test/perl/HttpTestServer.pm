@@ -19,6 +19,7 @@ tests of pg_workflow's http steps
   $srv->reset;
   my @reqs = $srv->requests(sub { $_[0]{path} eq '/echo' });
   my $stats = $srv->stats;                 # {requests, in_flight, ...}
+  my $n = $srv->in_flight;                 # minus the /_stats request
   $srv->stop;                              # also done by an END block
 
 =head1 DESCRIPTION
@@ -143,11 +144,19 @@ sub reset
 	return $self->_call('POST', '/_reset');
 }
 
-# {requests, in_flight, max_in_flight, tasks_created}
+# {requests, in_flight, max_in_flight, tasks_created}: the /_stats request
+# itself is one of the requests (and in flight).
 sub stats
 {
 	my ($self) = @_;
 	return $self->_call('GET', '/_stats');
+}
+
+# Requests being served now, the /_stats request that asks not counted.
+sub in_flight
+{
+	my ($self) = @_;
+	return $self->stats->{in_flight} - 1;
 }
 
 # The logged requests ({method, path, query, headers, body, at}), those

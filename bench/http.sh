@@ -1,0 +1,744 @@
+#!/usr/bin/env bash
+# bench/http.sh -- benchmark of pg_workflow's http steps on a throwaway
+# PostgreSQL 15 server, against a local nginx that answers after 50 ms.
+#
+# Starts nginx with bench/nginx.conf (127.0.0.1:8497, prefix in a temporary
+# directory; GET /slow answers {"ok": true} after echo_sleep 0.05), checks
+# with curl that /slow takes about 50 ms, then starts a fresh cluster under
+# /tmp (default port 5496, Unix socket only) with
+#   shared_preload_libraries = 'pg_workflow', track_commit_timestamp = on
+# and otherwise default settings, defines the one-step workflow
+#   {"steps": [{"name": "call", "http": {"url": "http://127.0.0.1:8497/slow"}}]}
+# and, ROUNDS times in the same server, starts STEPS runs of it in one
+# transaction and polls wf.runs every 100 ms until all have ended, while
+# sampling each executor's RSS and Private_Dirty (/proc/PID/smaps_rollup)
+# every 100 ms. Per round it prints requests/s, wall time, failures and the
+# executors' memory before, at peak and after; then a summary against the
+# targets (>= 2000 requests/s; private memory flat across rounds). Stops
+# nginx and the server at the end (also on failure or interrupt).
+# See bench/README.md, section "HTTP benchmark".
+#
+# Usage: bench/http.sh [--quick] [--workers N] [--steps N] [--rounds N]
+#                      [--keep] [--port P] [--http-port P] [--perf]
+#   --quick        500 steps, 1 round, for smoke tests (not for figures)
+#   --workers N    pg_workflow.workers (default 2)
+#   --steps N      runs (one http step each) per round (default 5000)
+#   --rounds N     rounds in the same server (default 3)
+#   --keep         leave the server and nginx running at the end
+#   --port P       server port (default 5496)
+#   --http-port P  nginx port on 127.0.0.1 (default 8497)
+#   --perf         also profile the executors with perf during round 1
+#   -h, --help     this text
+#
+# Run as root: nginx-light and libnginx-mod-http-echo are installed with
+# apt-get when missing (the system nginx service that Debian may start is
+# then stopped and disabled), server programs run as user postgres through
+# runuser, nginx runs from a temporary prefix. Needs bash, curl, psql,
+# initdb and pg_ctl of PostgreSQL 15 (found with pg_config, or $PG_CONFIG)
+# and pg_workflow installed (make install).
+set -euo pipefail
+
+BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+
+# Options.
+PORT=5496
+HTTP_PORT=8497
+WORKERS=2
+KEEP=0
+QUICK=0
+PERF=0
+OPT_STEPS=
+OPT_ROUNDS=
+
+# Sizes (full mode; --quick lowers them).
+STEPS=5000
+ROUNDS=3
+WARMUP_RUNS=50
+WAIT_LIMIT_S=600
+POLL_S=0.1					# wf.runs poll and memory sampling interval
+
+# Targets.
+TARGET_RPS=2000
+FLAT_PCT=10					# last round's peak private memory within 10 %
+FLAT_KB=5120				# ... or 5 MiB of the first's
+
+NGINX_CONF=$BENCH_DIR/nginx.conf
+ECHO_MODULE=/usr/lib/nginx/modules/ngx_http_echo_module.so
+NGINX_PACKAGES=(nginx-light libnginx-mod-http-echo)
+WORKFLOW=pgwf_bench_http
+
+# State.
+BINDIR=
+NGINX_BIN=
+WORK=
+DATA=
+NGX=						# nginx prefix directory
+URL=
+SERVER_STARTED=0
+NGINX_PID=
+SAMPLER_PID=
+PERF_PID=
+EXEC_PIDS=()
+
+# Results.
+declare -A R=()
+
+# Messages go to the script's own stderr (fd 9), even from inside redirections.
+exec 9>&2
+log() { printf '[http-bench] %s\n' "$*" >&9; }
+die() { printf '[http-bench] ERROR: %s\n' "$*" >&9; exit 1; }
+
+usage() {
+	awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
+}
+
+posint() { [[ "$1" =~ ^[1-9][0-9]*$ ]]; }
+
+parse_args() {
+	while (($# > 0)); do
+		case "$1" in
+		--quick) QUICK=1 ;;
+		--keep) KEEP=1 ;;
+		--perf) PERF=1 ;;
+		--workers | --steps | --rounds | --port | --http-port)
+			(($# >= 2)) || die "$1 needs a number"
+			set -- "$1=$2" "${@:3}"
+			continue
+			;;
+		--workers=*) WORKERS=${1#*=} ;;
+		--steps=*) OPT_STEPS=${1#*=} ;;
+		--rounds=*) OPT_ROUNDS=${1#*=} ;;
+		--port=*) PORT=${1#*=} ;;
+		--http-port=*) HTTP_PORT=${1#*=} ;;
+		-h | --help)
+			usage
+			exit 0
+			;;
+		*)
+			usage >&2
+			die "unknown option '$1'"
+			;;
+		esac
+		shift
+	done
+	posint "$WORKERS" || die "--workers must be a positive integer"
+	local p
+	for p in "$PORT" "$HTTP_PORT"; do
+		if ! [[ "$p" =~ ^[0-9]+$ ]] || ((p < 1024 || p > 65535)); then
+			die "--port and --http-port must be in 1024..65535"
+		fi
+	done
+	((PORT != HTTP_PORT)) || die "--port and --http-port must differ"
+	if ((QUICK)); then
+		STEPS=500
+		ROUNDS=1
+		WARMUP_RUNS=10
+	fi
+	if [[ -n "$OPT_STEPS" ]]; then
+		posint "$OPT_STEPS" || die "--steps must be a positive integer"
+		STEPS=$OPT_STEPS
+	fi
+	if [[ -n "$OPT_ROUNDS" ]]; then
+		posint "$OPT_ROUNDS" || die "--rounds must be a positive integer"
+		ROUNDS=$OPT_ROUNDS
+	fi
+	URL="http://127.0.0.1:$HTTP_PORT/slow"
+}
+
+find_bindir() {
+	local pg_config=${PG_CONFIG:-}
+	if [[ -z "$pg_config" ]]; then
+		if [[ -x /usr/lib/postgresql/15/bin/pg_config ]]; then
+			pg_config=/usr/lib/postgresql/15/bin/pg_config
+		else
+			pg_config=$(command -v pg_config || true)
+		fi
+	fi
+	[[ -n "$pg_config" ]] || die "pg_config not found (install postgresql-server-dev-15 or set PG_CONFIG)"
+	BINDIR=$("$pg_config" --bindir)
+	local prog
+	for prog in initdb pg_ctl psql; do
+		[[ -x "$BINDIR/$prog" ]] || die "$BINDIR/$prog not found"
+	done
+	command -v curl >/dev/null || die "curl not found"
+}
+
+# Runs a server program as the cluster's owner: postgres when we are root.
+as_pg() {
+	if [[ "$(id -u)" -eq 0 ]]; then
+		(cd / && runuser -u postgres -- "$@")
+	else
+		"$@"
+	fi
+}
+
+# psql to database postgres, unaligned, tuples only.
+q() {
+	"$BINDIR/psql" -X -q -At -v ON_ERROR_STOP=1 -h "$WORK" -p "$PORT" \
+		-U postgres -d postgres "$@"
+}
+
+now_ms() { echo $(($(date +%s%N) / 1000000)); }
+
+# Formats a number with awk: fmt FORMAT VALUE
+fmt() { awk -v f="$1" -v v="$2" 'BEGIN { printf f, v }'; }
+
+# kB -> MiB with one decimal.
+mib() { fmt '%.1f' "$(awk -v k="$1" 'BEGIN { print k / 1024 }')"; }
+
+section() { printf '\n== %s ==\n' "$*"; }
+
+# Is something listening on TCP port $1? (false when ss is missing)
+port_busy() {
+	command -v ss >/dev/null || return 1
+	[[ -n "$(ss -ltnH "sport = :$1" 2>/dev/null)" ]]
+}
+
+# ---------------------------------------------------------------------------
+# nginx
+# ---------------------------------------------------------------------------
+
+# Installs nginx-light and the echo module when missing. The package's
+# postinst may start the system service (on port 80, unless policy-rc.d
+# forbids it): if the install started it, stop it and disable it, and check
+# that port 80 is free again. An nginx that was already installed is left
+# alone.
+ensure_nginx() {
+	local pkg missing=() started_before=0 port80_before=0 pid
+	NGINX_BIN=$(command -v nginx || true)
+	[[ -z "$NGINX_BIN" && -x /usr/sbin/nginx ]] && NGINX_BIN=/usr/sbin/nginx
+	if [[ -n "$NGINX_BIN" && -f "$ECHO_MODULE" ]]; then
+		return 0
+	fi
+	[[ "$(id -u)" -eq 0 ]] || die "nginx or its echo module is missing; install ${NGINX_PACKAGES[*]} (as root)"
+	command -v apt-get >/dev/null || die "nginx is missing and this is not a Debian-like system: install nginx with the echo module"
+	for pkg in "${NGINX_PACKAGES[@]}"; do
+		if [[ "$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null)" != "install ok installed" ]]; then
+			missing+=("$pkg")
+		fi
+	done
+	((${#missing[@]} > 0)) || die "${NGINX_PACKAGES[*]} are installed but nginx or $ECHO_MODULE is missing"
+	for pkg in "${missing[@]}"; do
+		[[ "$(apt-cache policy "$pkg" 2>/dev/null | awk '/Candidate:/ { print $2 }')" =~ ^(|\(none\))$ ]] &&
+			die "package $pkg is not available (apt-get update?)"
+	done
+	[[ -s /run/nginx.pid ]] && kill -0 "$(cat /run/nginx.pid)" 2>/dev/null && started_before=1
+	port_busy 80 && port80_before=1
+
+	log "installing ${missing[*]}"
+	if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >/tmp/pgwf-http-apt.log 2>&1; then
+		tail -n 20 /tmp/pgwf-http-apt.log >&2
+		die "apt-get install ${missing[*]} failed (log: /tmp/pgwf-http-apt.log)"
+	fi
+	if ((!started_before)); then
+		# Stop the system service if the install started it, and keep it
+		# from starting at boot.
+		if [[ -s /run/nginx.pid ]] && kill -0 "$(cat /run/nginx.pid)" 2>/dev/null; then
+			log "the install started the system nginx service: stopping it"
+			service nginx stop >/dev/null 2>&1 || true
+			if [[ -s /run/nginx.pid ]]; then
+				pid=$(cat /run/nginx.pid)
+				kill -QUIT "$pid" 2>/dev/null || true
+				for _ in {1..50}; do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+				kill -0 "$pid" 2>/dev/null && kill -TERM "$pid" 2>/dev/null
+			fi
+		fi
+		if command -v systemctl >/dev/null; then
+			systemctl disable nginx >/dev/null 2>&1 || true
+		fi
+		if command -v update-rc.d >/dev/null; then
+			update-rc.d nginx disable >/dev/null 2>&1 || true
+		fi
+		if ((!port80_before)); then
+			for _ in {1..50}; do port_busy 80 || break; sleep 0.1; done
+			port_busy 80 && die "port 80 is still in use after stopping the system nginx"
+		fi
+	fi
+	NGINX_BIN=$(command -v nginx || echo /usr/sbin/nginx)
+	[[ -x "$NGINX_BIN" && -f "$ECHO_MODULE" ]] || die "nginx or $ECHO_MODULE still missing after the install"
+}
+
+start_nginx() {
+	local conf=$NGINX_CONF i
+	NGX="$WORK/nginx"
+	mkdir -p "$NGX"
+	if ((HTTP_PORT != 8497)); then
+		conf="$NGX/nginx.conf"
+		sed "s/127\.0\.0\.1:8497/127.0.0.1:$HTTP_PORT/" "$NGINX_CONF" >"$conf"
+	fi
+	port_busy "$HTTP_PORT" && die "port $HTTP_PORT is in use (--http-port)"
+	if ! "$NGINX_BIN" -t -q -c "$conf" -p "$NGX/" -e "$NGX/error.log" >"$NGX/nginx.out" 2>&1; then
+		cat "$NGX/nginx.out" >&2
+		die "nginx -t failed for $conf"
+	fi
+	log "starting nginx on 127.0.0.1:$HTTP_PORT (prefix $NGX)"
+	"$NGINX_BIN" -c "$conf" -p "$NGX/" -e "$NGX/error.log" >>"$NGX/nginx.out" 2>&1 &
+	NGINX_PID=$!
+	for ((i = 0; i < 100; i++)); do
+		kill -0 "$NGINX_PID" 2>/dev/null || {
+			NGINX_PID=
+			cat "$NGX/nginx.out" "$NGX/error.log" >&2 2>/dev/null || true
+			die "nginx exited at start"
+		}
+		curl -fsS -o /dev/null "http://127.0.0.1:$HTTP_PORT/health" 2>/dev/null && return 0
+		sleep 0.1
+	done
+	die "nginx does not answer on 127.0.0.1:$HTTP_PORT after 10 s"
+}
+
+stop_nginx() {
+	[[ -n "$NGINX_PID" ]] || return 0
+	log "stopping nginx"
+	kill -TERM "$NGINX_PID" 2>/dev/null || true
+	wait "$NGINX_PID" 2>/dev/null || true
+	NGINX_PID=
+}
+
+# Five sequential GET /slow with curl: each must take about 50 ms.
+check_nginx() {
+	local i line code ctype t times=() body
+	body=$(curl -fsS "$URL") || die "GET $URL failed"
+	[[ "$body" == '{"ok": true}' ]] || die "GET $URL answered '$body', not {\"ok\": true}"
+	for ((i = 0; i < 5; i++)); do
+		line=$(curl -sS -o /dev/null -w '%{http_code} %{content_type} %{time_total}' "$URL")
+		read -r code ctype t <<<"$line"
+		[[ "$code" == 200 && "$ctype" == application/json* ]] ||
+			die "GET $URL: status $code, content type $ctype"
+		times+=("$(fmt '%.1f' "$(awk -v t="$t" 'BEGIN { print t * 1000 }')")")
+	done
+	R[curl_ms]=$(printf '%s\n' "${times[@]}" | sort -n | sed -n 3p)
+	R[curl_all]=${times[*]}
+	awk -v m="${R[curl_ms]}" 'BEGIN { exit !(m >= 45 && m <= 100) }' ||
+		die "GET $URL takes ${R[curl_ms]} ms (median of 5), not about 50 ms"
+}
+
+# ---------------------------------------------------------------------------
+# Server
+# ---------------------------------------------------------------------------
+
+start_server() {
+	WORK=$(mktemp -d /tmp/pgwf-http.XXXXXX)
+	DATA="$WORK/data"
+	if [[ "$(id -u)" -eq 0 ]]; then
+		getent passwd postgres >/dev/null || die "user postgres does not exist"
+		chown postgres: "$WORK"
+	fi
+	chmod 0700 "$WORK"
+
+	log "initdb $DATA"
+	if ! as_pg "$BINDIR/initdb" -D "$DATA" -U postgres -A trust -E UTF8 --locale=C \
+		--no-sync >"$WORK/initdb.log" 2>&1; then
+		cat "$WORK/initdb.log" >&2
+		die "initdb failed"
+	fi
+	cat >>"$DATA/postgresql.conf" <<-EOF
+
+		# --- bench/http.sh ---
+		port = $PORT
+		listen_addresses = ''
+		unix_socket_directories = '$WORK'
+		shared_preload_libraries = 'pg_workflow'
+		track_commit_timestamp = on
+		pg_workflow.database = 'postgres'
+		pg_workflow.workers = $WORKERS
+	EOF
+
+	log "starting the server (port $PORT, socket and log in $WORK)"
+	if ! as_pg "$BINDIR/pg_ctl" -D "$DATA" -l "$WORK/server.log" -w -t 60 start >/dev/null; then
+		tail -n 30 "$WORK/server.log" >&2 || true
+		die "the server did not start (is pg_workflow installed?)"
+	fi
+	SERVER_STARTED=1
+}
+
+stop_server() {
+	((SERVER_STARTED)) || return 0
+	log "stopping the server"
+	if ! as_pg "$BINDIR/pg_ctl" -D "$DATA" -m fast -w -t 60 stop >/dev/null 2>&1; then
+		log "fast shutdown failed; immediate shutdown"
+		as_pg "$BINDIR/pg_ctl" -D "$DATA" -m immediate -w -t 60 stop >/dev/null 2>&1 || true
+	fi
+	SERVER_STARTED=0
+}
+
+cleanup() {
+	local rc=$?
+	set +e
+	trap - EXIT INT TERM
+	if [[ -n "$SAMPLER_PID" ]]; then
+		kill -TERM "$SAMPLER_PID" 2>/dev/null
+		wait "$SAMPLER_PID" 2>/dev/null
+	fi
+	if [[ -n "$PERF_PID" ]]; then
+		kill -INT "$PERF_PID" 2>/dev/null
+		wait "$PERF_PID" 2>/dev/null
+	fi
+	if ((rc != 0)) && [[ -n "$WORK" && -f "$WORK/server.log" ]]; then
+		log "failed (exit $rc); last lines of $WORK/server.log:"
+		tail -n 20 "$WORK/server.log" | sed 's/^/    /' >&9
+	fi
+	if ((KEEP)) && ((SERVER_STARTED)); then
+		log "server kept running: psql -h $WORK -p $PORT -U postgres postgres"
+		log "stop it with: pg_ctl -D $DATA stop   (as the cluster's owner)"
+		[[ -n "$NGINX_PID" ]] && log "nginx kept running (pid $NGINX_PID): stop it with: kill $NGINX_PID"
+	else
+		stop_server
+		stop_nginx
+		if [[ -n "$WORK" ]]; then
+			if ((rc == 0)); then
+				rm -rf -- "$WORK"
+			else
+				log "kept $WORK for inspection"
+			fi
+		fi
+	fi
+	exit "$rc"
+}
+
+setup_database() {
+	log "creating the extension and the workflow $WORKFLOW"
+	q >/dev/null <<-EOF
+		CREATE EXTENSION pg_workflow;
+		SELECT wf_define('$WORKFLOW', '{
+		  "description": "bench/http.sh: one GET that the server answers after 50 ms",
+		  "steps": [{"name": "call", "http": {"url": "$URL"}}]}');
+	EOF
+}
+
+wait_for_executors() {
+	local n i
+	for ((i = 0; i < 300; i++)); do
+		n=$(q -c "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'pg_workflow executor'")
+		((n >= WORKERS)) && return 0
+		sleep 0.1
+	done
+	die "only $n of $WORKERS pg_workflow executors are running after 30 s"
+}
+
+executor_pids() {
+	q -c "SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_workflow executor' ORDER BY pid"
+}
+
+max_run_id() { q -c "SELECT coalesce(max(id), 0) FROM wf.run"; }
+
+# Polls every POLL_S until no run is unfinished; sets R[poll_ms] to the time
+# from the call to the poll that saw none.
+wait_all_done() {
+	local t0 left deadline
+	t0=$(now_ms)
+	deadline=$(($(date +%s) + WAIT_LIMIT_S))
+	while :; do
+		left=$(q -c "SELECT count(*) FROM wf.runs WHERE status NOT IN ('completed','failed','cancelled')")
+		((left == 0)) && break
+		(($(date +%s) < deadline)) || die "$left runs unfinished after $WAIT_LIMIT_S s"
+		sleep "$POLL_S"
+	done
+	R[poll_ms]=$(($(now_ms) - t0))
+}
+
+# ---------------------------------------------------------------------------
+# Memory
+# ---------------------------------------------------------------------------
+
+# One line per pid: "pid rss_kB private_dirty_kB" (VmRSS from status,
+# Private_Dirty from smaps_rollup). Nothing for a pid that has gone.
+mem_of() {
+	local pid
+	for pid in "$@"; do
+		awk -v pid="$pid" '
+			FILENAME ~ /status$/ && /^VmRSS:/ { rss = $2 }
+			FILENAME ~ /smaps_rollup$/ && /^Private_Dirty:/ { pd = $2 }
+			END { if (rss != "") print pid, rss, pd + 0 }' \
+			"/proc/$pid/status" "/proc/$pid/smaps_rollup" 2>/dev/null || true
+	done
+}
+
+# Background: mem_of every POLL_S, each line prefixed with a sample number.
+sampler() {
+	local n=0
+	while :; do
+		mem_of "$@" | sed "s/^/$n /"
+		n=$((n + 1))
+		sleep "$POLL_S"
+	done
+}
+
+sampler_start() {
+	sampler "${EXEC_PIDS[@]}" >"$WORK/mem.round$1" 2>/dev/null &
+	SAMPLER_PID=$!
+}
+
+sampler_stop() {
+	[[ -n "$SAMPLER_PID" ]] || return 0
+	kill -TERM "$SAMPLER_PID" 2>/dev/null || true
+	wait "$SAMPLER_PID" 2>/dev/null || true
+	SAMPLER_PID=
+}
+
+# ---------------------------------------------------------------------------
+# perf (--perf, round 1)
+# ---------------------------------------------------------------------------
+
+perf_start() {
+	((PERF)) || return 0
+	if ! command -v perf >/dev/null || ! perf stat -e instructions true >/dev/null 2>&1; then
+		log "perf is not usable here: no profile"
+		PERF=0
+		return 0
+	fi
+	perf record -q -g -o "$WORK/perf.data" -p "$(printf '%s\n' "${EXEC_PIDS[@]}" | paste -sd, -)" \
+		>"$WORK/perf.log" 2>&1 &
+	PERF_PID=$!
+	sleep 0.5
+}
+
+perf_stop() {
+	[[ -n "$PERF_PID" ]] || return 0
+	kill -INT "$PERF_PID" 2>/dev/null || true
+	wait "$PERF_PID" 2>/dev/null || true
+	PERF_PID=
+}
+
+perf_print() {
+	((PERF)) && [[ -f "$WORK/perf.data" ]] || return 0
+	printf '\n  perf profile of the executors during round 1: inclusive (children) and\n'
+	printf '  self share of the samples, top named symbols (perf perturbs this run):\n'
+	perf report -i "$WORK/perf.data" --children --stdio -g none \
+		-F overhead_children,overhead,sym 2>/dev/null |
+		grep -v '^#' | grep -v '^$' | grep -v '\] 0x0*[0-9a-f]*$' | head -40 | sed 's/^/  /' || true
+}
+
+# ---------------------------------------------------------------------------
+# Report sections
+# ---------------------------------------------------------------------------
+
+print_machine() {
+	local cpu mem curlv
+	cpu=$(grep -m1 '^model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2- | sed 's/^ *//' || true)
+	mem=$(awk '/^MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo 2>/dev/null || true)
+	curlv=$(curl-config --version 2>/dev/null || curl --version 2>/dev/null | head -n 1 | awk '{ print $1, $2 }')
+	section "Machine"
+	printf '  %-22s %s\n' "CPUs (nproc)" "$(nproc)"
+	printf '  %-22s %s\n' "CPU model" "${cpu:-unknown}"
+	printf '  %-22s %s\n' "memory" "${mem:-unknown}"
+	printf '  %-22s %s\n' "kernel" "$(uname -sr)"
+	printf '  %-22s %s\n' "load average (start)" "$(cut -d' ' -f1-3 /proc/loadavg)"
+	printf '  %-22s %s\n' "PostgreSQL" "$(q -c 'SELECT version()')"
+	printf '  %-22s %s\n' "pg_workflow" "$(q -c "SELECT extversion FROM pg_extension WHERE extname = 'pg_workflow'")"
+	printf '  %-22s %s\n' "libcurl" "${curlv:-unknown}"
+	printf '  %-22s %s\n' "nginx" "$("$NGINX_BIN" -v 2>&1 | sed 's/^nginx version: //'), pid $NGINX_PID, 127.0.0.1:$HTTP_PORT"
+	printf '  %-22s %s\n' "data directory" "$DATA (on $(df -P "$WORK" | awk 'NR == 2 { print $1 }'))"
+	printf '  %-22s %s\n' "mode" "$( ((QUICK)) && echo 'QUICK (smoke test; figures not meaningful)' || echo full)"
+
+	section "Settings"
+	q -F ' = ' -c "SELECT name, setting || coalesce(' ' || unit, '') FROM pg_settings
+		 WHERE name IN ('shared_preload_libraries', 'track_commit_timestamp', 'fsync',
+						'synchronous_commit', 'wal_sync_method', 'shared_buffers',
+						'max_wal_size', 'autovacuum')
+			OR name LIKE 'pg\_workflow.%'
+		 ORDER BY name" | sed 's/^/  /'
+
+	section "HTTP server"
+	printf '  %-22s %s\n' "GET" "$URL -> {\"ok\": true} after echo_sleep 0.05"
+	printf '  %-22s %s ms (5 sequential curl requests: %s ms)\n' "curl time, median" \
+		"${R[curl_ms]}" "${R[curl_all]// /, }"
+}
+
+warm_up() {
+	local lo hi bad
+	log "warm-up: $WARMUP_RUNS runs (not measured)"
+	lo=$(max_run_id)
+	q -c "SELECT count(wf_start('$WORKFLOW')) FROM generate_series(1, $WARMUP_RUNS)" >/dev/null
+	hi=$(max_run_id)
+	wait_all_done
+	bad=$(q -c "SELECT count(*) FROM wf.run WHERE id > $lo AND id <= $hi AND status <> 'completed'")
+	if ((bad > 0)); then
+		q -c "SELECT id, status, error FROM wf.run WHERE id > $lo AND id <= $hi
+			   AND status <> 'completed' ORDER BY id LIMIT 5" >&2
+		die "$bad warm-up runs did not complete"
+	fi
+}
+
+# Summarises a memory file (sample pid rss pd) for round $1: per executor
+# before/peak/after, and the peak of the executors' sum.
+print_memory() {
+	local r=$1 before=$2 after=$3 line
+	# before/after files: "pid rss pd"
+	printf '  executors'"'"' memory, sampled every %s s (%s samples; MiB):\n' "$POLL_S" \
+		"$(awk '{ print $1 }' "$WORK/mem.round$r" | sort -u | wc -l)"
+	printf '    %-8s %9s %9s %9s   %9s %9s %9s\n' "pid" "RSS bef." "peak" "after" \
+		"priv bef." "peak" "after"
+	awk -v bf="$before" -v af="$after" '
+		BEGIN {
+			while ((getline l < bf) > 0) { split(l, a, " "); rb[a[1]] = a[2]; pb[a[1]] = a[3] }
+			while ((getline l < af) > 0) { split(l, a, " "); ra[a[1]] = a[2]; pa[a[1]] = a[3] }
+		}
+		{
+			pid = $2
+			if ($3 > rp[pid]) rp[pid] = $3
+			if ($4 > pp[pid]) pp[pid] = $4
+			srss[$1] += $3; spd[$1] += $4
+			seen[pid] = 1
+		}
+		END {
+			for (pid in rb) seen[pid] = 1
+			for (pid in seen) {
+				printf "    %-8s %9.1f %9.1f %9.1f   %9.1f %9.1f %9.1f\n", pid,
+					rb[pid] / 1024, rp[pid] / 1024, ra[pid] / 1024,
+					pb[pid] / 1024, pp[pid] / 1024, pa[pid] / 1024
+				trb += rb[pid]; tra += ra[pid]; tpb += pb[pid]; tpa += pa[pid]
+			}
+			for (s in srss) { if (srss[s] > mr) mr = srss[s]; if (spd[s] > mp) mp = spd[s] }
+			printf "    %-8s %9.1f %9.1f %9.1f   %9.1f %9.1f %9.1f\n", "sum",
+				trb / 1024, mr / 1024, tra / 1024, tpb / 1024, mp / 1024, tpa / 1024
+			printf "SUMMARY %d %d %d %d\n", mr, mp, tpa, tra > "/dev/stderr"
+		}' "$WORK/mem.round$r" 2>"$WORK/mem.sum$r"
+	read -r _ "R[r${r}_rss_peak]" "R[r${r}_priv_peak]" "R[r${r}_priv_after]" "R[r${r}_rss_after]" \
+		<"$WORK/mem.sum$r"
+	# The before/after samples count as samples too (the peak cannot be lower).
+	line=$(awk '{ p += $3 } END { print p + 0 }' "$after")
+	((line > ${R[r${r}_priv_peak]})) && R[r${r}_priv_peak]=$line
+	return 0
+}
+
+run_round() {
+	local r=$1 n=$STEPS lo hi t0 t1 line bad
+	section "Round $r of $ROUNDS: $n runs of one http step (GET /slow, 50 ms), started in one transaction"
+	mapfile -t EXEC_PIDS < <(executor_pids)
+	((${#EXEC_PIDS[@]} == WORKERS)) || die "expected $WORKERS executors, found ${#EXEC_PIDS[@]}"
+	lo=$(max_run_id)
+	mem_of "${EXEC_PIDS[@]}" >"$WORK/mem.before$r"
+	sampler_start "$r"
+	((r == 1)) && perf_start
+	t0=$(now_ms)
+	q -c "SELECT count(wf_start('$WORKFLOW')) FROM generate_series(1, $n)" >/dev/null
+	t1=$(now_ms)
+	hi=$(max_run_id)
+	((hi - lo == n)) || die "expected $n new runs, found $((hi - lo))"
+	wait_all_done
+	perf_stop
+	sampler_stop
+	mem_of "${EXEC_PIDS[@]}" >"$WORK/mem.after$r"
+
+	line=$(q -F '|' -c "
+		WITH r AS (SELECT * FROM wf.run WHERE id > $lo AND id <= $hi),
+		s AS (SELECT s.*, extract(epoch FROM s.finished_at - s.started_at) * 1000 AS ms
+				FROM wf.step s JOIN r ON r.id = s.run_id),
+		c AS (SELECT min(pg_xact_commit_timestamp(h.xmin)) AS commit_ts
+				FROM wf.history_log h JOIN r ON r.id = h.run_id
+			   WHERE h.step IS NULL AND h.status = 'pending')
+		SELECT (SELECT count(*) FROM r WHERE status = 'completed'),
+			   (SELECT count(*) FROM r WHERE status = 'failed'),
+			   (SELECT count(*) FROM r WHERE status = 'cancelled'),
+			   (SELECT count(*) FROM s WHERE status = 'completed'
+				   AND output @> '{\"status\": 200, \"body\": {\"ok\": true}}'),
+			   (SELECT count(*) FROM s WHERE attempt > 1),
+			   round(extract(epoch FROM (SELECT max(finished_at) - min(started_at) FROM s)) * 1000, 1),
+			   round(extract(epoch FROM (SELECT max(finished_at) FROM r) - c.commit_ts) * 1000, 1),
+			   round(extract(epoch FROM (SELECT min(started_at) FROM s) - c.commit_ts) * 1000, 1),
+			   (SELECT round(percentile_cont(0.5) WITHIN GROUP (ORDER BY ms)::numeric, 1) FROM s),
+			   (SELECT round(percentile_cont(0.99) WITHIN GROUP (ORDER BY ms)::numeric, 1) FROM s),
+			   (SELECT round(max(ms)::numeric, 1) FROM s),
+			   (SELECT round(sum(ms)::numeric, 1) FROM s)
+		  FROM c")
+	IFS='|' read -r "R[r${r}_done]" "R[r${r}_failed]" "R[r${r}_cancelled]" "R[r${r}_ok]" \
+		"R[r${r}_retried]" "R[r${r}_window_ms]" "R[r${r}_wall_ms]" "R[r${r}_first_ms]" \
+		"R[r${r}_p50]" "R[r${r}_p99]" "R[r${r}_max]" "R[r${r}_sum_ms]" <<<"$line"
+	R[r${r}_rps]=$(fmt '%.0f' "$(awk -v n="$n" -v w="${R[r${r}_window_ms]}" 'BEGIN { print n / (w / 1000) }')")
+	R[r${r}_inflight]=$(fmt '%.0f' "$(awk -v s="${R[r${r}_sum_ms]}" -v w="${R[r${r}_window_ms]}" 'BEGIN { print s / w }')")
+
+	printf '  %-46s %s ms (%s us per wf_start, client-side)\n' "starting the runs (1 transaction)" \
+		"$((t1 - t0))" "$(fmt '%.0f' "$(awk -v t=$((t1 - t0)) -v n="$n" 'BEGIN { print t * 1000 / n }')")"
+	printf '  %-46s %s of %s (failed %s, cancelled %s)\n' "runs completed" \
+		"${R[r${r}_done]}" "$n" "${R[r${r}_failed]}" "${R[r${r}_cancelled]}"
+	printf '  %-46s %s (steps retried: %s)\n' "responses 200 {\"ok\": true} in the outputs" \
+		"${R[r${r}_ok]}" "${R[r${r}_retried]}"
+	printf '  %-46s %s ms\n' "first step started_at .. last finished_at" "${R[r${r}_window_ms]}"
+	printf '  %-46s %s req/s\n' "requests/s ($n / that window)" "${R[r${r}_rps]}"
+	printf '  %-46s %s ms (client, 100 ms polls: %s ms)\n' "wall time, commit -> last run finished" \
+		"${R[r${r}_wall_ms]}" "${R[poll_ms]}"
+	printf '  %-46s %s ms\n' "commit -> first step started" "${R[r${r}_first_ms]}"
+	printf '  %-46s p50 %s, p99 %s, max %s ms\n' "step duration (finished_at - started_at)" \
+		"${R[r${r}_p50]}" "${R[r${r}_p99]}" "${R[r${r}_max]}"
+	printf '  %-46s %s (sum of durations / window)\n' "steps running at once, average" "${R[r${r}_inflight]}"
+	print_memory "$r" "$WORK/mem.before$r" "$WORK/mem.after$r"
+	((r == 1)) && perf_print
+
+	if ((${R[r${r}_done]} != n)); then
+		q -c "SELECT r.id, r.status, s.attempt, left(coalesce(r.error, s.error)::text, 200)
+				FROM wf.run r JOIN wf.step s ON s.run_id = r.id
+			   WHERE r.id > $lo AND r.id <= $hi AND r.status <> 'completed'
+			   ORDER BY r.id LIMIT 5" >&2
+		die "round $r: only ${R[r${r}_done]} of $n runs completed"
+	fi
+	return 0
+}
+
+# row NAME VALUE TARGET OK (OK: 1 met, 0 missed, - no target)
+row() {
+	local result=
+	case "$4" in
+	1) result=PASS ;;
+	0) result=MISS ;;
+	esac
+	printf '  %-38s %-14s %-24s %s\n' "$1" "$2" "$3" "$result"
+}
+
+print_summary() {
+	local r ok first last limit
+	section "Summary (workers = $WORKERS, $STEPS steps x $ROUNDS rounds$( ((QUICK)) && echo ', QUICK mode'))"
+	printf '  %-6s %10s %12s %8s %14s %14s %14s\n' "round" "req/s" "wall ms" "failed" \
+		"peak RSS MiB" "peak priv MiB" "priv after MiB"
+	for ((r = 1; r <= ROUNDS; r++)); do
+		printf '  %-6s %10s %12s %8s %14s %14s %14s\n' "$r" "${R[r${r}_rps]}" "${R[r${r}_wall_ms]}" \
+			"${R[r${r}_failed]}" "$(mib "${R[r${r}_rss_peak]}")" "$(mib "${R[r${r}_priv_peak]}")" \
+			"$(mib "${R[r${r}_priv_after]}")"
+	done
+	printf '  (memory: sum over the %s executors)\n\n' "$WORKERS"
+	printf '  %-38s %-14s %-24s %s\n' "figure" "value" "target" "result"
+	for ((r = 1; r <= ROUNDS; r++)); do
+		row "runs completed, round $r" "${R[r${r}_done]}" "= $STEPS" "$((${R[r${r}_done]} == STEPS))"
+	done
+	for ((r = 1; r <= ROUNDS; r++)); do
+		ok=$(awk -v a="${R[r${r}_rps]}" -v t="$TARGET_RPS" 'BEGIN { print (a >= t) }')
+		row "requests/s, round $r" "${R[r${r}_rps]}" ">= $TARGET_RPS" "$ok"
+	done
+	first=${R[r1_priv_peak]}
+	last=${R[r${ROUNDS}_priv_peak]}
+	limit=$(awk -v f="$first" -v p="$FLAT_PCT" -v k="$FLAT_KB" 'BEGIN { l = f * p / 100; if (k > l) l = k; printf "%d", f + l }')
+	if ((ROUNDS > 1)); then
+		row "peak private MiB, round $ROUNDS vs 1" "$(mib "$last") vs $(mib "$first")" \
+			"<= $(mib "$limit") (+${FLAT_PCT}% or 5 MiB)" "$((last <= limit))"
+	else
+		row "peak private MiB (1 round)" "$(mib "$last")" "needs --rounds >= 2" -
+	fi
+	row "peak RSS MiB, round $ROUNDS vs 1" "$(mib "${R[r${ROUNDS}_rss_peak]}") vs $(mib "${R[r1_rss_peak]}")" "" -
+	printf '\n  load average at the end: %s (other work on the machine perturbs the figures)\n' \
+		"$(cut -d' ' -f1-3 /proc/loadavg)"
+}
+
+main() {
+	local r
+	parse_args "$@"
+	find_bindir
+	[[ -f "$NGINX_CONF" ]] || die "$NGINX_CONF not found"
+	ensure_nginx
+	trap cleanup EXIT
+	trap 'exit 130' INT
+	trap 'exit 143' TERM
+
+	printf 'pg_workflow HTTP benchmark -- %s\n' "$(date -u '+%Y-%m-%d %H:%M:%S UTC')"
+	start_server
+	start_nginx
+	check_nginx
+	setup_database
+	wait_for_executors
+	print_machine
+	warm_up
+	for ((r = 1; r <= ROUNDS; r++)); do
+		run_round "$r"
+	done
+	print_summary
+}
+
+main "$@"

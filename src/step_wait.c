@@ -1,0 +1,210 @@
+/*-------------------------------------------------------------------------
+ *
+ * step_wait.c
+ *		The step kinds that wait durably: "sleep" (a timer) and "wait_for"
+ *		(a signal sent with wf_signal, or an event emitted with wf_emit).
+ *
+ * A waiting step is a row with status "waiting": its timer, if any, is its
+ * ready_at (the executors sleep until the earliest one), and what it waits
+ * for is its wait_key ("signal:NAME" or "event:NAME:KEY").  wf_signal and
+ * wf_emit set ready_at to now for the steps they concern and wake an
+ * executor at commit.  Nothing runs and no query is made while a step
+ * waits; it survives restarts because it is nothing but that row.
+ *
+ * When the executor claims a waiting step, it calls the kind's "resume":
+ * the timer fired, or a signal or an event came.  A signal is taken from
+ * wf.signal by exactly one step; a signal sent before the step waits is
+ * kept there and taken as soon as the step starts.
+ *
+ * src/step_wait.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "pg_workflow.h"
+
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "utils/builtins.h"
+#include "utils/timestamp.h"
+
+/*
+ * Takes the oldest pending signal "name" of the run; true and *payload
+ * when there was one.
+ */
+static bool
+wf_wait_take_signal(WfStepExec *ex, const char *name, Jsonb **payload)
+{
+	Oid			types[3] = {INT8OID, TEXTOID, TEXTOID};
+	Datum		args[3];
+	bool		isnull;
+	bool		found;
+
+	args[0] = Int64GetDatum(ex->run_id);
+	args[1] = CStringGetTextDatum(ex->step);
+	args[2] = CStringGetTextDatum(name);
+	if (SPI_execute_with_args("SELECT taken, payload FROM wf._take_signal($1, $2, $3)",
+							  3, types, args, NULL, false, 1) != SPI_OK_SELECT ||
+		SPI_processed != 1)
+		elog(ERROR, "could not take signal \"%s\"", name);
+	found = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
+									   1, &isnull));
+	if (found)
+		*payload = DatumGetJsonbPCopy(SPI_getbinval(SPI_tuptable->vals[0],
+													SPI_tuptable->tupdesc, 2, &isnull));
+	SPI_freetuptable(SPI_tuptable);
+	return found;
+}
+
+/* The moment an interval given as text after "from" is over. */
+static TimestampTz
+wf_wait_after(TimestampTz from, const char *interval)
+{
+	return TimestampTzPlusMilliseconds(from, wf_util_interval_ms(interval));
+}
+
+/* ----------------------------------------------------------------
+ * sleep: "5 minutes", {"until": TEMPLATE}, or a step-level "until"
+ * ----------------------------------------------------------------
+ */
+void
+wf_wait_sleep_execute(WfStepExec *ex, WfStepResult *res)
+{
+	Jsonb	   *sleep = wf_util_jsonb_get(ex->spec, "sleep");
+	char	   *duration = wf_util_jsonb_scalar_text(sleep);
+	char	   *until = NULL;
+	TimestampTz at;
+
+	if (duration != NULL)
+		at = wf_wait_after(GetCurrentTimestamp(), duration);
+	else
+	{
+		WfTemplateCtx tc;
+
+		until = sleep ? wf_util_jsonb_get_text(sleep, "until") :
+			wf_util_jsonb_get_text(ex->spec, "until");
+		if (until == NULL)
+			elog(ERROR, "sleep step \"%s\" has neither a duration nor \"until\"", ex->step);
+		memset(&tc, 0, sizeof(tc));
+		tc.context = ex->context;
+		until = wf_template_render_string(&tc, until, false);
+		at = DatumGetTimestampTz(DirectFunctionCall3(timestamptz_in,
+													 CStringGetDatum(until),
+													 ObjectIdGetDatum(InvalidOid),
+													 Int32GetDatum(-1)));
+	}
+
+	if (at <= GetCurrentTimestamp())
+	{
+		res->outcome = WF_STEP_COMPLETED;
+		res->output = NULL;
+		return;
+	}
+	res->outcome = WF_STEP_WAITING;
+	res->wake_at = at;
+	res->wait_key = NULL;
+}
+
+/* The timer fired. */
+void
+wf_wait_sleep_resume(WfStepExec *ex, WfStepResult *res)
+{
+	res->outcome = WF_STEP_COMPLETED;
+	res->output = NULL;
+}
+
+/* ----------------------------------------------------------------
+ * wait_for: {"signal": NAME} or {"event": NAME, "key": TEMPLATE},
+ * optional "timeout"
+ * ----------------------------------------------------------------
+ */
+
+/*
+ * Waits (again): until the timeout counted from the attempt's start, for
+ * what wait_key names.
+ */
+static void
+wf_wait_for_wait(WfStepExec *ex, WfStepResult *res, Jsonb *w, char *wait_key)
+{
+	char	   *timeout = wf_util_jsonb_get_text(w, "timeout");
+	char	   *what = wf_util_jsonb_get_text(w, "signal");
+
+	res->wait_key = wait_key;
+	res->wake_at = timeout ? wf_wait_after(ex->started_at, timeout) : 0;
+	if (res->wake_at != 0 && res->wake_at <= GetCurrentTimestamp())
+	{
+		res->outcome = WF_STEP_FAILED;
+		res->error_class = WF_ERROR_PERMANENT;
+		res->timed_out = true;
+		if (what == NULL)
+			what = wf_util_jsonb_get_text(w, "event");
+		res->error_message = psprintf("no %s \"%s\" came within %s",
+									  wf_util_jsonb_get_text(w, "signal") ? "signal" : "event",
+									  what, timeout);
+		return;
+	}
+	res->outcome = WF_STEP_WAITING;
+}
+
+void
+wf_wait_for_execute(WfStepExec *ex, WfStepResult *res)
+{
+	Jsonb	   *w = wf_util_jsonb_get(ex->spec, "wait_for");
+	char	   *signal = wf_util_jsonb_get_text(w, "signal");
+	char	   *event = wf_util_jsonb_get_text(w, "event");
+	Jsonb	   *payload;
+
+	if (signal != NULL)
+	{
+		/* A signal sent before we got here is kept for us. */
+		if (wf_wait_take_signal(ex, signal, &payload))
+		{
+			res->outcome = WF_STEP_COMPLETED;
+			res->output = payload;
+			return;
+		}
+		wf_wait_for_wait(ex, res, w, psprintf("signal:%s", signal));
+	}
+	else
+	{
+		char	   *key = wf_util_jsonb_get_text(w, "key");
+
+		if (key != NULL)
+		{
+			WfTemplateCtx tc;
+
+			memset(&tc, 0, sizeof(tc));
+			tc.context = ex->context;
+			key = wf_template_render_string(&tc, key, false);
+		}
+		wf_wait_for_wait(ex, res, w, psprintf("event:%s:%s", event, key ? key : ""));
+	}
+}
+
+void
+wf_wait_for_resume(WfStepExec *ex, WfStepResult *res)
+{
+	Jsonb	   *w = wf_util_jsonb_get(ex->spec, "wait_for");
+	char	   *signal = wf_util_jsonb_get_text(w, "signal");
+	Jsonb	   *payload;
+
+	if (signal != NULL)
+	{
+		if (wf_wait_take_signal(ex, signal, &payload))
+		{
+			res->outcome = WF_STEP_COMPLETED;
+			res->output = payload;
+			return;
+		}
+		/* Another step took it, or the timer fired. */
+		wf_wait_for_wait(ex, res, w, psprintf("signal:%s", signal));
+		return;
+	}
+	if (ex->payload != NULL)
+	{
+		/* wf_emit left {"event", "key", "payload"}: the output is the payload. */
+		res->outcome = WF_STEP_COMPLETED;
+		res->output = wf_util_jsonb_get(ex->payload, "payload");
+		return;
+	}
+	wf_wait_for_wait(ex, res, w, ex->wait_key);
+}
