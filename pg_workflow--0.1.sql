@@ -108,6 +108,8 @@ CREATE TABLE wf.step (
 	running_by	int,				-- executor slot of a running http step
 	wait_key	text,				-- what a waiting step waits for
 	payload		jsonb,				-- the event that woke a waiting step
+	assignee	text,				-- a human step's current assignee
+	escalated_at timestamptz,		-- when a human step was escalated
 	PRIMARY KEY (run_id, step)
 );
 /*
@@ -145,6 +147,20 @@ CREATE TABLE wf.event (
 	started		int NOT NULL,		-- runs started by subscriptions
 	woken		int NOT NULL		-- waiting steps woken
 );
+
+/* Failures, escalations and SLA breaches, for people to look at. */
+CREATE TABLE wf.alert (
+	id			bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+	run_id		bigint NOT NULL,
+	step		text,
+	kind		text NOT NULL,		-- failure, escalation, sla
+	message		text NOT NULL,
+	detail		jsonb,
+	raised_at	timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+	resolved_at	timestamptz,
+	resolved_by	oid
+);
+CREATE INDEX alert_open ON wf.alert (run_id) WHERE resolved_at IS NULL;
 
 /* Workflows started by events. */
 CREATE TABLE wf.subscription (
@@ -212,6 +228,7 @@ SELECT pg_catalog.pg_extension_config_dump('wf.secret', '');
 SELECT pg_catalog.pg_extension_config_dump('wf.signal', '');
 SELECT pg_catalog.pg_extension_config_dump('wf.event', '');
 SELECT pg_catalog.pg_extension_config_dump('wf.subscription', '');
+SELECT pg_catalog.pg_extension_config_dump('wf.alert', '');
 
 /* ---------------------------------------------------------------------
  * Internal helpers (owner only)
@@ -589,6 +606,15 @@ BEGIN
 	VALUES (p_run.id, p_status, p_error, actor);
 	PERFORM wf._notify(p_run.id, p_run.workflow, NULL, p_status);
 	PERFORM wf._run_ended(p_run.id);
+	IF p_status = 'failed' THEN
+		PERFORM wf._alert(p_run.id, p_error->>'step', 'failure',
+						  format('run %s of workflow "%s" failed: %s', p_run.id, p_run.workflow,
+								 coalesce(p_error->>'message', 'no message')),
+						  p_error);
+	END IF;
+	/* What was open about the run is settled now. */
+	UPDATE wf.alert SET resolved_at = clock_timestamp(), resolved_by = actor
+	 WHERE run_id = p_run.id AND resolved_at IS NULL AND kind = 'escalation';
 END
 $$;
 
@@ -691,7 +717,7 @@ CREATE FUNCTION wf._step_load(p_run_id bigint, p_step text, p_worker int,
 	OUT kind text, OUT spec jsonb, OUT owner oid, OUT search_path text,
 	OUT attempt int, OUT context jsonb, OUT defaults jsonb,
 	OUT started_at timestamptz, OUT resuming boolean, OUT payload jsonb,
-	OUT wait_key text)
+	OUT wait_key text, OUT escalated_at timestamptz)
 RETURNS SETOF record
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -731,8 +757,9 @@ BEGIN
 	 WHERE s.run_id = p_run_id AND s.step = p_step;
 	IF resuming THEN
 		/* A timer fired or a signal or event came: the same attempt goes on. */
-		SELECT s.kind, s.spec, s.attempt, s.started_at, s.payload, s.wait_key
-		  INTO kind, spec, attempt, started_at, payload, wait_key
+		SELECT s.kind, s.spec, s.attempt, s.started_at, s.payload, s.wait_key,
+			   s.escalated_at
+		  INTO kind, spec, attempt, started_at, payload, wait_key, escalated_at
 		  FROM wf.step s WHERE s.run_id = p_run_id AND s.step = p_step;
 	ELSE
 		UPDATE wf.step s SET attempt = s.attempt + 1, started_at = clock_timestamp(),
@@ -1024,6 +1051,50 @@ BEGIN
 END
 $$;
 
+/* Raises an alert: a row in wf.alert and NOTIFY wf_alerts. */
+CREATE FUNCTION wf._alert(p_run_id bigint, p_step text, p_kind text, p_message text,
+						  p_detail jsonb)
+RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+	aid	bigint;
+BEGIN
+	INSERT INTO wf.alert (run_id, step, kind, message, detail)
+	VALUES (p_run_id, p_step, p_kind, p_message, p_detail)
+	RETURNING id INTO aid;
+	PERFORM pg_notify('wf_alerts',
+					  json_build_object('alert', aid, 'run', p_run_id, 'step', p_step,
+										'kind', p_kind, 'message', left(p_message, 200))::text);
+END
+$$;
+
+/*
+ * A human step: (re)assigns it, and on escalation raises the alert.
+ */
+CREATE FUNCTION wf._human_task(p_run_id bigint, p_step text, p_assignee text,
+							   p_escalate boolean)
+RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+	before	text;
+BEGIN
+	SELECT assignee INTO before FROM wf.step WHERE run_id = p_run_id AND step = p_step;
+	UPDATE wf.step SET assignee = p_assignee,
+		   escalated_at = CASE WHEN p_escalate THEN clock_timestamp() ELSE escalated_at END
+	 WHERE run_id = p_run_id AND step = p_step;
+	IF p_escalate THEN
+		INSERT INTO wf.history_log (run_id, step, status, detail, actor)
+		SELECT p_run_id, p_step, 'escalated',
+			   jsonb_build_object('from', before, 'to', p_assignee), r.owner
+		  FROM wf.run r WHERE r.id = p_run_id;
+		PERFORM wf._alert(p_run_id, p_step, 'escalation',
+						  format('approval "%s" was not answered in time: escalated from %s to %s',
+								 p_step, before, p_assignee),
+						  jsonb_build_object('from', before, 'to', p_assignee));
+	END IF;
+END
+$$;
+
 /*
  * Fails the runs whose workflow timeout has passed; returns the next
  * deadline of an unfinished run, for the executors' sleep.
@@ -1056,7 +1127,7 @@ $$;
  */
 CREATE FUNCTION wf._step_failed(p_run_id bigint, p_step text, p_error jsonb,
 								p_retry_at timestamptz, p_skip boolean,
-								p_again boolean, OUT ready text[])
+								p_again boolean, p_escalate boolean, OUT ready text[])
 LANGUAGE plpgsql AS $$
 DECLARE
 	r	wf.run;
@@ -1099,6 +1170,29 @@ BEGIN
 		UPDATE wf.step SET error = p_error, attempt = d.attempt, started_at = d.started_at
 		 WHERE run_id = p_run_id AND step = p_step;
 		ready := res.ready;
+		RETURN;
+	END IF;
+	IF p_escalate THEN
+		/* on_error: escalate: parked until an operator calls wf_resolve. */
+		UPDATE wf.step SET status = 'escalated', running_by = NULL, error = p_error,
+			   wait_key = NULL, payload = NULL, ready_at = NULL,
+			   finished_at = clock_timestamp()
+		 WHERE run_id = p_run_id AND step = p_step;
+		INSERT INTO wf.history_log (run_id, step, status, attempt, detail, actor)
+		SELECT p_run_id, p_step, 'escalated', s.attempt, p_error, r.owner
+		  FROM wf.step s WHERE s.run_id = p_run_id AND s.step = p_step;
+		PERFORM wf._alert(p_run_id, p_step, 'escalation',
+						  format('step "%s" failed and needs an operator: %s', p_step,
+								 p_error->>'message'),
+						  p_error);
+		UPDATE wf.run SET status = 'waiting'
+		 WHERE id = p_run_id AND status = 'running'
+		   AND NOT EXISTS (SELECT 1 FROM wf.step s
+							WHERE s.run_id = p_run_id AND s.status IN ('ready', 'running'));
+		IF FOUND THEN
+			INSERT INTO wf.history_log (run_id, status, actor) VALUES (p_run_id, 'waiting', r.owner);
+			PERFORM wf._notify(p_run_id, r.workflow, NULL, 'waiting');
+		END IF;
 		RETURN;
 	END IF;
 	UPDATE wf.step SET status = 'failed', running_by = NULL, error = p_error,
@@ -1164,6 +1258,64 @@ END
 $$;
 
 CREATE FUNCTION @extschema@.wf_set_secret(name text, value text) RETURNS void
+	LANGUAGE C AS 'MODULE_PATHNAME', 'wf_api_call';
+
+/*
+ * wf_resolve: an operator's answer to an escalated step: retry it, skip it
+ * (with p_output as its output), or fail it (and the run).
+ */
+CREATE FUNCTION wf._resolve(caller oid, caller_path text, p_run_id bigint, p_step text,
+							p_action text, p_output jsonb)
+RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	r	wf.run;
+	st	wf.step;
+	d	record;
+BEGIN
+	PERFORM wf._run_status(caller, caller_path, p_run_id);
+	IF p_action IS NULL OR p_action NOT IN ('retry', 'skip', 'fail') THEN
+		RAISE EXCEPTION 'invalid action "%"', coalesce(p_action, '')
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'The action is retry, skip or fail.';
+	END IF;
+	r := wf._lock_run(caller, p_run_id);
+	SELECT * INTO st FROM wf.step WHERE run_id = p_run_id AND step = p_step FOR UPDATE;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'run % has no step "%"', p_run_id, p_step
+			USING ERRCODE = 'undefined_object';
+	END IF;
+	IF st.status <> 'escalated' OR r.status NOT IN ('running', 'waiting') THEN
+		RETURN false;
+	END IF;
+	UPDATE wf.alert SET resolved_at = clock_timestamp(), resolved_by = caller
+	 WHERE run_id = p_run_id AND step = p_step AND resolved_at IS NULL;
+	INSERT INTO wf.history_log (run_id, step, status, detail, actor)
+	VALUES (p_run_id, p_step, 'resolved', jsonb_build_object('action', p_action), caller);
+	IF p_action = 'retry' THEN
+		UPDATE wf.step SET status = 'ready', attempt = 0, ready_at = clock_timestamp(),
+			   finished_at = NULL
+		 WHERE run_id = p_run_id AND step = p_step;
+		UPDATE wf.run SET status = 'running' WHERE id = p_run_id AND status = 'waiting';
+		PERFORM wf._wake();
+	ELSIF p_action = 'skip' THEN
+		SELECT * INTO d FROM wf._step_done(p_run_id, p_step, 'skipped', p_output);
+		UPDATE wf.run SET status = 'running' WHERE id = p_run_id AND status = 'waiting';
+		PERFORM wf._wake();
+	ELSE
+		UPDATE wf.step SET status = 'failed' WHERE run_id = p_run_id AND step = p_step;
+		PERFORM wf._finish_run(r, 'failed',
+							   jsonb_build_object('step', p_step,
+												  'message', 'failed by an operator')
+							   || coalesce(st.error - 'message', '{}'), caller);
+	END IF;
+	RETURN true;
+END
+$$;
+
+CREATE FUNCTION @extschema@.wf_resolve(run_id bigint, step text, action text,
+									   output jsonb DEFAULT NULL)
+RETURNS boolean
 	LANGUAGE C AS 'MODULE_PATHNAME', 'wf_api_call';
 
 /*
@@ -1359,13 +1511,33 @@ CREATE VIEW wf.circuit_breakers AS
 		   b.updated_at
 	  FROM wf.circuit_breaker b;
 
+CREATE VIEW wf.alerts WITH (security_barrier) AS
+	SELECT a.id, a.run_id, r.workflow, a.step, a.kind, a.message, a.detail,
+		   a.raised_at, a.resolved_at, a.resolved_by::regrole AS resolved_by
+	  FROM wf.alert a JOIN wf.run r ON r.id = a.run_id
+	 WHERE r.owner = (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user)
+		OR (SELECT pg_catalog.pg_has_role('wf_admin', 'MEMBER'));
+
+/* Open approvals, for their assignees. */
+CREATE VIEW wf.human_tasks WITH (security_barrier) AS
+	SELECT s.run_id, r.workflow, s.step, s.assignee,
+		   s.spec->'human'->>'title' AS title,
+		   s.spec->'human'->>'description' AS description,
+		   s.started_at AS opened_at, s.ready_at AS deadline,
+		   s.escalated_at IS NOT NULL AS escalated, s.escalated_at
+	  FROM wf.step s JOIN wf.run r ON r.id = s.run_id
+	 WHERE s.kind = 'human' AND s.status = 'waiting'
+	   AND (r.owner = (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user)
+			OR s.assignee = current_user
+			OR (SELECT pg_catalog.pg_has_role('wf_admin', 'MEMBER')));
+
 /* Which secrets exist, never their values. */
 CREATE VIEW wf.secrets AS
 	SELECT s.name, s.updated_at, s.updated_by::regrole AS updated_by
 	  FROM wf.secret s;
 
 GRANT SELECT ON wf.workflows, wf.runs, wf.steps, wf.history, wf.secrets,
-	wf.circuit_breakers TO PUBLIC;
+	wf.circuit_breakers, wf.alerts, wf.human_tasks TO PUBLIC;
 
 /* Internal functions are the owner's; the wf_* shims call them. */
 DO $$

@@ -440,27 +440,59 @@ wait_all_done() {
 # Memory
 # ---------------------------------------------------------------------------
 
-# One line per pid: "pid rss_kB private_dirty_kB" (VmRSS from status,
-# Private_Dirty from smaps_rollup). Nothing for a pid that has gone.
+# One line per pid: "PREFIXpid rss_kB private_dirty_kB" (VmRSS from
+# /proc/PID/status, Private_Dirty from /proc/PID/smaps_rollup), read with
+# bash builtins only, so that sampling forks nothing. Nothing for a pid that
+# has gone. Usage: mem_of PREFIX PID...
 mem_of() {
-	local pid
+	local prefix=$1 pid k v rss pd
+	shift
 	for pid in "$@"; do
-		awk -v pid="$pid" '
-			FILENAME ~ /status$/ && /^VmRSS:/ { rss = $2 }
-			FILENAME ~ /smaps_rollup$/ && /^Private_Dirty:/ { pd = $2 }
-			END { if (rss != "") print pid, rss, pd + 0 }' \
-			"/proc/$pid/status" "/proc/$pid/smaps_rollup" 2>/dev/null || true
+		rss=
+		pd=0
+		{
+			while read -r k v _; do
+				[[ "$k" == VmRSS: ]] && { rss=$v; break; }
+			done <"/proc/$pid/status"
+			while read -r k v _; do
+				[[ "$k" == Private_Dirty: ]] && { pd=$v; break; }
+			done <"/proc/$pid/smaps_rollup"
+		} 2>/dev/null || continue
+		[[ -n "$rss" ]] && printf '%s%s %s %s\n' "$prefix" "$pid" "$rss" "$pd"
+	done
+	return 0
+}
+
+# Background: mem_of every POLL_S (on a fixed cadence: the time spent
+# sampling is not added to the interval), each line prefixed with the
+# sample number.
+sampler() {
+	local n=0 next now step_us pause
+	step_us=$(awk -v s="$POLL_S" 'BEGIN { printf "%d", s * 1000000 }')
+	next=${EPOCHREALTIME//[.,]/}	# microseconds, without a fork
+	while :; do
+		mem_of "$n " "$@"
+		n=$((n + 1))
+		next=$((next + step_us))
+		now=${EPOCHREALTIME//[.,]/}
+		if ((next > now)); then
+			printf -v pause '%d.%06d' $(((next - now) / 1000000)) $(((next - now) % 1000000))
+			sleep "$pause"
+		else
+			next=$now
+		fi
 	done
 }
 
-# Background: mem_of every POLL_S, each line prefixed with a sample number.
-sampler() {
-	local n=0
-	while :; do
-		mem_of "$@" | sed "s/^/$n /"
-		n=$((n + 1))
-		sleep "$POLL_S"
+# Sum over pids of /proc/PID/schedstat: "ns on CPU, ns waiting for a CPU".
+sched_of() {
+	local pid cpu wait sum_cpu=0 sum_wait=0
+	for pid in "$@"; do
+		read -r cpu wait _ <"/proc/$pid/schedstat" 2>/dev/null || continue
+		sum_cpu=$((sum_cpu + cpu))
+		sum_wait=$((sum_wait + wait))
 	done
+	echo "$sum_cpu $sum_wait"
 }
 
 sampler_start() {
@@ -602,12 +634,13 @@ print_memory() {
 }
 
 run_round() {
-	local r=$1 n=$STEPS lo hi t0 t1 line bad
+	local r=$1 n=$STEPS lo hi t0 t1 line cpu0 wait0 cpu1 wait1 execs
 	section "Round $r of $ROUNDS: $n runs of one http step (GET /slow, 50 ms), started in one transaction"
 	mapfile -t EXEC_PIDS < <(executor_pids)
 	((${#EXEC_PIDS[@]} == WORKERS)) || die "expected $WORKERS executors, found ${#EXEC_PIDS[@]}"
 	lo=$(max_run_id)
-	mem_of "${EXEC_PIDS[@]}" >"$WORK/mem.before$r"
+	mem_of "" "${EXEC_PIDS[@]}" >"$WORK/mem.before$r"
+	read -r cpu0 wait0 <<<"$(sched_of "${EXEC_PIDS[@]}")"
 	sampler_start "$r"
 	((r == 1)) && perf_start
 	t0=$(now_ms)
@@ -618,7 +651,11 @@ run_round() {
 	wait_all_done
 	perf_stop
 	sampler_stop
-	mem_of "${EXEC_PIDS[@]}" >"$WORK/mem.after$r"
+	read -r cpu1 wait1 <<<"$(sched_of "${EXEC_PIDS[@]}")"
+	mem_of "" "${EXEC_PIDS[@]}" >"$WORK/mem.after$r"
+	execs=$(executor_pids | paste -sd' ' -)
+	[[ "$execs" == "${EXEC_PIDS[*]}" ]] ||
+		log "round $r: the executors changed during the round (${EXEC_PIDS[*]} -> $execs): did one crash?"
 
 	line=$(q -F '|' -c "
 		WITH r AS (SELECT * FROM wf.run WHERE id > $lo AND id <= $hi),
@@ -639,11 +676,14 @@ run_round() {
 			   (SELECT round(percentile_cont(0.5) WITHIN GROUP (ORDER BY ms)::numeric, 1) FROM s),
 			   (SELECT round(percentile_cont(0.99) WITHIN GROUP (ORDER BY ms)::numeric, 1) FROM s),
 			   (SELECT round(max(ms)::numeric, 1) FROM s),
-			   (SELECT round(sum(ms)::numeric, 1) FROM s)
+			   (SELECT round(sum(ms)::numeric, 1) FROM s),
+			   (SELECT count(DISTINCT pg_xact_commit_timestamp(h.xmin))
+				  FROM wf.history_log h JOIN r ON r.id = h.run_id
+				 WHERE h.step IS NOT NULL)
 		  FROM c")
 	IFS='|' read -r "R[r${r}_done]" "R[r${r}_failed]" "R[r${r}_cancelled]" "R[r${r}_ok]" \
 		"R[r${r}_retried]" "R[r${r}_window_ms]" "R[r${r}_wall_ms]" "R[r${r}_first_ms]" \
-		"R[r${r}_p50]" "R[r${r}_p99]" "R[r${r}_max]" "R[r${r}_sum_ms]" <<<"$line"
+		"R[r${r}_p50]" "R[r${r}_p99]" "R[r${r}_max]" "R[r${r}_sum_ms]" "R[r${r}_commits]" <<<"$line"
 	R[r${r}_rps]=$(fmt '%.0f' "$(awk -v n="$n" -v w="${R[r${r}_window_ms]}" 'BEGIN { print n / (w / 1000) }')")
 	R[r${r}_inflight]=$(fmt '%.0f' "$(awk -v s="${R[r${r}_sum_ms]}" -v w="${R[r${r}_window_ms]}" 'BEGIN { print s / w }')")
 
@@ -655,12 +695,24 @@ run_round() {
 		"${R[r${r}_ok]}" "${R[r${r}_retried]}"
 	printf '  %-46s %s ms\n' "first step started_at .. last finished_at" "${R[r${r}_window_ms]}"
 	printf '  %-46s %s req/s\n' "requests/s ($n / that window)" "${R[r${r}_rps]}"
-	printf '  %-46s %s ms (client, 100 ms polls: %s ms)\n' "wall time, commit -> last run finished" \
-		"${R[r${r}_wall_ms]}" "${R[poll_ms]}"
+	printf '  %-46s %s ms (client, polls every %s s: %s ms)\n' "wall time, commit -> last run finished" \
+		"${R[r${r}_wall_ms]}" "$POLL_S" "${R[poll_ms]}"
 	printf '  %-46s %s ms\n' "commit -> first step started" "${R[r${r}_first_ms]}"
 	printf '  %-46s p50 %s, p99 %s, max %s ms\n' "step duration (finished_at - started_at)" \
 		"${R[r${r}_p50]}" "${R[r${r}_p99]}" "${R[r${r}_max]}"
-	printf '  %-46s %s (sum of durations / window)\n' "steps running at once, average" "${R[r${r}_inflight]}"
+	printf '  %-46s %s (sum of durations / window; at most %s)\n' "steps running at once, average" \
+		"${R[r${r}_inflight]}" "$((WORKERS * $(q -c "SHOW pg_workflow.http_max_concurrency")))"
+	printf '  %-46s %s (%s step checkpoints per commit)\n' "executor commits with a step checkpoint" \
+		"${R[r${r}_commits]}" "$(fmt '%.1f' "$(awk -v n="$n" -v c="${R[r${r}_commits]}" 'BEGIN { print (c > 0 ? 2 * n / c : 0) }')")"
+	# /proc/PID/schedstat: time on a CPU and time runnable but waiting for one.
+	R[r${r}_cpu_ms]=$(((cpu1 - cpu0) / 1000000))
+	R[r${r}_rq_ms]=$(((wait1 - wait0) / 1000000))
+	printf '  %-46s %s ms = %s us per step, %s%% of %s x window\n' "executors' CPU time (schedstat)" \
+		"${R[r${r}_cpu_ms]}" "$(((cpu1 - cpu0) / 1000 / n))" \
+		"$(fmt '%.0f' "$(awk -v c="${R[r${r}_cpu_ms]}" -v w="${R[r${r}_window_ms]}" -v k="$WORKERS" 'BEGIN { print 100 * c / (k * w) }')")" "$WORKERS"
+	printf '  %-46s %s ms, %s%% of %s x window\n' "executors runnable, waiting for a CPU" \
+		"${R[r${r}_rq_ms]}" \
+		"$(fmt '%.0f' "$(awk -v c="${R[r${r}_rq_ms]}" -v w="${R[r${r}_window_ms]}" -v k="$WORKERS" 'BEGIN { print 100 * c / (k * w) }')")" "$WORKERS"
 	print_memory "$r" "$WORK/mem.before$r" "$WORK/mem.after$r"
 	((r == 1)) && perf_print
 
@@ -687,14 +739,16 @@ row() {
 print_summary() {
 	local r ok first last limit
 	section "Summary (workers = $WORKERS, $STEPS steps x $ROUNDS rounds$( ((QUICK)) && echo ', QUICK mode'))"
-	printf '  %-6s %10s %12s %8s %14s %14s %14s\n' "round" "req/s" "wall ms" "failed" \
-		"peak RSS MiB" "peak priv MiB" "priv after MiB"
+	printf '  %-5s %7s %9s %6s %9s %9s %9s %9s %9s\n' "round" "req/s" "wall ms" "failed" \
+		"CPU/step" "CPU wait" "peak RSS" "peak priv" "priv after"
 	for ((r = 1; r <= ROUNDS; r++)); do
-		printf '  %-6s %10s %12s %8s %14s %14s %14s\n' "$r" "${R[r${r}_rps]}" "${R[r${r}_wall_ms]}" \
-			"${R[r${r}_failed]}" "$(mib "${R[r${r}_rss_peak]}")" "$(mib "${R[r${r}_priv_peak]}")" \
+		printf '  %-5s %7s %9s %6s %9s %9s %9s %9s %9s\n' "$r" "${R[r${r}_rps]}" "${R[r${r}_wall_ms]}" \
+			"${R[r${r}_failed]}" "$((${R[r${r}_cpu_ms]} * 1000 / STEPS)) us" \
+			"${R[r${r}_rq_ms]} ms" "$(mib "${R[r${r}_rss_peak]}")" "$(mib "${R[r${r}_priv_peak]}")" \
 			"$(mib "${R[r${r}_priv_after]}")"
 	done
-	printf '  (memory: sum over the %s executors)\n\n' "$WORKERS"
+	printf '  (CPU/step: executors'"'"' CPU time per step; CPU wait: time they were runnable\n'
+	printf '  but waiting for a CPU; memory in MiB, summed over the %s executors)\n\n' "$WORKERS"
 	printf '  %-38s %-14s %-24s %s\n' "figure" "value" "target" "result"
 	for ((r = 1; r <= ROUNDS; r++)); do
 		row "runs completed, round $r" "${R[r${r}_done]}" "= $STEPS" "$((${R[r${r}_done]} == STEPS))"

@@ -43,14 +43,13 @@ SELECT * FROM wf_validate('{"steps": [{"name": "x", "sql": "SELECT 1", "payload"
 -- actions and policies not supported yet
 SELECT * FROM wf_validate('{"steps": [
   {"name": "g", "agent": "pool"},
-  {"name": "u", "human": {"assignee": "bob"}},
   {"name": "c", "workflow": "child"},
   {"name": "i", "if": "$.a", "then": [{"name": "i1", "sql": "SELECT 1"}]},
   {"name": "p", "parallel": [{"name": "b", "steps": [{"name": "p1", "sql": "SELECT 1"}]}]},
   {"name": "m", "map": {"over": "$.input[*]", "step": {"name": "m1", "sql": "SELECT 1"}}}]}');
 SELECT * FROM wf_validate('{"steps": [{"name": "x", "sql": "SELECT 1",
   "compensate": {"sql": "SELECT 2"}, "circuit_breaker": {"failures": 3, "reset_after": "1m"},
-  "on_error": "compensate"}, {"name": "y", "sql": "SELECT 1", "on_error": {"strategy": "escalate"}}]}');
+  "on_error": "compensate"}]}');
 
 -- durable waits: sleep, until, wait_for
 SELECT * FROM wf_validate('{"timeout": "1 day", "steps": [

@@ -144,15 +144,17 @@ SELECT wf_export('seq', 42);
 SELECT count(*) = :runs_before AS nothing_written FROM wf.runs;
 
 -- Durable waits: a signal sent before the wait is kept, one sent after wakes it.
-CREATE FUNCTION wait_until_waiting(run bigint, step_name text) RETURNS void
+CREATE FUNCTION wait_until_step(run bigint, step_name text, wanted text) RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
 	FOR i IN 1..1200 LOOP
-		EXIT WHEN (SELECT status FROM wf.steps WHERE run_id = run AND step = step_name) = 'waiting';
+		EXIT WHEN (SELECT status FROM wf.steps WHERE run_id = run AND step = step_name) = wanted;
 		PERFORM pg_sleep(0.05);
 	END LOOP;
 END
 $$;
+CREATE FUNCTION wait_until_waiting(run bigint, step_name text) RETURNS void
+	LANGUAGE sql AS $$ SELECT wait_until_step(run, step_name, 'waiting') $$;
 SELECT wf_define('approval', '{"steps": [
   {"name": "approve", "wait_for": {"signal": "decision", "timeout": "1 hour"}},
   {"name": "act", "sql": "SELECT $1->''steps''->''approve''->>''decision''"}
@@ -196,3 +198,47 @@ SELECT wf_start('too-slow') AS ts, wf_start('no-answer') AS na \gset
 SELECT wf_wait(:ts, '60 s'), wf_wait(:na, '60 s');
 SELECT error->>'message' AS run_error FROM wf.runs WHERE id = :ts;
 SELECT step, status, error->>'message' AS message FROM wf.steps WHERE run_id IN (:ts, :na) ORDER BY run_id;
+
+-- Human approval: assignee, decision by wf_signal; escalation, then on_timeout.
+SELECT wf_define('ticket-approval', '{"steps": [
+  {"name": "analyse", "sql": "SELECT jsonb_build_object(''risk'', ''high'')"},
+  {"name": "manager-approval", "human": {"assignee": "manager", "title": "Approve the change",
+     "timeout": "300ms", "escalation": {"timeout": "300ms", "escalate_to": "director"},
+     "on_timeout": {"decision": "rejected", "reason": "nobody answered"}}},
+  {"name": "implement", "when": "$.steps.\"manager-approval\".decision == \"approved\"",
+   "sql": "SELECT ''implemented''"},
+  {"name": "notify-rejection", "when": "$.steps.\"manager-approval\".decision != \"approved\"",
+   "sql": "SELECT ''told the requester''"}
+]}');
+SELECT wf_start('ticket-approval') AS yes, wf_start('ticket-approval') AS silence \gset
+SELECT wait_until_waiting(:yes, 'manager-approval');
+SELECT step, assignee, title, escalated FROM wf.human_tasks WHERE run_id = :yes;
+SELECT wf_signal(:yes, 'manager-approval', '{"decision": "approved"}');
+SELECT wf_wait(:yes, '60 s'), wf_wait(:silence, '60 s');
+SELECT run_id = :yes AS answered, step, status, output FROM wf.steps
+ WHERE run_id IN (:yes, :silence) ORDER BY run_id, ord;
+SELECT step, kind, message FROM wf.alerts WHERE run_id = :silence;
+
+-- on_error escalate parks the step for an operator's wf_resolve.
+CREATE TABLE switch (on_ boolean);
+INSERT INTO switch VALUES (false);
+SELECT wf_define('needs-operator', '{"steps": [
+  {"name": "check", "on_error": "escalate", "sql": "SELECT CASE WHEN on_ THEN 1 ELSE 1 / (SELECT 0) END FROM switch"},
+  {"name": "after", "sql": "SELECT 2"}
+]}');
+SELECT wf_start('needs-operator') AS r1, wf_start('needs-operator') AS r2,
+       wf_start('needs-operator') AS r3 \gset
+SELECT wait_until_step(:r1, 'check', 'escalated'), wait_until_step(:r2, 'check', 'escalated'),
+       wait_until_step(:r3, 'check', 'escalated');
+SELECT id, status FROM wf.runs WHERE id IN (:r1, :r2, :r3) ORDER BY id;
+SELECT count(*) AS open_escalations FROM wf.alerts
+ WHERE run_id IN (:r1, :r2, :r3) AND kind = 'escalation' AND resolved_at IS NULL;
+UPDATE switch SET on_ = true;
+SELECT wf_resolve(:r1, 'check', 'retry') AS retried,
+       wf_resolve(:r2, 'check', 'skip', '{"by": "operator"}') AS skipped,
+       wf_resolve(:r3, 'check', 'fail') AS failed;
+SELECT wf_wait(:r1, '60 s'), wf_wait(:r2, '60 s'), wf_wait(:r3, '60 s');
+SELECT run_id, step, status, output FROM wf.steps WHERE run_id IN (:r1, :r2, :r3) ORDER BY run_id, ord;
+SELECT wf_resolve(:r1, 'check', 'retry') AS not_escalated_any_more;
+SELECT wf_resolve(:r1, 'check', 'shrug');
+SELECT wf_resolve(:r1, 'nope', 'retry');

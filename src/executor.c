@@ -68,6 +68,7 @@ static const WfStepKind wf_step_kinds[] = {
 	{"sleep", wf_wait_sleep_execute, wf_wait_sleep_resume},
 	{"until", wf_wait_sleep_execute, wf_wait_sleep_resume},
 	{"wait_for", wf_wait_for_execute, wf_wait_for_resume},
+	{"human", wf_wait_human_execute, wf_wait_human_resume},
 };
 
 /* The step timeout: its own timer, so that we know it was ours. */
@@ -125,8 +126,8 @@ wf_exec_prepare_all(void)
 	Oid			wait_types[4] = {INT8OID, TEXTOID, TIMESTAMPTZOID, TEXTOID};
 	Oid			key_types[3] = {INT8OID, TEXTOID, INT4OID};
 	Oid			done_types[4] = {INT8OID, TEXTOID, TEXTOID, JSONBOID};
-	Oid			failed_types[6] = {INT8OID, TEXTOID, JSONBOID, TIMESTAMPTZOID,
-	BOOLOID, BOOLOID};
+	Oid			failed_types[7] = {INT8OID, TEXTOID, JSONBOID, TIMESTAMPTZOID,
+	BOOLOID, BOOLOID, BOOLOID};
 
 	if (wf_plan_claim != NULL)
 		return;
@@ -153,15 +154,15 @@ wf_exec_prepare_all(void)
 									   0, NULL);
 	wf_plan_load = wf_exec_prepare(
 								   "SELECT kind, spec, owner, search_path, attempt, context, defaults, started_at,"
-								   " resuming, payload, wait_key"
+								   " resuming, payload, wait_key, escalated_at"
 								   " FROM wf._step_load($1, $2, $3)",
 								   3, key_types);
 	wf_plan_done = wf_exec_prepare(
 								   "SELECT ok, ready FROM wf._step_done($1, $2, $3, $4)",
 								   4, done_types);
 	wf_plan_failed = wf_exec_prepare(
-									 "SELECT ready FROM wf._step_failed($1, $2, $3, $4, $5, $6)",
-									 6, failed_types);
+									 "SELECT ready FROM wf._step_failed($1, $2, $3, $4, $5, $6, $7)",
+									 7, failed_types);
 	wf_plan_resume = wf_exec_prepare(
 									 "SELECT spec, defaults FROM wf._step_resume($1, $2, $3, $4)",
 									 4, resume_types);
@@ -506,6 +507,8 @@ wf_exec_step(WfWorkItem *item, List *queue, MemoryContext batchctx)
 	ex->payload = isnull ? NULL : DatumGetJsonbPCopy(d);
 	d = SPI_getbinval(tuple, tupdesc, 11, &isnull);
 	ex->wait_key = isnull ? NULL : TextDatumGetCString(d);
+	d = SPI_getbinval(tuple, tupdesc, 12, &isnull);
+	ex->escalated_at = isnull ? 0 : DatumGetTimestampTz(d);
 	SPI_freetuptable(SPI_tuptable);
 
 	s = wf_util_jsonb_get_text(ex->spec, "timeout");
@@ -602,11 +605,12 @@ static List *
 wf_exec_record_failure(WfStepExec *ex, Jsonb *defaults, WfStepResult *res,
 					   List *queue, MemoryContext batchctx)
 {
-	Datum		args[6];
-	char		nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
-	char	   *strategy;
+	Datum		args[7];
+	char		nulls[7] = {' ', ' ', ' ', ' ', ' ', ' ', ' '};
+	char	   *strategy = NULL;
 	TimestampTz retry_at = 0;
 	bool		skip = false;
+	bool		escalate = false;
 	bool		isnull;
 	Datum		ready;
 
@@ -634,6 +638,8 @@ wf_exec_record_failure(WfStepExec *ex, Jsonb *defaults, WfStepResult *res,
 													   (int64) res->retry_after_s * 1000));
 		if (retry_at == 0 && strategy != NULL && strcmp(strategy, "skip") == 0)
 			skip = true;
+		if (retry_at == 0 && strategy != NULL && strcmp(strategy, "escalate") == 0)
+			escalate = true;
 		ereport(LOG,
 				(errmsg("step \"%s\" of run " INT64_FORMAT " failed: %s",
 						ex->step, ex->run_id, res->error_message),
@@ -652,6 +658,7 @@ wf_exec_record_failure(WfStepExec *ex, Jsonb *defaults, WfStepResult *res,
 	args[4] = BoolGetDatum(skip);
 	args[5] = BoolGetDatum(res->outcome == WF_STEP_INTERRUPTED ||
 						   res->outcome == WF_STEP_DEFERRED);
+	args[6] = BoolGetDatum(escalate);
 	if (SPI_execute_plan(wf_plan_failed, args, nulls, false, 0) != SPI_OK_SELECT ||
 		SPI_processed != 1)
 		elog(ERROR, "could not record the failure of step \"%s\"", ex->step);

@@ -141,6 +141,7 @@ typedef struct WfStepExec
 	bool		resuming;		/* a waiting step's timer fired or it was woken */
 	Jsonb	   *payload;		/* the event that woke it, or NULL */
 	char	   *wait_key;		/* what it waited for */
+	TimestampTz escalated_at;	/* a human step's escalation, or 0 */
 } WfStepExec;
 
 /* The outcome of one attempt. */
@@ -197,6 +198,8 @@ extern void wf_wait_sleep_execute(WfStepExec *ex, WfStepResult *res);
 extern void wf_wait_sleep_resume(WfStepExec *ex, WfStepResult *res);
 extern void wf_wait_for_execute(WfStepExec *ex, WfStepResult *res);
 extern void wf_wait_for_resume(WfStepExec *ex, WfStepResult *res);
+extern void wf_wait_human_execute(WfStepExec *ex, WfStepResult *res);
+extern void wf_wait_human_resume(WfStepExec *ex, WfStepResult *res);
 
 /* ----------------------------------------------------------------
  * The http kind (http.c)

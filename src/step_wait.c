@@ -208,3 +208,98 @@ wf_wait_for_resume(WfStepExec *ex, WfStepResult *res)
 	}
 	wf_wait_for_wait(ex, res, w, ex->wait_key);
 }
+
+/* ----------------------------------------------------------------
+ * human: {assignee, timeout, escalation: {timeout, escalate_to},
+ * on_timeout, title, description}.  The decision is the signal named
+ * after the step: wf_signal(run, '<step name>', decision).
+ * ----------------------------------------------------------------
+ */
+
+static void
+wf_wait_human_assign(WfStepExec *ex, const char *assignee, bool escalate)
+{
+	Oid			types[4] = {INT8OID, TEXTOID, TEXTOID, BOOLOID};
+	Datum		args[4];
+	WfTemplateCtx tc;
+
+	memset(&tc, 0, sizeof(tc));
+	tc.context = ex->context;
+	args[0] = Int64GetDatum(ex->run_id);
+	args[1] = CStringGetTextDatum(ex->step);
+	args[2] = CStringGetTextDatum(wf_template_render_string(&tc, assignee, false));
+	args[3] = BoolGetDatum(escalate);
+	if (SPI_execute_with_args("SELECT wf._human_task($1, $2, $3, $4)", 4, types, args,
+							  NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not assign human step \"%s\"", ex->step);
+}
+
+void
+wf_wait_human_execute(WfStepExec *ex, WfStepResult *res)
+{
+	Jsonb	   *h = wf_util_jsonb_get(ex->spec, "human");
+	char	   *timeout = wf_util_jsonb_get_text(h, "timeout");
+	Jsonb	   *decision;
+
+	wf_wait_human_assign(ex, wf_util_jsonb_get_text(h, "assignee"), false);
+	if (wf_wait_take_signal(ex, ex->step, &decision))
+	{
+		res->outcome = WF_STEP_COMPLETED;
+		res->output = decision;
+		return;
+	}
+	res->outcome = WF_STEP_WAITING;
+	res->wait_key = psprintf("signal:%s", ex->step);
+	res->wake_at = timeout ? wf_wait_after(ex->started_at, timeout) : 0;
+}
+
+void
+wf_wait_human_resume(WfStepExec *ex, WfStepResult *res)
+{
+	Jsonb	   *h = wf_util_jsonb_get(ex->spec, "human");
+	Jsonb	   *escalation = wf_util_jsonb_get(h, "escalation");
+	Jsonb	   *on_timeout = wf_util_jsonb_get(h, "on_timeout");
+	char	   *timeout = wf_util_jsonb_get_text(h, "timeout");
+	Jsonb	   *decision;
+	TimestampTz deadline;
+
+	if (wf_wait_take_signal(ex, ex->step, &decision))
+	{
+		res->outcome = WF_STEP_COMPLETED;
+		res->output = decision;
+		return;
+	}
+
+	/* Woken without a decision: the deadline, or a spurious wake-up. */
+	res->wait_key = psprintf("signal:%s", ex->step);
+	deadline = timeout ? wf_wait_after(ex->started_at, timeout) : 0;
+	if (ex->escalated_at != 0)
+		deadline = wf_wait_after(ex->escalated_at,
+								 wf_util_jsonb_get_text(escalation, "timeout"));
+	if (deadline == 0 || deadline > GetCurrentTimestamp())
+	{
+		res->outcome = WF_STEP_WAITING;
+		res->wake_at = deadline;
+		return;
+	}
+
+	if (escalation != NULL && ex->escalated_at == 0)
+	{
+		/* First deadline: reassign, alert, and wait for the second. */
+		wf_wait_human_assign(ex, wf_util_jsonb_get_text(escalation, "escalate_to"), true);
+		res->outcome = WF_STEP_WAITING;
+		res->wake_at = wf_wait_after(GetCurrentTimestamp(),
+									 wf_util_jsonb_get_text(escalation, "timeout"));
+		return;
+	}
+	if (on_timeout != NULL)
+	{
+		res->outcome = WF_STEP_COMPLETED;
+		res->output = on_timeout;
+		return;
+	}
+	res->outcome = WF_STEP_FAILED;
+	res->error_class = WF_ERROR_PERMANENT;
+	res->timed_out = true;
+	res->error_message = psprintf("approval \"%s\" got no decision in time", ex->step);
+}

@@ -193,7 +193,7 @@ static const WfvFeature wfv_features[] = {
 	{"http", WFV_ACTION, "http", wfv_check_http, true},
 	{"agent", WFV_ACTION, "agent", wfv_check_agent, false},
 	{"wait_for", WFV_ACTION, "wait_for", wfv_check_wait_for, true},
-	{"human", WFV_ACTION, "human", wfv_check_human, false},
+	{"human", WFV_ACTION, "human", wfv_check_human, true},
 	{"sleep", WFV_ACTION, "sleep", wfv_check_sleep, true},
 	{"workflow", WFV_ACTION, "workflow", wfv_check_workflow, false},
 	{"if", WFV_ACTION, "if", wfv_check_if, false},
@@ -220,7 +220,7 @@ static const WfvFeature wfv_features[] = {
 	{"retry", WFV_STRATEGY, NULL, NULL, true},
 	{"skip", WFV_STRATEGY, NULL, NULL, true},
 	{"compensate", WFV_STRATEGY, NULL, NULL, false},
-	{"escalate", WFV_STRATEGY, NULL, NULL, false},
+	{"escalate", WFV_STRATEGY, NULL, NULL, true},
 	{"fail", WFV_STRATEGY, NULL, NULL, true},
 };
 
