@@ -76,7 +76,8 @@ CREATE TABLE wf.run (
 	start_at	timestamptz,
 	started_at	timestamptz,
 	finished_at	timestamptz,
-	deadline	timestamptz			-- the workflow's "timeout", from the start
+	deadline	timestamptz,		-- the workflow's "timeout", from the start
+	compensating jsonb				-- while a saga undoes: why, and what is undone
 );
 CREATE UNIQUE INDEX run_idempotency_key ON wf.run (workflow, idempotency_key)
 	WHERE idempotency_key IS NOT NULL;
@@ -630,7 +631,10 @@ BEGIN
 	IF r.status IN ('completed', 'failed', 'cancelled') THEN
 		RETURN false;
 	END IF;
-	PERFORM wf._finish_run(r, 'cancelled',
+	IF r.compensating IS NOT NULL THEN
+		RETURN false;			-- already undoing: let it finish
+	END IF;
+	PERFORM wf._compensate(r, 'cancelled',
 						   jsonb_build_object('message', coalesce(p_reason, 'cancelled'),
 											  'cancelled_by', caller::regrole::text),
 						   caller);
@@ -646,6 +650,11 @@ BEGIN
 	r := wf._lock_run(caller, p_run_id);
 	IF r.status <> 'failed' THEN
 		RETURN false;
+	END IF;
+	IF r.compensating IS NOT NULL THEN
+		RAISE EXCEPTION 'run % was compensated and cannot be retried', p_run_id
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  HINT = 'Start a new run.';
 	END IF;
 	/* Failed and cancelled steps start over; completed ones keep their output. */
 	UPDATE wf.step SET attempt = 0, error = NULL, output = NULL,
@@ -840,7 +849,23 @@ BEGIN
 		SELECT array_agg(u.step) INTO ready FROM u WHERE u.status = 'ready';
 	END IF;
 
-	IF r.steps_left = 0 THEN
+	IF p_step LIKE 'compensate:%' AND p_status = 'completed' THEN
+		/* The saga undid a step. */
+		UPDATE wf.step SET status = 'compensated'
+		 WHERE run_id = p_run_id AND step = substr(p_step, 12);
+		UPDATE wf.run
+		   SET compensating = jsonb_set(compensating, '{compensated}',
+										compensating->'compensated' || to_jsonb(substr(p_step, 12)))
+		 WHERE id = p_run_id
+		RETURNING * INTO r;
+	END IF;
+
+	IF r.steps_left = 0 AND r.compensating IS NOT NULL THEN
+		PERFORM wf._finish_run(r, r.compensating->>'status',
+							   (r.compensating->'error') ||
+							   jsonb_build_object('compensated', r.compensating->'compensated'),
+							   r.owner);
+	ELSIF r.steps_left = 0 THEN
 		UPDATE wf.run SET status = 'completed', finished_at = clock_timestamp(),
 			   output = (SELECT s.output FROM wf.step s WHERE s.run_id = p_run_id
 						  ORDER BY s.ord DESC LIMIT 1)
@@ -1120,6 +1145,60 @@ END
 $$;
 
 /*
+ * Starts the saga's compensation of a run that failed or is cancelled: the
+ * "compensate" actions of its completed steps become steps of their own,
+ * named compensate:STEP, run one after the other in the reverse order of
+ * completion, each checkpointed like any step.  The run ends (failed or
+ * cancelled, with what was compensated) when the last one is done.  Without
+ * anything to compensate, the run ends at once.
+ */
+CREATE FUNCTION wf._compensate(p_run wf.run, p_status text, p_error jsonb, actor oid)
+RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+	n		int;
+BEGIN
+	IF NOT EXISTS (SELECT 1 FROM wf.step
+					WHERE run_id = p_run.id AND status = 'completed' AND spec ? 'compensate') THEN
+		PERFORM wf._finish_run(p_run, p_status, p_error, actor);
+		RETURN;
+	END IF;
+	UPDATE wf.step SET status = 'cancelled', finished_at = clock_timestamp(), wait_key = NULL
+	 WHERE (run_id, step) IN (SELECT run_id, step FROM wf.step
+							   WHERE run_id = p_run.id
+								 AND status IN ('pending', 'ready', 'running', 'waiting')
+							   FOR UPDATE SKIP LOCKED);
+	WITH todo AS (
+		SELECT s.step, s.spec->'compensate' AS action,
+			   row_number() OVER (ORDER BY s.finished_at DESC, s.ord DESC) AS i
+		  FROM wf.step s
+		 WHERE s.run_id = p_run.id AND s.status = 'completed' AND s.spec ? 'compensate'
+	)
+	INSERT INTO wf.step (run_id, step, ord, kind, spec, status, deps, successors,
+						 deps_left, priority, ready_at)
+	SELECT p_run.id, 'compensate:' || t.step, 100000 + t.i::int,
+		   (SELECT k FROM unnest(ARRAY['sql', 'http', 'agent', 'wait_for', 'human', 'sleep',
+									   'workflow']) k WHERE t.action ? k LIMIT 1),
+		   t.action || jsonb_build_object('name', 'compensate:' || t.step),
+		   CASE WHEN t.i = 1 THEN 'ready' ELSE 'pending' END,
+		   CASE WHEN t.i = 1 THEN '{}'::text[]
+				ELSE ARRAY['compensate:' || (SELECT p.step FROM todo p WHERE p.i = t.i - 1)] END,
+		   ARRAY(SELECT 'compensate:' || nx.step FROM todo nx WHERE nx.i = t.i + 1),
+		   CASE WHEN t.i = 1 THEN 0 ELSE 1 END, p_run.priority,
+		   CASE WHEN t.i = 1 THEN clock_timestamp() END
+	  FROM todo t;
+	GET DIAGNOSTICS n = ROW_COUNT;
+	UPDATE wf.run SET steps_left = n, status = 'running',
+		   compensating = jsonb_build_object('status', p_status, 'error', p_error,
+											 'compensated', '[]'::jsonb)
+	 WHERE id = p_run.id;
+	INSERT INTO wf.history_log (run_id, status, detail, actor)
+	VALUES (p_run.id, 'compensating', p_error, actor);
+	PERFORM wf._wake();
+END
+$$;
+
+/*
  * Records a failed attempt.  p_retry_at is the next attempt's time, or NULL
  * when no attempt is left; then the step fails (or is skipped, as its
  * on_error says) and a failed step fails the run.  p_again: the attempt did
@@ -1127,7 +1206,8 @@ $$;
  */
 CREATE FUNCTION wf._step_failed(p_run_id bigint, p_step text, p_error jsonb,
 								p_retry_at timestamptz, p_skip boolean,
-								p_again boolean, p_escalate boolean, OUT ready text[])
+								p_again boolean, p_escalate boolean, p_compensate boolean,
+								OUT ready text[])
 LANGUAGE plpgsql AS $$
 DECLARE
 	r	wf.run;
@@ -1202,7 +1282,17 @@ BEGIN
 	SELECT p_run_id, p_step, 'failed', s.attempt, p_error, r.owner
 	  FROM wf.step s WHERE s.run_id = p_run_id AND s.step = p_step;
 	PERFORM wf._notify(p_run_id, r.workflow, p_step, 'failed');
-	PERFORM wf._finish_run(r, 'failed', jsonb_build_object('step', p_step) || p_error, r.owner);
+	IF p_compensate AND r.compensating IS NULL THEN
+		PERFORM wf._compensate(r, 'failed', jsonb_build_object('step', p_step) || p_error, r.owner);
+	ELSIF r.compensating IS NOT NULL THEN
+		PERFORM wf._finish_run(r, 'failed',
+							   jsonb_build_object('step', p_step) || p_error ||
+							   jsonb_build_object('compensated', r.compensating->'compensated',
+												  'compensation_failed', true),
+							   r.owner);
+	ELSE
+		PERFORM wf._finish_run(r, 'failed', jsonb_build_object('step', p_step) || p_error, r.owner);
+	END IF;
 END
 $$;
 

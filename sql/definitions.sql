@@ -49,7 +49,8 @@ SELECT * FROM wf_validate('{"steps": [
   {"name": "m", "map": {"over": "$.input[*]", "step": {"name": "m1", "sql": "SELECT 1"}}}]}');
 SELECT * FROM wf_validate('{"steps": [{"name": "x", "sql": "SELECT 1",
   "compensate": {"sql": "SELECT 2"}, "circuit_breaker": {"failures": 3, "reset_after": "1m"},
-  "on_error": "compensate"}]}');
+  "on_error": "compensate"}, {"name": "y", "sql": "SELECT 1", "compensate": {"name": "z"}},
+  {"name": "z", "sql": "SELECT 1", "compensate": {"sql": "SELEC 2", "http": {"url": "http://h/"}}}]}');
 
 -- durable waits: sleep, until, wait_for
 SELECT * FROM wf_validate('{"timeout": "1 day", "steps": [

@@ -242,3 +242,34 @@ SELECT run_id, step, status, output FROM wf.steps WHERE run_id IN (:r1, :r2, :r3
 SELECT wf_resolve(:r1, 'check', 'retry') AS not_escalated_any_more;
 SELECT wf_resolve(:r1, 'check', 'shrug');
 SELECT wf_resolve(:r1, 'nope', 'retry');
+
+-- Sagas: step 4 of 5 fails, the compensate actions of 3, 2, 1 run in that order.
+CREATE TABLE ledger (n serial, entry text);
+SELECT wf_define('saga', '{"steps": [
+  {"name": "s1", "sql": "INSERT INTO ledger (entry) VALUES (''do s1'') RETURNING 1",
+   "compensate": {"sql": "INSERT INTO ledger (entry) VALUES (''undo s1'') RETURNING 1"}},
+  {"name": "s2", "sql": "INSERT INTO ledger (entry) VALUES (''do s2'') RETURNING 2",
+   "compensate": {"sql": "INSERT INTO ledger (entry) VALUES (''undo s2'') RETURNING 2"}},
+  {"name": "s3", "sql": "INSERT INTO ledger (entry) VALUES (''do s3'') RETURNING 3",
+   "compensate": {"sql": "INSERT INTO ledger (entry) VALUES (''undo s3'') RETURNING 3"}},
+  {"name": "s4", "on_error": "compensate", "sql": "SELECT 1 / (SELECT 0)"},
+  {"name": "s5", "sql": "INSERT INTO ledger (entry) VALUES (''do s5'') RETURNING 5"}
+]}');
+SELECT wf_start('saga') AS saga \gset
+SELECT wf_wait(:saga, '60 s');
+SELECT error->>'step' AS failed_step, error->'compensated' AS compensated FROM wf.runs WHERE id = :saga;
+SELECT step, status FROM wf.steps WHERE run_id = :saga ORDER BY ord;
+SELECT entry FROM ledger ORDER BY n;
+SELECT wf_retry(:saga);
+-- Cancelling compensates what was done.
+SELECT wf_define('saga-cancel', '{"steps": [
+  {"name": "book", "sql": "INSERT INTO ledger (entry) VALUES (''book'') RETURNING 1",
+   "compensate": {"sql": "INSERT INTO ledger (entry) VALUES (''unbook'') RETURNING 1"}},
+  {"name": "confirm", "wait_for": {"signal": "confirmed"}}
+]}');
+SELECT wf_start('saga-cancel') AS sc \gset
+SELECT wait_until_waiting(:sc, 'confirm');
+SELECT wf_cancel(:sc, 'customer left');
+SELECT wf_wait(:sc, '60 s');
+SELECT error FROM wf.runs WHERE id = :sc;
+SELECT entry FROM ledger WHERE entry LIKE '%book' ORDER BY n;

@@ -126,8 +126,8 @@ wf_exec_prepare_all(void)
 	Oid			wait_types[4] = {INT8OID, TEXTOID, TIMESTAMPTZOID, TEXTOID};
 	Oid			key_types[3] = {INT8OID, TEXTOID, INT4OID};
 	Oid			done_types[4] = {INT8OID, TEXTOID, TEXTOID, JSONBOID};
-	Oid			failed_types[7] = {INT8OID, TEXTOID, JSONBOID, TIMESTAMPTZOID,
-	BOOLOID, BOOLOID, BOOLOID};
+	Oid			failed_types[8] = {INT8OID, TEXTOID, JSONBOID, TIMESTAMPTZOID,
+	BOOLOID, BOOLOID, BOOLOID, BOOLOID};
 
 	if (wf_plan_claim != NULL)
 		return;
@@ -161,8 +161,8 @@ wf_exec_prepare_all(void)
 								   "SELECT ok, ready FROM wf._step_done($1, $2, $3, $4)",
 								   4, done_types);
 	wf_plan_failed = wf_exec_prepare(
-									 "SELECT ready FROM wf._step_failed($1, $2, $3, $4, $5, $6, $7)",
-									 7, failed_types);
+									 "SELECT ready FROM wf._step_failed($1, $2, $3, $4, $5, $6, $7, $8)",
+									 8, failed_types);
 	wf_plan_resume = wf_exec_prepare(
 									 "SELECT spec, defaults FROM wf._step_resume($1, $2, $3, $4)",
 									 4, resume_types);
@@ -605,12 +605,13 @@ static List *
 wf_exec_record_failure(WfStepExec *ex, Jsonb *defaults, WfStepResult *res,
 					   List *queue, MemoryContext batchctx)
 {
-	Datum		args[7];
-	char		nulls[7] = {' ', ' ', ' ', ' ', ' ', ' ', ' '};
+	Datum		args[8];
+	char		nulls[8] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
 	char	   *strategy = NULL;
 	TimestampTz retry_at = 0;
 	bool		skip = false;
 	bool		escalate = false;
+	bool		compensate = false;
 	bool		isnull;
 	Datum		ready;
 
@@ -640,6 +641,8 @@ wf_exec_record_failure(WfStepExec *ex, Jsonb *defaults, WfStepResult *res,
 			skip = true;
 		if (retry_at == 0 && strategy != NULL && strcmp(strategy, "escalate") == 0)
 			escalate = true;
+		if (retry_at == 0 && strategy != NULL && strcmp(strategy, "compensate") == 0)
+			compensate = true;
 		ereport(LOG,
 				(errmsg("step \"%s\" of run " INT64_FORMAT " failed: %s",
 						ex->step, ex->run_id, res->error_message),
@@ -659,6 +662,7 @@ wf_exec_record_failure(WfStepExec *ex, Jsonb *defaults, WfStepResult *res,
 	args[5] = BoolGetDatum(res->outcome == WF_STEP_INTERRUPTED ||
 						   res->outcome == WF_STEP_DEFERRED);
 	args[6] = BoolGetDatum(escalate);
+	args[7] = BoolGetDatum(compensate);
 	if (SPI_execute_plan(wf_plan_failed, args, nulls, false, 0) != SPI_OK_SELECT ||
 		SPI_processed != 1)
 		elog(ERROR, "could not record the failure of step \"%s\"", ex->step);

@@ -213,13 +213,13 @@ static const WfvFeature wfv_features[] = {
 	{"timeout", WFV_POLICY, NULL, wfv_check_interval, true},
 	{"retry", WFV_POLICY, NULL, wfv_check_retry, true},
 	{"on_error", WFV_POLICY, NULL, wfv_check_on_error, true},
-	{"compensate", WFV_POLICY, NULL, wfv_check_compensate, false},
+	{"compensate", WFV_POLICY, NULL, wfv_check_compensate, true},
 	{"circuit_breaker", WFV_POLICY, NULL, wfv_check_circuit_breaker, true},
 
 	/* strategies of "on_error" */
 	{"retry", WFV_STRATEGY, NULL, NULL, true},
 	{"skip", WFV_STRATEGY, NULL, NULL, true},
-	{"compensate", WFV_STRATEGY, NULL, NULL, false},
+	{"compensate", WFV_STRATEGY, NULL, NULL, true},
 	{"escalate", WFV_STRATEGY, NULL, NULL, true},
 	{"fail", WFV_STRATEGY, NULL, NULL, true},
 };

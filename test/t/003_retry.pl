@@ -13,6 +13,8 @@
 #  - on_error "skip" once the retries are exhausted;
 #  - a lock conflict (55P03) retried until the lock is released;
 #  - permanent errors are not retried (attempt 1, no 'retrying' row).
+# TODO: the history row of a skip after retries should carry the attempt
+# and the error.
 
 use strict;
 use warnings;

@@ -11,7 +11,9 @@
 #    cancelled steps run again, completed steps keep their checkpoints (their
 #    effects exactly once); wf_retry of a non-failed run returns false;
 #  - wf_rewind(run, 'b') of a completed a -> b -> c run runs b and c again,
-#    a is kept;
+#    a is kept; wf_rewind of a run whose step c is executing (TODO: today
+#    this deadlocks with the executor);
+#  - wf_wait returns the status at its timeout and refuses REPEATABLE READ;
 #  - permissions: a second role can neither see nor cancel, retry, rewind or
 #    wait for another role's run (ERROR 42501); a member of wf_admin can.
 
