@@ -8,6 +8,7 @@ OBJS = \
 	src/executor.o \
 	src/step_sql.o \
 	src/step_wait.o \
+	src/step_flow.o \
 	src/http.o \
 	src/template.o \
 	src/api.o \

@@ -77,7 +77,9 @@ CREATE TABLE wf.run (
 	started_at	timestamptz,
 	finished_at	timestamptz,
 	deadline	timestamptz,		-- the workflow's "timeout", from the start
-	compensating jsonb				-- while a saga undoes: why, and what is undone
+	compensating jsonb,				-- while a saga undoes: why, and what is undone
+	parent_run	bigint,				-- a child run: the run and step waiting for it
+	parent_step	text
 );
 CREATE UNIQUE INDEX run_idempotency_key ON wf.run (workflow, idempotency_key)
 	WHERE idempotency_key IS NOT NULL;
@@ -111,6 +113,10 @@ CREATE TABLE wf.step (
 	payload		jsonb,				-- the event that woke a waiting step
 	assignee	text,				-- a human step's current assignee
 	escalated_at timestamptz,		-- when a human step was escalated
+	label		text,				-- name in the context's "steps" (NULL: map item)
+	parent		text,				-- the if/parallel/map step holding this one
+	children_left int,				-- a container's unfinished children
+	item		jsonb,				-- {"item", "index"} of a map item and its children
 	PRIMARY KEY (run_id, step)
 );
 /*
@@ -338,28 +344,34 @@ $$;
  * Compiles a validated definition into its plan: the top-level steps with
  * their kind, explicit or implicit dependencies and successors.
  */
-CREATE FUNCTION wf._plan(definition jsonb) RETURNS jsonb
+CREATE FUNCTION wf._plan_list(steps jsonb, prefix text) RETURNS jsonb
 LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
 	WITH s AS (
-		SELECT e.ord::int AS ord, e.spec, e.spec->>'name' AS name,
+		SELECT e.ord::int AS ord, e.spec, prefix || (e.spec->>'name') AS name,
+			   e.spec->>'name' AS label,
 			   CASE WHEN e.spec ? 'dependencies'
-					THEN ARRAY(SELECT jsonb_array_elements_text(e.spec->'dependencies'))
+					THEN ARRAY(SELECT prefix || d FROM jsonb_array_elements_text(e.spec->'dependencies') d)
 					WHEN e.ord = 1 THEN '{}'::text[]
-					ELSE ARRAY[definition->'steps'->(e.ord::int - 2)->>'name']
+					ELSE ARRAY[prefix || (steps->(e.ord::int - 2)->>'name')]
 			   END AS deps,
 			   (SELECT k FROM unnest(ARRAY['sql', 'http', 'agent', 'wait_for',
 						'human', 'sleep', 'until', 'workflow', 'if', 'parallel',
 						'map']) k WHERE e.spec ? k LIMIT 1) AS kind
-		  FROM jsonb_array_elements(definition->'steps') WITH ORDINALITY AS e(spec, ord)
+		  FROM jsonb_array_elements(steps) WITH ORDINALITY AS e(spec, ord)
 	)
 	SELECT jsonb_agg(jsonb_build_object(
-			'name', s.name, 'ord', s.ord, 'kind', s.kind, 'spec', s.spec,
+			'name', s.name, 'label', s.label, 'ord', s.ord, 'kind', s.kind, 'spec', s.spec,
 			'deps', to_jsonb(s.deps),
 			'successors', to_jsonb(ARRAY(SELECT o.name FROM s o
 										  WHERE s.name = ANY (o.deps)
 										  ORDER BY o.ord)))
 		   ORDER BY s.ord)
 	  FROM s
+$$;
+
+CREATE FUNCTION wf._plan(definition jsonb) RETURNS jsonb
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+	SELECT wf._plan_list(definition->'steps', '')
 $$;
 
 /* ---------------------------------------------------------------------
@@ -528,9 +540,9 @@ BEGIN
 		RETURN rid;
 	END IF;
 
-	INSERT INTO wf.step (run_id, step, ord, kind, spec, status, deps, successors,
+	INSERT INTO wf.step (run_id, step, label, ord, kind, spec, status, deps, successors,
 						 deps_left, priority, ready_at)
-	SELECT rid, p->>'name', (p->>'ord')::int, p->>'kind', p->'spec',
+	SELECT rid, p->>'name', p->>'label', (p->>'ord')::int, p->>'kind', p->'spec',
 		   CASE WHEN jsonb_array_length(p->'deps') = 0 THEN 'ready' ELSE 'pending' END,
 		   ARRAY(SELECT jsonb_array_elements_text(p->'deps')),
 		   ARRAY(SELECT jsonb_array_elements_text(p->'successors')),
@@ -593,6 +605,8 @@ $$;
 CREATE FUNCTION wf._finish_run(p_run wf.run, p_status text, p_error jsonb, actor oid)
 RETURNS void
 LANGUAGE plpgsql AS $$
+DECLARE
+	child	wf.run;
 BEGIN
 	UPDATE wf.run SET status = p_status, error = coalesce(p_error, error),
 		   finished_at = clock_timestamp()
@@ -607,6 +621,15 @@ BEGIN
 	VALUES (p_run.id, p_status, p_error, actor);
 	PERFORM wf._notify(p_run.id, p_run.workflow, NULL, p_status);
 	PERFORM wf._run_ended(p_run.id);
+	PERFORM wf._child_ended(p_run.id);
+	/* Child runs end with their parent. */
+	FOR child IN SELECT * FROM wf.run
+				  WHERE parent_run = p_run.id AND status IN ('pending', 'running', 'waiting')
+				  FOR UPDATE SKIP LOCKED LOOP
+		PERFORM wf._finish_run(child, 'cancelled',
+							   jsonb_build_object('message', format('parent run %s ended', p_run.id)),
+							   actor);
+	END LOOP;
 	IF p_status = 'failed' THEN
 		PERFORM wf._alert(p_run.id, p_error->>'step', 'failure',
 						  format('run %s of workflow "%s" failed: %s', p_run.id, p_run.workflow,
@@ -791,12 +814,15 @@ BEGIN
 	 WHERE d.name = r.workflow AND d.version = r.version;
 	context := jsonb_build_object(
 		'input', r.input,
-		'steps', coalesce((SELECT jsonb_object_agg(s.step, s.output)
+		'steps', coalesce((SELECT jsonb_object_agg(s.label, s.output)
 							 FROM wf.step s
-							WHERE s.run_id = p_run_id
+							WHERE s.run_id = p_run_id AND s.label IS NOT NULL
 							  AND s.status IN ('completed', 'skipped')), '{}'),
 		'run', jsonb_build_object('id', r.id, 'workflow', r.workflow,
 								  'version', r.version, 'attempt', attempt));
+	/* A map item (and what it holds) also sees its item and index. */
+	context := context || coalesce((SELECT s.item FROM wf.step s
+									  WHERE s.run_id = p_run_id AND s.step = p_step), '{}');
 	RETURN NEXT;
 END
 $$;
@@ -813,16 +839,23 @@ LANGUAGE plpgsql AS $$
 DECLARE
 	r			wf.run;
 	st			wf.step;
-	left_now	int;
+	pst			wf.step;
+	v_parent	text;
+	d			record;
 BEGIN
-	UPDATE wf.run SET steps_left = steps_left - 1
+	SELECT * INTO r FROM wf.run
 	 WHERE id = p_run_id AND status IN ('pending', 'running', 'waiting')
-	RETURNING * INTO r;
+	   FOR NO KEY UPDATE;
 	IF NOT FOUND THEN
 		ok := false;
 		RETURN;
 	END IF;
 	ok := true;
+	SELECT s.parent INTO v_parent FROM wf.step s WHERE s.run_id = p_run_id AND s.step = p_step;
+	IF v_parent IS NULL THEN
+		UPDATE wf.run SET steps_left = steps_left - 1 WHERE id = p_run_id
+		RETURNING * INTO r;
+	END IF;
 	UPDATE wf.step SET status = p_status, output = p_output, error = NULL,
 		   finished_at = clock_timestamp(), running_by = NULL,
 		   wait_key = NULL, payload = NULL,
@@ -849,6 +882,19 @@ BEGIN
 		SELECT array_agg(u.step) INTO ready FROM u WHERE u.status = 'ready';
 	END IF;
 
+	IF v_parent IS NOT NULL THEN
+		/* The last child done completes its container. */
+		UPDATE wf.step SET children_left = children_left - 1
+		 WHERE run_id = p_run_id AND step = v_parent
+		RETURNING * INTO pst;
+		IF pst.children_left = 0 THEN
+			SELECT * INTO d FROM wf._step_done(p_run_id, v_parent, 'completed',
+											   wf._container_output(p_run_id, pst));
+			ready := coalesce(ready, '{}') || coalesce(d.ready, '{}');
+		END IF;
+		RETURN;
+	END IF;
+
 	IF p_step LIKE 'compensate:%' AND p_status = 'completed' THEN
 		/* The saga undid a step. */
 		UPDATE wf.step SET status = 'compensated'
@@ -867,13 +913,15 @@ BEGIN
 							   r.owner);
 	ELSIF r.steps_left = 0 THEN
 		UPDATE wf.run SET status = 'completed', finished_at = clock_timestamp(),
-			   output = (SELECT s.output FROM wf.step s WHERE s.run_id = p_run_id
+			   output = (SELECT s.output FROM wf.step s
+						  WHERE s.run_id = p_run_id AND s.parent IS NULL
 						  ORDER BY s.ord DESC LIMIT 1)
 		 WHERE id = p_run_id;
 		INSERT INTO wf.history_log (run_id, status, actor)
 		VALUES (p_run_id, 'completed', r.owner);
 		PERFORM wf._notify(p_run_id, r.workflow, NULL, 'completed');
 		PERFORM wf._run_ended(p_run_id);
+		PERFORM wf._child_ended(p_run_id);
 	END IF;
 END
 $$;
@@ -1174,9 +1222,9 @@ BEGIN
 		  FROM wf.step s
 		 WHERE s.run_id = p_run.id AND s.status = 'completed' AND s.spec ? 'compensate'
 	)
-	INSERT INTO wf.step (run_id, step, ord, kind, spec, status, deps, successors,
+	INSERT INTO wf.step (run_id, step, label, ord, kind, spec, status, deps, successors,
 						 deps_left, priority, ready_at)
-	SELECT p_run.id, 'compensate:' || t.step, 100000 + t.i::int,
+	SELECT p_run.id, 'compensate:' || t.step, 'compensate:' || t.step, 100000 + t.i::int,
 		   (SELECT k FROM unnest(ARRAY['sql', 'http', 'agent', 'wait_for', 'human', 'sleep',
 									   'workflow']) k WHERE t.action ? k LIMIT 1),
 		   t.action || jsonb_build_object('name', 'compensate:' || t.step),
@@ -1195,6 +1243,154 @@ BEGIN
 	INSERT INTO wf.history_log (run_id, status, detail, actor)
 	VALUES (p_run.id, 'compensating', p_error, actor);
 	PERFORM wf._wake();
+END
+$$;
+
+/* The output of a container whose children are all done. */
+CREATE FUNCTION wf._container_output(p_run_id bigint, c wf.step) RETURNS jsonb
+LANGUAGE sql AS $$
+	SELECT CASE c.kind
+		WHEN 'if' THEN
+			(SELECT s.output FROM wf.step s WHERE s.run_id = p_run_id AND s.parent = c.step
+			  ORDER BY s.ord DESC LIMIT 1)
+		WHEN 'parallel' THEN
+			(SELECT jsonb_object_agg(b.branch, b.output)
+			   FROM (SELECT DISTINCT ON (split_part(substr(s.step, length(c.step) + 2), '/', 1))
+							split_part(substr(s.step, length(c.step) + 2), '/', 1) AS branch,
+							s.output
+					   FROM wf.step s WHERE s.run_id = p_run_id AND s.parent = c.step
+					  ORDER BY split_part(substr(s.step, length(c.step) + 2), '/', 1), s.ord DESC) b)
+		WHEN 'map' THEN
+			(SELECT coalesce(jsonb_agg(s.output ORDER BY (s.item->>'index')::int), '[]')
+			   FROM wf.step s WHERE s.run_id = p_run_id AND s.parent = c.step)
+	END
+$$;
+
+/*
+ * Expands a container: p_groups is an array of {"steps": [...], "prefix":
+ * "path/"} (if, parallel) whose steps become children of p_step, run in
+ * their lists' order or dependencies.  Returns the children ready now; an
+ * empty expansion completes the container at once.
+ */
+CREATE FUNCTION wf._expand(p_run_id bigint, p_step text, p_groups jsonb,
+						   OUT ready text[])
+LANGUAGE plpgsql AS $$
+DECLARE
+	c	wf.step;
+	n	int;
+	d	record;
+BEGIN
+	SELECT * INTO c FROM wf.step WHERE run_id = p_run_id AND step = p_step;
+	WITH p AS (
+		SELECT x.*
+		  FROM jsonb_array_elements(p_groups) g,
+			   LATERAL jsonb_array_elements(wf._plan_list(g->'steps', g->>'prefix')) x
+	)
+	INSERT INTO wf.step (run_id, step, label, parent, item, ord, kind, spec, status, deps,
+						 successors, deps_left, priority, ready_at)
+	SELECT p_run_id, p.value->>'name', p.value->>'label', p_step, c.item,
+		   (p.value->>'ord')::int, p.value->>'kind', p.value->'spec',
+		   CASE WHEN jsonb_array_length(p.value->'deps') = 0 THEN 'ready' ELSE 'pending' END,
+		   ARRAY(SELECT jsonb_array_elements_text(p.value->'deps')),
+		   ARRAY(SELECT jsonb_array_elements_text(p.value->'successors')),
+		   jsonb_array_length(p.value->'deps'), c.priority,
+		   CASE WHEN jsonb_array_length(p.value->'deps') = 0 THEN clock_timestamp() END
+	  FROM p;
+	GET DIAGNOSTICS n = ROW_COUNT;
+	ready := wf._expanded(p_run_id, p_step, n);
+END
+$$;
+
+/* Expands a map over p_items: one child per item, p_concurrency at a time. */
+CREATE FUNCTION wf._expand_map(p_run_id bigint, p_step text, p_template jsonb,
+							   p_items jsonb, p_concurrency int, OUT ready text[])
+LANGUAGE plpgsql AS $$
+DECLARE
+	c	wf.step;
+	n	int;
+	k	text;
+BEGIN
+	SELECT * INTO c FROM wf.step WHERE run_id = p_run_id AND step = p_step;
+	k := (SELECT x FROM unnest(ARRAY['sql', 'http', 'agent', 'wait_for', 'human', 'sleep',
+									 'until', 'workflow', 'if', 'parallel', 'map']) x
+		   WHERE p_template ? x LIMIT 1);
+	INSERT INTO wf.step (run_id, step, label, parent, item, ord, kind, spec, status, deps,
+						 successors, deps_left, priority, ready_at)
+	SELECT p_run_id, format('%s[%s]', p_step, i - 1), NULL, p_step,
+		   jsonb_build_object('item', e, 'index', i - 1), i::int, k,
+		   p_template || jsonb_build_object('name', format('%s[%s]', p_step, i - 1)),
+		   CASE WHEN p_concurrency IS NULL OR i <= p_concurrency THEN 'ready' ELSE 'pending' END,
+		   CASE WHEN p_concurrency IS NULL OR i <= p_concurrency THEN '{}'::text[]
+				ELSE ARRAY[format('%s[%s]', p_step, i - 1 - p_concurrency)] END,
+		   CASE WHEN p_concurrency IS NULL OR i + p_concurrency > jsonb_array_length(p_items)
+				THEN '{}'::text[]
+				ELSE ARRAY[format('%s[%s]', p_step, i - 1 + p_concurrency)] END,
+		   CASE WHEN p_concurrency IS NULL OR i <= p_concurrency THEN 0 ELSE 1 END,
+		   c.priority,
+		   CASE WHEN p_concurrency IS NULL OR i <= p_concurrency THEN clock_timestamp() END
+	  FROM jsonb_array_elements(p_items) WITH ORDINALITY AS t(e, i);
+	GET DIAGNOSTICS n = ROW_COUNT;
+	ready := wf._expanded(p_run_id, p_step, n);
+END
+$$;
+
+/* A container now holds n children: it runs until they are done. */
+CREATE FUNCTION wf._expanded(p_run_id bigint, p_step text, n int) RETURNS text[]
+LANGUAGE plpgsql AS $$
+DECLARE
+	c	wf.step;
+	d	record;
+BEGIN
+	SELECT * INTO c FROM wf.step WHERE run_id = p_run_id AND step = p_step;
+	IF n = 0 THEN
+		SELECT * INTO d FROM wf._step_done(p_run_id, p_step, 'completed',
+										   CASE WHEN c.kind = 'map' THEN '[]'::jsonb END);
+		RETURN d.ready;
+	END IF;
+	UPDATE wf.step SET status = 'running', children_left = n
+	 WHERE run_id = p_run_id AND step = p_step;
+	INSERT INTO wf.history_log (run_id, step, status, attempt, detail, actor)
+	SELECT p_run_id, p_step, 'running', c.attempt, jsonb_build_object('children', n), r.owner
+	  FROM wf.run r WHERE r.id = p_run_id;
+	RETURN ARRAY(SELECT s.step FROM wf.step s
+				  WHERE s.run_id = p_run_id AND s.parent = p_step AND s.status = 'ready'
+				  ORDER BY s.ord);
+END
+$$;
+
+/* A workflow step starts its child run, as the parent's owner. */
+CREATE FUNCTION wf._start_child(p_run_id bigint, p_step text, p_workflow text, p_input jsonb)
+RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+	r	wf.run;
+	cid	bigint;
+BEGIN
+	SELECT * INTO r FROM wf.run WHERE id = p_run_id;
+	cid := wf._start(r.owner, r.search_path, p_workflow, coalesce(p_input, '{}'),
+					 jsonb_build_object('priority', r.priority));
+	UPDATE wf.run SET parent_run = p_run_id, parent_step = p_step WHERE id = cid;
+	RETURN cid;
+END
+$$;
+
+/* A child run ended: its parent's workflow step goes on. */
+CREATE FUNCTION wf._child_ended(p_child_id bigint) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+	c	wf.run;
+BEGIN
+	SELECT * INTO c FROM wf.run WHERE id = p_child_id;
+	IF c.parent_run IS NULL THEN
+		RETURN;
+	END IF;
+	UPDATE wf.step SET ready_at = clock_timestamp(),
+		   payload = jsonb_build_object('run', c.id, 'status', c.status, 'output', c.output,
+										'error', c.error)
+	 WHERE run_id = c.parent_run AND step = c.parent_step AND status = 'waiting';
+	IF FOUND THEN
+		PERFORM wf._wake();
+	END IF;
 END
 $$;
 
@@ -1575,6 +1771,7 @@ CREATE VIEW wf.workflows AS
 CREATE VIEW wf.runs WITH (security_barrier) AS
 	SELECT r.id, r.workflow, r.version, r.status, r.input, r.output, r.error,
 		   r.owner::regrole AS owner, r.priority, r.idempotency_key,
+		   r.parent_run, r.parent_step,
 		   r.created_at, r.start_at, r.started_at, r.finished_at
 	  FROM wf.run r
 	 WHERE r.owner = (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user)
@@ -1583,7 +1780,7 @@ CREATE VIEW wf.runs WITH (security_barrier) AS
 CREATE VIEW wf.steps WITH (security_barrier) AS
 	SELECT s.run_id, s.step, s.kind, s.status, s.attempt, s.output, s.error,
 		   s.ready_at, s.started_at, s.finished_at,
-		   s.finished_at - s.started_at AS duration, s.ord
+		   s.finished_at - s.started_at AS duration, s.ord, s.parent
 	  FROM wf.step s JOIN wf.run r ON r.id = s.run_id
 	 WHERE r.owner = (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user)
 		OR (SELECT pg_catalog.pg_has_role('wf_admin', 'MEMBER'));

@@ -52,6 +52,22 @@ SELECT * FROM wf_validate('{"steps": [{"name": "x", "sql": "SELECT 1",
   "on_error": "compensate"}, {"name": "y", "sql": "SELECT 1", "compensate": {"name": "z"}},
   {"name": "z", "sql": "SELECT 1", "compensate": {"sql": "SELEC 2", "http": {"url": "http://h/"}}}]}');
 
+-- containers: if, parallel, map, workflow; names unique across levels
+SELECT * FROM wf_validate('{"steps": [
+  {"name": "i", "if": "$.input.n > 1", "then": [{"name": "i1", "sql": "SELECT 1"}],
+   "else": [{"name": "i2", "sql": "SELECT 2"}]},
+  {"name": "p", "parallel": [{"name": "x", "steps": [{"name": "p1", "sql": "SELECT 1"}]},
+                             {"name": "y", "steps": [{"name": "p2", "sql": "SELECT 2"}]}]},
+  {"name": "m", "map": {"over": "$.input.items", "concurrency": 4,
+                        "step": {"name": "m1", "sql": "SELECT $1->''item''"}}},
+  {"name": "w", "workflow": "child", "input": {"n": "{{$.input.n}}"}}]}');
+SELECT * FROM wf_validate('{"steps": [
+  {"name": "i", "if": "$.input.n >", "then": []},
+  {"name": "p", "parallel": [{"name": "x", "steps": [{"name": "i", "sql": "SELECT 1"}]},
+                             {"name": "x", "steps": []}]},
+  {"name": "m", "map": {"over": 3, "concurrency": 0}},
+  {"name": "w", "workflow": ""}]}');
+
 -- durable waits: sleep, until, wait_for
 SELECT * FROM wf_validate('{"timeout": "1 day", "steps": [
   {"name": "s", "sleep": "5 minutes"}, {"name": "t", "until": "{{$.input.at}}"},

@@ -273,3 +273,51 @@ SELECT wf_cancel(:sc, 'customer left');
 SELECT wf_wait(:sc, '60 s');
 SELECT error FROM wf.runs WHERE id = :sc;
 SELECT entry FROM ledger WHERE entry LIKE '%book' ORDER BY n;
+
+-- Nesting, five levels: parallel > map > if > parallel > sql, with a child run.
+SELECT wf_define('child-run', '{"steps": [{"name": "times100", "sql": "SELECT ($1->''input''->>''n'')::int * 100"}]}');
+SELECT wf_define('five-levels', '{"steps": [
+  {"name": "items", "sql": "SELECT jsonb_build_array(1, 2, 3)"},
+  {"name": "fan", "parallel": [
+    {"name": "mapped", "steps": [
+      {"name": "each", "map": {"over": "$.steps.items", "concurrency": 2, "step":
+        {"name": "pick", "if": "$.item > 1",
+         "then": [{"name": "both", "parallel": [
+            {"name": "a", "steps": [{"name": "ten", "sql": "SELECT ($1->>''item'')::int * 10"}]},
+            {"name": "b", "steps": [{"name": "idx", "sql": "SELECT ($1->>''index'')::int"}]}]}],
+         "else": [{"name": "small", "sql": "SELECT ''small''"}]}}}]},
+    {"name": "child", "steps": [
+      {"name": "sub", "workflow": "child-run", "input": {"n": "{{$.steps.items[2]}}"}}]}]},
+  {"name": "summary", "sql": "SELECT $1->''steps''->''fan''"}
+]}');
+SELECT wf_start('five-levels') AS nest \gset
+SELECT wf_wait(:nest, '60 s');
+SELECT output FROM wf.runs WHERE id = :nest;
+SELECT step, kind, status FROM wf.steps WHERE run_id = :nest ORDER BY step;
+SELECT workflow, parent_step, status, output FROM wf.runs WHERE parent_run = :nest;
+
+-- A map over something that is not an array fails the step.
+SELECT wf_define('bad-map', '{"steps": [{"name": "m", "map": {"over": "$.input.x",
+  "step": {"name": "one", "sql": "SELECT 1"}}}]}');
+SELECT wf_start('bad-map', '{"x": 5}') AS bm \gset
+SELECT wf_wait(:bm, '60 s');
+SELECT error->>'message' AS message FROM wf.runs WHERE id = :bm;
+-- An empty map completes with [].
+SELECT wf_start('bad-map', '{"x": []}') AS em \gset
+SELECT wf_wait(:em, '60 s'), (SELECT 1);
+SELECT output FROM wf.runs WHERE id = :em;
+
+-- A child's failure fails its step; cancelling the parent cancels the child.
+SELECT wf_define('child-fails', '{"steps": [{"name": "boom", "sql": "SELECT 1 / (SELECT 0)"}]}');
+SELECT wf_define('parent-of-failure', '{"steps": [{"name": "call", "workflow": "child-fails"}]}');
+SELECT wf_start('parent-of-failure') AS pf \gset
+SELECT wf_wait(:pf, '60 s');
+SELECT error->>'step' AS step, error->>'message' AS message FROM wf.runs WHERE id = :pf;
+SELECT wf_define('child-waits', '{"steps": [{"name": "hold", "wait_for": {"signal": "never"}}]}');
+SELECT wf_define('parent-of-waiter', '{"steps": [{"name": "call", "workflow": "child-waits"}]}');
+SELECT wf_start('parent-of-waiter') AS pw \gset
+SELECT wait_until_waiting(:pw, 'call');
+SELECT id AS cw FROM wf.runs WHERE parent_run = :pw \gset
+SELECT wait_until_waiting(:cw, 'hold');
+SELECT wf_cancel(:pw);
+SELECT wf_wait(:pw, '60 s'), wf_wait(:cw, '60 s');

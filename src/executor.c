@@ -69,6 +69,10 @@ static const WfStepKind wf_step_kinds[] = {
 	{"until", wf_wait_sleep_execute, wf_wait_sleep_resume},
 	{"wait_for", wf_wait_for_execute, wf_wait_for_resume},
 	{"human", wf_wait_human_execute, wf_wait_human_resume},
+	{"if", wf_flow_if_execute, NULL},
+	{"parallel", wf_flow_parallel_execute, NULL},
+	{"map", wf_flow_map_execute, NULL},
+	{"workflow", wf_flow_workflow_execute, wf_flow_workflow_resume},
 };
 
 /* The step timeout: its own timer, so that we know it was ours. */
@@ -206,7 +210,7 @@ wf_exec_set_current_run(int64 run_id)
  * Evaluates a "when" predicate on the context, jsonb_path_match() style;
  * an unknown (NULL) result counts as false.
  */
-static bool
+bool
 wf_exec_predicate(Jsonb *context, const char *path)
 {
 	LOCAL_FCINFO(fcinfo, 4);
@@ -527,7 +531,7 @@ wf_exec_step(WfWorkItem *item, List *queue, MemoryContext batchctx)
 	{
 		wf_exec_attempt(ex, res);
 		if (res->outcome == WF_STEP_COMPLETED || res->outcome == WF_STEP_STARTED ||
-			res->outcome == WF_STEP_WAITING)
+			res->outcome == WF_STEP_WAITING || res->outcome == WF_STEP_EXPANDED)
 			ReleaseCurrentSubTransaction();
 		else
 			RollbackAndReleaseCurrentSubTransaction();
@@ -581,6 +585,9 @@ wf_exec_step(WfWorkItem *item, List *queue, MemoryContext batchctx)
 									res->ready == (Datum) 0, batchctx);
 	if (res->outcome == WF_STEP_WAITING)
 		return queue;
+	if (res->outcome == WF_STEP_EXPANDED)
+		return wf_exec_append_ready(queue, ex->run_id, res->ready,
+									res->ready == (Datum) 0, batchctx);
 	if (res->outcome == WF_STEP_STARTED)
 	{
 		wf_http_enqueue(res->request);

@@ -152,7 +152,8 @@ typedef enum WfStepOutcome
 	WF_STEP_INTERRUPTED,		/* the run was cancelled under our feet */
 	WF_STEP_STARTED,			/* asynchronous: request is set */
 	WF_STEP_DEFERRED,			/* not now (open circuit): defer_until */
-	WF_STEP_WAITING				/* durably waiting: wake_at, wait_key */
+	WF_STEP_WAITING,			/* durably waiting: wake_at, wait_key */
+	WF_STEP_EXPANDED			/* a container: its children are ready */
 } WfStepOutcome;
 
 typedef struct WfStepResult
@@ -188,6 +189,7 @@ struct WfStepKind
 extern TimeoutId wf_exec_timeout_id;
 extern void wf_exec_init(void);
 extern const WfStepKind *wf_exec_find_kind(const char *name);
+extern bool wf_exec_predicate(Jsonb *context, const char *path);
 extern int	wf_exec_batch(int max_steps, TimestampTz *next_due);
 
 /* step_sql.c */
@@ -200,6 +202,13 @@ extern void wf_wait_for_execute(WfStepExec *ex, WfStepResult *res);
 extern void wf_wait_for_resume(WfStepExec *ex, WfStepResult *res);
 extern void wf_wait_human_execute(WfStepExec *ex, WfStepResult *res);
 extern void wf_wait_human_resume(WfStepExec *ex, WfStepResult *res);
+
+/* step_flow.c */
+extern void wf_flow_if_execute(WfStepExec *ex, WfStepResult *res);
+extern void wf_flow_parallel_execute(WfStepExec *ex, WfStepResult *res);
+extern void wf_flow_map_execute(WfStepExec *ex, WfStepResult *res);
+extern void wf_flow_workflow_execute(WfStepExec *ex, WfStepResult *res);
+extern void wf_flow_workflow_resume(WfStepExec *ex, WfStepResult *res);
 
 /* ----------------------------------------------------------------
  * The http kind (http.c)

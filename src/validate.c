@@ -195,10 +195,10 @@ static const WfvFeature wfv_features[] = {
 	{"wait_for", WFV_ACTION, "wait_for", wfv_check_wait_for, true},
 	{"human", WFV_ACTION, "human", wfv_check_human, true},
 	{"sleep", WFV_ACTION, "sleep", wfv_check_sleep, true},
-	{"workflow", WFV_ACTION, "workflow", wfv_check_workflow, false},
-	{"if", WFV_ACTION, "if", wfv_check_if, false},
-	{"parallel", WFV_ACTION, "parallel", wfv_check_parallel, false},
-	{"map", WFV_ACTION, "map", wfv_check_map, false},
+	{"workflow", WFV_ACTION, "workflow", wfv_check_workflow, true},
+	{"if", WFV_ACTION, "if", wfv_check_if, true},
+	{"parallel", WFV_ACTION, "parallel", wfv_check_parallel, true},
+	{"map", WFV_ACTION, "map", wfv_check_map, true},
 	{"until", WFV_ACTION, "sleep", wfv_check_sleep, true},
 
 	/* step keys that go with one action, checked by that action's check */

@@ -1,0 +1,236 @@
+/*-------------------------------------------------------------------------
+ *
+ * step_flow.c
+ *		The step kinds that hold other steps: "if", "parallel", "map" and
+ *		"workflow" (a child run).
+ *
+ * A container does not run anything itself.  When it starts, it expands:
+ * its children become rows of wf.step named by their path ("check/then-a",
+ * "fan/branch/step", "each[3]"), with the container as parent, and run
+ * like any step, in their lists' order or dependencies.  When the last
+ * child is done, wf._step_done completes the container with its output:
+ * the taken branch's last output (if), {branch: last output} (parallel),
+ * the array of the items' outputs in input order (map).  Containers nest
+ * freely: a child may itself be a container.
+ *
+ * A "workflow" step starts a child run, as the parent's owner, and waits
+ * durably for it; the child's end wakes it.  Cancelling the parent
+ * cancels the child.
+ *
+ * src/step_flow.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "pg_workflow.h"
+
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "utils/builtins.h"
+#include "utils/fmgrprotos.h"
+#include "utils/json.h"
+
+/*
+ * Calls an expanding SQL function and keeps the children ready now as the
+ * outcome.
+ */
+static void
+wf_flow_expand(WfStepResult *res, const char *sql, int nargs, Oid *types, Datum *args)
+{
+	bool		isnull;
+	Datum		ready;
+
+	if (SPI_execute_with_args(sql, nargs, types, args, NULL, false, 1) != SPI_OK_SELECT ||
+		SPI_processed != 1)
+		elog(ERROR, "could not expand a step: %s", sql);
+	ready = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	res->outcome = WF_STEP_EXPANDED;
+	res->ready = isnull ? (Datum) 0 : PointerGetDatum(PG_DETOAST_DATUM_COPY(ready));
+	SPI_freetuptable(SPI_tuptable);
+}
+
+/* Expands the groups [{"steps": [...], "prefix": "..."}] under the step. */
+static void
+wf_flow_expand_groups(WfStepExec *ex, WfStepResult *res, const char *groups)
+{
+	Oid			types[3] = {INT8OID, TEXTOID, JSONBOID};
+	Datum		args[3];
+
+	args[0] = Int64GetDatum(ex->run_id);
+	args[1] = CStringGetTextDatum(ex->step);
+	args[2] = DirectFunctionCall1(jsonb_in, CStringGetDatum(groups));
+	wf_flow_expand(res, "SELECT ready FROM wf._expand($1, $2, $3)", 3, types, args);
+}
+
+/* One group's JSON text: {"steps": <steps>, "prefix": "<path>/"}. */
+static void
+wf_flow_append_group(StringInfo buf, Jsonb *steps, const char *prefix)
+{
+	if (buf->len > 1)
+		appendStringInfoString(buf, ", ");
+	appendStringInfoString(buf, "{\"steps\": ");
+	appendStringInfoString(buf, JsonbToCString(NULL, &steps->root, VARSIZE(steps)));
+	appendStringInfoString(buf, ", \"prefix\": ");
+	escape_json(buf, prefix);
+	appendStringInfoChar(buf, '}');
+}
+
+/* if: {"if": PREDICATE, "then": [...], "else": [...]} */
+void
+wf_flow_if_execute(WfStepExec *ex, WfStepResult *res)
+{
+	char	   *predicate = wf_util_jsonb_get_text(ex->spec, "if");
+	bool		taken = wf_exec_predicate(ex->context, predicate);
+	Jsonb	   *branch = wf_util_jsonb_get(ex->spec, taken ? "then" : "else");
+	StringInfoData buf;
+
+	if (branch == NULL)
+	{
+		/* No else: nothing to run, no output. */
+		res->outcome = WF_STEP_COMPLETED;
+		res->output = NULL;
+		return;
+	}
+	initStringInfo(&buf);
+	appendStringInfoChar(&buf, '[');
+	wf_flow_append_group(&buf, branch, psprintf("%s/", ex->step));
+	appendStringInfoChar(&buf, ']');
+	wf_flow_expand_groups(ex, res, buf.data);
+}
+
+/* parallel: [{"name": BRANCH, "steps": [...]}, ...] */
+void
+wf_flow_parallel_execute(WfStepExec *ex, WfStepResult *res)
+{
+	Jsonb	   *branches = wf_util_jsonb_get(ex->spec, "parallel");
+	JsonbIterator *it = JsonbIteratorInit(&branches->root);
+	JsonbValue	v;
+	JsonbIteratorToken tok;
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	appendStringInfoChar(&buf, '[');
+	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+	{
+		Jsonb	   *branch;
+
+		if (tok != WJB_ELEM)
+			continue;
+		branch = JsonbValueToJsonb(&v);
+		wf_flow_append_group(&buf, wf_util_jsonb_get(branch, "steps"),
+							 psprintf("%s/%s/", ex->step,
+									  wf_util_jsonb_get_text(branch, "name")));
+	}
+	appendStringInfoChar(&buf, ']');
+	wf_flow_expand_groups(ex, res, buf.data);
+}
+
+/* map: {"over": PATH, "step": {...}, "concurrency": N} */
+void
+wf_flow_map_execute(WfStepExec *ex, WfStepResult *res)
+{
+	Jsonb	   *map = wf_util_jsonb_get(ex->spec, "map");
+	char	   *over = wf_util_jsonb_get_text(map, "over");
+	double		concurrency = wf_util_jsonb_get_number(map, "concurrency", 0);
+	Jsonb	   *items;
+	Oid			types[5] = {INT8OID, TEXTOID, JSONBOID, JSONBOID, INT4OID};
+	Oid			path_types[2] = {JSONBOID, TEXTOID};
+	Datum		args[5];
+	char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
+	bool		isnull;
+
+	/* The items: what the path finds in the context, which must be an array. */
+	args[0] = JsonbPGetDatum(ex->context);
+	args[1] = CStringGetTextDatum(over);
+	if (SPI_execute_with_args("SELECT jsonb_path_query_first($1, $2::jsonpath)",
+							  2, path_types, args, NULL, true, 1) != SPI_OK_SELECT ||
+		SPI_processed != 1)
+		elog(ERROR, "could not evaluate \"over\" of map step \"%s\"", ex->step);
+	items = DatumGetJsonbPCopy(SPI_getbinval(SPI_tuptable->vals[0],
+											 SPI_tuptable->tupdesc, 1, &isnull));
+	if (isnull || !JB_ROOT_IS_ARRAY(items) || JB_ROOT_IS_SCALAR(items))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("\"over\" of map step \"%s\" does not give an array", ex->step),
+				 errdetail("The path %s found %s in the run context.", over,
+						   isnull ? "nothing" : "a value that is not an array")));
+	SPI_freetuptable(SPI_tuptable);
+
+	args[0] = Int64GetDatum(ex->run_id);
+	args[1] = CStringGetTextDatum(ex->step);
+	args[2] = JsonbPGetDatum(wf_util_jsonb_get(map, "step"));
+	args[3] = JsonbPGetDatum(items);
+	args[4] = Int32GetDatum((int) concurrency);
+	nulls[4] = concurrency >= 1 ? ' ' : 'n';
+	if (SPI_execute_with_args("SELECT ready FROM wf._expand_map($1, $2, $3, $4, $5)",
+							  5, types, args, nulls, false, 1) != SPI_OK_SELECT ||
+		SPI_processed != 1)
+		elog(ERROR, "could not expand map step \"%s\"", ex->step);
+	args[0] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	res->outcome = WF_STEP_EXPANDED;
+	res->ready = isnull ? (Datum) 0 : PointerGetDatum(PG_DETOAST_DATUM_COPY(args[0]));
+	SPI_freetuptable(SPI_tuptable);
+}
+
+/* workflow: "NAME", optional "input" (templated) */
+void
+wf_flow_workflow_execute(WfStepExec *ex, WfStepResult *res)
+{
+	Jsonb	   *input = wf_util_jsonb_get(ex->spec, "input");
+	Oid			types[4] = {INT8OID, TEXTOID, TEXTOID, JSONBOID};
+	Datum		args[4];
+	char		nulls[4] = {' ', ' ', ' ', ' '};
+	bool		isnull;
+	int64		child;
+
+	if (input != NULL)
+	{
+		WfTemplateCtx tc;
+
+		memset(&tc, 0, sizeof(tc));
+		tc.context = ex->context;
+		input = wf_template_render_jsonb(&tc, input);
+	}
+	args[0] = Int64GetDatum(ex->run_id);
+	args[1] = CStringGetTextDatum(ex->step);
+	args[2] = CStringGetTextDatum(wf_util_jsonb_get_text(ex->spec, "workflow"));
+	args[3] = input ? JsonbPGetDatum(input) : (Datum) 0;
+	nulls[3] = input ? ' ' : 'n';
+	if (SPI_execute_with_args("SELECT wf._start_child($1, $2, $3, $4)", 4, types, args,
+							  nulls, false, 1) != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "could not start the child run of step \"%s\"", ex->step);
+	child = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
+										&isnull));
+	SPI_freetuptable(SPI_tuptable);
+	wf_shmem_wake_at_commit();
+	res->outcome = WF_STEP_WAITING;
+	res->wake_at = 0;
+	res->wait_key = psprintf("run:" INT64_FORMAT, child);
+}
+
+/* The child run ended (wf._child_ended left its outcome), or a spurious wake. */
+void
+wf_flow_workflow_resume(WfStepExec *ex, WfStepResult *res)
+{
+	char	   *status = wf_util_jsonb_get_text(ex->payload, "status");
+
+	if (status == NULL)
+	{
+		res->outcome = WF_STEP_WAITING;
+		res->wake_at = 0;
+		res->wait_key = ex->wait_key;
+		return;
+	}
+	if (strcmp(status, "completed") == 0)
+	{
+		res->outcome = WF_STEP_COMPLETED;
+		res->output = wf_util_jsonb_get(ex->payload, "output");
+		return;
+	}
+	res->outcome = WF_STEP_FAILED;
+	res->error_class = WF_ERROR_PERMANENT;
+	res->error_message = psprintf("child run %s %s: %s",
+								  JsonbToCString(NULL, &wf_util_jsonb_get(ex->payload, "run")->root, 0),
+								  status,
+								  wf_util_jsonb_get_text(wf_util_jsonb_get(ex->payload, "error"),
+														 "message") ?: "no message");
+}
