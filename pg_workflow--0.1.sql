@@ -112,6 +112,7 @@ CREATE TABLE wf.step (
 	wait_key	text,				-- what a waiting step waits for
 	payload		jsonb,				-- the event that woke a waiting step
 	assignee	text,				-- a human step's current assignee
+	title		text,				-- a human step's rendered title
 	escalated_at timestamptz,		-- when a human step was escalated
 	label		text,				-- name in the context's "steps" (NULL: map item)
 	parent		text,				-- the if/parallel/map step holding this one
@@ -1145,14 +1146,14 @@ $$;
  * A human step: (re)assigns it, and on escalation raises the alert.
  */
 CREATE FUNCTION wf._human_task(p_run_id bigint, p_step text, p_assignee text,
-							   p_escalate boolean)
+							   p_escalate boolean, p_title text)
 RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
 	before	text;
 BEGIN
 	SELECT assignee INTO before FROM wf.step WHERE run_id = p_run_id AND step = p_step;
-	UPDATE wf.step SET assignee = p_assignee,
+	UPDATE wf.step SET assignee = p_assignee, title = coalesce(p_title, title),
 		   escalated_at = CASE WHEN p_escalate THEN clock_timestamp() ELSE escalated_at END
 	 WHERE run_id = p_run_id AND step = p_step;
 	IF p_escalate THEN
@@ -1808,7 +1809,7 @@ CREATE VIEW wf.alerts WITH (security_barrier) AS
 /* Open approvals, for their assignees. */
 CREATE VIEW wf.human_tasks WITH (security_barrier) AS
 	SELECT s.run_id, r.workflow, s.step, s.assignee,
-		   s.spec->'human'->>'title' AS title,
+		   coalesce(s.title, s.spec->'human'->>'title') AS title,
 		   s.spec->'human'->>'description' AS description,
 		   s.started_at AS opened_at, s.ready_at AS deadline,
 		   s.escalated_at IS NOT NULL AS escalated, s.escalated_at

@@ -219,8 +219,10 @@ wf_wait_for_resume(WfStepExec *ex, WfStepResult *res)
 static void
 wf_wait_human_assign(WfStepExec *ex, const char *assignee, bool escalate)
 {
-	Oid			types[4] = {INT8OID, TEXTOID, TEXTOID, BOOLOID};
-	Datum		args[4];
+	Oid			types[5] = {INT8OID, TEXTOID, TEXTOID, BOOLOID, TEXTOID};
+	Datum		args[5];
+	char		nulls[5] = {' ', ' ', ' ', ' ', 'n'};
+	char	   *title = wf_util_jsonb_get_text(wf_util_jsonb_get(ex->spec, "human"), "title");
 	WfTemplateCtx tc;
 
 	memset(&tc, 0, sizeof(tc));
@@ -229,8 +231,13 @@ wf_wait_human_assign(WfStepExec *ex, const char *assignee, bool escalate)
 	args[1] = CStringGetTextDatum(ex->step);
 	args[2] = CStringGetTextDatum(wf_template_render_string(&tc, assignee, false));
 	args[3] = BoolGetDatum(escalate);
-	if (SPI_execute_with_args("SELECT wf._human_task($1, $2, $3, $4)", 4, types, args,
-							  NULL, false, 0) != SPI_OK_SELECT)
+	if (title != NULL && !escalate)
+	{
+		args[4] = CStringGetTextDatum(wf_template_render_string(&tc, title, false));
+		nulls[4] = ' ';
+	}
+	if (SPI_execute_with_args("SELECT wf._human_task($1, $2, $3, $4, $5)", 5, types, args,
+							  nulls, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not assign human step \"%s\"", ex->step);
 }
 
