@@ -9,6 +9,7 @@ OBJS = \
 	src/step_sql.o \
 	src/step_wait.o \
 	src/step_flow.o \
+	src/schedule.o \
 	src/http.o \
 	src/template.o \
 	src/api.o \

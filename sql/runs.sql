@@ -321,3 +321,22 @@ SELECT id AS cw FROM wf.runs WHERE parent_run = :pw \gset
 SELECT wait_until_waiting(:cw, 'hold');
 SELECT wf_cancel(:pw);
 SELECT wf_wait(:pw, '60 s'), wf_wait(:cw, '60 s');
+
+-- Schedules: cron or "every N unit", in the caller's time zone.
+SET TimeZone = 'Europe/Paris';
+SELECT wf_schedule('nightly-sync', 'seq', '30 12 * * *', '{"n": 1}');
+SELECT wf_schedule('weekday-mornings', 'seq', '*/15 9-17 * * MON-FRI', '{"n": 2}');
+SELECT wf_schedule('often', 'seq', 'every 10 minutes', '{"n": 3}');
+SELECT name, workflow, schedule, timezone, input, next_at > now() AS in_future
+  FROM wf.schedules ORDER BY name;
+SELECT extract(hour FROM next_at AT TIME ZONE 'Europe/Paris') AS local_hour,
+       extract(minute FROM next_at AT TIME ZONE 'Europe/Paris') AS local_minute
+  FROM wf.schedules WHERE name = 'nightly-sync';
+RESET TimeZone;
+SELECT wf_schedule('broken', 'seq', '61 * * * *');
+SELECT wf_schedule('broken', 'seq', 'every 0 minutes');
+SELECT wf_schedule('broken', 'seq', '0 0 30 2 *');
+SELECT wf_schedule('broken', 'no-such-workflow', '* * * * *');
+SELECT wf_unschedule('nightly-sync'), wf_unschedule('weekday-mornings'),
+       wf_unschedule('often'), wf_unschedule('never-was');
+SELECT count(*) AS schedules_left FROM wf.schedules;

@@ -90,6 +90,9 @@ static SPIPlanPtr wf_plan_requeue = NULL;
 static SPIPlanPtr wf_plan_wait = NULL;
 static SPIPlanPtr wf_plan_expire = NULL;
 
+/* All the plans above are prepared (a failure half-way starts over). */
+static bool wf_exec_plans_ready = false;
+
 /* Steps left running by an earlier incarnation have been requeued. */
 static bool wf_exec_requeued = false;
 
@@ -133,7 +136,7 @@ wf_exec_prepare_all(void)
 	Oid			failed_types[8] = {INT8OID, TEXTOID, JSONBOID, TIMESTAMPTZOID,
 	BOOLOID, BOOLOID, BOOLOID, BOOLOID};
 
-	if (wf_plan_claim != NULL)
+	if (wf_exec_plans_ready)
 		return;
 
 	/*
@@ -176,7 +179,9 @@ wf_exec_prepare_all(void)
 	wf_plan_wait = wf_exec_prepare(
 								   "SELECT wf._step_wait($1, $2, $3, $4)",
 								   4, wait_types);
-	wf_plan_expire = wf_exec_prepare("SELECT wf._expire_runs()", 0, NULL);
+	wf_plan_expire = wf_exec_prepare("SELECT LEAST(wf._expire_runs(), wf._fire_schedules())",
+									 0, NULL);
+	wf_exec_plans_ready = true;
 }
 
 /*
@@ -851,7 +856,10 @@ wf_exec_batch(int max_steps, TimestampTz *next_due)
 
 	completions = wf_http_completions();
 
-	/* Runs past their workflow timeout fail; the next deadline bounds our sleep. */
+	/*
+	 * Runs past their workflow timeout fail, due schedules start their runs;
+	 * the next deadline or schedule bounds our sleep.
+	 */
 	if (SPI_execute_plan(wf_plan_expire, NULL, NULL, false, 1) != SPI_OK_SELECT ||
 		SPI_processed != 1)
 		elog(ERROR, "could not expire runs");

@@ -203,6 +203,11 @@ extern void wf_wait_for_resume(WfStepExec *ex, WfStepResult *res);
 extern void wf_wait_human_execute(WfStepExec *ex, WfStepResult *res);
 extern void wf_wait_human_resume(WfStepExec *ex, WfStepResult *res);
 
+/* schedule.c */
+extern void wf_schedule_validate(const char *schedule);
+extern TimestampTz wf_schedule_next_time(const char *schedule, TimestampTz after,
+										 const char *tzname);
+
 /* step_flow.c */
 extern void wf_flow_if_execute(WfStepExec *ex, WfStepResult *res);
 extern void wf_flow_parallel_execute(WfStepExec *ex, WfStepResult *res);

@@ -61,24 +61,6 @@
  *-------------------------------------------------------------------------
  */
 
-/*
- * Declarations for pg_workflow.h
- *
- * Module prefix: wf_schedule_* (schedules).
- *
- * ----------------------------------------------------------------
- * Schedules (schedule.c)
- * ----------------------------------------------------------------
- *
- * extern void wf_schedule_validate(const char *schedule);
- * extern TimestampTz wf_schedule_next_time(const char *schedule,
- *											TimestampTz after,
- *											const char *tzname);
- *
- * The SQL-callable wf_schedule_next (wf._schedule_next) and
- * wf_schedule_check (wf._schedule_check) are declared by their
- * PG_FUNCTION_INFO_V1.
- */
 #include "pg_workflow.h"
 
 #include "common/int.h"
@@ -153,6 +135,7 @@ typedef struct WfScheduleField
 	const char *const *names;	/* names of values names_base, ... or NULL */
 	int			names_base;
 	const char *name_kind;		/* "unknown %s name" */
+	bool		seven_is_zero;	/* day of week 7 is Sunday, like 0 */
 } WfScheduleField;
 
 static const char *const wf_schedule_month_names[] = {
@@ -175,11 +158,11 @@ enum
 };
 
 static const WfScheduleField wf_schedule_fields[WF_SCHEDULE_NFIELDS] = {
-	{"minute", 0, 59, NULL, 0, NULL},
-	{"hour", 0, 23, NULL, 0, NULL},
-	{"day of month", 1, 31, NULL, 0, NULL},
-	{"month", 1, 12, wf_schedule_month_names, 1, "month"},
-	{"day of week", 0, 7, wf_schedule_day_names, 0, "day"},
+	{"minute", 0, 59, NULL, 0, NULL, false},
+	{"hour", 0, 23, NULL, 0, NULL, false},
+	{"day of month", 1, 31, NULL, 0, NULL, false},
+	{"month", 1, 12, wf_schedule_month_names, 1, "month", false},
+	{"day of week", 0, 7, wf_schedule_day_names, 0, "day", true},
 };
 
 /* The macros and what they stand for. */
@@ -225,6 +208,7 @@ typedef struct WfScheduleSegment
 
 static void wf_schedule_fail(const char *schedule, const char *fmt,...)
 			pg_attribute_printf(2, 3) pg_attribute_noreturn();
+static void wf_schedule_never_fires(const char *schedule) pg_attribute_noreturn();
 
 /* ----------------------------------------------------------------
  * Parsing
@@ -267,6 +251,7 @@ wf_schedule_never_fires(const char *schedule)
 			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 			 errmsg("invalid schedule \"%s\": it never fires", schedule),
 			 errdetail("No date matches its day-of-month, month and day-of-week fields.")));
+	pg_unreachable();
 }
 
 static inline bool
@@ -442,7 +427,7 @@ wf_schedule_parse_element(const char *schedule, const WfScheduleField *f,
 						 f->name, element);
 
 	for (v = lo; v <= hi; v += step)
-		bits |= UINT64CONST(1) << (v == 7 && f->names == wf_schedule_day_names ? 0 : v);
+		bits |= UINT64CONST(1) << (v == 7 && f->seven_is_zero ? 0 : v);
 	return bits;
 }
 
@@ -799,7 +784,11 @@ wf_schedule_segment(pg_tz *tz, TimestampTz s, WfScheduleSegment *seg)
 	int			r;
 	int			i;
 
-	/* The last transition at or before t, if one is that recent. */
+	/*
+	 * The last transition at or before t, if one is that recent.  (Zones
+	 * have at most a couple of transitions in the lookback; the bound only
+	 * guards against a corrupt zone.)
+	 */
 	seg->start = DT_NOBEGIN;
 	seg->prev_offset = 0;
 	for (i = 0; i < 100; i++)

@@ -17,31 +17,6 @@
  *-------------------------------------------------------------------------
  */
 
-/*
- * Declarations for pg_workflow.h
- * ------------------------------
- *
- * To be pasted into the header under a banner "Templates (template.c)".
- * WfTemplateCtx is a rendering session: zero it, set context to the run
- * context ({"input", "steps", "run"}); secret_values then collects (char *)
- * every secret value substituted, without duplicates, for redaction.  The
- * strings live in the memory context of the list (the current one when the
- * first secret is added).
- *
-typedef struct WfTemplateCtx
-{
-	Jsonb	   *context;
-	List	   *secret_values;
-} WfTemplateCtx;
-
-extern char *wf_template_render_string(WfTemplateCtx *tc, const char *str,
-									   bool url_escape);
-extern Jsonb *wf_template_render_jsonb(WfTemplateCtx *tc, Jsonb *value);
-extern char *wf_template_redact(WfTemplateCtx *tc, const char *text);
-extern Jsonb *wf_template_redact_jsonb(WfTemplateCtx *tc, Jsonb *value);
- *
- * (end of the declarations)
- */
 #include "pg_workflow.h"
 
 #include <ctype.h>

@@ -123,7 +123,9 @@ wf_worker_main(Datum main_arg)
 	int			index = DatumGetInt32(main_arg);
 	sigjmp_buf	local_sigjmp_buf;
 	MemoryContext iterctx;
-	int			consecutive_errors = 0;
+
+	/* Kept across longjmp: static, not a register's copy. */
+	static int	consecutive_errors = 0;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
@@ -151,16 +153,16 @@ wf_worker_main(Datum main_arg)
 									"pg_workflow executor iteration",
 									ALLOCSET_DEFAULT_SIZES);
 
+	ereport(LOG,
+			(errmsg("%s started in database \"%s\"",
+					MyBgworkerEntry->bgw_name, wf_guc_database)));
+
 	if (sigsetjmp(local_sigjmp_buf, 1) != 0)
 	{
 		QueryCancelHoldoffCount = 1;
 		wf_worker_recover(iterctx, &consecutive_errors);
 	}
 	PG_exception_stack = &local_sigjmp_buf;
-
-	ereport(LOG,
-			(errmsg("%s started in database \"%s\"",
-					MyBgworkerEntry->bgw_name, wf_guc_database)));
 
 	for (;;)
 	{
