@@ -936,13 +936,17 @@ CREATE FUNCTION wf._step_resume(p_run_id bigint, p_step text, p_attempt int,
 								p_started_at timestamptz,
 								OUT spec jsonb, OUT defaults jsonb)
 RETURNS SETOF record
-LANGUAGE sql AS $$
+LANGUAGE plpgsql AS $$
+BEGIN
+	/* PL/pgSQL, not SQL: its plan is kept, and this runs once per response. */
+	RETURN QUERY
 	SELECT s.spec, d.defaults
 	  FROM wf.step s JOIN wf.run r ON r.id = s.run_id
 		   JOIN wf.workflow_def d ON d.name = r.workflow AND d.version = r.version
 	 WHERE s.run_id = p_run_id AND s.step = p_step AND s.status = 'running'
 	   AND s.attempt = p_attempt AND s.started_at = p_started_at
-	   FOR NO KEY UPDATE OF s
+	   FOR NO KEY UPDATE OF s;
+END
 $$;
 
 /*

@@ -9,21 +9,23 @@
 #   shared_preload_libraries = 'pg_workflow', track_commit_timestamp = on
 # and otherwise default settings, defines the one-step workflow
 #   {"steps": [{"name": "call", "http": {"url": "http://127.0.0.1:8497/slow"}}]}
-# and, ROUNDS times in the same server, starts STEPS runs of it in one
-# transaction and polls wf.runs every 100 ms until all have ended, while
-# sampling each executor's RSS and Private_Dirty (/proc/PID/smaps_rollup)
-# every 100 ms. Per round it prints requests/s, wall time, failures and the
+# and, after an unmeasured warm-up, ROUNDS times in the same server, starts
+# STEPS runs of it in one transaction and polls wf.runs every 100 ms until
+# all have ended, while sampling each executor's RSS, Private_Dirty
+# (/proc/PID/smaps_rollup) and RssAnon every 100 ms. Per round it prints
+# requests/s, wall time, failures, the executors' CPU time and the
 # executors' memory before, at peak and after; then a summary against the
 # targets (>= 2000 requests/s; private memory flat across rounds). Stops
 # nginx and the server at the end (also on failure or interrupt).
 # See bench/README.md, section "HTTP benchmark".
 #
 # Usage: bench/http.sh [--quick] [--workers N] [--steps N] [--rounds N]
-#                      [--keep] [--port P] [--http-port P] [--perf]
+#                      [--warmup N] [--keep] [--port P] [--http-port P] [--perf]
 #   --quick        500 steps, 1 round, for smoke tests (not for figures)
 #   --workers N    pg_workflow.workers (default 2)
 #   --steps N      runs (one http step each) per round (default 5000)
 #   --rounds N     rounds in the same server (default 3)
+#   --warmup N     runs of the warm-up, not measured (default: as --steps)
 #   --keep         leave the server and nginx running at the end
 #   --port P       server port (default 5496)
 #   --http-port P  nginx port on 127.0.0.1 (default 8497)
@@ -49,11 +51,12 @@ QUICK=0
 PERF=0
 OPT_STEPS=
 OPT_ROUNDS=
+OPT_WARMUP=
 
 # Sizes (full mode; --quick lowers them).
 STEPS=5000
 ROUNDS=3
-WARMUP_RUNS=50
+WARMUP_RUNS=				# default: STEPS (one unmeasured round); --quick: 10
 WAIT_LIMIT_S=600
 POLL_S=0.1					# wf.runs poll and memory sampling interval
 
@@ -69,6 +72,7 @@ WORKFLOW=pgwf_bench_http
 
 # State.
 BINDIR=
+PKGLIB=
 NGINX_BIN=
 WORK=
 DATA=
@@ -100,7 +104,7 @@ parse_args() {
 		--quick) QUICK=1 ;;
 		--keep) KEEP=1 ;;
 		--perf) PERF=1 ;;
-		--workers | --steps | --rounds | --port | --http-port)
+		--workers | --steps | --rounds | --warmup | --port | --http-port)
 			(($# >= 2)) || die "$1 needs a number"
 			set -- "$1=$2" "${@:3}"
 			continue
@@ -108,6 +112,7 @@ parse_args() {
 		--workers=*) WORKERS=${1#*=} ;;
 		--steps=*) OPT_STEPS=${1#*=} ;;
 		--rounds=*) OPT_ROUNDS=${1#*=} ;;
+		--warmup=*) OPT_WARMUP=${1#*=} ;;
 		--port=*) PORT=${1#*=} ;;
 		--http-port=*) HTTP_PORT=${1#*=} ;;
 		-h | --help)
@@ -142,6 +147,11 @@ parse_args() {
 		posint "$OPT_ROUNDS" || die "--rounds must be a positive integer"
 		ROUNDS=$OPT_ROUNDS
 	fi
+	if [[ -n "$OPT_WARMUP" ]]; then
+		posint "$OPT_WARMUP" || die "--warmup must be a positive integer"
+		WARMUP_RUNS=$OPT_WARMUP
+	fi
+	[[ -n "$WARMUP_RUNS" ]] || WARMUP_RUNS=$STEPS
 	URL="http://127.0.0.1:$HTTP_PORT/slow"
 }
 
@@ -156,6 +166,7 @@ find_bindir() {
 	fi
 	[[ -n "$pg_config" ]] || die "pg_config not found (install postgresql-server-dev-15 or set PG_CONFIG)"
 	BINDIR=$("$pg_config" --bindir)
+	PKGLIB=$("$pg_config" --pkglibdir)
 	local prog
 	for prog in initdb pg_ctl psql; do
 		[[ -x "$BINDIR/$prog" ]] || die "$BINDIR/$prog not found"
@@ -439,25 +450,32 @@ wait_all_done() {
 # Memory
 # ---------------------------------------------------------------------------
 
-# One line per pid: "PREFIXpid rss_kB private_dirty_kB" (VmRSS from
-# /proc/PID/status, Private_Dirty from /proc/PID/smaps_rollup), read with
+# One line per pid: "PREFIXpid rss_kB private_dirty_kB anon_kB" (VmRSS and
+# RssAnon from /proc/PID/status, Private_Dirty from smaps_rollup), read with
 # bash builtins only, so that sampling forks nothing. Nothing for a pid that
 # has gone. Usage: mem_of PREFIX PID...
 mem_of() {
-	local prefix=$1 pid k v rss pd
+	local prefix=$1 pid k v rss pd anon
 	shift
 	for pid in "$@"; do
 		rss=
 		pd=0
+		anon=0
 		{
 			while read -r k v _; do
-				[[ "$k" == VmRSS: ]] && { rss=$v; break; }
+				case "$k" in
+				VmRSS:) rss=$v ;;
+				RssAnon:)
+					anon=$v
+					break
+					;;
+				esac
 			done <"/proc/$pid/status"
 			while read -r k v _; do
 				[[ "$k" == Private_Dirty: ]] && { pd=$v; break; }
 			done <"/proc/$pid/smaps_rollup"
 		} 2>/dev/null || continue
-		[[ -n "$rss" ]] && printf '%s%s %s %s\n' "$prefix" "$pid" "$rss" "$pd"
+		[[ -n "$rss" ]] && printf '%s%s %s %s %s\n' "$prefix" "$pid" "$rss" "$pd" "$anon"
 	done
 	return 0
 }
@@ -555,7 +573,7 @@ print_machine() {
 	printf '  %-22s %s\n' "kernel" "$(uname -sr)"
 	printf '  %-22s %s\n' "load average (start)" "$(cut -d' ' -f1-3 /proc/loadavg)"
 	printf '  %-22s %s\n' "PostgreSQL" "$(q -c 'SELECT version()')"
-	printf '  %-22s %s\n' "pg_workflow" "$(q -c "SELECT extversion FROM pg_extension WHERE extname = 'pg_workflow'")"
+	printf '  %-22s %s\n' "pg_workflow" "$(q -c "SELECT extversion FROM pg_extension WHERE extname = 'pg_workflow'") ($PKGLIB/pg_workflow.so of $(date -u -r "$PKGLIB/pg_workflow.so" '+%Y-%m-%d %H:%M:%S UTC' 2>/dev/null || echo '?'))"
 	printf '  %-22s %s\n' "libcurl" "${curlv:-unknown}"
 	printf '  %-22s %s\n' "nginx" "$("$NGINX_BIN" -v 2>&1 | sed 's/^nginx version: //'), pid $NGINX_PID, 127.0.0.1:$HTTP_PORT"
 	printf '  %-22s %s\n' "data directory" "$DATA (on $(df -P "$WORK" | awk 'NR == 2 { print $1 }'))"
@@ -575,13 +593,26 @@ print_machine() {
 		"${R[curl_ms]}" "${R[curl_all]// /, }"
 }
 
+# The warm-up opens the connections and takes the executors' memory to its
+# working size (a first batch of requests in flight raises the heap's high
+# water mark, and glibc keeps what was freed), so that the rounds compare
+# steady states. Its memory, before and after, is printed.
 warm_up() {
-	local lo hi bad
+	local lo hi bad pids t0
 	log "warm-up: $WARMUP_RUNS runs (not measured)"
+	mapfile -t pids < <(executor_pids)
+	mem_of "" "${pids[@]}" >"$WORK/mem.warm0"
 	lo=$(max_run_id)
+	t0=$(now_ms)
 	q -c "SELECT count(wf_start('$WORKFLOW')) FROM generate_series(1, $WARMUP_RUNS)" >/dev/null
 	hi=$(max_run_id)
 	wait_all_done
+	mem_of "" "${pids[@]}" >"$WORK/mem.warm1"
+	section "Warm-up: $WARMUP_RUNS runs, not measured ($((R[done_at] - t0)) ms)"
+	awk 'FNR == 1 { f++ } { r[f] += $2; p[f] += $3; a[f] += $4 }
+		END { printf "  executors'"'"' memory, summed (MiB): RSS %.1f -> %.1f, private %.1f -> %.1f, anon %.1f -> %.1f\n",
+				r[1] / 1024, r[2] / 1024, p[1] / 1024, p[2] / 1024, a[1] / 1024, a[2] / 1024 }' \
+		"$WORK/mem.warm0" "$WORK/mem.warm1"
 	bad=$(q -c "SELECT count(*) FROM wf.run WHERE id > $lo AND id <= $hi AND status <> 'completed'")
 	if ((bad > 0)); then
 		q -c "SELECT id, status, error FROM wf.run WHERE id > $lo AND id <= $hi
@@ -590,45 +621,55 @@ warm_up() {
 	fi
 }
 
-# Summarises a memory file (sample pid rss pd) for round $1: per executor
-# before/peak/after, and the peak of the executors' sum.
+# Prints the executors' memory in round $1: per executor and summed, RSS,
+# Private_Dirty and RssAnon before the start, at the peak of the samples
+# and after the end. The peak of the sum is the highest sum of one sample
+# (the before and after readings count as samples). Sets R[rN_*].
 print_memory() {
-	local r=$1 before=$2 after=$3 line
-	# before/after files: "pid rss pd"
-	printf '  executors'"'"' memory, sampled every %s s (%s samples; MiB):\n' "$POLL_S" \
+	local r=$1 line
+	printf '  executors'"'"' memory (MiB), sampled every %s s (%s samples):\n' "$POLL_S" \
 		"$(awk '{ print $1 }' "$WORK/mem.round$r" | sort -u | wc -l)"
-	printf '    %-8s %9s %9s %9s   %9s %9s %9s\n' "pid" "RSS bef." "peak" "after" \
-		"priv bef." "peak" "after"
-	awk -v bf="$before" -v af="$after" '
-		BEGIN {
-			while ((getline l < bf) > 0) { split(l, a, " "); rb[a[1]] = a[2]; pb[a[1]] = a[3] }
-			while ((getline l < af) > 0) { split(l, a, " "); ra[a[1]] = a[2]; pa[a[1]] = a[3] }
-		}
+	printf '    %-8s %-26s   %-26s   %-26s\n' "" "----------- RSS ----------" \
+		"-- private (Private_Dirty)" "----- anon (RssAnon) -----"
+	printf '    %-8s %8s %8s %8s   %8s %8s %8s   %8s %8s %8s\n' "pid" \
+		before peak after before peak after before peak after
+	line=$( {
+		sed 's/^/b /' "$WORK/mem.before$r"
+		cat "$WORK/mem.round$r"
+		sed 's/^/a /' "$WORK/mem.after$r"
+	} | awk '
+		function m(k) { return k / 1024 }
 		{
-			pid = $2
-			if ($3 > rp[pid]) rp[pid] = $3
-			if ($4 > pp[pid]) pp[pid] = $4
-			srss[$1] += $3; spd[$1] += $4
-			seen[pid] = 1
+			s = $1; pid = $2
+			if (!(pid in seen)) { seen[pid] = 1; pids[++n] = pid }
+			for (f = 3; f <= 5; f++) {
+				if ($f > peak[pid, f]) peak[pid, f] = $f
+				sum[s, f] += $f
+				if (s == "b") { bef[pid, f] = $f; tb[f] += $f }
+				if (s == "a") { aft[pid, f] = $f; ta[f] += $f }
+			}
+			samples[s] = 1
 		}
 		END {
-			for (pid in rb) seen[pid] = 1
-			for (pid in seen) {
-				printf "    %-8s %9.1f %9.1f %9.1f   %9.1f %9.1f %9.1f\n", pid,
-					rb[pid] / 1024, rp[pid] / 1024, ra[pid] / 1024,
-					pb[pid] / 1024, pp[pid] / 1024, pa[pid] / 1024
-				trb += rb[pid]; tra += ra[pid]; tpb += pb[pid]; tpa += pa[pid]
+			for (i = 1; i <= n; i++) {
+				pid = pids[i]
+				printf "    %-8s", pid > "/dev/stderr"
+				for (f = 3; f <= 5; f++)
+					printf " %8.1f %8.1f %8.1f  ", m(bef[pid, f]), m(peak[pid, f]), m(aft[pid, f]) > "/dev/stderr"
+				printf "\n" > "/dev/stderr"
 			}
-			for (s in srss) { if (srss[s] > mr) mr = srss[s]; if (spd[s] > mp) mp = spd[s] }
-			printf "    %-8s %9.1f %9.1f %9.1f   %9.1f %9.1f %9.1f\n", "sum",
-				trb / 1024, mr / 1024, tra / 1024, tpb / 1024, mp / 1024, tpa / 1024
-			printf "SUMMARY %d %d %d %d\n", mr, mp, tpa, tra > "/dev/stderr"
-		}' "$WORK/mem.round$r" 2>"$WORK/mem.sum$r"
-	read -r _ "R[r${r}_rss_peak]" "R[r${r}_priv_peak]" "R[r${r}_priv_after]" "R[r${r}_rss_after]" \
-		<"$WORK/mem.sum$r"
-	# The before/after samples count as samples too (the peak cannot be lower).
-	line=$(awk '{ p += $3 } END { print p + 0 }' "$after")
-	((line > ${R[r${r}_priv_peak]})) && R[r${r}_priv_peak]=$line
+			for (s in samples)
+				for (f = 3; f <= 5; f++)
+					if (sum[s, f] > tp[f]) tp[f] = sum[s, f]
+			printf "    %-8s", "sum" > "/dev/stderr"
+			for (f = 3; f <= 5; f++)
+				printf " %8.1f %8.1f %8.1f  ", m(tb[f]), m(tp[f]), m(ta[f]) > "/dev/stderr"
+			printf "\n" > "/dev/stderr"
+			printf "%d %d %d %d %d %d\n", tp[3], tp[4], tp[5], ta[3], ta[4], ta[5]
+		}' 2>&1 >"$WORK/mem.sum$r")
+	printf '%s\n' "$line" | sed 's/ *$//'
+	read -r "R[r${r}_rss_peak]" "R[r${r}_priv_peak]" "R[r${r}_anon_peak]" \
+		"R[r${r}_rss_after]" "R[r${r}_priv_after]" "R[r${r}_anon_after]" <"$WORK/mem.sum$r"
 	return 0
 }
 
@@ -656,30 +697,39 @@ run_round() {
 	[[ "$execs" == "${EXEC_PIDS[*]}" ]] ||
 		log "round $r: the executors changed during the round (${EXEC_PIDS[*]} -> $execs): did one crash?"
 
+	# Range predicates, no join on a CTE: with 20,000 runs a materialised
+	# CTE joined to a table turns into a nested loop that takes minutes.
 	line=$(q -F '|' -c "
-		WITH r AS (SELECT * FROM wf.run WHERE id > $lo AND id <= $hi),
-		s AS (SELECT s.*, extract(epoch FROM s.finished_at - s.started_at) * 1000 AS ms
-				FROM wf.step s JOIN r ON r.id = s.run_id),
-		c AS (SELECT min(pg_xact_commit_timestamp(h.xmin)) AS commit_ts
-				FROM wf.history_log h JOIN r ON r.id = h.run_id
-			   WHERE h.step IS NULL AND h.status = 'pending')
-		SELECT (SELECT count(*) FROM r WHERE status = 'completed'),
-			   (SELECT count(*) FROM r WHERE status = 'failed'),
-			   (SELECT count(*) FROM r WHERE status = 'cancelled'),
-			   (SELECT count(*) FROM s WHERE status = 'completed'
-				   AND output @> '{\"status\": 200, \"body\": {\"ok\": true}}'),
-			   (SELECT count(*) FROM s WHERE attempt > 1),
-			   round(extract(epoch FROM (SELECT max(finished_at) - min(started_at) FROM s)) * 1000, 1),
-			   round(extract(epoch FROM (SELECT max(finished_at) FROM r) - c.commit_ts) * 1000, 1),
-			   round(extract(epoch FROM (SELECT min(started_at) FROM s) - c.commit_ts) * 1000, 1),
-			   (SELECT round(percentile_cont(0.5) WITHIN GROUP (ORDER BY ms)::numeric, 1) FROM s),
-			   (SELECT round(percentile_cont(0.99) WITHIN GROUP (ORDER BY ms)::numeric, 1) FROM s),
-			   (SELECT round(max(ms)::numeric, 1) FROM s),
-			   (SELECT round(sum(ms)::numeric, 1) FROM s),
-			   (SELECT count(DISTINCT pg_xact_commit_timestamp(h.xmin))
-				  FROM wf.history_log h JOIN r ON r.id = h.run_id
-				 WHERE h.step IS NOT NULL)
-		  FROM c")
+		WITH s AS MATERIALIZED (
+			SELECT status, attempt, started_at, finished_at,
+				   output @> '{\"status\": 200, \"body\": {\"ok\": true}}' AS ok,
+				   extract(epoch FROM finished_at - started_at) * 1000 AS ms
+			  FROM wf.step WHERE run_id > $lo AND run_id <= $hi),
+		r AS MATERIALIZED (
+			SELECT count(*) FILTER (WHERE status = 'completed') AS completed,
+				   count(*) FILTER (WHERE status = 'failed') AS failed,
+				   count(*) FILTER (WHERE status = 'cancelled') AS cancelled,
+				   max(finished_at) AS last_finished
+			  FROM wf.run WHERE id > $lo AND id <= $hi),
+		h AS MATERIALIZED (
+			SELECT min(pg_xact_commit_timestamp(xmin)) FILTER (WHERE step IS NULL AND status = 'pending') AS commit_ts,
+				   count(DISTINCT pg_xact_commit_timestamp(xmin)) FILTER (WHERE step IS NOT NULL) AS commits
+			  FROM wf.history_log WHERE run_id > $lo AND run_id <= $hi),
+		a AS MATERIALIZED (
+			SELECT count(*) FILTER (WHERE status = 'completed' AND ok) AS ok,
+				   count(*) FILTER (WHERE attempt > 1) AS retried,
+				   min(started_at) AS first_start, max(finished_at) AS last_finish,
+				   percentile_cont(0.5) WITHIN GROUP (ORDER BY ms) AS p50,
+				   percentile_cont(0.99) WITHIN GROUP (ORDER BY ms) AS p99,
+				   max(ms) AS max_ms, sum(ms) AS sum_ms
+			  FROM s)
+		SELECT r.completed, r.failed, r.cancelled, a.ok, a.retried,
+			   round(extract(epoch FROM a.last_finish - a.first_start) * 1000, 1),
+			   round(extract(epoch FROM r.last_finished - h.commit_ts) * 1000, 1),
+			   round(extract(epoch FROM a.first_start - h.commit_ts) * 1000, 1),
+			   round(a.p50::numeric, 1), round(a.p99::numeric, 1), round(a.max_ms::numeric, 1),
+			   round(a.sum_ms::numeric, 1), h.commits
+		  FROM r, h, a")
 	IFS='|' read -r "R[r${r}_done]" "R[r${r}_failed]" "R[r${r}_cancelled]" "R[r${r}_ok]" \
 		"R[r${r}_retried]" "R[r${r}_window_ms]" "R[r${r}_wall_ms]" "R[r${r}_first_ms]" \
 		"R[r${r}_p50]" "R[r${r}_p99]" "R[r${r}_max]" "R[r${r}_sum_ms]" "R[r${r}_commits]" <<<"$line"
@@ -712,7 +762,7 @@ run_round() {
 	printf '  %-46s %s ms, %s%% of %s x window\n' "executors runnable, waiting for a CPU" \
 		"${R[r${r}_rq_ms]}" \
 		"$(fmt '%.0f' "$(awk -v c="${R[r${r}_rq_ms]}" -v w="${R[r${r}_window_ms]}" -v k="$WORKERS" 'BEGIN { print 100 * c / (k * w) }')")" "$WORKERS"
-	print_memory "$r" "$WORK/mem.before$r" "$WORK/mem.after$r"
+	print_memory "$r"
 	((r == 1)) && perf_print
 
 	if ((${R[r${r}_done]} != n)); then
@@ -732,23 +782,31 @@ row() {
 	1) result=PASS ;;
 	0) result=MISS ;;
 	esac
-	printf '  %-38s %-14s %-24s %s\n' "$1" "$2" "$3" "$result"
+	printf '  %-38s %-16s %-26s %s\n' "$1" "$2" "$3" "$result"
+}
+
+# flat_limit FIRST_kB: the most the last round's peak may be.
+flat_limit() {
+	awk -v f="$1" -v p="$FLAT_PCT" -v k="$FLAT_KB" \
+		'BEGIN { l = f * p / 100; if (k > l) l = k; printf "%d", f + l }'
 }
 
 print_summary() {
 	local r ok first last limit
 	section "Summary (workers = $WORKERS, $STEPS steps x $ROUNDS rounds$( ((QUICK)) && echo ', QUICK mode'))"
-	printf '  %-5s %7s %9s %6s %9s %9s %9s %9s %9s\n' "round" "req/s" "wall ms" "failed" \
-		"CPU/step" "CPU wait" "peak RSS" "peak priv" "priv after"
+	printf '  %-5s %6s %8s %6s %8s %8s %8s %8s %8s %8s\n' "round" "req/s" "wall ms" "failed" \
+		"CPU/step" "CPU wait" "RSS" "private" "anon" "priv."
+	printf '  %-5s %6s %8s %6s %8s %8s %8s %8s %8s %8s\n' "" "" "" "" "" "" "peak" "peak" "peak" "after"
 	for ((r = 1; r <= ROUNDS; r++)); do
-		printf '  %-5s %7s %9s %6s %9s %9s %9s %9s %9s\n' "$r" "${R[r${r}_rps]}" "${R[r${r}_wall_ms]}" \
-			"${R[r${r}_failed]}" "$((${R[r${r}_cpu_ms]} * 1000 / STEPS)) us" \
-			"${R[r${r}_rq_ms]} ms" "$(mib "${R[r${r}_rss_peak]}")" "$(mib "${R[r${r}_priv_peak]}")" \
-			"$(mib "${R[r${r}_priv_after]}")"
+		printf '  %-5s %6s %8s %6s %8s %8s %8s %8s %8s %8s\n' "$r" "${R[r${r}_rps]}" \
+			"$(fmt '%.0f' "${R[r${r}_wall_ms]}")" "${R[r${r}_failed]}" \
+			"$((${R[r${r}_cpu_ms]} * 1000 / STEPS)) us" "${R[r${r}_rq_ms]} ms" \
+			"$(mib "${R[r${r}_rss_peak]}")" "$(mib "${R[r${r}_priv_peak]}")" \
+			"$(mib "${R[r${r}_anon_peak]}")" "$(mib "${R[r${r}_priv_after]}")"
 	done
-	printf '  (CPU/step: executors'"'"' CPU time per step; CPU wait: time they were runnable\n'
-	printf '  but waiting for a CPU; memory in MiB, summed over the %s executors)\n\n' "$WORKERS"
-	printf '  %-38s %-14s %-24s %s\n' "figure" "value" "target" "result"
+	printf '  (CPU/step: the executors'"'"' CPU time per step; CPU wait: time they were\n'
+	printf '  runnable but waiting for a CPU; memory in MiB, summed over the %s executors)\n\n' "$WORKERS"
+	printf '  %-38s %-16s %-26s %s\n' "figure" "value" "target" "result"
 	for ((r = 1; r <= ROUNDS; r++)); do
 		row "runs completed, round $r" "${R[r${r}_done]}" "= $STEPS" "$((${R[r${r}_done]} == STEPS))"
 	done
@@ -756,16 +814,22 @@ print_summary() {
 		ok=$(awk -v a="${R[r${r}_rps]}" -v t="$TARGET_RPS" 'BEGIN { print (a >= t) }')
 		row "requests/s, round $r" "${R[r${r}_rps]}" ">= $TARGET_RPS" "$ok"
 	done
-	first=${R[r1_priv_peak]}
-	last=${R[r${ROUNDS}_priv_peak]}
-	limit=$(awk -v f="$first" -v p="$FLAT_PCT" -v k="$FLAT_KB" 'BEGIN { l = f * p / 100; if (k > l) l = k; printf "%d", f + l }')
 	if ((ROUNDS > 1)); then
+		first=${R[r1_priv_peak]}
+		last=${R[r${ROUNDS}_priv_peak]}
+		limit=$(flat_limit "$first")
 		row "peak private MiB, round $ROUNDS vs 1" "$(mib "$last") vs $(mib "$first")" \
 			"<= $(mib "$limit") (+${FLAT_PCT}% or 5 MiB)" "$((last <= limit))"
+		first=${R[r1_anon_peak]}
+		last=${R[r${ROUNDS}_anon_peak]}
+		limit=$(flat_limit "$first")
+		row "  peak anon MiB (no shared memory)" "$(mib "$last") vs $(mib "$first")" \
+			"<= $(mib "$limit") (information)" -
 	else
-		row "peak private MiB (1 round)" "$(mib "$last")" "needs --rounds >= 2" -
+		row "peak private MiB (1 round)" "$(mib "${R[r1_priv_peak]}")" "needs --rounds >= 2" -
 	fi
-	row "peak RSS MiB, round $ROUNDS vs 1" "$(mib "${R[r${ROUNDS}_rss_peak]}") vs $(mib "${R[r1_rss_peak]}")" "" -
+	row "peak RSS MiB, round $ROUNDS vs 1" "$(mib "${R[r${ROUNDS}_rss_peak]}") vs $(mib "${R[r1_rss_peak]}")" \
+		"(grows with the tables)" -
 	printf '\n  load average at the end: %s (other work on the machine perturbs the figures)\n' \
 		"$(cut -d' ' -f1-3 /proc/loadavg)"
 }
