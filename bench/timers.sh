@@ -102,8 +102,9 @@ if [[ "$RESTART" == true ]]; then
 		"pg_stat_statements.track = all" >/dev/null
 fi
 
-log "phase 2: $RUNS more runs waking over $SPREAD s, from 5 s on"
-q "SELECT count(wf_start('nap', jsonb_build_object('lag', true, 'at', clock_timestamp() + interval '5 s'
+OFFSET=$((5 + RUNS / 1000))
+log "phase 2: $RUNS more runs waking over $SPREAD s, from $OFFSET s on"
+q "SELECT count(wf_start('nap', jsonb_build_object('lag', true, 'at', clock_timestamp() + interval '$OFFSET s'
                                                    + i * interval '1 ms' * ($SPREAD * 1000.0 / $RUNS))))
      FROM generate_series(1, $RUNS) i" >/dev/null
 until [[ $(q "SELECT count(*) FROM wf.runs WHERE input ? 'lag' AND status <> 'completed'") -eq 0 ]]; do
