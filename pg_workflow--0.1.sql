@@ -857,15 +857,18 @@ BEGIN
 		UPDATE wf.run SET steps_left = steps_left - 1 WHERE id = p_run_id
 		RETURNING * INTO r;
 	END IF;
-	UPDATE wf.step SET status = p_status, output = p_output, error = NULL,
+	/* A step skipped by its "when" never ran; one skipped by on_error did. */
+	UPDATE wf.step SET status = p_status, output = p_output,
+		   error = CASE WHEN p_status = 'skipped' THEN error END,
 		   finished_at = clock_timestamp(), running_by = NULL,
 		   wait_key = NULL, payload = NULL,
-		   started_at = CASE WHEN p_status = 'skipped' THEN NULL ELSE started_at END,
-		   attempt = CASE WHEN p_status = 'skipped' THEN 0 ELSE attempt END
+		   started_at = CASE WHEN p_status = 'skipped' AND error IS NULL THEN NULL
+							 ELSE started_at END,
+		   attempt = CASE WHEN p_status = 'skipped' AND error IS NULL THEN 0 ELSE attempt END
 	 WHERE run_id = p_run_id AND step = p_step
 	RETURNING * INTO st;
-	INSERT INTO wf.history_log (run_id, step, status, attempt, actor)
-	VALUES (p_run_id, p_step, p_status, st.attempt, r.owner);
+	INSERT INTO wf.history_log (run_id, step, status, attempt, detail, actor)
+	VALUES (p_run_id, p_step, p_status, st.attempt, st.error, r.owner);
 	IF current_setting('pg_workflow.notify') = 'steps' THEN
 		PERFORM wf._notify(p_run_id, r.workflow, p_step, p_status);
 	END IF;
@@ -1445,11 +1448,8 @@ BEGIN
 	END IF;
 	IF p_skip THEN
 		/* on_error: skip, with the error and the attempts kept for the record. */
-		SELECT attempt, started_at INTO d FROM wf.step
-		 WHERE run_id = p_run_id AND step = p_step;
+		UPDATE wf.step SET error = p_error WHERE run_id = p_run_id AND step = p_step;
 		SELECT * INTO res FROM wf._step_done(p_run_id, p_step, 'skipped', NULL);
-		UPDATE wf.step SET error = p_error, attempt = d.attempt, started_at = d.started_at
-		 WHERE run_id = p_run_id AND step = p_step;
 		ready := res.ready;
 		RETURN;
 	END IF;

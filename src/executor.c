@@ -140,19 +140,25 @@ wf_exec_prepare_all(void)
 		return;
 
 	/*
-	 * Ready steps in the order of index step_ready, skipping those another
-	 * executor holds and those of runs that wf_cancel, wf_retry or wf_rewind
-	 * are interrupting ($2): those lock the run only once no executor can
-	 * start its steps.
+	 * Due steps in the order of index step_ready (the CTE, so that the plan
+	 * reads the index in order and stops at the limit), skipping those
+	 * another executor holds and those of runs that wf_cancel, wf_retry or
+	 * wf_rewind are interrupting ($2).  The KEY SHARE lock on the run orders
+	 * our locks as theirs are ordered, run first: they lock the run FOR
+	 * UPDATE, which waits for our transaction, before they touch its steps.
 	 */
 	wf_plan_claim = wf_exec_prepare(
-									"SELECT s.run_id, s.step, s.kind = 'http' AND s.status = 'ready' FROM wf.step s"
+									"WITH c AS ("
+									" SELECT s.run_id, s.step, s.kind = 'http' AND s.status = 'ready' AS http"
+									" FROM wf.step s"
 									" WHERE s.status IN ('ready', 'waiting')"
 									" AND s.ready_at <= pg_catalog.clock_timestamp()"
 									" AND ($2 IS NULL OR s.run_id <> ALL ($2))"
 									" AND (s.kind <> 'http' OR $3)"
 									" ORDER BY s.priority DESC, s.ready_at LIMIT $1"
-									" FOR UPDATE SKIP LOCKED",
+									" FOR UPDATE OF s SKIP LOCKED)"
+									" SELECT c.run_id, c.step, c.http FROM c JOIN wf.run r ON r.id = c.run_id"
+									" FOR KEY SHARE OF r SKIP LOCKED",
 									3, claim_types);
 	wf_plan_next_due = wf_exec_prepare(
 									   "SELECT pg_catalog.min(ready_at) FROM wf.step"
@@ -640,8 +646,8 @@ wf_exec_record_failure(WfStepExec *ex, Jsonb *defaults, WfStepResult *res,
 			strategy = wf_util_jsonb_get_text(wf_util_jsonb_get(defaults, "on_error"),
 											  "strategy");
 
-		if (res->error_class == WF_ERROR_TRANSIENT &&
-			(strategy == NULL || strcmp(strategy, "fail") != 0))
+		/* on_error applies once the retry policy is exhausted. */
+		if (res->error_class == WF_ERROR_TRANSIENT)
 			retry_at = wf_exec_retry_at(wf_util_jsonb_get(ex->spec, "retry"),
 										wf_util_jsonb_get(defaults, "retry"),
 										ex->attempt);

@@ -62,6 +62,9 @@ wf_worker_detach(int code, Datum arg)
 	wf_worker_slot->sleeping = false;
 	wf_worker_slot->current_run = 0;
 	SpinLockRelease(&wf_shared->mutex);
+
+	/* What we held is ready again: another executor need not wait for us. */
+	wf_shmem_wake_one();
 }
 
 static void
