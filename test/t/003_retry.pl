@@ -13,8 +13,6 @@
 #  - on_error "skip" once the retries are exhausted;
 #  - a lock conflict (55P03) retried until the lock is released;
 #  - permanent errors are not retried (attempt 1, no 'retrying' row).
-# TODO: the history row of a skip after retries should carry the attempt
-# and the error.
 
 use strict;
 use warnings;
@@ -325,19 +323,12 @@ is( $node->safe_psql(
 	  FROM wf.steps WHERE run_id = $skipped AND step = 'flaky'}),
 	'skipped|2|40001|transient|t',
 	'the skipped step keeps its attempts and last error');
-TODO:
-{
-	# wf._step_failed() records the skip through wf._step_done(), which
-	# writes the history row with attempt 0 (as for a "when" skip) and no
-	# detail, before restoring the attempt count in wf.step.
-	local $TODO = 'the history row of an on_error skip has attempt 0 and no error';
-	is( $node->safe_psql(
-			'postgres', qq{
-		SELECT attempt, detail->>'sqlstate' FROM wf.history
-		 WHERE run_id = $skipped AND step = 'flaky' AND status = 'skipped'}),
-		'2|40001',
-		'the history row of the skip carries the last attempt and its error');
-}
+is( $node->safe_psql(
+		'postgres', qq{
+	SELECT attempt, detail->>'sqlstate' FROM wf.history
+	 WHERE run_id = $skipped AND step = 'flaky' AND status = 'skipped'}),
+	'2|40001',
+	'the history row of the skip carries the last attempt and its error');
 
 # -------------------------------------------------------------------------
 # A lock held by another session: NOWAIT fails with 55P03 until released.
