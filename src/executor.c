@@ -385,7 +385,7 @@ wf_exec_append_ready(List *queue, int64 run_id, Datum arr, bool isnull,
 	old = MemoryContextSwitchTo(batchctx);
 	for (i = 0; i < n; i++)
 	{
-		WfWorkItem *item = palloc(sizeof(WfWorkItem));
+		WfWorkItem *item = palloc0(sizeof(WfWorkItem));
 
 		item->run_id = run_id;
 		item->step = TextDatumGetCString(elems[i]);
@@ -806,6 +806,48 @@ wf_exec_completion(WfHttpCompletion *c, List *queue, MemoryContext batchctx)
 }
 
 /*
+ * Drops the requests in flight whose runs have ended (cancelled, failed),
+ * when a commit that ended runs asked us to look.
+ */
+static void
+wf_exec_recheck_http(void)
+{
+	bool		recheck;
+	int64	   *runs;
+	int			n;
+	Datum	   *elems;
+	Datum		args[1];
+	Oid			types[1] = {INT8ARRAYOID};
+	int64	   *ended;
+	uint64		i;
+	bool		isnull;
+
+	SpinLockAcquire(&wf_shared->mutex);
+	recheck = wf_worker_slot->recheck_http;
+	wf_worker_slot->recheck_http = false;
+	SpinLockRelease(&wf_shared->mutex);
+	if (!recheck || (runs = wf_http_in_flight_runs(&n)) == NULL)
+		return;
+
+	elems = palloc(sizeof(Datum) * n);
+	for (i = 0; i < n; i++)
+		elems[i] = Int64GetDatum(runs[i]);
+	args[0] = PointerGetDatum(construct_array(elems, n, INT8OID, sizeof(int64),
+											  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	if (SPI_execute_with_args("SELECT id FROM wf.run WHERE id = ANY ($1)"
+							  " AND status NOT IN ('pending', 'running', 'waiting')",
+							  1, types, args, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not look at the runs of the requests in flight");
+	if (SPI_processed == 0)
+		return;
+	ended = palloc(sizeof(int64) * SPI_processed);
+	for (i = 0; i < SPI_processed; i++)
+		ended[i] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i],
+											   SPI_tuptable->tupdesc, 1, &isnull));
+	wf_http_drop_runs(ended, (int) SPI_processed);
+}
+
+/*
  * Runs one executor transaction.  Returns the number of steps executed;
  * when none was due, *next_due is when the next one will be (0: none
  * known, sleep until woken).
@@ -861,6 +903,9 @@ wf_exec_batch(int max_steps, TimestampTz *next_due)
 	}
 
 	completions = wf_http_completions();
+
+	/* Runs ended elsewhere: drop their requests still in flight. */
+	wf_exec_recheck_http();
 
 	/*
 	 * Runs past their workflow timeout fail, due schedules start their runs;

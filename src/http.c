@@ -108,6 +108,7 @@ char	   *wf_guc_http_allowed_hosts = NULL;
 char	   *wf_guc_http_ca_file = NULL;
 
 static void wf_http_start_transfer(WfHttpRequest *req);
+static void wf_http_publish_count(void);
 
 /* ----------------------------------------------------------------
  * libcurl callbacks
@@ -553,6 +554,7 @@ wf_http_submit(void)
 		wf_http_start_transfer((WfHttpRequest *) lfirst(lc));
 	list_free(wf_http_queued);
 	wf_http_queued = NIL;
+	wf_http_publish_count();
 }
 
 static void
@@ -731,6 +733,7 @@ wf_http_harvest(void)
 		curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **) &req);
 		wf_http_finish(req, msg->data.result);
 	}
+	wf_http_publish_count();
 }
 
 /*
@@ -778,6 +781,59 @@ wf_http_drop_interrupted(void)
 			wf_http_free(req);
 		}
 	}
+}
+
+/* The runs of the requests in flight (palloc'd; NULL when none). */
+int64 *
+wf_http_in_flight_runs(int *n)
+{
+	int64	   *runs;
+	ListCell   *lc;
+
+	*n = 0;
+	if (wf_http_in_flight == NIL)
+		return NULL;
+	runs = palloc(sizeof(int64) * list_length(wf_http_in_flight));
+	foreach(lc, wf_http_in_flight)
+		runs[(*n)++] = ((WfHttpRequest *) lfirst(lc))->run_id;
+	return runs;
+}
+
+/* Drops the transfers of the given runs, which have ended. */
+void
+wf_http_drop_runs(int64 *runs, int n)
+{
+	ListCell   *lc;
+	int			i;
+
+	foreach(lc, wf_http_in_flight)
+	{
+		WfHttpRequest *req = lfirst(lc);
+
+		for (i = 0; i < n; i++)
+		{
+			if (req->run_id == runs[i])
+			{
+				wf_http_in_flight = foreach_delete_current(wf_http_in_flight, lc);
+				wf_http_free(req);
+				break;
+			}
+		}
+	}
+	wf_http_publish_count();
+}
+
+/* Tells the other processes how many requests we have in flight. */
+static void
+wf_http_publish_count(void)
+{
+	int			n = list_length(wf_http_in_flight);
+
+	if (wf_worker_slot == NULL || wf_worker_slot->http_in_flight == n)
+		return;
+	SpinLockAcquire(&wf_shared->mutex);
+	wf_worker_slot->http_in_flight = n;
+	SpinLockRelease(&wf_shared->mutex);
 }
 
 /* ----------------------------------------------------------------
@@ -1005,13 +1061,24 @@ wf_http_error_message(WfHttpCompletion *c)
 		msg = psprintf("%s %s: %s", req->method, req->url, c->error);
 	else
 	{
-		int			n = Min(req->response.len, 200);
-		char	   *excerpt = pnstrdup(req->response.data, n);
+		/* Redacted first: a secret cut by the excerpt's end would not match. */
+		char	   *body = req->response.data;
+		int			len = req->response.len;
+		char	   *excerpt;
+		int			n;
 
-		if (!pg_verify_mbstr(GetDatabaseEncoding(), excerpt, n, true))
+		if (memchr(body, '\0', len) != NULL ||
+			!pg_verify_mbstr(GetDatabaseEncoding(), body, len, true))
 			excerpt = "[binary]";
+		else
+		{
+			body = wf_template_redact(&tc, body);
+			len = strlen(body);
+			n = pg_mbcliplen(body, len, 200);
+			excerpt = pnstrdup(body, n);
+		}
 		msg = psprintf("%s %s answered %d%s%s", req->method, req->url, c->status,
-					   n > 0 ? ": " : "", excerpt);
+					   len > 0 ? ": " : "", len > 0 ? excerpt : "");
 	}
 	return wf_template_redact(&tc, msg);
 }

@@ -63,6 +63,8 @@ typedef struct WfWorkerSlot
 	Latch	   *latch;			/* the worker's process latch */
 	bool		sleeping;		/* will re-check for work only if woken */
 	int64		current_run;	/* run whose step is executing, or 0 */
+	int			http_in_flight; /* requests it has in flight */
+	bool		recheck_http;	/* some run ended: are its requests still wanted? */
 } WfWorkerSlot;
 
 /* What one backend asks of the engine. */
@@ -246,6 +248,8 @@ extern int	wf_http_busy(void);
 extern List *wf_http_completions(void);
 extern void wf_http_release(WfHttpCompletion *c);
 extern void wf_http_drop_interrupted(void);
+extern int64 *wf_http_in_flight_runs(int *n);
+extern void wf_http_drop_runs(int64 *runs, int n);
 extern void wf_http_wait(long timeout_ms);
 extern bool wf_http_host_allowed_url(const char *url);
 extern Jsonb *wf_http_output(WfHttpCompletion *c);

@@ -30,6 +30,8 @@ WfShared   *wf_shared = NULL;
 
 static bool wf_xact_callback_registered = false;
 
+static void wf_shmem_recheck_http(void);
+
 /* What the current transaction asks for at commit. */
 static bool wf_wake_pending = false;
 #define WF_MAX_PENDING_ENDS 64
@@ -150,7 +152,10 @@ wf_shmem_xact_callback(XactEvent event, void *arg)
 			if (wf_wake_pending)
 				wf_shmem_wake_one();
 			if (wf_n_ended_runs != 0)
+			{
 				wf_shmem_wake_waiters(wf_ended_runs, wf_n_ended_runs);
+				wf_shmem_recheck_http();
+			}
 			wf_wake_pending = false;
 			wf_n_ended_runs = 0;
 			break;
@@ -163,6 +168,36 @@ wf_shmem_xact_callback(XactEvent event, void *arg)
 		default:
 			break;
 	}
+}
+
+/*
+ * Runs ended: the executors with http requests in flight drop those of the
+ * ended runs (a cancelled run's request must not hold its connection and
+ * its place until it times out).
+ */
+static void
+wf_shmem_recheck_http(void)
+{
+	Latch	   *latches[WF_MAX_WORKERS];
+	int			n = 0;
+	int			i;
+
+	if (wf_shared == NULL)
+		return;
+	SpinLockAcquire(&wf_shared->mutex);
+	for (i = 0; i < wf_shared->nworkers; i++)
+	{
+		WfWorkerSlot *slot = &wf_shared->workers[i];
+
+		if (slot->pid != 0 && slot->http_in_flight > 0)
+		{
+			slot->recheck_http = true;
+			latches[n++] = slot->latch;
+		}
+	}
+	SpinLockRelease(&wf_shared->mutex);
+	for (i = 0; i < n; i++)
+		SetLatch(latches[i]);
 }
 
 static void

@@ -759,9 +759,58 @@ wf_template_add_pattern(WfTemplatePattern *pats, int *npats, char *str,
 }
 
 /*
+ * Appends s JSON-escaped with every non-ASCII character as \uXXXX (with
+ * lower- or upper-case hex digits), as many JSON encoders write it.
+ * Returns false when s has no non-ASCII character (the form is then the
+ * plain JSON-escaped one).
+ */
+static bool
+wf_template_json_ascii(StringInfo out, const char *s, int len, bool upper)
+{
+	const unsigned char *p = (const unsigned char *) s;
+	const unsigned char *end = p + len;
+	bool		non_ascii = false;
+
+	while (p < end)
+	{
+		if (*p < 0x80)
+		{
+			char		one[2] = {(char) *p, '\0'};
+			StringInfoData e;
+
+			initStringInfo(&e);
+			escape_json(&e, one);
+			appendBinaryStringInfo(out, e.data + 1, e.len - 2);
+			pfree(e.data);
+			p++;
+		}
+		else
+		{
+			int			n = pg_utf_mblen(p);
+			pg_wchar	c;
+
+			if (p + n > end)
+				break;
+			c = utf8_to_unicode(p);
+			if (c > 0xFFFF)
+			{
+				c -= 0x10000;
+				appendStringInfo(out, upper ? "\\u%04X\\u%04X" : "\\u%04x\\u%04x",
+								 0xD800 + (c >> 10), 0xDC00 + (c & 0x3FF));
+			}
+			else
+				appendStringInfo(out, upper ? "\\u%04X" : "\\u%04x", c);
+			non_ascii = true;
+			p += n;
+		}
+	}
+	return non_ascii;
+}
+
+/*
  * The byte strings to redact for the secrets of tc: each non-empty value
- * as it is, JSON-escaped and percent-encoded; without duplicates, longest
- * first.
+ * as it is, JSON-escaped (also with \uXXXX for non-ASCII characters) and
+ * percent-encoded; without duplicates, longest first.
  */
 static WfTemplatePattern *
 wf_template_patterns(WfTemplateCtx *tc, int *npats)
@@ -776,7 +825,7 @@ wf_template_patterns(WfTemplateCtx *tc, int *npats)
 	if (tc == NULL || tc->secret_values == NIL)
 		return NULL;
 
-	pats = palloc(sizeof(WfTemplatePattern) * 3 * list_length(tc->secret_values));
+	pats = palloc(sizeof(WfTemplatePattern) * 5 * list_length(tc->secret_values));
 	foreach(lc, tc->secret_values)
 	{
 		char	   *secret = (char *) lfirst(lc);
@@ -794,6 +843,23 @@ wf_template_patterns(WfTemplateCtx *tc, int *npats)
 			wf_template_add_pattern(pats, &n, pnstrdup(buf.data + 1, buf.len - 2),
 									buf.len - 2);
 		pfree(buf.data);
+
+		/* JSON with \uXXXX escapes, as Python's json.dumps writes it */
+		if (GetDatabaseEncoding() == PG_UTF8)
+		{
+			bool		upper;
+
+			for (upper = false;; upper = true)
+			{
+				initStringInfo(&buf);
+				if (wf_template_json_ascii(&buf, secret, len, upper))
+					wf_template_add_pattern(pats, &n, buf.data, buf.len);
+				else
+					pfree(buf.data);
+				if (upper)
+					break;
+			}
+		}
 
 		/* percent-encoded, as in a rendered URL */
 		initStringInfo(&buf);

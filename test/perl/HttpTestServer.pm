@@ -35,7 +35,7 @@ closed_port() is a TCP port of 127.0.0.1 where nothing listens (a socket
 is bound to a free port and closed again), for "connection refused".
 
 poll_until(code, description) calls code every 100 ms until it returns
-true, at most $PostgreSQL::Test::Utils::timeout_default seconds; it
+true, for at most $PostgreSQL::Test::Utils::timeout_default seconds; it
 returns whether it did.  It is for conditions that only the mock server
 can tell (requests in flight); use poll_query_until for the database.
 
@@ -54,7 +54,7 @@ use JSON::PP;
 use POSIX ();
 use PostgreSQL::Test::Utils;
 use Test::More;
-use Time::HiRes qw(usleep);
+use Time::HiRes qw(time usleep);
 
 our @EXPORT = qw(closed_port poll_until);
 
@@ -160,12 +160,14 @@ sub in_flight
 }
 
 # The logged requests ({method, path, query, headers, body, at}), those
-# for which filter returns true when one is given.
+# for which filter returns true when one is given; the server's own
+# /_stats requests left out.
 sub requests
 {
 	my ($self, $filter) = @_;
-	my $all = $self->_call('GET', '/_requests')->{requests};
-	return $filter ? grep { $filter->($_) } @$all : @$all;
+	my @all = grep { $_->{path} ne '/_stats' }
+	  @{ $self->_call('GET', '/_requests')->{requests} };
+	return $filter ? grep { $filter->($_) } @all : @all;
 }
 
 # The logged requests that carried Idempotency-Key key.
@@ -219,10 +221,11 @@ sub closed_port
 sub poll_until
 {
 	my ($code, $what) = @_;
-	my $max = 10 * $PostgreSQL::Test::Utils::timeout_default;
-	for (my $i = 0; $i < $max; $i++)
+	my $deadline = time() + $PostgreSQL::Test::Utils::timeout_default;
+	while (1)
 	{
 		return 1 if $code->();
+		last if time() > $deadline;
 		usleep(100_000);
 	}
 	diag "timed out waiting until: $what";

@@ -15,12 +15,16 @@
 #  - redirects (5 followed at most), pg_workflow.http_allowed_hosts (no
 #    request at all to a host not allowed), http_max_response_size (with
 #    and without Content-Length);
-#  - secrets: in no row of wf.runs, wf.steps, wf.history and not in the
-#    server log, even when the URL, an error message and a response contain
-#    them; wf_set_secret and wf.secret are for wf_admin only;
+#  - secrets: neither they nor any 8-character piece of them in a row of
+#    wf.runs, wf.steps, wf.history or in the server log, even when the URL,
+#    an error message, a response, or the body excerpt of an error message
+#    (the secret straddling the excerpt's end, or \u-escaped) contain them;
+#    wf_set_secret and wf.secret are for wf_admin only;
 #  - the circuit breaker: opens after N transient failures, defers steps
 #    without burning attempts, lets one probe through after reset_after;
-#  - wf_cancel of a run whose request is in flight.
+#  - wf_cancel of a run whose request is in flight: the run and the step
+#    are cancelled at once, and the request is dropped (the mock server
+#    sees the connection closed).
 # Synchronisation is on wf_wait() and on polled conditions only.
 
 use strict;
@@ -36,7 +40,7 @@ use PgWorkflowTest;
 use HttpTestServer;
 use Test::More;
 
-my $json = JSON::PP->new->canonical(1);
+my $json = JSON::PP->new->utf8->canonical(1);
 
 my $token = 'cu-token-' . join('', map { ('a' .. 'z')[ rand 26 ] } 1 .. 16);
 my $srv = HttpTestServer->new(token => $token);
@@ -662,8 +666,11 @@ is( $node->safe_psql('postgres',
 	'cancelled:cancelled',
 	'cancel: run and step are cancelled at once');
 is(wf_wait($node, $hang, 60), 'cancelled', 'cancel: wf_wait returns cancelled');
+# The request's own timeout is 10 minutes: only the engine dropping the
+# transfer closes the connection before the poll gives up.
 ok(poll_until(sub { $srv->in_flight == 0 }, 'the /never request is dropped'),
-	'cancel: the engine dropped the request');
+	'cancel: the engine dropped the request (the server saw the connection closed)')
+  or diag 'requests still in flight at the server: ' . $srv->in_flight;
 my $after = run_workflow('text');
 is(run_status($after), 'completed', 'cancel: the executors go on');
 is(run_status($hang), 'cancelled', 'cancel: the run stays cancelled');

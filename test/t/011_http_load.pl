@@ -81,6 +81,8 @@ sub run_phase
 	my %keys;
 	$keys{ $_->{headers}{'idempotency-key'} // '' }++ foreach @reqs;
 	is(scalar @reqs, $nruns, "$phase: the server got $nruns requests");
+	is($stats->{requests} - 1, $nruns,
+		"$phase: and no other (the server counts the /_stats request too)");
 	is(scalar(grep { /^wf-\d+-wait$/ } keys %keys),
 		$nruns, "$phase: $nruns distinct Idempotency-Keys");
 	is(scalar(grep { $_ != 1 } values %keys), 0, "$phase: each key exactly once");
