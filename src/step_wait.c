@@ -145,25 +145,34 @@ wf_wait_for_wait(WfStepExec *ex, WfStepResult *res, Jsonb *w, char *wait_key)
 	res->outcome = WF_STEP_WAITING;
 }
 
+/*
+ * Completes with the oldest pending signal, or waits (again) for one: at
+ * the start, a signal sent before we got here is kept for us; on a wake-up
+ * without one, another step took it or the timer fired.
+ */
+static void
+wf_wait_for_signal(WfStepExec *ex, WfStepResult *res, Jsonb *w, const char *signal)
+{
+	Jsonb	   *payload;
+
+	if (wf_wait_take_signal(ex, signal, &payload))
+	{
+		res->outcome = WF_STEP_COMPLETED;
+		res->output = payload;
+		return;
+	}
+	wf_wait_for_wait(ex, res, w, psprintf("signal:%s", signal));
+}
+
 void
 wf_wait_for_execute(WfStepExec *ex, WfStepResult *res)
 {
 	Jsonb	   *w = wf_util_jsonb_get(ex->spec, "wait_for");
 	char	   *signal = wf_util_jsonb_get_text(w, "signal");
 	char	   *event = wf_util_jsonb_get_text(w, "event");
-	Jsonb	   *payload;
 
 	if (signal != NULL)
-	{
-		/* A signal sent before we got here is kept for us. */
-		if (wf_wait_take_signal(ex, signal, &payload))
-		{
-			res->outcome = WF_STEP_COMPLETED;
-			res->output = payload;
-			return;
-		}
-		wf_wait_for_wait(ex, res, w, psprintf("signal:%s", signal));
-	}
+		wf_wait_for_signal(ex, res, w, signal);
 	else
 	{
 		char	   *key = wf_util_jsonb_get_text(w, "key");
@@ -185,18 +194,10 @@ wf_wait_for_resume(WfStepExec *ex, WfStepResult *res)
 {
 	Jsonb	   *w = wf_util_jsonb_get(ex->spec, "wait_for");
 	char	   *signal = wf_util_jsonb_get_text(w, "signal");
-	Jsonb	   *payload;
 
 	if (signal != NULL)
 	{
-		if (wf_wait_take_signal(ex, signal, &payload))
-		{
-			res->outcome = WF_STEP_COMPLETED;
-			res->output = payload;
-			return;
-		}
-		/* Another step took it, or the timer fired. */
-		wf_wait_for_wait(ex, res, w, psprintf("signal:%s", signal));
+		wf_wait_for_signal(ex, res, w, signal);
 		return;
 	}
 	if (ex->payload != NULL)
