@@ -111,6 +111,7 @@ CREATE TABLE wf.step (
 	running_by	int,				-- executor slot of a running http step
 	wait_key	text,				-- what a waiting step waits for
 	payload		jsonb,				-- the event that woke a waiting step
+	wait_snapshot pg_snapshot,		-- what a waiting step's start saw committed
 	assignee	text,				-- a human step's current assignee
 	title		text,				-- a human step's rendered title
 	escalated_at timestamptz,		-- when a human step was escalated
@@ -147,6 +148,7 @@ CREATE INDEX signal_pending ON wf.signal (run_id, name, id) WHERE taken_at IS NU
 /* Durable events, as emitted. */
 CREATE TABLE wf.event (
 	id			bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+	emitted_xid	xid8 NOT NULL DEFAULT pg_catalog.pg_current_xact_id(),
 	event		text NOT NULL,
 	key			text,
 	payload		jsonb NOT NULL,
@@ -797,7 +799,8 @@ BEGIN
 	ELSE
 		UPDATE wf.step s SET attempt = s.attempt + 1, started_at = clock_timestamp(),
 			   status = CASE WHEN s.kind = 'http' THEN 'running' ELSE s.status END,
-			   running_by = CASE WHEN s.kind = 'http' THEN p_worker END
+			   running_by = CASE WHEN s.kind = 'http' THEN p_worker END,
+			   wait_snapshot = CASE WHEN s.kind = 'wait_for' THEN pg_current_snapshot() END
 		 WHERE s.run_id = p_run_id AND s.step = p_step
 		RETURNING s.kind, s.spec, s.attempt, s.started_at
 		INTO kind, spec, attempt, started_at;
@@ -1066,7 +1069,9 @@ BEGIN
 		/*
 		 * wf_signal and wf_emit take this lock exclusively: either they wait
 		 * for this transaction and then see the step waiting, or they
-		 * committed before we got the lock and we see what they sent.
+		 * committed before we got the lock (or skipped our row, which we
+		 * hold) and we see what they sent: a signal not taken yet, or an
+		 * event our start's snapshot did not see committed.
 		 */
 		PERFORM pg_advisory_xact_lock_shared(hashtext('pg_workflow.wait'), hashtext(p_wait_key));
 		IF p_wait_key LIKE 'signal:%' THEN
@@ -1081,13 +1086,13 @@ BEGIN
 				   payload = (SELECT jsonb_build_object('event', e.event, 'key', e.key,
 														'payload', e.payload)
 								FROM wf.event e
-							   WHERE e.emitted_at >= s.started_at
+							   WHERE NOT pg_visible_in_snapshot(e.emitted_xid, s.wait_snapshot)
 								 AND p_wait_key IN ('event:' || e.event || ':' || coalesce(e.key, ''),
 												   'event:' || e.event || ':')
 							   ORDER BY e.id LIMIT 1)
 			 WHERE s.run_id = p_run_id AND s.step = p_step
 			   AND EXISTS (SELECT 1 FROM wf.event e
-							WHERE e.emitted_at >= s.started_at
+							WHERE NOT pg_visible_in_snapshot(e.emitted_xid, s.wait_snapshot)
 							  AND p_wait_key IN ('event:' || e.event || ':' || coalesce(e.key, ''),
 												'event:' || e.event || ':'));
 		END IF;
@@ -1636,8 +1641,15 @@ BEGIN
 	VALUES (p_run_id, p_name, coalesce(p_payload, '{}'), caller);
 	INSERT INTO wf.history_log (run_id, status, detail, actor)
 	VALUES (p_run_id, 'signalled', jsonb_build_object('signal', p_name), caller);
+	/*
+	 * Rows an executor holds are skipped, not waited for (it takes the
+	 * advisory lock after its row locks): it finds the signal itself.
+	 */
 	UPDATE wf.step SET ready_at = clock_timestamp()
-	 WHERE run_id = p_run_id AND status = 'waiting' AND wait_key = 'signal:' || p_name;
+	 WHERE (run_id, step) IN (SELECT s.run_id, s.step FROM wf.step s
+							   WHERE s.run_id = p_run_id AND s.status = 'waiting'
+								 AND s.wait_key = 'signal:' || p_name
+							   FOR UPDATE SKIP LOCKED);
 	IF FOUND THEN
 		PERFORM wf._wake();
 	END IF;
@@ -1665,8 +1677,10 @@ DECLARE
 	started	int := 0;
 	woken	int := 0;
 BEGIN
-	IF p_event IS NULL OR p_event = '' THEN
-		RAISE EXCEPTION 'event name must not be empty' USING ERRCODE = 'invalid_parameter_value';
+	IF p_event IS NULL OR p_event = '' OR p_event LIKE '%:%' THEN
+		RAISE EXCEPTION 'invalid event name "%"', coalesce(p_event, '')
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'An event name is not empty and has no ":".';
 	END IF;
 	p_payload := coalesce(p_payload, '{}');
 	IF octet_length(p_payload::text) > pg_size_bytes(current_setting('pg_workflow.max_input_size')) THEN
@@ -1687,9 +1701,11 @@ BEGIN
 			  ORDER BY 1) keys;
 	UPDATE wf.step SET ready_at = clock_timestamp(),
 		   payload = jsonb_build_object('event', p_event, 'key', p_key, 'payload', p_payload)
-	 WHERE status = 'waiting'
-	   AND (wait_key = 'event:' || p_event || ':' || coalesce(p_key, '')
-			OR wait_key = 'event:' || p_event || ':');
+	 WHERE (run_id, step) IN (SELECT s.run_id, s.step FROM wf.step s
+							   WHERE s.status = 'waiting'
+								 AND s.wait_key IN ('event:' || p_event || ':' || coalesce(p_key, ''),
+													'event:' || p_event || ':')
+							   FOR UPDATE SKIP LOCKED);
 	GET DIAGNOSTICS woken = ROW_COUNT;
 	INSERT INTO wf.event (event, key, payload, emitted_by, started, woken)
 	VALUES (p_event, p_key, p_payload, caller, started, woken);
@@ -1712,8 +1728,10 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	wf_owner	oid;
 BEGIN
-	IF p_event IS NULL OR p_event = '' THEN
-		RAISE EXCEPTION 'event name must not be empty' USING ERRCODE = 'invalid_parameter_value';
+	IF p_event IS NULL OR p_event = '' OR p_event LIKE '%:%' THEN
+		RAISE EXCEPTION 'invalid event name "%"', coalesce(p_event, '')
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'An event name is not empty and has no ":".';
 	END IF;
 	SELECT created_by INTO wf_owner FROM wf.workflow_def WHERE name = p_workflow AND version = 1;
 	IF NOT FOUND THEN

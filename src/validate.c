@@ -1904,7 +1904,14 @@ wfv_check_wait_for(WfvState *st, WfvObject *o, const char *path,
 	if (signal != NULL)
 		(void) wfv_string(st, o->label, wfv_sub(path, "signal"), signal, true);
 	if (event != NULL)
-		(void) wfv_string(st, o->label, wfv_sub(path, "event"), event, true);
+	{
+		char	   *name = wfv_string(st, o->label, wfv_sub(path, "event"), event, true);
+
+		/* A waiting step's key is "event:NAME:KEY": NAME has no ":". */
+		if (name != NULL && strchr(name, ':') != NULL)
+			wfv_problem(st, o->label, ERRCODE_INVALID_PARAMETER_VALUE,
+						"\"%s\" must not contain \":\"", wfv_sub(path, "event"));
+	}
 
 	p = wfv_sub(path, "key");
 	if ((m = wfv_member(st, o->label, c, "key", p, false, &jv)))
