@@ -1229,7 +1229,7 @@ BEGIN
 							   WHERE run_id = p_run.id
 								 AND status IN ('pending', 'ready', 'running', 'waiting')
 							   FOR UPDATE SKIP LOCKED);
-	WITH todo AS (
+	WITH undo AS (
 		SELECT s.step, s.spec->'compensate' AS action,
 			   row_number() OVER (ORDER BY s.finished_at DESC, s.ord DESC) AS i
 		  FROM wf.step s
@@ -1243,11 +1243,11 @@ BEGIN
 		   t.action || jsonb_build_object('name', 'compensate:' || t.step),
 		   CASE WHEN t.i = 1 THEN 'ready' ELSE 'pending' END,
 		   CASE WHEN t.i = 1 THEN '{}'::text[]
-				ELSE ARRAY['compensate:' || (SELECT p.step FROM todo p WHERE p.i = t.i - 1)] END,
-		   ARRAY(SELECT 'compensate:' || nx.step FROM todo nx WHERE nx.i = t.i + 1),
+				ELSE ARRAY['compensate:' || (SELECT p.step FROM undo p WHERE p.i = t.i - 1)] END,
+		   ARRAY(SELECT 'compensate:' || nx.step FROM undo nx WHERE nx.i = t.i + 1),
 		   CASE WHEN t.i = 1 THEN 0 ELSE 1 END, p_run.priority,
 		   CASE WHEN t.i = 1 THEN clock_timestamp() END
-	  FROM todo t;
+	  FROM undo t;
 	GET DIAGNOSTICS n = ROW_COUNT;
 	UPDATE wf.run SET steps_left = n, status = 'running',
 		   compensating = jsonb_build_object('status', p_status, 'error', p_error,

@@ -759,7 +759,7 @@ wf_template_add_pattern(WfTemplatePattern *pats, int *npats, char *str,
 }
 
 /*
- * Appends s JSON-escaped with every non-ASCII character as \uXXXX (with
+ * Appends s JSON-escaped with every non-ASCII character as \u00e9-style escapes (with
  * lower- or upper-case hex digits), as many JSON encoders write it.
  * Returns false when s has no non-ASCII character (the form is then the
  * plain JSON-escaped one).
@@ -809,7 +809,7 @@ wf_template_json_ascii(StringInfo out, const char *s, int len, bool upper)
 
 /*
  * The byte strings to redact for the secrets of tc: each non-empty value
- * as it is, JSON-escaped (also with \uXXXX for non-ASCII characters) and
+ * as it is, JSON-escaped (also with \u00e9-style escapes for non-ASCII) and
  * percent-encoded; without duplicates, longest first.
  */
 static WfTemplatePattern *
