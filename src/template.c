@@ -844,7 +844,7 @@ wf_template_patterns(WfTemplateCtx *tc, int *npats)
 									buf.len - 2);
 		pfree(buf.data);
 
-		/* JSON with \uXXXX escapes, as Python's json.dumps writes it */
+		/* JSON with \u00e9-style escapes, as Python's json.dumps writes it */
 		if (GetDatabaseEncoding() == PG_UTF8)
 		{
 			bool		upper;
