@@ -597,7 +597,7 @@ like($err, qr/42501/, 'not even a member of wf_admin reads wf.secret');
 # -------------------------------------------------------------------------
 # Circuit breaker
 # -------------------------------------------------------------------------
-my $breaker = { failures => 2, reset_after => '1s' };
+my $breaker = { failures => 2, reset_after => '3s' };
 wf_define($node, 'cb-fail',
 	http_wf({ url => $srv->url('/status/503') }, retry => { max_attempts => 1 },
 		circuit_breaker => $breaker));
@@ -609,7 +609,7 @@ my $cb1 = run_workflow('cb-fail');
 is( $node->safe_psql('postgres', "SELECT state, failures FROM wf.circuit_breakers WHERE host = '127.0.0.1'"),
 	'closed|1', 'breaker: closed after one failure');
 # The second failure opens it.  A third run starts right away, in the same
-# session: its step must find the breaker open (reset_after is only 1s).
+# session: its step must find the breaker open (within reset_after, 3s).
 my $cb2 = wf_start($node, 'cb-fail');
 my @cb = split /\n/, $node->safe_psql(
 	'postgres', qq{
@@ -623,7 +623,7 @@ my $cb3 = $cb[2];
 ok( $node->poll_query_until(
 		'postgres', qq{
 	SELECT s.status = 'ready' AND s.attempt = 0 AND s.ready_at > r.created_at
-	       AND s.ready_at >= '$opened_at'::timestamptz + interval '1 second'
+	       AND s.ready_at >= '$opened_at'::timestamptz + interval '3 seconds'
 	  FROM wf.steps s JOIN wf.runs r ON r.id = s.run_id
 	 WHERE s.run_id = $cb3 AND r.status = 'running'}),
 	'breaker: the step waits (ready later, attempt 0) while the breaker is open');
@@ -635,7 +635,7 @@ ok( $node->poll_query_until(
 	SELECT state = 'open' AND opened_at > '$opened_at' FROM wf.circuit_breakers WHERE host = '127.0.0.1'}),
 	'breaker: the failed probe reopened it');
 is( $node->safe_psql('postgres', qq{
-	SELECT s.started_at >= '$opened_at'::timestamptz + interval '1 second' FROM wf.steps s WHERE s.run_id = $cb3}),
+	SELECT s.started_at >= '$opened_at'::timestamptz + interval '3 seconds' FROM wf.steps s WHERE s.run_id = $cb3}),
 	't', 'breaker: the probe went no earlier than reset_after');
 
 # A successful probe closes it.
