@@ -158,6 +158,21 @@ CREATE TABLE wf.event (
 	woken		int NOT NULL		-- waiting steps woken
 );
 
+/*
+ * Wake-ups that wf_signal and wf_emit could not deliver at once: the step's
+ * row was locked by a transaction that does not process it (an executor's
+ * claim keeps the lock of a row that changed under it).  Waiting for that
+ * lock could deadlock, so the executors deliver these once it is free.
+ */
+CREATE TABLE wf.wake_pending (
+	id			bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+	run_id		bigint NOT NULL,
+	step		text NOT NULL,
+	wait_key	text NOT NULL,
+	payload		jsonb,				-- for an event: what the step receives
+	sent_xid	xid8 NOT NULL DEFAULT pg_catalog.pg_current_xact_id()
+);
+
 /* Failures, escalations and SLA breaches, for people to look at. */
 CREATE TABLE wf.alert (
 	id			bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -237,6 +252,7 @@ SELECT pg_catalog.pg_extension_config_dump('wf.history_log', '');
 SELECT pg_catalog.pg_extension_config_dump('wf.secret', '');
 SELECT pg_catalog.pg_extension_config_dump('wf.signal', '');
 SELECT pg_catalog.pg_extension_config_dump('wf.event', '');
+SELECT pg_catalog.pg_extension_config_dump('wf.wake_pending', '');
 SELECT pg_catalog.pg_extension_config_dump('wf.subscription', '');
 SELECT pg_catalog.pg_extension_config_dump('wf.alert', '');
 
@@ -248,6 +264,13 @@ SELECT pg_catalog.pg_extension_config_dump('wf.alert', '');
 /* Asks the executors to look for work when the current transaction commits. */
 CREATE FUNCTION wf._wake() RETURNS void
 	LANGUAGE C AS 'MODULE_PATHNAME', 'wf_wake';
+
+/*
+ * Asks the executors to deliver wf.wake_pending when the current transaction
+ * commits.
+ */
+CREATE FUNCTION wf._wake_pending() RETURNS void
+	LANGUAGE C AS 'MODULE_PATHNAME', 'wf_wake_pending';
 
 /* Wakes the run's wf_wait callers when the current transaction commits. */
 CREATE FUNCTION wf._run_ended(run_id bigint) RETURNS void
@@ -1067,13 +1090,17 @@ BEGIN
 	 WHERE run_id = p_run_id AND step = p_step;
 	IF p_wait_key IS NOT NULL THEN
 		/*
-		 * wf_signal and wf_emit take this lock exclusively: either they wait
-		 * for this transaction and then see the step waiting, or they
-		 * committed before we got the lock (or skipped our row, which we
-		 * hold) and we see what they sent: a signal not taken yet, or an
-		 * event our start's snapshot did not see committed.
+		 * wf_signal and wf_emit take this lock exclusively (a signal's for
+		 * its run only): either they wait for this transaction and then see
+		 * the step waiting, or they committed before we got the lock (or
+		 * skipped our row, which we hold) and we see what they sent: a
+		 * signal not taken yet, or an event our start's snapshot did not see
+		 * committed.
 		 */
-		PERFORM pg_advisory_xact_lock_shared(hashtext('pg_workflow.wait'), hashtext(p_wait_key));
+		PERFORM pg_advisory_xact_lock_shared(hashtext('pg_workflow.wait'),
+											 hashtext(CASE WHEN p_wait_key LIKE 'signal:%'
+														   THEN p_run_id || ' ' || p_wait_key
+														   ELSE p_wait_key END));
 		IF p_wait_key LIKE 'signal:%' THEN
 			UPDATE wf.step SET ready_at = clock_timestamp()
 			 WHERE run_id = p_run_id AND step = p_step
@@ -1134,6 +1161,43 @@ BEGIN
 		 WHERE id = sig.id;
 		payload := sig.payload;
 	END IF;
+END
+$$;
+
+/*
+ * Delivers the wake-ups of wf.wake_pending whose steps are no longer locked;
+ * returns how many must wait for a lock still held.  A wake-up is dropped
+ * when its step no longer waits for it (woken already, ended, rewound).
+ */
+CREATE FUNCTION wf._deliver_pending()
+RETURNS int
+LANGUAGE plpgsql AS $$
+DECLARE
+	p		wf.wake_pending;
+	held	int := 0;
+BEGIN
+	FOR p IN SELECT * FROM wf.wake_pending ORDER BY id FOR UPDATE SKIP LOCKED LOOP
+		PERFORM 1 FROM wf.step WHERE run_id = p.run_id AND step = p.step
+		   FOR UPDATE SKIP LOCKED;
+		IF NOT FOUND AND EXISTS (SELECT 1 FROM wf.step WHERE run_id = p.run_id AND step = p.step) THEN
+			held := held + 1;
+			CONTINUE;
+		END IF;
+		IF p.payload IS NULL THEN
+			UPDATE wf.step SET ready_at = clock_timestamp()
+			 WHERE run_id = p.run_id AND step = p.step AND status = 'waiting'
+			   AND wait_key = p.wait_key
+			   AND (ready_at IS NULL OR ready_at > clock_timestamp());
+		ELSE
+			/* An event the step's start saw committed is not for this wait. */
+			UPDATE wf.step SET ready_at = clock_timestamp(), payload = p.payload
+			 WHERE run_id = p.run_id AND step = p.step AND status = 'waiting'
+			   AND wait_key = p.wait_key AND payload IS NULL
+			   AND NOT pg_visible_in_snapshot(p.sent_xid, wait_snapshot);
+		END IF;
+		DELETE FROM wf.wake_pending WHERE id = p.id;
+	END LOOP;
+	RETURN held;
 END
 $$;
 
@@ -1636,22 +1700,33 @@ BEGIN
 		RETURN false;
 	END IF;
 	/* See wf._step_wait. */
-	PERFORM pg_advisory_xact_lock(hashtext('pg_workflow.wait'), hashtext('signal:' || p_name));
+	PERFORM pg_advisory_xact_lock(hashtext('pg_workflow.wait'),
+								  hashtext(p_run_id || ' signal:' || p_name));
 	INSERT INTO wf.signal (run_id, name, payload, sent_by)
 	VALUES (p_run_id, p_name, coalesce(p_payload, '{}'), caller);
 	INSERT INTO wf.history_log (run_id, status, detail, actor)
 	VALUES (p_run_id, 'signalled', jsonb_build_object('signal', p_name), caller);
 	/*
-	 * Rows an executor holds are skipped, not waited for (it takes the
-	 * advisory lock after its row locks): it finds the signal itself.
+	 * Rows another transaction holds are skipped, not waited for (that could
+	 * deadlock): an executor putting the step to wait takes the advisory
+	 * lock after its row lock and finds the signal itself; any other holder
+	 * leaves the wake-up to wf.wake_pending.
 	 */
 	UPDATE wf.step SET ready_at = clock_timestamp()
 	 WHERE (run_id, step) IN (SELECT s.run_id, s.step FROM wf.step s
 							   WHERE s.run_id = p_run_id AND s.status = 'waiting'
 								 AND s.wait_key = 'signal:' || p_name
+								 AND (s.ready_at IS NULL OR s.ready_at > clock_timestamp())
 							   FOR UPDATE SKIP LOCKED);
 	IF FOUND THEN
 		PERFORM wf._wake();
+	END IF;
+	INSERT INTO wf.wake_pending (run_id, step, wait_key)
+	SELECT s.run_id, s.step, s.wait_key FROM wf.step s
+	 WHERE s.run_id = p_run_id AND s.status = 'waiting' AND s.wait_key = 'signal:' || p_name
+	   AND (s.ready_at IS NULL OR s.ready_at > clock_timestamp());
+	IF FOUND THEN
+		PERFORM wf._wake_pending();
 	END IF;
 	RETURN true;
 END
@@ -1673,9 +1748,10 @@ CREATE FUNCTION wf._emit(caller oid, caller_path text, p_event text, p_payload j
 RETURNS int
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-	sub		wf.subscription;
-	started	int := 0;
-	woken	int := 0;
+	sub			wf.subscription;
+	started		int := 0;
+	woken		int := 0;
+	deferred	int := 0;
 BEGIN
 	IF p_event IS NULL OR p_event = '' OR p_event LIKE '%:%' THEN
 		RAISE EXCEPTION 'invalid event name "%"', coalesce(p_event, '')
@@ -1699,14 +1775,30 @@ BEGIN
 			   FROM unnest(ARRAY['event:' || p_event || ':' || coalesce(p_key, ''),
 								 'event:' || p_event || ':']) w
 			  ORDER BY 1) keys;
+	/*
+	 * As in wf._signal, rows another transaction holds are skipped; a step
+	 * that received an event already (payload set) keeps the first one.
+	 */
 	UPDATE wf.step SET ready_at = clock_timestamp(),
 		   payload = jsonb_build_object('event', p_event, 'key', p_key, 'payload', p_payload)
 	 WHERE (run_id, step) IN (SELECT s.run_id, s.step FROM wf.step s
-							   WHERE s.status = 'waiting'
+							   WHERE s.status = 'waiting' AND s.payload IS NULL
 								 AND s.wait_key IN ('event:' || p_event || ':' || coalesce(p_key, ''),
 													'event:' || p_event || ':')
 							   FOR UPDATE SKIP LOCKED);
 	GET DIAGNOSTICS woken = ROW_COUNT;
+	INSERT INTO wf.wake_pending (run_id, step, wait_key, payload)
+	SELECT s.run_id, s.step, s.wait_key,
+		   jsonb_build_object('event', p_event, 'key', p_key, 'payload', p_payload)
+	  FROM wf.step s
+	 WHERE s.status = 'waiting' AND s.payload IS NULL
+	   AND s.wait_key IN ('event:' || p_event || ':' || coalesce(p_key, ''),
+						  'event:' || p_event || ':');
+	GET DIAGNOSTICS deferred = ROW_COUNT;
+	IF deferred > 0 THEN
+		PERFORM wf._wake_pending();
+	END IF;
+	woken := woken + deferred;
 	INSERT INTO wf.event (event, key, payload, emitted_by, started, woken)
 	VALUES (p_event, p_key, p_payload, caller, started, woken);
 	IF woken > 0 THEN

@@ -39,6 +39,7 @@
 PG_FUNCTION_INFO_V1(wf_api_call);
 PG_FUNCTION_INFO_V1(wf_wait);
 PG_FUNCTION_INFO_V1(wf_wake);
+PG_FUNCTION_INFO_V1(wf_wake_pending);
 PG_FUNCTION_INFO_V1(wf_interrupt);
 PG_FUNCTION_INFO_V1(wf_run_ended);
 PG_FUNCTION_INFO_V1(wf_xid_is_current);
@@ -240,6 +241,14 @@ Datum
 wf_wake(PG_FUNCTION_ARGS)
 {
 	wf_shmem_wake_at_commit();
+	PG_RETURN_VOID();
+}
+
+/* wf._wake_pending(): deliver wf.wake_pending once the transaction commits. */
+Datum
+wf_wake_pending(PG_FUNCTION_ARGS)
+{
+	wf_shmem_wakes_pending_at_commit();
 	PG_RETURN_VOID();
 }
 

@@ -296,6 +296,53 @@ is($woken, 't', 'an event committed while the step was being put to wait wakes i
 is(wf_wait($node, $slow), 'completed', 'the run waiting for D-4 completed');
 
 # -------------------------------------------------------------------------
+# A wake-up for a step whose row another transaction holds (an executor's
+# claim keeps the lock of a row that changed under it) is not waited for,
+# which could deadlock, nor lost: it is delivered once the row is free.
+# -------------------------------------------------------------------------
+wf_define(
+	$node, 'held',
+	{
+		steps => [
+			{ name => 'sig', wait_for => { signal => 'go' } },
+			{ name => 'evt', wait_for => { event => 'held.evt', key => '{{$.input.k}}' } },
+			{ name => 'out', sql => q{SELECT jsonb_build_array($1->'steps'->'sig', $1->'steps'->'evt')} },
+		]
+	});
+my $held = wf_start($node, 'held', { k => 'H-1' });
+ok( $node->poll_query_until(
+		'postgres', "SELECT status FROM wf.steps WHERE run_id = $held AND step = 'sig'", 'waiting'),
+	'the held run waits for its signal');
+my $holder = $node->background_psql('postgres');
+$holder->query_safe(
+	"BEGIN; SELECT 1 FROM wf.step WHERE run_id = $held AND step = 'sig' FOR UPDATE");
+is($node->safe_psql('postgres', "SELECT wf_signal($held, 'go', '{\"s\": 1}')"),
+	't', 'wf_signal does not wait for the row another transaction holds');
+is( $node->safe_psql('postgres',
+		"SELECT step || ' ' || wait_key FROM wf.wake_pending WHERE run_id = $held"),
+	'sig signal:go',
+	'the wake-up it could not deliver is pending');
+$holder->query_safe('COMMIT');
+ok( $node->poll_query_until(
+		'postgres', "SELECT status FROM wf.steps WHERE run_id = $held AND step = 'evt'", 'waiting'),
+	'once the row is free the step is woken and takes the signal');
+$holder->query_safe(
+	"BEGIN; SELECT 1 FROM wf.step WHERE run_id = $held AND step = 'evt' FOR UPDATE");
+is($node->safe_psql('postgres', q{SELECT wf_emit('held.evt', '{"e": 2}', 'H-1')}),
+	'1', 'wf_emit counts the step whose row is held as woken');
+is( $node->safe_psql('postgres',
+		"SELECT step || ' ' || wait_key || ' ' || (payload->'payload')::text FROM wf.wake_pending WHERE run_id = $held"),
+	'evt event:held.evt:H-1 {"e": 2}',
+	'the event for it is pending');
+$holder->query_safe('COMMIT');
+$holder->quit;
+is(wf_wait($node, $held), 'completed', 'the held run completed');
+is($node->safe_psql('postgres', "SELECT output::text FROM wf.runs WHERE id = $held"),
+	'[{"s": 1}, {"e": 2}]', 'with the signal and the event it was sent');
+is($node->safe_psql('postgres', 'SELECT count(*) FROM wf.wake_pending'),
+	'0', 'nothing is left pending');
+
+# -------------------------------------------------------------------------
 # No lost wake-up: 50 clients start runs and signal them at once.
 # -------------------------------------------------------------------------
 wf_define(
