@@ -41,6 +41,16 @@
 set -euo pipefail
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=lib.sh source-path=SCRIPTDIR
+. "$BENCH_DIR/lib.sh"
+
+LOG_TAG=http-bench
+WORK_PREFIX=/tmp/pgwf-http
+SERVER_CONF=(
+	"shared_preload_libraries = 'pg_workflow'"
+	"track_commit_timestamp = on"
+)
+ROW_WIDTHS=(38 16 26)
 
 # Options.
 PORT=5496
@@ -70,33 +80,16 @@ ECHO_MODULE=/usr/lib/nginx/modules/ngx_http_echo_module.so
 NGINX_PACKAGES=(nginx-light libnginx-mod-http-echo)
 WORKFLOW=pgwf_bench_http
 
-# State.
-BINDIR=
-PKGLIB=
+# State (lib.sh has the server's).
 NGINX_BIN=
-WORK=
-DATA=
 NGX=						# nginx prefix directory
 URL=
-SERVER_STARTED=0
 NGINX_PID=
 SAMPLER_PID=
-PERF_PID=
 EXEC_PIDS=()
 
 # Results.
 declare -A R=()
-
-# Messages go to the script's own stderr (fd 9), even from inside redirections.
-exec 9>&2
-log() { printf '[http-bench] %s\n' "$*" >&9; }
-die() { printf '[http-bench] ERROR: %s\n' "$*" >&9; exit 1; }
-
-usage() {
-	awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
-}
-
-posint() { [[ "$1" =~ ^[1-9][0-9]*$ ]]; }
 
 parse_args() {
 	while (($# > 0)); do
@@ -155,49 +148,8 @@ parse_args() {
 	URL="http://127.0.0.1:$HTTP_PORT/slow"
 }
 
-find_bindir() {
-	local pg_config=${PG_CONFIG:-}
-	if [[ -z "$pg_config" ]]; then
-		if [[ -x /usr/lib/postgresql/15/bin/pg_config ]]; then
-			pg_config=/usr/lib/postgresql/15/bin/pg_config
-		else
-			pg_config=$(command -v pg_config || true)
-		fi
-	fi
-	[[ -n "$pg_config" ]] || die "pg_config not found (install postgresql-server-dev-15 or set PG_CONFIG)"
-	BINDIR=$("$pg_config" --bindir)
-	PKGLIB=$("$pg_config" --pkglibdir)
-	local prog
-	for prog in initdb pg_ctl psql; do
-		[[ -x "$BINDIR/$prog" ]] || die "$BINDIR/$prog not found"
-	done
-	command -v curl >/dev/null || die "curl not found"
-}
-
-# Runs a server program as the cluster's owner: postgres when we are root.
-as_pg() {
-	if [[ "$(id -u)" -eq 0 ]]; then
-		(cd / && runuser -u postgres -- "$@")
-	else
-		"$@"
-	fi
-}
-
-# psql to database postgres, unaligned, tuples only.
-q() {
-	"$BINDIR/psql" -X -q -At -v ON_ERROR_STOP=1 -h "$WORK" -p "$PORT" \
-		-U postgres -d postgres "$@"
-}
-
-now_ms() { echo $(($(date +%s%N) / 1000000)); }
-
-# Formats a number with awk: fmt FORMAT VALUE
-fmt() { awk -v f="$1" -v v="$2" 'BEGIN { printf f, v }'; }
-
 # kB -> MiB with one decimal.
 mib() { fmt '%.1f' "$(awk -v k="$1" 'BEGIN { print k / 1024 }')"; }
-
-section() { printf '\n== %s ==\n' "$*"; }
 
 # Is something listening on TCP port $1? (false when ss is missing)
 port_busy() {
@@ -327,84 +279,21 @@ check_nginx() {
 # Server
 # ---------------------------------------------------------------------------
 
-start_server() {
-	WORK=$(mktemp -d /tmp/pgwf-http.XXXXXX)
-	DATA="$WORK/data"
-	if [[ "$(id -u)" -eq 0 ]]; then
-		getent passwd postgres >/dev/null || die "user postgres does not exist"
-		chown postgres: "$WORK"
-	fi
-	chmod 0700 "$WORK"
-
-	log "initdb $DATA"
-	if ! as_pg "$BINDIR/initdb" -D "$DATA" -U postgres -A trust -E UTF8 --locale=C \
-		--no-sync >"$WORK/initdb.log" 2>&1; then
-		cat "$WORK/initdb.log" >&2
-		die "initdb failed"
-	fi
-	cat >>"$DATA/postgresql.conf" <<-EOF
-
-		# --- bench/http.sh ---
-		port = $PORT
-		listen_addresses = ''
-		unix_socket_directories = '$WORK'
-		shared_preload_libraries = 'pg_workflow'
-		track_commit_timestamp = on
-		pg_workflow.database = 'postgres'
-		pg_workflow.workers = $WORKERS
-	EOF
-
-	log "starting the server (port $PORT, socket and log in $WORK)"
-	if ! as_pg "$BINDIR/pg_ctl" -D "$DATA" -l "$WORK/server.log" -w -t 60 start >/dev/null; then
-		tail -n 30 "$WORK/server.log" >&2 || true
-		die "the server did not start (is pg_workflow installed?)"
-	fi
-	SERVER_STARTED=1
-}
-
-stop_server() {
-	((SERVER_STARTED)) || return 0
-	log "stopping the server"
-	if ! as_pg "$BINDIR/pg_ctl" -D "$DATA" -m fast -w -t 60 stop >/dev/null 2>&1; then
-		log "fast shutdown failed; immediate shutdown"
-		as_pg "$BINDIR/pg_ctl" -D "$DATA" -m immediate -w -t 60 stop >/dev/null 2>&1 || true
-	fi
-	SERVER_STARTED=0
-}
-
-cleanup() {
-	local rc=$?
-	set +e
-	trap - EXIT INT TERM
+# cleanup hooks: the sampler, and nginx.
+cleanup_children() {
 	if [[ -n "$SAMPLER_PID" ]]; then
 		kill -TERM "$SAMPLER_PID" 2>/dev/null
 		wait "$SAMPLER_PID" 2>/dev/null
 	fi
-	if [[ -n "$PERF_PID" ]]; then
-		kill -INT "$PERF_PID" 2>/dev/null
-		wait "$PERF_PID" 2>/dev/null
-	fi
-	if ((rc != 0)) && [[ -n "$WORK" && -f "$WORK/server.log" ]]; then
-		log "failed (exit $rc); last lines of $WORK/server.log:"
-		tail -n 20 "$WORK/server.log" | sed 's/^/    /' >&9
-	fi
-	if ((KEEP)) && ((SERVER_STARTED)); then
-		log "server kept running: psql -h $WORK -p $PORT -U postgres postgres"
-		log "stop it with: pg_ctl -D $DATA stop   (as the cluster's owner)"
-		[[ -n "$NGINX_PID" ]] && log "nginx kept running (pid $NGINX_PID): stop it with: kill $NGINX_PID"
-	else
-		stop_server
-		stop_nginx
-		if [[ -n "$WORK" ]]; then
-			if ((rc == 0)); then
-				rm -rf -- "$WORK"
-			else
-				log "kept $WORK for inspection"
-			fi
-		fi
-	fi
-	exit "$rc"
 }
+
+cleanup_kept() {
+	if [[ -n "$NGINX_PID" ]]; then
+		log "nginx kept running (pid $NGINX_PID): stop it with: kill $NGINX_PID"
+	fi
+}
+
+cleanup_stop() { stop_nginx; }
 
 setup_database() {
 	log "creating the extension and the workflow $WORKFLOW"
@@ -415,22 +304,6 @@ setup_database() {
 		  "steps": [{"name": "call", "http": {"url": "$URL"}}]}');
 	EOF
 }
-
-wait_for_executors() {
-	local n i
-	for ((i = 0; i < 300; i++)); do
-		n=$(q -c "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'pg_workflow executor'")
-		((n >= WORKERS)) && return 0
-		sleep 0.1
-	done
-	die "only $n of $WORKERS pg_workflow executors are running after 30 s"
-}
-
-executor_pids() {
-	q -c "SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_workflow executor' ORDER BY pid"
-}
-
-max_run_id() { q -c "SELECT coalesce(max(id), 0) FROM wf.run"; }
 
 # Polls every POLL_S until no run is unfinished; sets R[done_at] to the
 # time (ms since the epoch) when the poll that saw none returned.
@@ -525,70 +398,22 @@ sampler_stop() {
 }
 
 # ---------------------------------------------------------------------------
-# perf (--perf, round 1)
-# ---------------------------------------------------------------------------
-
-perf_start() {
-	((PERF)) || return 0
-	if ! command -v perf >/dev/null || ! perf stat -e instructions true >/dev/null 2>&1; then
-		log "perf is not usable here: no profile"
-		PERF=0
-		return 0
-	fi
-	perf record -q -g -o "$WORK/perf.data" -p "$(printf '%s\n' "${EXEC_PIDS[@]}" | paste -sd, -)" \
-		>"$WORK/perf.log" 2>&1 &
-	PERF_PID=$!
-	sleep 0.5
-}
-
-perf_stop() {
-	[[ -n "$PERF_PID" ]] || return 0
-	kill -INT "$PERF_PID" 2>/dev/null || true
-	wait "$PERF_PID" 2>/dev/null || true
-	PERF_PID=
-}
-
-perf_print() {
-	((PERF)) && [[ -f "$WORK/perf.data" ]] || return 0
-	printf '\n  perf profile of the executors during round 1: inclusive (children) and\n'
-	printf '  self share of the samples, top named symbols (perf perturbs this run):\n'
-	perf report -i "$WORK/perf.data" --children --stdio -g none \
-		-F overhead_children,overhead,sym 2>/dev/null |
-		grep -v '^#' | grep -v '^$' | grep -v '\] 0x0*[0-9a-f]*$' | head -40 | sed 's/^/  /' || true
-}
-
-# ---------------------------------------------------------------------------
 # Report sections
 # ---------------------------------------------------------------------------
 
 print_machine() {
-	local cpu mem curlv
-	cpu=$(grep -m1 '^model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2- | sed 's/^ *//' || true)
-	mem=$(awk '/^MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo 2>/dev/null || true)
+	local curlv
 	curlv=$(curl-config --version 2>/dev/null || curl --version 2>/dev/null | head -n 1 | awk '{ print $1, $2 }')
-	section "Machine"
-	printf '  %-22s %s\n' "CPUs (nproc)" "$(nproc)"
-	printf '  %-22s %s\n' "CPU model" "${cpu:-unknown}"
-	printf '  %-22s %s\n' "memory" "${mem:-unknown}"
-	printf '  %-22s %s\n' "kernel" "$(uname -sr)"
-	printf '  %-22s %s\n' "load average (start)" "$(cut -d' ' -f1-3 /proc/loadavg)"
-	printf '  %-22s %s\n' "PostgreSQL" "$(q -c 'SELECT version()')"
-	printf '  %-22s %s\n' "pg_workflow" "$(q -c "SELECT extversion FROM pg_extension WHERE extname = 'pg_workflow'") ($PKGLIB/pg_workflow.so of $(date -u -r "$PKGLIB/pg_workflow.so" '+%Y-%m-%d %H:%M:%S UTC' 2>/dev/null || echo '?'))"
-	printf '  %-22s %s\n' "libcurl" "${curlv:-unknown}"
-	printf '  %-22s %s\n' "nginx" "$("$NGINX_BIN" -v 2>&1 | sed 's/^nginx version: //'), pid $NGINX_PID, 127.0.0.1:$HTTP_PORT"
-	printf '  %-22s %s\n' "data directory" "$DATA (on $(df -P "$WORK" | awk 'NR == 2 { print $1 }'))"
-	printf '  %-22s %s\n' "mode" "$( ((QUICK)) && echo 'QUICK (smoke test; figures not meaningful)' || echo full)"
-
-	section "Settings"
-	q -F ' = ' -c "SELECT name, setting || coalesce(' ' || unit, '') FROM pg_settings
-		 WHERE name IN ('shared_preload_libraries', 'track_commit_timestamp', 'fsync',
-						'synchronous_commit', 'wal_sync_method', 'shared_buffers',
-						'max_wal_size', 'autovacuum')
-			OR name LIKE 'pg\_workflow.%'
-		 ORDER BY name" | sed 's/^/  /'
+	machine_head "($PKGLIB/pg_workflow.so of $(date -u -r "$PKGLIB/pg_workflow.so" '+%Y-%m-%d %H:%M:%S UTC' 2>/dev/null || echo '?'))"
+	item "libcurl" "${curlv:-unknown}"
+	item "nginx" "$("$NGINX_BIN" -v 2>&1 | sed 's/^nginx version: //'), pid $NGINX_PID, 127.0.0.1:$HTTP_PORT"
+	machine_tail
+	print_settings shared_preload_libraries track_commit_timestamp fsync \
+		synchronous_commit wal_sync_method shared_buffers \
+		max_wal_size autovacuum
 
 	section "HTTP server"
-	printf '  %-22s %s\n' "GET" "$URL -> {\"ok\": true} after echo_sleep 0.05"
+	item "GET" "$URL -> {\"ok\": true} after echo_sleep 0.05"
 	printf '  %-22s %s ms (5 sequential curl requests: %s ms)\n' "curl time, median" \
 		"${R[curl_ms]}" "${R[curl_all]// /, }"
 }
@@ -682,7 +507,7 @@ run_round() {
 	mem_of "" "${EXEC_PIDS[@]}" >"$WORK/mem.before$r"
 	read -r cpu0 wait0 <<<"$(sched_of "${EXEC_PIDS[@]}")"
 	sampler_start "$r"
-	((r == 1)) && perf_start
+	((r == 1)) && perf_start "${EXEC_PIDS[@]}"
 	t0=$(now_ms)
 	q -c "SELECT count(wf_start('$WORKFLOW')) FROM generate_series(1, $n)" >/dev/null
 	t1=$(now_ms)
@@ -763,7 +588,7 @@ run_round() {
 		"${R[r${r}_rq_ms]}" \
 		"$(fmt '%.0f' "$(awk -v c="${R[r${r}_rq_ms]}" -v w="${R[r${r}_window_ms]}" -v k="$WORKERS" 'BEGIN { print 100 * c / (k * w) }')")" "$WORKERS"
 	print_memory "$r"
-	((r == 1)) && perf_print
+	((r == 1)) && perf_print "round 1" 40
 
 	if ((${R[r${r}_done]} != n)); then
 		q -c "SELECT r.id, r.status, s.attempt, left(coalesce(r.error, s.error)::text, 200)
@@ -773,16 +598,6 @@ run_round() {
 		die "round $r: only ${R[r${r}_done]} of $n runs completed"
 	fi
 	return 0
-}
-
-# row NAME VALUE TARGET OK (OK: 1 met, 0 missed, - no target)
-row() {
-	local result=
-	case "$4" in
-	1) result=PASS ;;
-	0) result=MISS ;;
-	esac
-	printf '  %-38s %-16s %-26s %s\n' "$1" "$2" "$3" "$result"
 }
 
 # flat_limit FIRST_kB: the most the last round's peak may be.
@@ -806,7 +621,7 @@ print_summary() {
 	done
 	printf '  (CPU/step: the executors'"'"' CPU time per step; CPU wait: time they were\n'
 	printf '  runnable but waiting for a CPU; memory in MiB, summed over the %s executors)\n\n' "$WORKERS"
-	printf '  %-38s %-16s %-26s %s\n' "figure" "value" "target" "result"
+	cols "figure" "value" "target" "result"
 	for ((r = 1; r <= ROUNDS; r++)); do
 		row "runs completed, round $r" "${R[r${r}_done]}" "= $STEPS" "$((${R[r${r}_done]} == STEPS))"
 	done
@@ -830,19 +645,17 @@ print_summary() {
 	fi
 	row "peak RSS MiB, round $ROUNDS vs 1" "$(mib "${R[r${ROUNDS}_rss_peak]}") vs $(mib "${R[r1_rss_peak]}")" \
 		"(grows with the tables)" -
-	printf '\n  load average at the end: %s (other work on the machine perturbs the figures)\n' \
-		"$(cut -d' ' -f1-3 /proc/loadavg)"
+	print_load_end
 }
 
 main() {
 	local r
 	parse_args "$@"
-	find_bindir
+	find_bindir initdb pg_ctl psql
+	command -v curl >/dev/null || die "curl not found"
 	[[ -f "$NGINX_CONF" ]] || die "$NGINX_CONF not found"
 	ensure_nginx
-	trap cleanup EXIT
-	trap 'exit 130' INT
-	trap 'exit 143' TERM
+	set_traps
 
 	printf 'pg_workflow HTTP benchmark -- %s\n' "$(date -u '+%Y-%m-%d %H:%M:%S UTC')"
 	start_server

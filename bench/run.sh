@@ -35,6 +35,17 @@
 set -euo pipefail
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=lib.sh source-path=SCRIPTDIR
+. "$BENCH_DIR/lib.sh"
+
+LOG_TAG=bench
+WORK_PREFIX=/tmp/pgwf-bench
+SERVER_CONF=(
+	"shared_preload_libraries = 'pg_workflow, pg_stat_statements'"
+	"pg_stat_statements.track = all"
+	"track_commit_timestamp = on"
+)
+ROW_WIDTHS=(34 14 22)
 
 # Options.
 PORT=5497
@@ -56,25 +67,11 @@ WAIT_LIMIT_S=600
 OBS_DB=pgwf_bench_obs		# the observer's database, for the idle test
 TAG=pgwf-bench				# marks our own statements in pg_stat_statements
 
-# State.
-BINDIR=
-WORK=
-DATA=
-SERVER_STARTED=0
-PERF_PID=
+# State (lib.sh has the server's).
 CHILD_PID=
 
 # Results.
 declare -A R=()
-
-# Messages go to the script's own stderr (fd 9), even from inside redirections.
-exec 9>&2
-log() { printf '[bench] %s\n' "$*" >&9; }
-die() { printf '[bench] ERROR: %s\n' "$*" >&9; exit 1; }
-
-usage() {
-	awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
-}
 
 parse_args() {
 	while (($# > 0)); do
@@ -140,38 +137,6 @@ parse_args() {
 	fi
 }
 
-find_bindir() {
-	local pg_config=${PG_CONFIG:-}
-	if [[ -z "$pg_config" ]]; then
-		if [[ -x /usr/lib/postgresql/15/bin/pg_config ]]; then
-			pg_config=/usr/lib/postgresql/15/bin/pg_config
-		else
-			pg_config=$(command -v pg_config || true)
-		fi
-	fi
-	[[ -n "$pg_config" ]] || die "pg_config not found (install postgresql-server-dev-15 or set PG_CONFIG)"
-	BINDIR=$("$pg_config" --bindir)
-	local prog
-	for prog in initdb pg_ctl psql pgbench; do
-		[[ -x "$BINDIR/$prog" ]] || die "$BINDIR/$prog not found"
-	done
-}
-
-# Runs a server program as the cluster's owner: postgres when we are root.
-as_pg() {
-	if [[ "$(id -u)" -eq 0 ]]; then
-		(cd / && runuser -u postgres -- "$@")
-	else
-		"$@"
-	fi
-}
-
-# psql to database postgres (or to $PSQL_DB), unaligned, tuples only.
-q() {
-	"$BINDIR/psql" -X -q -At -v ON_ERROR_STOP=1 -h "$WORK" -p "$PORT" \
-		-U postgres -d "${PSQL_DB:-postgres}" "$@"
-}
-
 # psql to the observer's database.
 qobs() { PSQL_DB=$OBS_DB q "$@"; }
 
@@ -191,110 +156,23 @@ run_child() {
 	return "$rc"
 }
 
-now_ms() { echo $(($(date +%s%N) / 1000000)); }
-
-# Formats a number with awk: fmt FORMAT VALUE
-fmt() { awk -v f="$1" -v v="$2" 'BEGIN { printf f, v }'; }
-
-section() { printf '\n== %s ==\n' "$*"; }
-
-# ---------------------------------------------------------------------------
-# Server
-# ---------------------------------------------------------------------------
-
-start_server() {
-	WORK=$(mktemp -d /tmp/pgwf-bench.XXXXXX)
-	DATA="$WORK/data"
-	if [[ "$(id -u)" -eq 0 ]]; then
-		getent passwd postgres >/dev/null || die "user postgres does not exist"
-		chown postgres: "$WORK"
-	fi
-	chmod 0700 "$WORK"
-
-	log "initdb $DATA"
-	if ! as_pg "$BINDIR/initdb" -D "$DATA" -U postgres -A trust -E UTF8 --locale=C \
-		--no-sync >"$WORK/initdb.log" 2>&1; then
-		cat "$WORK/initdb.log" >&2
-		die "initdb failed"
-	fi
-	cat >>"$DATA/postgresql.conf" <<-EOF
-
-		# --- bench/run.sh ---
-		port = $PORT
-		listen_addresses = ''
-		unix_socket_directories = '$WORK'
-		shared_preload_libraries = 'pg_workflow, pg_stat_statements'
-		pg_stat_statements.track = all
-		track_commit_timestamp = on
-		pg_workflow.database = 'postgres'
-		pg_workflow.workers = $WORKERS
-	EOF
-
-	log "starting the server (port $PORT, socket and log in $WORK)"
-	if ! as_pg "$BINDIR/pg_ctl" -D "$DATA" -l "$WORK/server.log" -w -t 60 start >/dev/null; then
-		tail -n 30 "$WORK/server.log" >&2 || true
-		die "the server did not start (is pg_workflow installed?)"
-	fi
-	SERVER_STARTED=1
-}
-
-stop_server() {
-	((SERVER_STARTED)) || return 0
-	log "stopping the server"
-	if ! as_pg "$BINDIR/pg_ctl" -D "$DATA" -m fast -w -t 60 stop >/dev/null 2>&1; then
-		log "fast shutdown failed; immediate shutdown"
-		as_pg "$BINDIR/pg_ctl" -D "$DATA" -m immediate -w -t 60 stop >/dev/null 2>&1 || true
-	fi
-	SERVER_STARTED=0
-}
-
-cleanup() {
-	local rc=$?
-	set +e
-	trap - EXIT INT TERM
+# Ends run_child's command (cleanup hook).
+cleanup_children() {
 	if [[ -n "$CHILD_PID" ]]; then
 		kill -TERM "$CHILD_PID" 2>/dev/null
 		wait "$CHILD_PID" 2>/dev/null
 	fi
-	if [[ -n "$PERF_PID" ]]; then
-		kill -INT "$PERF_PID" 2>/dev/null
-		wait "$PERF_PID" 2>/dev/null
-	fi
-	if ((rc != 0)) && [[ -n "$WORK" && -f "$WORK/server.log" ]]; then
-		log "failed (exit $rc); last lines of $WORK/server.log:"
-		tail -n 20 "$WORK/server.log" | sed 's/^/    /' >&9
-	fi
-	if ((KEEP)) && ((SERVER_STARTED)); then
-		log "server kept running: psql -h $WORK -p $PORT -U postgres postgres"
-		log "stop it with: pg_ctl -D $DATA stop   (as the cluster's owner)"
-	else
-		stop_server
-		if [[ -n "$WORK" ]]; then
-			if ((rc == 0)); then
-				rm -rf -- "$WORK"
-			else
-				log "kept $WORK for inspection"
-			fi
-		fi
-	fi
-	exit "$rc"
 }
+
+# ---------------------------------------------------------------------------
+# Server
+# ---------------------------------------------------------------------------
 
 setup_database() {
 	log "creating the extensions, workflows and tables"
 	q -f "$BENCH_DIR/setup.sql" >/dev/null
 	q -c "CREATE DATABASE $OBS_DB" >/dev/null
 	qobs -c "CREATE EXTENSION pg_stat_statements" >/dev/null
-}
-
-wait_for_executors() {
-	local n i
-	for ((i = 0; i < 300; i++)); do
-		n=$(q -c "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'pg_workflow executor'")
-		((n >= WORKERS)) && return 0
-		sleep 0.1
-	done
-	die "only $n of $WORKERS pg_workflow executors are running after 30 s"
 }
 
 # Waits until every run with lo < id <= hi has ended.
@@ -322,39 +200,17 @@ check_completed() {
 	fi
 }
 
-max_run_id() { q -c "SELECT coalesce(max(id), 0) FROM wf.run /* $TAG */"; }
-
-executor_pids() {
-	q -c "SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_workflow executor' ORDER BY pid"
-}
-
 # ---------------------------------------------------------------------------
 # Report sections
 # ---------------------------------------------------------------------------
 
 print_machine() {
-	local cpu mem
-	cpu=$(grep -m1 '^model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2- | sed 's/^ *//' || true)
-	mem=$(awk '/^MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo 2>/dev/null || true)
-	section "Machine"
-	printf '  %-22s %s\n' "CPUs (nproc)" "$(nproc)"
-	printf '  %-22s %s\n' "CPU model" "${cpu:-unknown}"
-	printf '  %-22s %s\n' "memory" "${mem:-unknown}"
-	printf '  %-22s %s\n' "kernel" "$(uname -sr)"
-	printf '  %-22s %s\n' "load average (start)" "$(cut -d' ' -f1-3 /proc/loadavg)"
-	printf '  %-22s %s\n' "PostgreSQL" "$(q -c 'SELECT version()')"
-	printf '  %-22s %s\n' "pg_workflow" "$(q -c "SELECT extversion FROM pg_extension WHERE extname = 'pg_workflow'")"
-	printf '  %-22s %s\n' "data directory" "$DATA (on $(df -P "$WORK" | awk 'NR == 2 { print $1 }'))"
-	printf '  %-22s %s\n' "mode" "$( ((QUICK)) && echo 'QUICK (smoke test; figures not meaningful)' || echo full)"
-
-	section "Settings"
-	q -F ' = ' -c "SELECT name, setting || coalesce(' ' || unit, '') FROM pg_settings
-		 WHERE name IN ('shared_preload_libraries', 'pg_stat_statements.track',
-						'track_commit_timestamp', 'fsync', 'synchronous_commit',
-						'wal_sync_method', 'full_page_writes', 'shared_buffers',
-						'max_wal_size', 'checkpoint_timeout', 'autovacuum')
-			OR name LIKE 'pg\_workflow.%'
-		 ORDER BY name" | sed 's/^/  /'
+	machine_head ""
+	machine_tail
+	print_settings shared_preload_libraries pg_stat_statements.track \
+		track_commit_timestamp fsync synchronous_commit \
+		wal_sync_method full_page_writes shared_buffers \
+		max_wal_size checkpoint_timeout autovacuum
 }
 
 warm_up() {
@@ -368,33 +224,12 @@ warm_up() {
 	check_completed "$lo" "$hi" "warm-up"
 }
 
-perf_start() {
-	local pids
-	((PERF)) || return 0
-	if ! command -v perf >/dev/null || ! perf stat -e instructions true >/dev/null 2>&1; then
-		log "perf is not usable here: no profile"
-		PERF=0
-		return 0
-	fi
-	pids=$(executor_pids | paste -sd, -)
-	perf record -q -g -o "$WORK/perf.data" -p "$pids" >"$WORK/perf.log" 2>&1 &
-	PERF_PID=$!
-	sleep 0.5
-}
-
-perf_stop() {
-	[[ -n "$PERF_PID" ]] || return 0
-	kill -INT "$PERF_PID" 2>/dev/null || true
-	wait "$PERF_PID" 2>/dev/null || true
-	PERF_PID=
-CHILD_PID=
-}
-
 measure_throughput() {
 	local n=$THROUGHPUT_RUNS lo hi t0 t1 t2 line
 	section "1. Throughput: $n runs of 'noop3' (3 no-op sql steps), started in one transaction"
 	q -c "SELECT pg_stat_statements_reset()" >/dev/null
 	lo=$(max_run_id)
+	# shellcheck disable=SC2119  # no pids: perf_start profiles the executors
 	perf_start
 	t0=$(now_ms)
 	q -c "SELECT count(wf_start('noop3')) FROM generate_series(1, $n)" >/dev/null
@@ -453,13 +288,7 @@ measure_throughput() {
 	R[stat_step_upd]=$(q -c "SELECT n_tup_upd FROM pg_stat_user_tables WHERE relid = 'wf.step'::regclass")
 	R[stat_step_upd_expected]=$((2 * 3 * n))
 
-	if ((PERF)) && [[ -f "$WORK/perf.data" ]]; then
-		printf '\n  perf profile of the executors during the phase: inclusive (children) and\n'
-		printf '  self share of the samples, top named symbols (perf perturbs this run):\n'
-		perf report -i "$WORK/perf.data" --children --stdio -g none \
-			-F overhead_children,overhead,sym 2>/dev/null |
-			grep -v '^#' | grep -v '^$' | grep -v '\] 0x0*[0-9a-f]*$' | head -45 | sed 's/^/  /' || true
-	fi
+	perf_print "the phase" 45
 }
 
 measure_latency() {
@@ -595,20 +424,10 @@ measure_idle() {
 	fi
 }
 
-# row NAME VALUE TARGET OK (OK: 1 met, 0 missed, - no target)
-row() {
-	local result=
-	case "$4" in
-	1) result=PASS ;;
-	0) result=MISS ;;
-	esac
-	printf '  %-34s %-14s %-22s %s\n' "$1" "$2" "$3" "$result"
-}
-
 print_summary() {
 	local ok
 	section "Summary (workers = $WORKERS$( ((QUICK)) && echo ', QUICK mode'))"
-	printf '  %-34s %-14s %-22s %s\n' "figure" "value" "target" "result"
+	cols "figure" "value" "target" "result"
 	ok=$(awk -v a="${R[tp_steps_per_s]}" -v b="${R[pgb_tps]}" 'BEGIN { print (a >= b) }')
 	row "throughput (steps/s)" "${R[tp_steps_per_s]}" ">= ${R[pgb_tps]} (pgbench tps)" "$ok"
 	row "  ratio to pgbench 1-client tps" "${R[ratio]}" ">= 1" "$ok"
@@ -622,16 +441,13 @@ print_summary() {
 	row "idle statements (${IDLE_SECONDS} s)" "${R[idle_stmts]}" "= 0" "$((R[idle_stmts] == 0))"
 	row "idle transactions (${IDLE_SECONDS} s)" "${R[idle_xacts]}" "= 0" "$((R[idle_xacts] == 0))"
 	row "idle executor wake-ups (${IDLE_SECONDS} s)" "${R[idle_wakeups]}" "= 0" "$((R[idle_wakeups] == 0))"
-	printf '\n  load average at the end: %s (other work on the machine perturbs the figures)\n' \
-		"$(cut -d' ' -f1-3 /proc/loadavg)"
+	print_load_end
 }
 
 main() {
 	parse_args "$@"
-	find_bindir
-	trap cleanup EXIT
-	trap 'exit 130' INT
-	trap 'exit 143' TERM
+	find_bindir initdb pg_ctl psql pgbench
+	set_traps
 
 	printf 'pg_workflow benchmark -- %s\n' "$(date -u '+%Y-%m-%d %H:%M:%S UTC')"
 	start_server
