@@ -1275,7 +1275,8 @@ $$;
  * named compensate:STEP, run one after the other in the reverse order of
  * completion, each checkpointed like any step.  The run ends (failed or
  * cancelled, with what was compensated) when the last one is done.  Without
- * anything to compensate, the run ends at once.
+ * anything to compensate, the run ends at once (with "compensated": [] when
+ * some step has a compensate action).
  */
 CREATE FUNCTION wf._compensate(p_run wf.run, p_status text, p_error jsonb, actor oid)
 RETURNS void
@@ -1285,6 +1286,10 @@ DECLARE
 BEGIN
 	IF NOT EXISTS (SELECT 1 FROM wf.step
 					WHERE run_id = p_run.id AND status = 'completed' AND spec ? 'compensate') THEN
+		/* A saga that had nothing to undo yet says so. */
+		IF EXISTS (SELECT 1 FROM wf.step WHERE run_id = p_run.id AND spec ? 'compensate') THEN
+			p_error := p_error || jsonb_build_object('compensated', '[]'::jsonb);
+		END IF;
 		PERFORM wf._finish_run(p_run, p_status, p_error, actor);
 		RETURN;
 	END IF;

@@ -227,7 +227,7 @@ foreach my $k (1 .. 6)
 	next if $k == 6;
 	is( $node->safe_psql(
 			'postgres',
-			"SELECT status, error->>'step', error->>'sqlstate', coalesce(error->'compensated', '[]') FROM wf.runs WHERE id = $run"
+			"SELECT status, error->>'step', error->>'sqlstate', error->'compensated' FROM wf.runs WHERE id = $run"
 		),
 		"failed|s$k|22012|" . encode_json([ map { "s$_" } @undone ]) =~ s/,/, /gr,
 		"fail at $k: the run failed at s$k, its error lists what was compensated");
