@@ -252,8 +252,7 @@ start_nginx() {
 stop_nginx() {
 	[[ -n "$NGINX_PID" ]] || return 0
 	log "stopping nginx"
-	kill -TERM "$NGINX_PID" 2>/dev/null || true
-	wait "$NGINX_PID" 2>/dev/null || true
+	stop_pid TERM "$NGINX_PID"
 	NGINX_PID=
 }
 
@@ -280,12 +279,7 @@ check_nginx() {
 # ---------------------------------------------------------------------------
 
 # cleanup hooks: the sampler, and nginx.
-cleanup_children() {
-	if [[ -n "$SAMPLER_PID" ]]; then
-		kill -TERM "$SAMPLER_PID" 2>/dev/null
-		wait "$SAMPLER_PID" 2>/dev/null
-	fi
-}
+cleanup_children() { stop_pid TERM "$SAMPLER_PID"; }
 
 cleanup_kept() {
 	if [[ -n "$NGINX_PID" ]]; then
@@ -391,9 +385,7 @@ sampler_start() {
 }
 
 sampler_stop() {
-	[[ -n "$SAMPLER_PID" ]] || return 0
-	kill -TERM "$SAMPLER_PID" 2>/dev/null || true
-	wait "$SAMPLER_PID" 2>/dev/null || true
+	stop_pid TERM "$SAMPLER_PID"
 	SAMPLER_PID=
 }
 
@@ -423,7 +415,7 @@ print_machine() {
 # water mark, and glibc keeps what was freed), so that the rounds compare
 # steady states. Its memory, before and after, is printed.
 warm_up() {
-	local lo hi bad pids t0
+	local lo hi pids t0
 	log "warm-up: $WARMUP_RUNS runs (not measured)"
 	mapfile -t pids < <(executor_pids)
 	mem_of "" "${pids[@]}" >"$WORK/mem.warm0"
@@ -438,12 +430,7 @@ warm_up() {
 		END { printf "  executors'"'"' memory, summed (MiB): RSS %.1f -> %.1f, private %.1f -> %.1f, anon %.1f -> %.1f\n",
 				r[1] / 1024, r[2] / 1024, p[1] / 1024, p[2] / 1024, a[1] / 1024, a[2] / 1024 }' \
 		"$WORK/mem.warm0" "$WORK/mem.warm1"
-	bad=$(q -c "SELECT count(*) FROM wf.run WHERE id > $lo AND id <= $hi AND status <> 'completed'")
-	if ((bad > 0)); then
-		q -c "SELECT id, status, error FROM wf.run WHERE id > $lo AND id <= $hi
-			   AND status <> 'completed' ORDER BY id LIMIT 5" >&2
-		die "$bad warm-up runs did not complete"
-	fi
+	check_completed "$lo" "$hi" "warm-up"
 }
 
 # Prints the executors' memory in round $1: per executor and summed, RSS,

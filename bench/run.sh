@@ -156,13 +156,8 @@ run_child() {
 	return "$rc"
 }
 
-# Ends run_child's command (cleanup hook).
-cleanup_children() {
-	if [[ -n "$CHILD_PID" ]]; then
-		kill -TERM "$CHILD_PID" 2>/dev/null
-		wait "$CHILD_PID" 2>/dev/null
-	fi
-}
+# cleanup hook: ends run_child's command.
+cleanup_children() { stop_pid TERM "$CHILD_PID"; }
 
 # ---------------------------------------------------------------------------
 # Server
@@ -187,17 +182,6 @@ wait_for_runs() {
 		(($(date +%s) < deadline)) || die "runs $((lo + 1))..$hi not finished after $WAIT_LIMIT_S s"
 		run_child q -c "SELECT wf_wait($next, '10 seconds') /* $TAG */" >/dev/null
 	done
-}
-
-# Dies unless every run with lo < id <= hi completed.
-check_completed() {
-	local lo=$1 hi=$2 what=$3 bad
-	bad=$(q -c "SELECT count(*) FROM wf.run WHERE id > $lo AND id <= $hi AND status <> 'completed' /* $TAG */")
-	if ((bad > 0)); then
-		q -c "SELECT id, status, error FROM wf.run WHERE id > $lo AND id <= $hi
-			   AND status <> 'completed' ORDER BY id LIMIT 5" >&2
-		die "$bad $what runs did not complete"
-	fi
 }
 
 # ---------------------------------------------------------------------------
