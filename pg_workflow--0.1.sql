@@ -159,18 +159,26 @@ CREATE TABLE wf.event (
 );
 
 /*
- * Wake-ups that wf_signal and wf_emit could not deliver at once: the step's
- * row was locked by a transaction that does not process it (an executor's
- * claim keeps the lock of a row that changed under it).  Waiting for that
- * lock could deadlock, so the executors deliver these once it is free.
+ * Changes to a step or a run that could not be made at once because another
+ * transaction held its row: an executor's claim keeps the lock of a row that
+ * changed under it, and one executing a child run's step holds that run.
+ * Waiting for such a lock could deadlock, so these are queued here in the
+ * same transaction, and the executors make them once the row is free:
+ *   wake    the step waits for wait_key and must be woken (payload: the
+ *           event it receives; NULL for a signal);
+ *   cancel  the step (step NULL: the run) must be cancelled, its run having
+ *           ended or started compensating (payload: the run's error and the
+ *           actor).
  */
-CREATE TABLE wf.wake_pending (
+CREATE TABLE wf.deferred (
 	id			bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
 	run_id		bigint NOT NULL,
-	step		text NOT NULL,
-	wait_key	text NOT NULL,
-	payload		jsonb,				-- for an event: what the step receives
-	sent_xid	xid8 NOT NULL DEFAULT pg_catalog.pg_current_xact_id()
+	step		text,
+	action		text NOT NULL CHECK (action IN ('wake', 'cancel')),
+	wait_key	text,
+	payload		jsonb,
+	sent_xid	xid8 NOT NULL DEFAULT pg_catalog.pg_current_xact_id(),
+	CHECK (action = 'cancel' OR (step IS NOT NULL AND wait_key IS NOT NULL))
 );
 
 /* Failures, escalations and SLA breaches, for people to look at. */
@@ -252,7 +260,7 @@ SELECT pg_catalog.pg_extension_config_dump('wf.history_log', '');
 SELECT pg_catalog.pg_extension_config_dump('wf.secret', '');
 SELECT pg_catalog.pg_extension_config_dump('wf.signal', '');
 SELECT pg_catalog.pg_extension_config_dump('wf.event', '');
-SELECT pg_catalog.pg_extension_config_dump('wf.wake_pending', '');
+SELECT pg_catalog.pg_extension_config_dump('wf.deferred', '');
 SELECT pg_catalog.pg_extension_config_dump('wf.subscription', '');
 SELECT pg_catalog.pg_extension_config_dump('wf.alert', '');
 
@@ -266,11 +274,11 @@ CREATE FUNCTION wf._wake() RETURNS void
 	LANGUAGE C AS 'MODULE_PATHNAME', 'wf_wake';
 
 /*
- * Asks the executors to deliver wf.wake_pending when the current transaction
+ * Asks the executors to deliver wf.deferred when the current transaction
  * commits.
  */
-CREATE FUNCTION wf._wake_pending() RETURNS void
-	LANGUAGE C AS 'MODULE_PATHNAME', 'wf_wake_pending';
+CREATE FUNCTION wf._defer() RETURNS void
+	LANGUAGE C AS 'MODULE_PATHNAME', 'wf_defer';
 
 /* Wakes the run's wf_wait callers when the current transaction commits. */
 CREATE FUNCTION wf._run_ended(run_id bigint) RETURNS void
@@ -624,9 +632,9 @@ END
 $$;
 
 /*
- * Ends a run: cancels its unfinished steps that no executor holds (the ones
- * an executor holds are discarded by its checkpoint, which finds the run
- * over), records and announces the transition.
+ * Ends a run: cancels its unfinished steps and its child runs (see
+ * wf._cancel_steps for those another transaction holds), records and
+ * announces the transition.
  */
 CREATE FUNCTION wf._finish_run(p_run wf.run, p_status text, p_error jsonb, actor oid)
 RETURNS void
@@ -637,18 +645,16 @@ BEGIN
 	UPDATE wf.run SET status = p_status, error = coalesce(p_error, error),
 		   finished_at = clock_timestamp()
 	 WHERE id = p_run.id;
-	UPDATE wf.step SET status = 'cancelled', finished_at = clock_timestamp(),
-		   wait_key = NULL
-	 WHERE (run_id, step) IN (SELECT run_id, step FROM wf.step
-							   WHERE run_id = p_run.id
-								 AND status IN ('pending', 'ready', 'running', 'waiting')
-							   FOR UPDATE SKIP LOCKED);
+	PERFORM wf._cancel_steps(p_run.id);
 	INSERT INTO wf.history_log (run_id, status, detail, actor)
 	VALUES (p_run.id, p_status, p_error, actor);
 	PERFORM wf._notify(p_run.id, p_run.workflow, NULL, p_status);
 	PERFORM wf._run_ended(p_run.id);
 	PERFORM wf._child_ended(p_run.id);
-	/* Child runs end with their parent. */
+	/*
+	 * Child runs end with their parent.  One that an executor holds (it is
+	 * executing one of its steps) is cancelled once that executor commits.
+	 */
 	FOR child IN SELECT * FROM wf.run
 				  WHERE parent_run = p_run.id AND status IN ('pending', 'running', 'waiting')
 				  FOR UPDATE SKIP LOCKED LOOP
@@ -656,6 +662,16 @@ BEGIN
 							   jsonb_build_object('message', format('parent run %s ended', p_run.id)),
 							   actor);
 	END LOOP;
+	INSERT INTO wf.deferred (run_id, action, payload)
+	SELECT c.id, 'cancel',
+		   jsonb_build_object('error', jsonb_build_object('message',
+														  format('parent run %s ended', p_run.id)),
+							  'actor', actor)
+	  FROM wf.run c
+	 WHERE c.parent_run = p_run.id AND c.status IN ('pending', 'running', 'waiting');
+	IF FOUND THEN
+		PERFORM wf._defer();
+	END IF;
 	IF p_status = 'failed' THEN
 		PERFORM wf._alert(p_run.id, p_error->>'step', 'failure',
 						  format('run %s of workflow "%s" failed: %s', p_run.id, p_run.workflow,
@@ -787,6 +803,16 @@ BEGIN
 		UPDATE wf.step s SET status = 'cancelled', finished_at = clock_timestamp()
 		 WHERE s.run_id = p_run_id AND s.step = p_step
 		   AND s.status IN ('pending', 'ready', 'running', 'waiting');
+		RETURN;
+	END IF;
+	IF r.parent_run IS NOT NULL
+	   AND (SELECT pr.status NOT IN ('pending', 'running', 'waiting')
+			  FROM wf.run pr WHERE pr.id = r.parent_run) THEN
+		/* Its parent ended while an executor held it (see wf._finish_run). */
+		PERFORM wf._finish_run(r, 'cancelled',
+							   jsonb_build_object('message',
+												  format('parent run %s ended', r.parent_run)),
+							   r.owner);
 		RETURN;
 	END IF;
 	IF r.status = 'pending' THEN
@@ -1165,25 +1191,48 @@ END
 $$;
 
 /*
- * Delivers the wake-ups of wf.wake_pending whose steps are no longer locked;
- * returns how many must wait for a lock still held.  A wake-up is dropped
- * when its step no longer waits for it (woken already, ended, rewound).
+ * Makes the changes of wf.deferred whose rows are no longer locked; returns
+ * how many must wait for a lock still held.  A change is dropped when it no
+ * longer applies (the step was woken already, or ended; the run ended).
  */
-CREATE FUNCTION wf._deliver_pending()
+CREATE FUNCTION wf._run_deferred()
 RETURNS int
 LANGUAGE plpgsql AS $$
 DECLARE
-	p		wf.wake_pending;
+	p		wf.deferred;
+	r		wf.run;
 	held	int := 0;
 BEGIN
-	FOR p IN SELECT * FROM wf.wake_pending ORDER BY id FOR UPDATE SKIP LOCKED LOOP
+	FOR p IN SELECT * FROM wf.deferred ORDER BY id FOR UPDATE SKIP LOCKED LOOP
+		IF p.step IS NULL THEN
+			/* A child run whose parent ended. */
+			SELECT * INTO r FROM wf.run WHERE id = p.run_id FOR UPDATE SKIP LOCKED;
+			IF NOT FOUND AND EXISTS (SELECT 1 FROM wf.run WHERE id = p.run_id) THEN
+				held := held + 1;
+				CONTINUE;
+			END IF;
+			IF FOUND AND r.status IN ('pending', 'running', 'waiting') THEN
+				PERFORM wf._finish_run(r, 'cancelled', p.payload->'error',
+									   (p.payload->>'actor')::oid);
+			END IF;
+			DELETE FROM wf.deferred WHERE id = p.id;
+			CONTINUE;
+		END IF;
 		PERFORM 1 FROM wf.step WHERE run_id = p.run_id AND step = p.step
 		   FOR UPDATE SKIP LOCKED;
 		IF NOT FOUND AND EXISTS (SELECT 1 FROM wf.step WHERE run_id = p.run_id AND step = p.step) THEN
 			held := held + 1;
 			CONTINUE;
 		END IF;
-		IF p.payload IS NULL THEN
+		IF p.action = 'cancel' THEN
+			UPDATE wf.step s SET status = 'cancelled', finished_at = clock_timestamp(),
+				   wait_key = NULL
+			  FROM wf.run r
+			 WHERE s.run_id = p.run_id AND s.step = p.step AND r.id = s.run_id
+			   AND s.status IN ('pending', 'ready', 'running', 'waiting')
+			   AND (r.status NOT IN ('pending', 'running', 'waiting')
+					OR (r.compensating IS NOT NULL AND s.step NOT LIKE 'compensate:%'));
+		ELSIF p.payload IS NULL THEN
 			UPDATE wf.step SET ready_at = clock_timestamp()
 			 WHERE run_id = p.run_id AND step = p.step AND status = 'waiting'
 			   AND wait_key = p.wait_key
@@ -1195,9 +1244,33 @@ BEGIN
 			   AND wait_key = p.wait_key AND payload IS NULL
 			   AND NOT pg_visible_in_snapshot(p.sent_xid, wait_snapshot);
 		END IF;
-		DELETE FROM wf.wake_pending WHERE id = p.id;
+		DELETE FROM wf.deferred WHERE id = p.id;
 	END LOOP;
 	RETURN held;
+END
+$$;
+
+/*
+ * Cancels the run's unfinished steps that no other transaction holds, and defers the cancellation of the others: an
+ * executor that holds one to execute it discards it at its checkpoint,
+ * which finds the run over; any other holder lets go soon.
+ */
+CREATE FUNCTION wf._cancel_steps(p_run_id bigint)
+RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+	UPDATE wf.step SET status = 'cancelled', finished_at = clock_timestamp(),
+		   wait_key = NULL
+	 WHERE (run_id, step) IN (SELECT run_id, step FROM wf.step
+							   WHERE run_id = p_run_id
+								 AND status IN ('pending', 'ready', 'running', 'waiting')
+							   FOR UPDATE SKIP LOCKED);
+	INSERT INTO wf.deferred (run_id, step, action)
+	SELECT run_id, step, 'cancel' FROM wf.step
+	 WHERE run_id = p_run_id AND status IN ('pending', 'ready', 'running', 'waiting');
+	IF FOUND THEN
+		PERFORM wf._defer();
+	END IF;
 END
 $$;
 
@@ -1293,11 +1366,7 @@ BEGIN
 		PERFORM wf._finish_run(p_run, p_status, p_error, actor);
 		RETURN;
 	END IF;
-	UPDATE wf.step SET status = 'cancelled', finished_at = clock_timestamp(), wait_key = NULL
-	 WHERE (run_id, step) IN (SELECT run_id, step FROM wf.step
-							   WHERE run_id = p_run.id
-								 AND status IN ('pending', 'ready', 'running', 'waiting')
-							   FOR UPDATE SKIP LOCKED);
+	PERFORM wf._cancel_steps(p_run.id);
 	WITH undo AS (
 		SELECT s.step, s.spec->'compensate' AS action,
 			   row_number() OVER (ORDER BY s.finished_at DESC, s.ord DESC) AS i
@@ -1715,7 +1784,7 @@ BEGIN
 	 * Rows another transaction holds are skipped, not waited for (that could
 	 * deadlock): an executor putting the step to wait takes the advisory
 	 * lock after its row lock and finds the signal itself; any other holder
-	 * leaves the wake-up to wf.wake_pending.
+	 * leaves the wake-up to wf.deferred.
 	 */
 	UPDATE wf.step SET ready_at = clock_timestamp()
 	 WHERE (run_id, step) IN (SELECT s.run_id, s.step FROM wf.step s
@@ -1726,12 +1795,12 @@ BEGIN
 	IF FOUND THEN
 		PERFORM wf._wake();
 	END IF;
-	INSERT INTO wf.wake_pending (run_id, step, wait_key)
-	SELECT s.run_id, s.step, s.wait_key FROM wf.step s
+	INSERT INTO wf.deferred (run_id, step, action, wait_key)
+	SELECT s.run_id, s.step, 'wake', s.wait_key FROM wf.step s
 	 WHERE s.run_id = p_run_id AND s.status = 'waiting' AND s.wait_key = 'signal:' || p_name
 	   AND (s.ready_at IS NULL OR s.ready_at > clock_timestamp());
 	IF FOUND THEN
-		PERFORM wf._wake_pending();
+		PERFORM wf._defer();
 	END IF;
 	RETURN true;
 END
@@ -1792,8 +1861,8 @@ BEGIN
 													'event:' || p_event || ':')
 							   FOR UPDATE SKIP LOCKED);
 	GET DIAGNOSTICS woken = ROW_COUNT;
-	INSERT INTO wf.wake_pending (run_id, step, wait_key, payload)
-	SELECT s.run_id, s.step, s.wait_key,
+	INSERT INTO wf.deferred (run_id, step, action, wait_key, payload)
+	SELECT s.run_id, s.step, 'wake', s.wait_key,
 		   jsonb_build_object('event', p_event, 'key', p_key, 'payload', p_payload)
 	  FROM wf.step s
 	 WHERE s.status = 'waiting' AND s.payload IS NULL
@@ -1801,7 +1870,7 @@ BEGIN
 						  'event:' || p_event || ':');
 	GET DIAGNOSTICS deferred = ROW_COUNT;
 	IF deferred > 0 THEN
-		PERFORM wf._wake_pending();
+		PERFORM wf._defer();
 	END IF;
 	woken := woken + deferred;
 	INSERT INTO wf.event (event, key, payload, emitted_by, started, woken)

@@ -39,7 +39,7 @@
 PG_FUNCTION_INFO_V1(wf_api_call);
 PG_FUNCTION_INFO_V1(wf_wait);
 PG_FUNCTION_INFO_V1(wf_wake);
-PG_FUNCTION_INFO_V1(wf_wake_pending);
+PG_FUNCTION_INFO_V1(wf_defer);
 PG_FUNCTION_INFO_V1(wf_interrupt);
 PG_FUNCTION_INFO_V1(wf_run_ended);
 PG_FUNCTION_INFO_V1(wf_xid_is_current);
@@ -244,11 +244,11 @@ wf_wake(PG_FUNCTION_ARGS)
 	PG_RETURN_VOID();
 }
 
-/* wf._wake_pending(): deliver wf.wake_pending once the transaction commits. */
+/* wf._defer(): have wf.deferred looked at once the transaction commits. */
 Datum
-wf_wake_pending(PG_FUNCTION_ARGS)
+wf_defer(PG_FUNCTION_ARGS)
 {
-	wf_shmem_wakes_pending_at_commit();
+	wf_shmem_defer_at_commit();
 	PG_RETURN_VOID();
 }
 

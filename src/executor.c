@@ -81,10 +81,10 @@ static volatile sig_atomic_t wf_exec_timed_out = false;
 
 /* Prepared statements, kept for the life of the process. */
 /*
- * How soon to look again at a wake-up whose step's row another transaction
- * held: that transaction is an executor's, which ends within a batch.
+ * How soon to look again at a deferred change whose row another transaction
+ * held: usually an executor's, which lets go when its batch commits.
  */
-#define WF_WAKE_RETRY_MS	10
+#define WF_DEFERRED_RETRY_MS	10
 
 static SPIPlanPtr wf_plan_claim = NULL;
 static SPIPlanPtr wf_plan_next_due = NULL;
@@ -95,7 +95,7 @@ static SPIPlanPtr wf_plan_resume = NULL;
 static SPIPlanPtr wf_plan_requeue = NULL;
 static SPIPlanPtr wf_plan_wait = NULL;
 static SPIPlanPtr wf_plan_expire = NULL;
-static SPIPlanPtr wf_plan_deliver = NULL;
+static SPIPlanPtr wf_plan_deferred = NULL;
 
 /* All the plans above are prepared (a failure half-way starts over). */
 static bool wf_exec_plans_ready = false;
@@ -194,7 +194,7 @@ wf_exec_prepare_all(void)
 								   4, wait_types);
 	wf_plan_expire = wf_exec_prepare("SELECT LEAST(wf._expire_runs(), wf._fire_schedules())",
 									 0, NULL);
-	wf_plan_deliver = wf_exec_prepare("SELECT wf._deliver_pending()", 0, NULL);
+	wf_plan_deferred = wf_exec_prepare("SELECT wf._run_deferred()", 0, NULL);
 	wf_exec_plans_ready = true;
 }
 
@@ -856,21 +856,22 @@ wf_exec_recheck_http(void)
 }
 
 /*
- * Delivers the wake-ups that wf_signal and wf_emit left in wf.wake_pending
- * because another transaction held the step's row.  True when some of them
- * must wait still: the caller asks for another look after its commit.
+ * Makes the changes left in wf.deferred (wake-ups from wf_signal and
+ * wf_emit, cancellations of an ended run's steps and child runs) because
+ * another transaction held their rows.  True when some of them must wait
+ * still: the caller asks for another look after its commit.
  */
 static bool
-wf_exec_deliver_pending(void)
+wf_exec_run_deferred(void)
 {
 	bool		isnull;
 	Datum		held;
 
-	if (!wf_shmem_take_wakes_pending())
+	if (!wf_shmem_take_deferred())
 		return false;
-	if (SPI_execute_plan(wf_plan_deliver, NULL, NULL, false, 1) != SPI_OK_SELECT ||
+	if (SPI_execute_plan(wf_plan_deferred, NULL, NULL, false, 1) != SPI_OK_SELECT ||
 		SPI_processed != 1)
-		elog(ERROR, "could not deliver the pending wake-ups");
+		elog(ERROR, "could not make the deferred changes");
 	held = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 	return !isnull && DatumGetInt32(held) > 0;
 }
@@ -899,7 +900,7 @@ wf_exec_batch(int max_steps, TimestampTz *next_due)
 	int			budget;
 	TimestampTz start;
 	bool		isnull;
-	bool		wakes_held;
+	bool		deferred_held;
 
 	*next_due = 0;
 
@@ -936,8 +937,8 @@ wf_exec_batch(int max_steps, TimestampTz *next_due)
 	/* Runs ended elsewhere: drop their requests still in flight. */
 	wf_exec_recheck_http();
 
-	/* Before the claim, which then sees the steps it woke. */
-	wakes_held = wf_exec_deliver_pending();
+	/* Before the claim, which then sees the steps woken. */
+	deferred_held = wf_exec_run_deferred();
 
 	/*
 	 * Runs past their workflow timeout fail, due schedules start their runs;
@@ -985,13 +986,13 @@ wf_exec_batch(int max_steps, TimestampTz *next_due)
 		MemoryContextSwitchTo(batchctx);
 		if (requeued)
 			wf_exec_requeued = true;
-		if (wakes_held)
+		if (deferred_held)
 		{
 			/* The lock holder is a transaction about to end: look again soon. */
 			TimestampTz retry = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-															WF_WAKE_RETRY_MS);
+															WF_DEFERRED_RETRY_MS);
 
-			wf_shmem_set_wakes_pending();
+			wf_shmem_set_deferred();
 			if (*next_due == 0 || retry < *next_due)
 				*next_due = retry;
 		}
@@ -1072,12 +1073,12 @@ wf_exec_batch(int max_steps, TimestampTz *next_due)
 	/* Committed: send what was started, forget what was checkpointed. */
 	if (requeued)
 		wf_exec_requeued = true;
-	if (wakes_held)
+	if (deferred_held)
 	{
-		wf_shmem_set_wakes_pending();
+		wf_shmem_set_deferred();
 		if (done == 0)
 			*next_due = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-													WF_WAKE_RETRY_MS);
+													WF_DEFERRED_RETRY_MS);
 	}
 	wf_http_submit();
 	foreach(lc, completions)

@@ -82,7 +82,7 @@ typedef struct WfShared
 	uint32		next_wake;		/* round-robin position for wake-ups */
 	WfWorkerSlot workers[WF_MAX_WORKERS];
 	int			ninterrupts;	/* backends interrupting a run now */
-	bool		wakes_pending;	/* wf.wake_pending may have rows to deliver */
+	bool		deferred;		/* wf.deferred may have changes to make */
 	/* One entry per backend id: wf_wait and interrupt requests. */
 	int			nbackends;
 	WfBackendSlot backends[FLEXIBLE_ARRAY_MEMBER];
@@ -95,9 +95,9 @@ extern void wf_shmem_startup(void);
 extern void wf_shmem_wake_one(void);
 extern void wf_shmem_wake_all(void);
 extern void wf_shmem_wake_at_commit(void);
-extern void wf_shmem_wakes_pending_at_commit(void);
-extern bool wf_shmem_take_wakes_pending(void);
-extern void wf_shmem_set_wakes_pending(void);
+extern void wf_shmem_defer_at_commit(void);
+extern bool wf_shmem_take_deferred(void);
+extern void wf_shmem_set_deferred(void);
 extern void wf_shmem_run_ended_at_commit(int64 run_id);
 extern void wf_shmem_interrupt_run(int64 run_id);
 extern int64 *wf_shmem_interrupted_runs(int *n);

@@ -34,7 +34,7 @@ static void wf_shmem_recheck_http(void);
 
 /* What the current transaction asks for at commit. */
 static bool wf_wake_pending = false;
-static bool wf_wakes_pending = false;	/* rows added to wf.wake_pending */
+static bool wf_deferred_added = false;	/* rows added to wf.deferred */
 #define WF_MAX_PENDING_ENDS 64
 static int64 wf_ended_runs[WF_MAX_PENDING_ENDS];
 static int	wf_n_ended_runs = 0;	/* -1: too many, wake every waiter */
@@ -69,8 +69,8 @@ wf_shmem_startup(void)
 		SpinLockInit(&wf_shared->mutex);
 		wf_shared->nworkers = wf_guc_workers;
 		wf_shared->nbackends = MaxBackends + 1;
-		/* Rows a crash or a restart left there are delivered first. */
-		wf_shared->wakes_pending = true;
+		/* Changes a crash or a restart left in wf.deferred are made first. */
+		wf_shared->deferred = true;
 	}
 	LWLockRelease(AddinShmemInitLock);
 }
@@ -152,9 +152,9 @@ wf_shmem_xact_callback(XactEvent event, void *arg)
 	{
 		case XACT_EVENT_COMMIT:
 		case XACT_EVENT_PARALLEL_COMMIT:
-			if (wf_wakes_pending)
-				wf_shmem_set_wakes_pending();
-			if (wf_wake_pending || wf_wakes_pending)
+			if (wf_deferred_added)
+				wf_shmem_set_deferred();
+			if (wf_wake_pending || wf_deferred_added)
 				wf_shmem_wake_one();
 			if (wf_n_ended_runs != 0)
 			{
@@ -162,14 +162,14 @@ wf_shmem_xact_callback(XactEvent event, void *arg)
 				wf_shmem_recheck_http();
 			}
 			wf_wake_pending = false;
-			wf_wakes_pending = false;
+			wf_deferred_added = false;
 			wf_n_ended_runs = 0;
 			break;
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
 		case XACT_EVENT_PREPARE:
 			wf_wake_pending = false;
-			wf_wakes_pending = false;
+			wf_deferred_added = false;
 			wf_n_ended_runs = 0;
 			break;
 		default:
@@ -228,39 +228,39 @@ wf_shmem_wake_at_commit(void)
 }
 
 /*
- * Asks for wf.wake_pending to be delivered when the current transaction
- * commits.
+ * Asks for the changes queued in wf.deferred to be made when the current
+ * transaction commits.
  */
 void
-wf_shmem_wakes_pending_at_commit(void)
+wf_shmem_defer_at_commit(void)
 {
 	wf_shmem_register_callback();
-	wf_wakes_pending = true;
+	wf_deferred_added = true;
 }
 
-/* Marks wf.wake_pending as having rows to deliver. */
+/* Marks wf.deferred as having changes to make. */
 void
-wf_shmem_set_wakes_pending(void)
+wf_shmem_set_deferred(void)
 {
 	if (wf_shared == NULL)
 		return;
 	SpinLockAcquire(&wf_shared->mutex);
-	wf_shared->wakes_pending = true;
+	wf_shared->deferred = true;
 	SpinLockRelease(&wf_shared->mutex);
 }
 
 /*
- * True when wf.wake_pending may have rows to deliver; the caller delivers
- * them (and calls wf_shmem_set_wakes_pending if it could not deliver all).
+ * True when wf.deferred may have changes to make; the caller makes them
+ * (and calls wf_shmem_set_deferred if some must wait still).
  */
 bool
-wf_shmem_take_wakes_pending(void)
+wf_shmem_take_deferred(void)
 {
 	bool		pending;
 
 	SpinLockAcquire(&wf_shared->mutex);
-	pending = wf_shared->wakes_pending;
-	wf_shared->wakes_pending = false;
+	pending = wf_shared->deferred;
+	wf_shared->deferred = false;
 	SpinLockRelease(&wf_shared->mutex);
 	return pending;
 }

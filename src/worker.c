@@ -103,8 +103,8 @@ wf_worker_recover(MemoryContext iterctx, int *consecutive_errors)
 	SpinLockAcquire(&wf_shared->mutex);
 	wf_worker_slot->current_run = 0;
 	SpinLockRelease(&wf_shared->mutex);
-	/* The wake-ups the lost transaction delivered are pending again. */
-	wf_shmem_set_wakes_pending();
+	/* The deferred changes the lost transaction made are to be made again. */
+	wf_shmem_set_deferred();
 	pgstat_report_activity(STATE_IDLE, NULL);
 	RESUME_INTERRUPTS();
 

@@ -319,7 +319,7 @@ $holder->query_safe(
 is($node->safe_psql('postgres', "SELECT wf_signal($held, 'go', '{\"s\": 1}')"),
 	't', 'wf_signal does not wait for the row another transaction holds');
 is( $node->safe_psql('postgres',
-		"SELECT step || ' ' || wait_key FROM wf.wake_pending WHERE run_id = $held"),
+		"SELECT step || ' ' || wait_key FROM wf.deferred WHERE run_id = $held"),
 	'sig signal:go',
 	'the wake-up it could not deliver is pending');
 $holder->query_safe('COMMIT');
@@ -331,7 +331,7 @@ $holder->query_safe(
 is($node->safe_psql('postgres', q{SELECT wf_emit('held.evt', '{"e": 2}', 'H-1')}),
 	'1', 'wf_emit counts the step whose row is held as woken');
 is( $node->safe_psql('postgres',
-		"SELECT step || ' ' || wait_key || ' ' || (payload->'payload')::text FROM wf.wake_pending WHERE run_id = $held"),
+		"SELECT step || ' ' || wait_key || ' ' || (payload->'payload')::text FROM wf.deferred WHERE run_id = $held"),
 	'evt event:held.evt:H-1 {"e": 2}',
 	'the event for it is pending');
 $holder->query_safe('COMMIT');
@@ -339,7 +339,7 @@ $holder->quit;
 is(wf_wait($node, $held), 'completed', 'the held run completed');
 is($node->safe_psql('postgres', "SELECT output::text FROM wf.runs WHERE id = $held"),
 	'[{"s": 1}, {"e": 2}]', 'with the signal and the event it was sent');
-is($node->safe_psql('postgres', 'SELECT count(*) FROM wf.wake_pending'),
+is($node->safe_psql('postgres', 'SELECT count(*) FROM wf.deferred'),
 	'0', 'nothing is left pending');
 
 # -------------------------------------------------------------------------

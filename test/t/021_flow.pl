@@ -504,5 +504,71 @@ is( $node->safe_psql('postgres', "SELECT error->>'message' FROM wf.runs WHERE id
 is($node->safe_psql('postgres', "SELECT status FROM wf.steps WHERE run_id = $child"),
 	'cancelled', 'the child\'s waiting step is cancelled');
 
+# A child run that an executor is executing when its parent is cancelled:
+# the step in progress finishes, and the child then ends instead of going
+# on.  The child's step blocks on a table the test holds locked; the nap
+# before it puts it in a transaction of its own (the one that starts the
+# child holds the parent until it commits, and wf_cancel would wait).
+$node->safe_psql('postgres', 'CREATE TABLE gate (x int)');
+wf_define(
+	$node, 'child-busy',
+	{
+		steps => [
+			{ name => 'nap',  sleep => '10ms' },
+			{ name => 'gate', sql => 'SELECT count(*) FROM public.gate' },
+			{ name => 'then', sql => 'SELECT 1' },
+			{ name => 'hold', wait_for => { signal => 'never' } },
+		]
+	});
+wf_define($node, 'parent-busy',
+	{ steps => [ { name => 'call', workflow => 'child-busy' } ] });
+my $gate = $node->background_psql('postgres');
+$gate->query_safe('BEGIN; LOCK TABLE gate IN ACCESS EXCLUSIVE MODE');
+my $busy_parent = wf_start($node, 'parent-busy');
+ok( $node->poll_query_until(
+		'postgres',
+		q{SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'pg_workflow executor' AND wait_event_type = 'Lock' AND query LIKE '% step gate'},
+		'1'),
+	'the child\'s first step is executing (waiting for the gate)');
+my $busy_child =
+  $node->safe_psql('postgres', "SELECT id FROM wf.runs WHERE parent_run = $busy_parent");
+is($node->safe_psql('postgres', "SELECT wf_cancel($busy_parent, 'stop')"),
+	't', 'the parent of the busy child is cancelled');
+$gate->query_safe('COMMIT');
+$gate->quit;
+is(wf_wait_all($node, $busy_parent, $busy_child), 'cancelled,cancelled',
+	'the busy child ended cancelled too');
+is( $node->safe_psql(
+		'postgres',
+		"SELECT string_agg(step || ':' || status, ' ' ORDER BY ord) FROM wf.steps WHERE run_id = $busy_child"
+	),
+	'nap:completed gate:completed then:cancelled hold:cancelled',
+	'the step in progress finished; the next ones did not run');
+
+# A child run whose row another transaction holds (as an executor's claim
+# does) when its parent ends is cancelled once the row is free.
+my $held_parent = wf_start($node, 'parent');
+ok( $node->poll_query_until(
+		'postgres',
+		"SELECT s.status FROM wf.runs r JOIN wf.steps s ON s.run_id = r.id WHERE r.parent_run = $held_parent",
+		'waiting'),
+	'the second child run is waiting');
+my $held_child =
+  $node->safe_psql('postgres', "SELECT id FROM wf.runs WHERE parent_run = $held_parent");
+my $holder = $node->background_psql('postgres');
+$holder->query_safe("BEGIN; SELECT 1 FROM wf.run WHERE id = $held_child FOR KEY SHARE");
+is($node->safe_psql('postgres', "SELECT wf_cancel($held_parent)"),
+	't', 'the parent is cancelled while its child\'s row is held');
+is( $node->safe_psql('postgres',
+		"SELECT action FROM wf.deferred WHERE run_id = $held_child AND step IS NULL"),
+	'cancel', 'the child\'s cancellation is deferred');
+$holder->query_safe('COMMIT');
+$holder->quit;
+is(wf_wait($node, $held_child), 'cancelled', 'the child is cancelled once its row is free');
+is($node->safe_psql('postgres', "SELECT status FROM wf.steps WHERE run_id = $held_child"),
+	'cancelled', 'and its waiting step too');
+is($node->safe_psql('postgres', 'SELECT count(*) FROM wf.deferred'),
+	'0', 'nothing is left deferred');
+
 $node->stop;
 done_testing();
