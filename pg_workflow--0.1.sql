@@ -791,7 +791,7 @@ CREATE FUNCTION wf._step_load(p_run_id bigint, p_step text, p_worker int,
 	OUT kind text, OUT spec jsonb, OUT owner oid, OUT search_path text,
 	OUT attempt int, OUT context jsonb, OUT defaults jsonb,
 	OUT started_at timestamptz, OUT resuming boolean, OUT payload jsonb,
-	OUT wait_key text, OUT escalated_at timestamptz)
+	OUT wait_key text, OUT escalated_at timestamptz, OUT parent_run bigint)
 RETURNS SETOF record
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -863,6 +863,7 @@ BEGIN
 	END IF;
 	owner := r.owner;
 	search_path := r.search_path;
+	parent_run := r.parent_run;
 	SELECT d.defaults INTO defaults FROM wf.workflow_def d
 	 WHERE d.name = r.workflow AND d.version = r.version;
 	context := jsonb_build_object(

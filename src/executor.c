@@ -150,7 +150,7 @@ wf_exec_prepare_all(void)
 	 * Due steps in the order of index step_ready (the CTE, so that the plan
 	 * reads the index in order and stops at the limit), skipping those
 	 * another executor holds and those of runs that wf_cancel, wf_retry or
-	 * wf_rewind are interrupting ($2).  The KEY SHARE lock on the run orders
+	 * wf_rewind are interrupting ($2), or whose parent run they are.  The KEY SHARE lock on the run orders
 	 * our locks as theirs are ordered, run first: they lock the run FOR
 	 * UPDATE, which waits for our transaction, before they touch its steps.
 	 */
@@ -165,6 +165,7 @@ wf_exec_prepare_all(void)
 									" ORDER BY s.priority DESC, s.ready_at LIMIT $1"
 									" FOR UPDATE OF s SKIP LOCKED)"
 									" SELECT c.run_id, c.step, c.http FROM c JOIN wf.run r ON r.id = c.run_id"
+									" WHERE $2 IS NULL OR r.parent_run IS NULL OR r.parent_run <> ALL ($2)"
 									" FOR KEY SHARE OF r SKIP LOCKED",
 									3, claim_types);
 	wf_plan_next_due = wf_exec_prepare(
@@ -174,7 +175,7 @@ wf_exec_prepare_all(void)
 									   0, NULL);
 	wf_plan_load = wf_exec_prepare(
 								   "SELECT kind, spec, owner, search_path, attempt, context, defaults, started_at,"
-								   " resuming, payload, wait_key, escalated_at"
+								   " resuming, payload, wait_key, escalated_at, parent_run"
 								   " FROM wf._step_load($1, $2, $3)",
 								   3, key_types);
 	wf_plan_done = wf_exec_prepare(
@@ -217,11 +218,13 @@ wf_exec_init(void)
 	wf_exec_timeout_id = RegisterTimeout(USER_TIMEOUT, wf_exec_timeout_handler);
 }
 
+/* What we execute now, for wf_cancel to interrupt (0, 0: nothing). */
 static void
-wf_exec_set_current_run(int64 run_id)
+wf_exec_set_current_run(int64 run_id, int64 parent_run)
 {
 	SpinLockAcquire(&wf_shared->mutex);
 	wf_worker_slot->current_run = run_id;
+	wf_worker_slot->current_parent = parent_run;
 	SpinLockRelease(&wf_shared->mutex);
 }
 
@@ -423,7 +426,7 @@ wf_exec_attempt(WfStepExec *ex, WfStepResult *res)
 	/* Any cancel still pending was meant for an earlier step. */
 	QueryCancelPending = false;
 	wf_exec_timed_out = false;
-	wf_exec_set_current_run(ex->run_id);
+	wf_exec_set_current_run(ex->run_id, ex->parent_run);
 	RESUME_CANCEL_INTERRUPTS();
 
 	if (ex->resuming)
@@ -532,6 +535,8 @@ wf_exec_step(WfWorkItem *item, List *queue, MemoryContext batchctx)
 	ex->wait_key = isnull ? NULL : TextDatumGetCString(d);
 	d = SPI_getbinval(tuple, tupdesc, 12, &isnull);
 	ex->escalated_at = isnull ? 0 : DatumGetTimestampTz(d);
+	d = SPI_getbinval(tuple, tupdesc, 13, &isnull);
+	ex->parent_run = isnull ? 0 : DatumGetInt64(d);
 	SPI_freetuptable(SPI_tuptable);
 
 	s = wf_util_jsonb_get_text(ex->spec, "timeout");
@@ -596,7 +601,7 @@ wf_exec_step(WfWorkItem *item, List *queue, MemoryContext batchctx)
 	}
 	PG_END_TRY();
 
-	wf_exec_set_current_run(0);
+	wf_exec_set_current_run(0, 0);
 	QueryCancelPending = false;
 
 	if (res->outcome == WF_STEP_COMPLETED)

@@ -63,6 +63,7 @@ typedef struct WfWorkerSlot
 	Latch	   *latch;			/* the worker's process latch */
 	bool		sleeping;		/* will re-check for work only if woken */
 	int64		current_run;	/* run whose step is executing, or 0 */
+	int64		current_parent; /* that run's parent run, or 0 */
 	int			http_in_flight; /* requests it has in flight */
 	bool		recheck_http;	/* some run ended: are its requests still wanted? */
 } WfWorkerSlot;
@@ -148,6 +149,7 @@ typedef struct WfStepExec
 	Jsonb	   *payload;		/* the event that woke it, or NULL */
 	char	   *wait_key;		/* what it waited for */
 	TimestampTz escalated_at;	/* a human step's escalation, or 0 */
+	int64		parent_run;		/* the run's parent run (child runs), or 0 */
 } WfStepExec;
 
 /* The outcome of one attempt. */

@@ -315,7 +315,9 @@ wf_shmem_interrupt_run(int64 run_id)
 	{
 		WfWorkerSlot *slot = &wf_shared->workers[i];
 
-		if (slot->pid != 0 && slot->current_run == run_id)
+		/* A child run's step too: the child ends with its parent. */
+		if (slot->pid != 0 &&
+			(slot->current_run == run_id || slot->current_parent == run_id))
 			pids[n++] = slot->pid;
 	}
 	SpinLockRelease(&wf_shared->mutex);

@@ -61,6 +61,7 @@ wf_worker_detach(int code, Datum arg)
 	wf_worker_slot->latch = NULL;
 	wf_worker_slot->sleeping = false;
 	wf_worker_slot->current_run = 0;
+	wf_worker_slot->current_parent = 0;
 	SpinLockRelease(&wf_shared->mutex);
 
 	/* What we held is ready again: another executor need not wait for us. */
@@ -77,6 +78,7 @@ wf_worker_attach(int index)
 	wf_worker_slot->latch = MyLatch;
 	wf_worker_slot->sleeping = false;
 	wf_worker_slot->current_run = 0;
+	wf_worker_slot->current_parent = 0;
 	SpinLockRelease(&wf_shared->mutex);
 	before_shmem_exit(wf_worker_detach, (Datum) 0);
 }
@@ -102,6 +104,7 @@ wf_worker_recover(MemoryContext iterctx, int *consecutive_errors)
 	wf_http_discard();
 	SpinLockAcquire(&wf_shared->mutex);
 	wf_worker_slot->current_run = 0;
+	wf_worker_slot->current_parent = 0;
 	SpinLockRelease(&wf_shared->mutex);
 	/* The deferred changes the lost transaction made are to be made again. */
 	wf_shmem_set_deferred();

@@ -505,8 +505,9 @@ is($node->safe_psql('postgres', "SELECT status FROM wf.steps WHERE run_id = $chi
 	'cancelled', 'the child\'s waiting step is cancelled');
 
 # A child run that an executor is executing when its parent is cancelled:
-# the step in progress finishes, and the child then ends instead of going
-# on.  The child's step blocks on a table the test holds locked; the nap
+# the step in progress is interrupted, as the parent's own would be, and
+# the child ends.  The child's step blocks on a table the test holds
+# locked (so that it cannot finish on its own before the cancel); the nap
 # before it puts it in a transaction of its own (the one that starts the
 # child holds the parent until it commits, and wf_cancel would wait).
 $node->safe_psql('postgres', 'CREATE TABLE gate (x int)');
@@ -534,16 +535,19 @@ my $busy_child =
   $node->safe_psql('postgres', "SELECT id FROM wf.runs WHERE parent_run = $busy_parent");
 is($node->safe_psql('postgres', "SELECT wf_cancel($busy_parent, 'stop')"),
 	't', 'the parent of the busy child is cancelled');
+is(wf_wait_all($node, $busy_parent, $busy_child), 'cancelled,cancelled',
+	'the busy child ended cancelled too, the gate still closed');
+is( $node->safe_psql('postgres',
+		q{SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'pg_workflow executor' AND wait_event_type = 'Lock'}),
+	'0', 'no executor waits for the gate any more');
 $gate->query_safe('COMMIT');
 $gate->quit;
-is(wf_wait_all($node, $busy_parent, $busy_child), 'cancelled,cancelled',
-	'the busy child ended cancelled too');
 is( $node->safe_psql(
 		'postgres',
 		"SELECT string_agg(step || ':' || status, ' ' ORDER BY ord) FROM wf.steps WHERE run_id = $busy_child"
 	),
-	'nap:completed gate:completed then:cancelled hold:cancelled',
-	'the step in progress finished; the next ones did not run');
+	'nap:completed gate:cancelled then:cancelled hold:cancelled',
+	'the step in progress was interrupted; the next ones did not run');
 
 # A child run whose row another transaction holds (as an executor's claim
 # does) when its parent ends is cancelled once the row is free.
