@@ -274,8 +274,8 @@ CREATE FUNCTION wf._wake() RETURNS void
 	LANGUAGE C AS 'MODULE_PATHNAME', 'wf_wake';
 
 /*
- * Asks the executors to deliver wf.deferred when the current transaction
- * commits.
+ * Asks the executors to make the changes queued in wf.deferred when the
+ * current transaction commits.
  */
 CREATE FUNCTION wf._defer() RETURNS void
 	LANGUAGE C AS 'MODULE_PATHNAME', 'wf_defer';
@@ -1252,9 +1252,10 @@ END
 $$;
 
 /*
- * Cancels the run's unfinished steps that no other transaction holds, and defers the cancellation of the others: an
- * executor that holds one to execute it discards it at its checkpoint,
- * which finds the run over; any other holder lets go soon.
+ * Cancels the run's unfinished steps that no other transaction holds, and
+ * defers the cancellation of the others: an executor that holds one to
+ * execute it discards it at its checkpoint, which finds the run over; any
+ * other holder lets go soon.
  */
 CREATE FUNCTION wf._cancel_steps(p_run_id bigint)
 RETURNS void

@@ -82,9 +82,13 @@ static volatile sig_atomic_t wf_exec_timed_out = false;
 /* Prepared statements, kept for the life of the process. */
 /*
  * How soon to look again at a deferred change whose row another transaction
- * held: usually an executor's, which lets go when its batch commits.
+ * held: usually an executor's, which lets go when its batch commits.  The
+ * delay doubles while the row stays held (a step executing for long), up to
+ * the maximum, and starts over once nothing is held.
  */
-#define WF_DEFERRED_RETRY_MS	10
+#define WF_DEFERRED_RETRY_MS		10
+#define WF_DEFERRED_RETRY_MAX_MS	1000
+static int	wf_exec_deferred_retry_ms = WF_DEFERRED_RETRY_MS;
 
 static SPIPlanPtr wf_plan_claim = NULL;
 static SPIPlanPtr wf_plan_next_due = NULL;
@@ -878,7 +882,26 @@ wf_exec_run_deferred(void)
 		SPI_processed != 1)
 		elog(ERROR, "could not make the deferred changes");
 	held = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-	return !isnull && DatumGetInt32(held) > 0;
+	if (!isnull && DatumGetInt32(held) > 0)
+		return true;
+	wf_exec_deferred_retry_ms = WF_DEFERRED_RETRY_MS;
+	return false;
+}
+
+/*
+ * Some deferred changes must wait for a lock still held: asks for another
+ * look, and returns when it should be.
+ */
+static TimestampTz
+wf_exec_retry_deferred(void)
+{
+	TimestampTz retry = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+													wf_exec_deferred_retry_ms);
+
+	wf_shmem_set_deferred();
+	wf_exec_deferred_retry_ms = Min(2 * wf_exec_deferred_retry_ms,
+									WF_DEFERRED_RETRY_MAX_MS);
+	return retry;
 }
 
 /*
@@ -993,11 +1016,8 @@ wf_exec_batch(int max_steps, TimestampTz *next_due)
 			wf_exec_requeued = true;
 		if (deferred_held)
 		{
-			/* The lock holder is a transaction about to end: look again soon. */
-			TimestampTz retry = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-															WF_DEFERRED_RETRY_MS);
+			TimestampTz retry = wf_exec_retry_deferred();
 
-			wf_shmem_set_deferred();
 			if (*next_due == 0 || retry < *next_due)
 				*next_due = retry;
 		}
@@ -1080,10 +1100,10 @@ wf_exec_batch(int max_steps, TimestampTz *next_due)
 		wf_exec_requeued = true;
 	if (deferred_held)
 	{
-		wf_shmem_set_deferred();
+		TimestampTz retry = wf_exec_retry_deferred();
+
 		if (done == 0)
-			*next_due = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-													WF_DEFERRED_RETRY_MS);
+			*next_due = retry;
 	}
 	wf_http_submit();
 	foreach(lc, completions)
