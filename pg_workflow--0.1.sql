@@ -1631,10 +1631,12 @@ BEGIN
 	IF p_compensate AND r.compensating IS NULL THEN
 		PERFORM wf._compensate(r, 'failed', jsonb_build_object('step', p_step) || p_error, r.owner);
 	ELSIF r.compensating IS NOT NULL THEN
+		/* The saga could not undo everything: the first error stays. */
 		PERFORM wf._finish_run(r, 'failed',
-							   jsonb_build_object('step', p_step) || p_error ||
+							   (r.compensating->'error') ||
 							   jsonb_build_object('compensated', r.compensating->'compensated',
-												  'compensation_failed', true),
+												  'compensation_failed',
+												  jsonb_build_object('step', p_step) || p_error),
 							   r.owner);
 	ELSE
 		PERFORM wf._finish_run(r, 'failed', jsonb_build_object('step', p_step) || p_error, r.owner);

@@ -176,8 +176,13 @@ foreach my $i (1 .. 5)
 INSERT INTO ledger (run_id, entry) SELECT (\$1->'run'->>'id')::bigint, 'do s$i' FROM ok WHERE ok.x = 1 RETURNING $i}
 	};
 	# s3 has nothing to undo.
+	# An undo fails when the input says so.
 	$step->{compensate} = {
-		sql => qq{INSERT INTO ledger (run_id, entry) VALUES ((\$1->'run'->>'id')::bigint, 'undo s$i') RETURNING -$i}
+		sql => qq{INSERT INTO ledger (run_id, entry)
+SELECT (\$1->'run'->>'id')::bigint, 'undo s$i'
+  FROM (SELECT 1 / CASE WHEN (\$1->'input'->>'fail_undo')::int = $i THEN 0 ELSE 1 END AS x) z
+ WHERE z.x = 1
+RETURNING -$i}
 	} unless $i == 3;
 	push @saga_steps, $step;
 }
@@ -232,6 +237,33 @@ foreach my $k (1 .. 6)
 		"failed|s$k|22012|" . encode_json([ map { "s$_" } @undone ]) =~ s/,/, /gr,
 		"fail at $k: the run failed at s$k, its error lists what was compensated");
 }
+
+# A compensation that fails: the saga stops undoing, the run fails with its
+# first error, what was compensated and the compensation's failure.
+my $broken = wf_start($node, 'saga', { fail => 5, fail_undo => 2 });
+is(wf_wait($node, $broken), 'failed', 'a saga whose undo of s2 fails ends failed');
+is( $node->safe_psql(
+		'postgres',
+		"SELECT coalesce(string_agg(entry, ', ' ORDER BY n), '') FROM ledger WHERE run_id = $broken"),
+	'do s1, do s2, do s3, do s4, undo s4',
+	's4 was undone, s2 could not be, s1 was not tried');
+is( $node->safe_psql(
+		'postgres',
+		"SELECT string_agg(step || ':' || status, ' ' ORDER BY ord) FROM wf.steps WHERE run_id = $broken"
+	),
+	's1:completed s2:completed s3:completed s4:compensated s5:failed '
+	  . 'compensate:s4:completed compensate:s2:failed compensate:s1:cancelled',
+	'the statuses say what was and was not undone');
+is( $node->safe_psql(
+		'postgres', qq{
+	SELECT error->>'step', error->>'sqlstate', error->'compensated',
+		   error->'compensation_failed'->>'step', error->'compensation_failed'->>'sqlstate'
+	  FROM wf.runs WHERE id = $broken}),
+	's5|22012|["s4"]|compensate:s2|22012',
+	'the error keeps the first failure, what was compensated and the failed compensation');
+is( $node->safe_psql('postgres',
+		"SELECT count(*) FROM wf.alerts WHERE run_id = $broken AND kind = 'failure'"),
+	'1', 'an alert asks a person to finish the job');
 
 # Cancelling a waiting saga compensates it.
 wf_define(
