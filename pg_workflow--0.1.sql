@@ -1228,11 +1228,11 @@ BEGIN
 		IF p.action = 'cancel' THEN
 			UPDATE wf.step s SET status = 'cancelled', finished_at = clock_timestamp(),
 				   wait_key = NULL
-			  FROM wf.run r
-			 WHERE s.run_id = p.run_id AND s.step = p.step AND r.id = s.run_id
+			  FROM wf.run sr
+			 WHERE s.run_id = p.run_id AND s.step = p.step AND sr.id = s.run_id
 			   AND s.status IN ('pending', 'ready', 'running', 'waiting')
-			   AND (r.status NOT IN ('pending', 'running', 'waiting')
-					OR (r.compensating IS NOT NULL AND s.step NOT LIKE 'compensate:%'));
+			   AND (sr.status NOT IN ('pending', 'running', 'waiting')
+					OR (sr.compensating IS NOT NULL AND s.step NOT LIKE 'compensate:%'));
 		ELSIF p.payload IS NULL THEN
 			UPDATE wf.step SET ready_at = clock_timestamp()
 			 WHERE run_id = p.run_id AND step = p.step AND status = 'waiting'

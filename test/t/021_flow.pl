@@ -603,6 +603,25 @@ $holder->quit;
 is(wf_wait($node, $held_child), 'cancelled', 'the child is cancelled once its row is free');
 is($node->safe_psql('postgres', "SELECT status FROM wf.steps WHERE run_id = $held_child"),
 	'cancelled', 'and its waiting step too');
+
+# The same for a step of an ended run whose row another transaction holds.
+my $held_run = wf_start($node, 'child-waits');
+ok(wait_step($held_run, 'hold', 'waiting'), 'a run waits');
+$holder = $node->background_psql('postgres');
+$holder->query_safe(
+	"BEGIN; SELECT 1 FROM wf.step WHERE run_id = $held_run AND step = 'hold' FOR UPDATE");
+is($node->safe_psql('postgres', "SELECT wf_cancel($held_run)"),
+	't', 'the run is cancelled while its waiting step\'s row is held');
+is( $node->safe_psql('postgres',
+		"SELECT r.status || ' ' || s.status || ' ' || d.action FROM wf.runs r JOIN wf.steps s ON s.run_id = r.id JOIN wf.deferred d ON d.run_id = r.id AND d.step = s.step WHERE r.id = $held_run"
+	),
+	'cancelled waiting cancel',
+	'the step still waits, its cancellation is deferred');
+$holder->query_safe('COMMIT');
+$holder->quit;
+ok( $node->poll_query_until(
+		'postgres', "SELECT status FROM wf.steps WHERE run_id = $held_run", 'cancelled'),
+	'the step is cancelled once its row is free');
 is($node->safe_psql('postgres', 'SELECT count(*) FROM wf.deferred'),
 	'0', 'nothing is left deferred');
 
