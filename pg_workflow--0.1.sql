@@ -131,6 +131,8 @@ CREATE INDEX step_ready ON wf.step (priority DESC, ready_at)
 CREATE INDEX step_ready_at ON wf.step (ready_at) WHERE status IN ('ready', 'waiting');
 /* Waiting steps by what they wait for, for wf_signal and wf_emit. */
 CREATE INDEX step_waiting ON wf.step (wait_key) WHERE status = 'waiting';
+/* Ready steps deferred by an open circuit breaker, woken when it closes. */
+CREATE INDEX step_deferred ON wf.step (wait_key) WHERE status = 'ready' AND wait_key IS NOT NULL;
 
 /* Signals sent to runs, kept until a step takes them. */
 CREATE TABLE wf.signal (
@@ -1078,7 +1080,24 @@ BEGIN
 		UPDATE wf.circuit_breaker
 		   SET state = 'closed', failures = 0, opened_at = NULL, probe_at = NULL,
 			   updated_at = clock_timestamp()
-		 WHERE key = p_key AND (state <> 'closed' OR failures <> 0);
+		 WHERE key = p_key AND state <> 'closed';
+		IF NOT FOUND THEN
+			UPDATE wf.circuit_breaker SET failures = 0, updated_at = clock_timestamp()
+			 WHERE key = p_key AND failures <> 0;
+			RETURN;
+		END IF;
+		/*
+		 * Closed again: the steps it deferred go now rather than at their
+		 * retry time (those another transaction holds keep that time).
+		 */
+		UPDATE wf.step SET ready_at = clock_timestamp()
+		 WHERE (run_id, step) IN (SELECT s.run_id, s.step FROM wf.step s
+								   WHERE s.status = 'ready' AND s.wait_key = 'breaker:' || p_key
+									 AND s.ready_at > clock_timestamp()
+								   FOR UPDATE SKIP LOCKED);
+		IF FOUND THEN
+			PERFORM wf._wake();
+		END IF;
 		RETURN;
 	END IF;
 	INSERT INTO wf.circuit_breaker (key, state, failures, reset_after)
@@ -1556,7 +1575,7 @@ $$;
 CREATE FUNCTION wf._step_failed(p_run_id bigint, p_step text, p_error jsonb,
 								p_retry_at timestamptz, p_skip boolean,
 								p_again boolean, p_escalate boolean, p_compensate boolean,
-								OUT ready text[])
+								p_wait_key text, OUT ready text[])
 LANGUAGE plpgsql AS $$
 DECLARE
 	r	wf.run;
@@ -1571,8 +1590,13 @@ BEGIN
 		RETURN;
 	END IF;
 	IF p_again THEN
-		/* Not counted: a waiting step keeps waiting, others run again. */
+		/*
+		 * Not counted: a waiting step keeps waiting, others run again (a
+		 * step deferred by an open circuit breaker is woken when it closes:
+		 * p_wait_key "breaker:HOST").
+		 */
 		UPDATE wf.step SET status = CASE WHEN status = 'waiting' THEN 'waiting' ELSE 'ready' END,
+			   wait_key = CASE WHEN status = 'waiting' THEN wait_key ELSE p_wait_key END,
 			   running_by = NULL,
 			   attempt = CASE WHEN status = 'waiting' THEN attempt ELSE attempt - 1 END,
 			   started_at = CASE WHEN status = 'waiting' THEN started_at END,

@@ -144,8 +144,8 @@ wf_exec_prepare_all(void)
 	Oid			wait_types[4] = {INT8OID, TEXTOID, TIMESTAMPTZOID, TEXTOID};
 	Oid			key_types[3] = {INT8OID, TEXTOID, INT4OID};
 	Oid			done_types[4] = {INT8OID, TEXTOID, TEXTOID, JSONBOID};
-	Oid			failed_types[8] = {INT8OID, TEXTOID, JSONBOID, TIMESTAMPTZOID,
-	BOOLOID, BOOLOID, BOOLOID, BOOLOID};
+	Oid			failed_types[9] = {INT8OID, TEXTOID, JSONBOID, TIMESTAMPTZOID,
+	BOOLOID, BOOLOID, BOOLOID, BOOLOID, TEXTOID};
 
 	if (wf_exec_plans_ready)
 		return;
@@ -186,8 +186,8 @@ wf_exec_prepare_all(void)
 								   "SELECT ok, ready FROM wf._step_done($1, $2, $3, $4)",
 								   4, done_types);
 	wf_plan_failed = wf_exec_prepare(
-									 "SELECT ready FROM wf._step_failed($1, $2, $3, $4, $5, $6, $7, $8)",
-									 8, failed_types);
+									 "SELECT ready FROM wf._step_failed($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+									 9, failed_types);
 	wf_plan_resume = wf_exec_prepare(
 									 "SELECT spec, defaults FROM wf._step_resume($1, $2, $3, $4)",
 									 4, resume_types);
@@ -640,8 +640,8 @@ static List *
 wf_exec_record_failure(WfStepExec *ex, Jsonb *defaults, WfStepResult *res,
 					   List *queue, MemoryContext batchctx)
 {
-	Datum		args[8];
-	char		nulls[8] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
+	Datum		args[9];
+	char		nulls[9] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
 	char	   *strategy = NULL;
 	TimestampTz retry_at = 0;
 	bool		skip = false;
@@ -698,6 +698,10 @@ wf_exec_record_failure(WfStepExec *ex, Jsonb *defaults, WfStepResult *res,
 						   res->outcome == WF_STEP_DEFERRED);
 	args[6] = BoolGetDatum(escalate);
 	args[7] = BoolGetDatum(compensate);
+	if (res->outcome == WF_STEP_DEFERRED && res->defer_key != NULL)
+		args[8] = CStringGetTextDatum(res->defer_key);
+	else
+		nulls[8] = 'n';
 	if (SPI_execute_plan(wf_plan_failed, args, nulls, false, 0) != SPI_OK_SELECT ||
 		SPI_processed != 1)
 		elog(ERROR, "could not record the failure of step \"%s\"", ex->step);

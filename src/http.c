@@ -411,6 +411,7 @@ wf_http_execute(WfStepExec *ex, WfStepResult *res)
 		{
 			res->outcome = WF_STEP_DEFERRED;
 			res->defer_until = until;
+			res->defer_key = psprintf("breaker:%s", host);
 			return;
 		}
 	}

@@ -178,6 +178,8 @@ typedef struct WfStepResult
 	int			retry_after_s;	/* the server asked to wait this long */
 	int			http_status;	/* the response's status, for the record */
 	TimestampTz defer_until;	/* WF_STEP_DEFERRED: when to try again */
+	char	   *defer_key;		/* WF_STEP_DEFERRED: what may end the wait
+								 * earlier ("breaker:HOST"), or NULL */
 	TimestampTz wake_at;		/* WF_STEP_WAITING: timer, or 0 */
 	char	   *wait_key;		/* WF_STEP_WAITING: "signal:..." or "event:..." */
 } WfStepResult;

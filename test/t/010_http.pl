@@ -648,6 +648,37 @@ ok( $node->poll_query_until(
 my $cb5 = run_workflow('cb-ok');
 is(run_status($cb5), 'completed', 'breaker: closed, requests go at once');
 
+# A step deferred by the open breaker goes as soon as it closes, not at its
+# retry time: here a request sent before the breaker opened succeeds and
+# closes it, an hour before the deferred step would have tried again.
+my $long = { failures => 1, reset_after => '1 hour' };
+wf_define($node, 'cb-long-slow',
+	http_wf({ url => $srv->url('/slow?ms=8000'), timeout => '60s' },
+		retry => { max_attempts => 1 }, circuit_breaker => $long));
+wf_define($node, 'cb-long-fail',
+	http_wf({ url => $srv->url('/status/503') }, retry => { max_attempts => 1 },
+		circuit_breaker => $long));
+wf_define($node, 'cb-long-ok',
+	http_wf({ url => $srv->url('/echo') }, retry => { max_attempts => 1 },
+		circuit_breaker => $long));
+my $slow_ok = wf_start($node, 'cb-long-slow');
+ok( poll_until(sub { scalar $srv->requests_with_key("wf-$slow_ok-call") },
+		'the slow request arrives'),
+	'breaker: a slow request is in flight');
+is(run_status(run_workflow('cb-long-fail')), 'failed', 'breaker: a failure meanwhile');
+is($node->safe_psql('postgres', "SELECT state FROM wf.circuit_breakers WHERE host = '127.0.0.1'"),
+	'open', 'breaker: open for an hour');
+my $deferred = wf_start($node, 'cb-long-ok');
+ok( $node->poll_query_until(
+		'postgres', qq{
+	SELECT status = 'ready' AND attempt = 0 AND ready_at > now() + interval '30 minutes'
+	  FROM wf.steps WHERE run_id = $deferred}),
+	'breaker: a new step is deferred for about an hour');
+is(wf_wait($node, $slow_ok, 60), 'completed', 'breaker: the slow request succeeded');
+is(wf_wait($node, $deferred, 60), 'completed',
+	'breaker: its success closed the breaker and the deferred step went at once');
+is(step_of($deferred, 'call')->{attempt}, 1, 'breaker: in one attempt');
+
 # -------------------------------------------------------------------------
 # wf_cancel of a run whose request is in flight
 # -------------------------------------------------------------------------
