@@ -1211,60 +1211,82 @@ END
 $$;
 
 /*
+ * Makes one change of wf.deferred: false while its row is still locked.  A
+ * change that no longer applies (the step was woken already, or ended; the
+ * run ended) is dropped: true.
+ */
+CREATE FUNCTION wf._run_deferred_one(p wf.deferred)
+RETURNS boolean
+LANGUAGE plpgsql AS $$
+DECLARE
+	r		wf.run;
+BEGIN
+	IF p.step IS NULL THEN
+		/* A child run whose parent ended. */
+		SELECT * INTO r FROM wf.run WHERE id = p.run_id FOR UPDATE SKIP LOCKED;
+		IF NOT FOUND THEN
+			RETURN NOT EXISTS (SELECT 1 FROM wf.run WHERE id = p.run_id);
+		END IF;
+		IF r.status IN ('pending', 'running', 'waiting') THEN
+			PERFORM wf._finish_run(r, 'cancelled', p.payload->'error',
+								   (p.payload->>'actor')::oid);
+		END IF;
+		RETURN true;
+	END IF;
+	PERFORM 1 FROM wf.step WHERE run_id = p.run_id AND step = p.step
+	   FOR UPDATE SKIP LOCKED;
+	IF NOT FOUND THEN
+		RETURN NOT EXISTS (SELECT 1 FROM wf.step WHERE run_id = p.run_id AND step = p.step);
+	END IF;
+	IF p.action = 'cancel' THEN
+		UPDATE wf.step s SET status = 'cancelled', finished_at = clock_timestamp(),
+			   wait_key = NULL
+		  FROM wf.run sr
+		 WHERE s.run_id = p.run_id AND s.step = p.step AND sr.id = s.run_id
+		   AND s.status IN ('pending', 'ready', 'running', 'waiting')
+		   AND (sr.status NOT IN ('pending', 'running', 'waiting')
+				OR (sr.compensating IS NOT NULL AND s.step NOT LIKE 'compensate:%'));
+	ELSIF p.payload IS NULL THEN
+		UPDATE wf.step SET ready_at = clock_timestamp()
+		 WHERE run_id = p.run_id AND step = p.step AND status = 'waiting'
+		   AND wait_key = p.wait_key
+		   AND (ready_at IS NULL OR ready_at > clock_timestamp());
+	ELSE
+		/* An event the step's start saw committed is not for this wait. */
+		UPDATE wf.step SET ready_at = clock_timestamp(), payload = p.payload
+		 WHERE run_id = p.run_id AND step = p.step AND status = 'waiting'
+		   AND wait_key = p.wait_key AND payload IS NULL
+		   AND NOT pg_visible_in_snapshot(p.sent_xid, wait_snapshot);
+	END IF;
+	RETURN true;
+END
+$$;
+
+/*
  * Makes the changes of wf.deferred whose rows are no longer locked; returns
- * how many must wait for a lock still held.  A change is dropped when it no
- * longer applies (the step was woken already, or ended; the run ended).
+ * how many must wait, for a lock still held or after an error (reported as
+ * a warning: one change that fails does not hold up the others).
  */
 CREATE FUNCTION wf._run_deferred()
 RETURNS int
 LANGUAGE plpgsql AS $$
 DECLARE
 	p		wf.deferred;
-	r		wf.run;
 	held	int := 0;
 BEGIN
 	FOR p IN SELECT * FROM wf.deferred ORDER BY id FOR UPDATE SKIP LOCKED LOOP
-		IF p.step IS NULL THEN
-			/* A child run whose parent ended. */
-			SELECT * INTO r FROM wf.run WHERE id = p.run_id FOR UPDATE SKIP LOCKED;
-			IF NOT FOUND AND EXISTS (SELECT 1 FROM wf.run WHERE id = p.run_id) THEN
+		BEGIN
+			IF wf._run_deferred_one(p) THEN
+				DELETE FROM wf.deferred WHERE id = p.id;
+			ELSE
 				held := held + 1;
-				CONTINUE;
 			END IF;
-			IF FOUND AND r.status IN ('pending', 'running', 'waiting') THEN
-				PERFORM wf._finish_run(r, 'cancelled', p.payload->'error',
-									   (p.payload->>'actor')::oid);
-			END IF;
-			DELETE FROM wf.deferred WHERE id = p.id;
-			CONTINUE;
-		END IF;
-		PERFORM 1 FROM wf.step WHERE run_id = p.run_id AND step = p.step
-		   FOR UPDATE SKIP LOCKED;
-		IF NOT FOUND AND EXISTS (SELECT 1 FROM wf.step WHERE run_id = p.run_id AND step = p.step) THEN
+		EXCEPTION WHEN OTHERS THEN
+			RAISE WARNING 'could not make deferred change % (% of run %): %',
+				p.id, p.action, p.run_id, SQLERRM
+				USING HINT = 'It is tried again later; delete its row of wf.deferred to give it up.';
 			held := held + 1;
-			CONTINUE;
-		END IF;
-		IF p.action = 'cancel' THEN
-			UPDATE wf.step s SET status = 'cancelled', finished_at = clock_timestamp(),
-				   wait_key = NULL
-			  FROM wf.run sr
-			 WHERE s.run_id = p.run_id AND s.step = p.step AND sr.id = s.run_id
-			   AND s.status IN ('pending', 'ready', 'running', 'waiting')
-			   AND (sr.status NOT IN ('pending', 'running', 'waiting')
-					OR (sr.compensating IS NOT NULL AND s.step NOT LIKE 'compensate:%'));
-		ELSIF p.payload IS NULL THEN
-			UPDATE wf.step SET ready_at = clock_timestamp()
-			 WHERE run_id = p.run_id AND step = p.step AND status = 'waiting'
-			   AND wait_key = p.wait_key
-			   AND (ready_at IS NULL OR ready_at > clock_timestamp());
-		ELSE
-			/* An event the step's start saw committed is not for this wait. */
-			UPDATE wf.step SET ready_at = clock_timestamp(), payload = p.payload
-			 WHERE run_id = p.run_id AND step = p.step AND status = 'waiting'
-			   AND wait_key = p.wait_key AND payload IS NULL
-			   AND NOT pg_visible_in_snapshot(p.sent_xid, wait_snapshot);
-		END IF;
-		DELETE FROM wf.deferred WHERE id = p.id;
+		END;
 	END LOOP;
 	RETURN held;
 END

@@ -877,16 +877,54 @@ wf_exec_recheck_http(void)
 static bool
 wf_exec_run_deferred(void)
 {
+	MemoryContext oldcontext = CurrentMemoryContext;
+	ResourceOwner oldowner = CurrentResourceOwner;
 	bool		isnull;
-	Datum		held;
+	volatile int32 held = 0;
 
 	if (!wf_shmem_take_deferred())
 		return false;
-	if (SPI_execute_plan(wf_plan_deferred, NULL, NULL, false, 1) != SPI_OK_SELECT ||
-		SPI_processed != 1)
-		elog(ERROR, "could not make the deferred changes");
-	held = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-	if (!isnull && DatumGetInt32(held) > 0)
+
+	/*
+	 * In a subtransaction of its own: a change that fails must not keep the
+	 * executor from the rest of its work.  It is tried again later.
+	 */
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(oldcontext);
+	PG_TRY();
+	{
+		Datum		d;
+
+		if (SPI_execute_plan(wf_plan_deferred, NULL, NULL, false, 1) != SPI_OK_SELECT ||
+			SPI_processed != 1)
+			elog(ERROR, "could not make the deferred changes");
+		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+		held = isnull ? 0 : DatumGetInt32(d);
+		ReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(oldcontext);
+		CurrentResourceOwner = oldowner;
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(oldcontext);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(oldcontext);
+		CurrentResourceOwner = oldowner;
+		ereport(WARNING,
+				(errcode(edata->sqlerrcode),
+				 errmsg("could not make the changes deferred in wf.deferred: %s",
+						edata->message),
+				 errhint("They are tried again later.")));
+		FreeErrorData(edata);
+		held = 1;
+	}
+	PG_END_TRY();
+
+	if (held > 0)
 		return true;
 	wf_exec_deferred_retry_ms = WF_DEFERRED_RETRY_MS;
 	return false;

@@ -125,5 +125,25 @@ my @errors = grep {
 is(scalar(@errors), 0, 'no unexpected error in the server log')
   or diag(join("\n", @errors[ 0 .. ($#errors < 9 ? $#errors : 9) ]));
 
+# A deferred change that fails (here a made-up row whose actor is not an
+# oid) is reported and tried again later; it does not stop the executors.
+my $victim = wf_start($node, 'chaos-child');
+ok( $node->poll_query_until(
+		'postgres', "SELECT status FROM wf.steps WHERE run_id = $victim AND step = 'k2'",
+		'waiting'),
+	'a run waits');
+my $log_offset = -s $node->logfile;
+$node->safe_psql('postgres',
+	qq{INSERT INTO wf.deferred (run_id, action, payload) VALUES ($victim, 'cancel', '{"actor": "nobody"}');
+	   SELECT wf._defer();});
+ok( $node->wait_for_log(qr/WARNING:  could not make deferred change \d+ \(cancel of run $victim\)/,
+		$log_offset),
+	'the failing deferred change is reported');
+my $after = wf_start($node, 'chaos', { f => 1 });
+is(wf_wait($node, $after), 'failed', 'the executors go on with other work');
+is($node->safe_psql('postgres', "SELECT status FROM wf.runs WHERE id = $victim"),
+	'waiting', 'the change was not made');
+$node->safe_psql('postgres', "DELETE FROM wf.deferred WHERE run_id = $victim");
+
 $node->stop;
 done_testing();
