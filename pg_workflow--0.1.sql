@@ -801,7 +801,9 @@ DECLARE
 	t	timestamptz := clock_timestamp();
 BEGIN
 	SELECT * INTO r FROM wf.run WHERE id = p_run_id;
-	IF r.status NOT IN ('pending', 'running', 'waiting') THEN
+	IF r.status NOT IN ('pending', 'running', 'waiting')
+	   OR (r.compensating IS NOT NULL AND p_step NOT LIKE 'compensate:%') THEN
+		/* The run ended, or is undoing what was done: too late for this. */
 		UPDATE wf.step s SET status = 'cancelled', finished_at = clock_timestamp()
 		 WHERE s.run_id = p_run_id AND s.step = p_step
 		   AND s.status IN ('pending', 'ready', 'running', 'waiting');
@@ -902,7 +904,12 @@ BEGIN
 	SELECT * INTO r FROM wf.run
 	 WHERE id = p_run_id AND status IN ('pending', 'running', 'waiting')
 	   FOR NO KEY UPDATE;
-	IF NOT FOUND THEN
+	/*
+	 * Too late once the run has ended, or has started undoing what was done
+	 * (its saga's list of steps to compensate is made): the step is rolled
+	 * back, and then cancelled (see wf._cancel_steps).
+	 */
+	IF NOT FOUND OR (r.compensating IS NOT NULL AND p_step NOT LIKE 'compensate:%') THEN
 		ok := false;
 		RETURN;
 	END IF;
@@ -1605,7 +1612,9 @@ DECLARE
 	res	record;
 BEGIN
 	SELECT * INTO r FROM wf.run WHERE id = p_run_id FOR NO KEY UPDATE;
-	IF r.status NOT IN ('pending', 'running', 'waiting') THEN
+	IF r.status NOT IN ('pending', 'running', 'waiting')
+	   OR (r.compensating IS NOT NULL AND p_step NOT LIKE 'compensate:%') THEN
+		/* As in wf._step_load: a step outside the saga's undoing ends here. */
 		UPDATE wf.step SET status = 'cancelled', finished_at = clock_timestamp()
 		 WHERE run_id = p_run_id AND step = p_step
 		   AND status IN ('pending', 'ready', 'running', 'waiting');

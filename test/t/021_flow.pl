@@ -265,6 +265,95 @@ is( $node->safe_psql('postgres',
 		"SELECT count(*) FROM wf.alerts WHERE run_id = $broken AND kind = 'failure'"),
 	'1', 'an alert asks a person to finish the job');
 
+# A step that finishes executing after its saga started undoing is rolled
+# back and cancelled: it is not in the list of steps to compensate, so
+# keeping its effects would leave them undone.  Branch a's step (its retry,
+# claimed on its own: a transaction that has not touched the run) and then
+# branch b's step block on two tables the test holds locked; the test lets
+# b go on and fail, the saga starts undoing and waits for a signal, and
+# only then lets a's step finish.
+$node->safe_psql(
+	'postgres', q{
+	CREATE TABLE gate_a (x int);
+	CREATE TABLE gate_b (x int);
+	CREATE FUNCTION slow_step(run bigint, attempt int) RETURNS int LANGUAGE plpgsql AS $$
+	BEGIN
+		IF attempt = 1 THEN
+			RAISE EXCEPTION 'try again' USING ERRCODE = 'serialization_failure';
+		END IF;
+		PERFORM count(*) FROM gate_a;
+		INSERT INTO ledger (run_id, entry) VALUES (run, 'do slow');
+		RETURN attempt;
+	END
+	$$;});
+wf_define(
+	$node, 'saga-race',
+	{
+		steps => [
+			{
+				name => 'first',
+				sql => q{INSERT INTO ledger (run_id, entry) VALUES (($1->'run'->>'id')::bigint, 'do first') RETURNING 1},
+				compensate => { wait_for => { signal => 'undo' } }
+			},
+			{
+				name => 'fan',
+				dependencies => ['first'],
+				parallel => [
+					{
+						name => 'a',
+						steps => [
+							{ name => 'nap_a', sleep => '100ms' },
+							{
+								name => 'slow',
+								sql => q{SELECT public.slow_step(($1->'run'->>'id')::bigint, ($1->'run'->>'attempt')::int)},
+								retry => { max_attempts => 3, backoff => 'fixed', initial_interval => '200ms' },
+								compensate => {
+									sql => q{INSERT INTO ledger (run_id, entry) VALUES (($1->'run'->>'id')::bigint, 'undo slow') RETURNING 1}
+								}
+							}
+						]
+					},
+					{
+						name => 'b',
+						steps => [
+							{ name => 'nap_b', sleep => '1s' },
+							{ name => 'hold', sql => 'SELECT count(*) FROM public.gate_b' },
+							{ name => 'boom', sql => 'SELECT 1 / 0', on_error => 'compensate' },
+						]
+					},
+				]
+			},
+		]
+	});
+my $gate_a = $node->background_psql('postgres');
+$gate_a->query_safe('BEGIN; LOCK TABLE gate_a IN ACCESS EXCLUSIVE MODE');
+my $gate_b = $node->background_psql('postgres');
+$gate_b->query_safe('BEGIN; LOCK TABLE gate_b IN ACCESS EXCLUSIVE MODE');
+my $race_saga = wf_start($node, 'saga-race');
+ok( $node->poll_query_until(
+		'postgres',
+		q{SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'pg_workflow executor' AND wait_event_type = 'Lock' AND (query LIKE '% step fan/a/slow' OR query LIKE '% step fan/b/hold')},
+		'2'),
+	'saga race: both branches are executing, blocked');
+$gate_b->query_safe('COMMIT');
+$gate_b->quit;
+ok(wait_step($race_saga, 'compensate:first', 'waiting'),
+	'saga race: branch b failed, the saga is undoing (waiting to undo "first")');
+$gate_a->query_safe('COMMIT');
+$gate_a->quit;
+ok(wait_step($race_saga, 'fan/a/slow', 'cancelled'),
+	'saga race: the step that finished meanwhile is cancelled');
+$node->safe_psql('postgres', "SELECT wf_signal($race_saga, 'undo')");
+is(wf_wait($node, $race_saga), 'failed', 'saga race: the run failed');
+is( $node->safe_psql(
+		'postgres',
+		"SELECT string_agg(entry, ', ' ORDER BY n) FROM ledger WHERE run_id = $race_saga"),
+	'do first', 'saga race: the late step left nothing behind');
+is( $node->safe_psql(
+		'postgres', "SELECT error->>'step', error->'compensated' FROM wf.runs WHERE id = $race_saga"),
+	'fan/b/boom|["first"]',
+	'saga race: the error names the failed step and what was compensated');
+
 # Cancelling a waiting saga compensates it.
 wf_define(
 	$node, 'saga-cancel',
