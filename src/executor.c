@@ -90,6 +90,12 @@ static volatile sig_atomic_t wf_exec_timed_out = false;
 #define WF_DEFERRED_RETRY_MAX_MS	1000
 static int	wf_exec_deferred_retry_ms = WF_DEFERRED_RETRY_MS;
 
+/*
+ * The current batch set timers (a step waiting with a timeout, a retry
+ * later): the executors asleep learn about them only when they look.
+ */
+static bool wf_exec_timers_set = false;
+
 static SPIPlanPtr wf_plan_claim = NULL;
 static SPIPlanPtr wf_plan_next_due = NULL;
 static SPIPlanPtr wf_plan_load = NULL;
@@ -457,6 +463,8 @@ wf_exec_attempt(WfStepExec *ex, WfStepResult *res)
 		args[1] = CStringGetTextDatum(ex->step);
 		args[2] = TimestampTzGetDatum(res->wake_at);
 		nulls[2] = res->wake_at ? ' ' : 'n';
+		if (res->wake_at != 0)
+			wf_exec_timers_set = true;
 		args[3] = res->wait_key ? CStringGetTextDatum(res->wait_key) : (Datum) 0;
 		nulls[3] = res->wait_key ? ' ' : 'n';
 		if (SPI_execute_plan(wf_plan_wait, args, nulls, false, 0) != SPI_OK_SELECT)
@@ -687,6 +695,8 @@ wf_exec_record_failure(WfStepExec *ex, Jsonb *defaults, WfStepResult *res,
 
 	if (res->outcome == WF_STEP_DEFERRED)
 		retry_at = res->defer_until;
+	if (retry_at != 0)
+		wf_exec_timers_set = true;
 
 	args[0] = Int64GetDatum(ex->run_id);
 	args[1] = CStringGetTextDatum(ex->step);
@@ -973,6 +983,7 @@ wf_exec_batch(int max_steps, TimestampTz *next_due)
 	bool		deferred_held;
 
 	*next_due = 0;
+	wf_exec_timers_set = false;
 
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
@@ -1151,8 +1162,12 @@ wf_exec_batch(int max_steps, TimestampTz *next_due)
 	foreach(lc, completions)
 		wf_http_release((WfHttpCompletion *) lfirst(lc));
 
-	/* Work left for others: some of it may be a parallel branch. */
-	if (queue != NIL)
+	/*
+	 * Work left for others: some of it may be a parallel branch.  New timers:
+	 * an executor asleep looks again and sleeps until the earliest, so that
+	 * it does not depend on us, who may be busy with a long step then.
+	 */
+	if (queue != NIL || wf_exec_timers_set)
 		wf_shmem_wake_one();
 
 	return done;
