@@ -14,6 +14,7 @@ OBJS = \
 	src/template.o \
 	src/api.o \
 	src/validate.o \
+	src/sandbox.o \
 	src/util.o
 
 EXTENSION = pg_workflow

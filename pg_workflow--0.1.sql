@@ -197,12 +197,18 @@ CREATE TABLE wf.alert (
 );
 CREATE INDEX alert_open ON wf.alert (run_id) WHERE resolved_at IS NULL;
 
-/* Workflows started by events. */
+/*
+ * Workflows started by events.  The runs an event starts belong to the
+ * subscriber (created_by) and use its search_path of wf_on_event time, never
+ * the emitter's: emitting is like calling a SECURITY DEFINER function of the
+ * subscriber's, with the payload as the argument.
+ */
 CREATE TABLE wf.subscription (
 	event		text NOT NULL,
 	workflow	text NOT NULL,
 	condition	jsonpath,
 	created_by	oid NOT NULL,
+	search_path	text NOT NULL,		-- the subscriber's, for the runs
 	created_at	timestamptz NOT NULL DEFAULT pg_catalog.now(),
 	PRIMARY KEY (event, workflow)
 );
@@ -299,7 +305,7 @@ CREATE FUNCTION wf._check_definition(definition jsonb) RETURNS void
 /* Announces a run transition on channel wf_events, as configured. */
 CREATE FUNCTION wf._notify(run_id bigint, workflow text, step text, status text)
 RETURNS void
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
 	IF (step IS NULL AND current_setting('pg_workflow.notify') <> 'off')
 	   OR current_setting('pg_workflow.notify') = 'steps' THEN
@@ -640,7 +646,7 @@ $$;
  */
 CREATE FUNCTION wf._finish_run(p_run wf.run, p_status text, p_error jsonb, actor oid)
 RETURNS void
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	child	wf.run;
 BEGIN
@@ -779,9 +785,9 @@ $$;
 /* ---------------------------------------------------------------------
  * Executor side: called by the background workers only
  *
- * These functions carry no SET search_path: the executors run with
- * search_path = pg_catalog, pg_temp, and the API functions that share some
- * of them set it themselves.
+ * Like every function of this file, they pin search_path to pg_catalog,
+ * pg_temp: no name they use resolves through a path a user controls, even
+ * if a step changed the executor's own (the sandbox undoes that too).
  * ---------------------------------------------------------------------
  */
 
@@ -795,7 +801,7 @@ CREATE FUNCTION wf._step_load(p_run_id bigint, p_step text, p_worker int,
 	OUT started_at timestamptz, OUT resuming boolean, OUT payload jsonb,
 	OUT wait_key text, OUT escalated_at timestamptz, OUT parent_run bigint)
 RETURNS SETOF record
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	r	wf.run;
 	t	timestamptz := clock_timestamp();
@@ -893,7 +899,7 @@ $$;
  */
 CREATE FUNCTION wf._step_done(p_run_id bigint, p_step text, p_status text,
 							  p_output jsonb, OUT ok boolean, OUT ready text[])
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	r			wf.run;
 	st			wf.step;
@@ -1001,7 +1007,7 @@ CREATE FUNCTION wf._step_resume(p_run_id bigint, p_step text, p_attempt int,
 								p_started_at timestamptz,
 								OUT spec jsonb, OUT defaults jsonb)
 RETURNS SETOF record
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
 	/* PL/pgSQL, not SQL: its plan is kept, and this runs once per response. */
 	RETURN QUERY
@@ -1021,7 +1027,7 @@ $$;
  * beyond pg_workflow.workers.
  */
 CREATE FUNCTION wf._requeue_orphans(p_worker int, p_nworkers int) RETURNS void
-LANGUAGE sql AS $$
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
 	WITH o AS (
 		UPDATE wf.step s
 		   SET status = 'ready', ready_at = clock_timestamp(), running_by = NULL,
@@ -1044,7 +1050,7 @@ $$;
  */
 CREATE FUNCTION wf._breaker_admit(p_key text, p_reset_after interval)
 RETURNS timestamptz
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	b	wf.circuit_breaker;
 	now	timestamptz := clock_timestamp();
@@ -1081,7 +1087,7 @@ $$;
 CREATE FUNCTION wf._breaker_record(p_key text, p_ok boolean, p_failures int,
 								   p_reset_after interval)
 RETURNS void
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
 	IF p_ok THEN
 		UPDATE wf.circuit_breaker
@@ -1132,7 +1138,7 @@ $$;
 CREATE FUNCTION wf._step_wait(p_run_id bigint, p_step text, p_wake_at timestamptz,
 							  p_wait_key text)
 RETURNS void
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	r	wf.run;
 	was	text;
@@ -1201,7 +1207,7 @@ $$;
 /* Takes the oldest signal NAME sent to the run that no step has taken. */
 CREATE FUNCTION wf._take_signal(p_run_id bigint, p_step text, p_name text,
 								OUT taken boolean, OUT payload jsonb)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	sig	wf.signal;
 BEGIN
@@ -1224,7 +1230,7 @@ $$;
  */
 CREATE FUNCTION wf._run_deferred_one(p wf.deferred)
 RETURNS boolean
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	r		wf.run;
 BEGIN
@@ -1276,7 +1282,7 @@ $$;
  */
 CREATE FUNCTION wf._run_deferred()
 RETURNS int
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	p		wf.deferred;
 	held	int := 0;
@@ -1307,7 +1313,7 @@ $$;
  */
 CREATE FUNCTION wf._cancel_steps(p_run_id bigint)
 RETURNS void
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
 	UPDATE wf.step SET status = 'cancelled', finished_at = clock_timestamp(),
 		   wait_key = NULL
@@ -1328,7 +1334,7 @@ $$;
 CREATE FUNCTION wf._alert(p_run_id bigint, p_step text, p_kind text, p_message text,
 						  p_detail jsonb)
 RETURNS void
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	aid	bigint;
 BEGIN
@@ -1347,7 +1353,7 @@ $$;
 CREATE FUNCTION wf._human_task(p_run_id bigint, p_step text, p_assignee text,
 							   p_escalate boolean, p_title text)
 RETURNS void
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	before	text;
 BEGIN
@@ -1373,7 +1379,7 @@ $$;
  * deadline of an unfinished run, for the executors' sleep.
  */
 CREATE FUNCTION wf._expire_runs() RETURNS timestamptz
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	r	wf.run;
 BEGIN
@@ -1403,7 +1409,7 @@ $$;
  */
 CREATE FUNCTION wf._compensate(p_run wf.run, p_status text, p_error jsonb, actor oid)
 RETURNS void
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	n		int;
 BEGIN
@@ -1449,7 +1455,7 @@ $$;
 
 /* The output of a container whose children are all done. */
 CREATE FUNCTION wf._container_output(p_run_id bigint, c wf.step) RETURNS jsonb
-LANGUAGE sql AS $$
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
 	SELECT CASE c.kind
 		WHEN 'if' THEN
 			(SELECT s.output FROM wf.step s WHERE s.run_id = p_run_id AND s.parent = c.step
@@ -1475,7 +1481,7 @@ $$;
  */
 CREATE FUNCTION wf._expand(p_run_id bigint, p_step text, p_groups jsonb,
 						   OUT ready text[])
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	c	wf.step;
 	n	int;
@@ -1505,7 +1511,7 @@ $$;
 /* Expands a map over p_items: one child per item, p_concurrency at a time. */
 CREATE FUNCTION wf._expand_map(p_run_id bigint, p_step text, p_template jsonb,
 							   p_items jsonb, p_concurrency int, OUT ready text[])
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	c	wf.step;
 	n	int;
@@ -1537,7 +1543,7 @@ $$;
 
 /* A container now holds n children: it runs until they are done. */
 CREATE FUNCTION wf._expanded(p_run_id bigint, p_step text, n int) RETURNS text[]
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	c	wf.step;
 	d	record;
@@ -1562,7 +1568,7 @@ $$;
 /* A workflow step starts its child run, as the parent's owner. */
 CREATE FUNCTION wf._start_child(p_run_id bigint, p_step text, p_workflow text, p_input jsonb)
 RETURNS bigint
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	r	wf.run;
 	cid	bigint;
@@ -1577,7 +1583,7 @@ $$;
 
 /* A child run ended: its parent's workflow step goes on. */
 CREATE FUNCTION wf._child_ended(p_child_id bigint) RETURNS void
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	c	wf.run;
 BEGIN
@@ -1601,11 +1607,44 @@ $$;
  * on_error says) and a failed step fails the run.  p_again: the attempt did
  * not count (the executor was interrupted), run it again at once.
  */
+/*
+ * The engine could not handle a step (an error escaped its handling twice
+ * in a row, see executor.c): the step and its run fail with the internal
+ * error, which wf._finish_run raises as an alert.  Kept minimal, since the
+ * failing handling may be any other function of this file.
+ */
+CREATE FUNCTION wf._step_internal_error(p_run_id bigint, p_step text, p_error jsonb)
+RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	r	wf.run;
+	n	int;
+BEGIN
+	SELECT * INTO r FROM wf.run WHERE id = p_run_id FOR UPDATE;
+	IF NOT FOUND THEN
+		RETURN;
+	END IF;
+	UPDATE wf.step SET status = 'failed', error = p_error, finished_at = clock_timestamp(),
+		   running_by = NULL
+	 WHERE run_id = p_run_id AND step = p_step
+	   AND status IN ('pending', 'ready', 'running', 'waiting');
+	GET DIAGNOSTICS n = ROW_COUNT;
+	IF n > 0 THEN
+		INSERT INTO wf.history_log (run_id, step, status, detail, actor)
+		VALUES (p_run_id, p_step, 'failed', p_error, r.owner);
+	END IF;
+	IF r.status IN ('pending', 'running', 'waiting') THEN
+		PERFORM wf._finish_run(r, 'failed', p_error || jsonb_build_object('step', p_step),
+							   r.owner);
+	END IF;
+END
+$$;
+
 CREATE FUNCTION wf._step_failed(p_run_id bigint, p_step text, p_error jsonb,
 								p_retry_at timestamptz, p_skip boolean,
 								p_again boolean, p_escalate boolean, p_compensate boolean,
 								p_wait_key text, OUT ready text[])
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	r	wf.run;
 	d	record;
@@ -1897,8 +1936,8 @@ BEGIN
 	END IF;
 	FOR sub IN SELECT * FROM wf.subscription WHERE event = p_event ORDER BY workflow LOOP
 		IF sub.condition IS NULL OR coalesce(jsonb_path_match(p_payload, sub.condition, silent => true), false) THEN
-			PERFORM wf._start(caller, caller_path, sub.workflow, p_payload,
-							  '{}'::jsonb);
+			PERFORM wf._start(sub.created_by, sub.search_path, sub.workflow,
+							  p_payload, '{}'::jsonb);
 			started := started + 1;
 		END IF;
 	END LOOP;
@@ -1967,10 +2006,11 @@ BEGIN
 			USING ERRCODE = 'insufficient_privilege',
 				  DETAIL = 'Only the owner of a workflow and members of wf_admin may subscribe it to events.';
 	END IF;
-	INSERT INTO wf.subscription (event, workflow, condition, created_by)
-	VALUES (p_event, p_workflow, p_condition, caller)
+	INSERT INTO wf.subscription (event, workflow, condition, created_by, search_path)
+	VALUES (p_event, p_workflow, p_condition, caller, coalesce(caller_path, ''))
 	ON CONFLICT (event, workflow) DO UPDATE
-	   SET condition = excluded.condition, created_by = excluded.created_by, created_at = now();
+	   SET condition = excluded.condition, created_by = excluded.created_by,
+		   search_path = excluded.search_path, created_at = now();
 END
 $$;
 
@@ -1979,28 +2019,53 @@ RETURNS void
 	LANGUAGE C AS 'MODULE_PATHNAME', 'wf_api_call';
 
 /*
- * Row trigger function: starts the workflow named by its argument with the
- * row as input, in the transaction that changed the row, as the role that
- * changed it.  Use it in AFTER triggers (a BEFORE trigger's row may still
+ * The search_path a new session of role p_role would have in this database:
+ * its ALTER ROLE ... [IN DATABASE] SET search_path, else the database's,
+ * else the built-in default.
+ */
+CREATE FUNCTION wf._role_search_path(p_role oid) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+	SELECT coalesce(
+		(SELECT substr(c, length('search_path=') + 1)
+		   FROM pg_db_role_setting s, unnest(s.setconfig) c,
+				(SELECT oid FROM pg_database WHERE datname = current_database()) d
+		  WHERE c LIKE 'search_path=%'
+			AND ((s.setrole = p_role AND s.setdatabase IN (d.oid, 0))
+				 OR (s.setrole = 0 AND s.setdatabase = d.oid))
+		  ORDER BY s.setrole = 0, s.setdatabase = 0
+		  LIMIT 1),
+		(SELECT boot_val FROM pg_settings WHERE name = 'search_path'))
+$$;
+
+/*
+ * Starts a run for wf_start_trigger (api.c), which has computed the row's
+ * jsonb as the role that changed it.  The run belongs to the table's owner,
+ * who set the trigger up (as a run started by an event belongs to its
+ * subscriber), never to whoever happens to write the row; it uses the
+ * owner's default search_path.
+ */
+CREATE FUNCTION wf._start_by_trigger(p_table oid, p_workflow text, p_row jsonb,
+									 p_options jsonb)
+RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	tab_owner	oid;
+BEGIN
+	SELECT relowner INTO STRICT tab_owner FROM pg_class WHERE oid = p_table;
+	RETURN wf._start(tab_owner, wf._role_search_path(tab_owner), p_workflow,
+					 p_row, p_options);
+END
+$$;
+
+/*
+ * Row trigger function: wf_start_trigger('workflow' [, 'options'])
+ * starts the workflow with the row (NEW, or OLD for a DELETE) as input, in
+ * the transaction that changed the row; options are wf_start's, as JSON
+ * text.  Use it in AFTER triggers (a BEFORE trigger's row may still
  * change).
  */
 CREATE FUNCTION @extschema@.wf_start_trigger() RETURNS trigger
-LANGUAGE plpgsql AS $$
-BEGIN
-	IF TG_LEVEL <> 'ROW' THEN
-		RAISE EXCEPTION 'wf_start_trigger must be used in a FOR EACH ROW trigger'
-			USING ERRCODE = 'invalid_object_definition';
-	END IF;
-	IF TG_NARGS <> 1 THEN
-		RAISE EXCEPTION 'wf_start_trigger takes the name of the workflow to start as its argument'
-			USING ERRCODE = 'invalid_parameter_value',
-				  HINT = 'EXECUTE FUNCTION wf_start_trigger(''workflow-name'')';
-	END IF;
-	PERFORM @extschema@.wf_start(TG_ARGV[0],
-								 to_jsonb(CASE WHEN TG_OP = 'DELETE' THEN OLD ELSE NEW END));
-	RETURN CASE WHEN TG_OP = 'DELETE' THEN OLD ELSE NEW END;
-END
-$$;
+	LANGUAGE C AS 'MODULE_PATHNAME', 'wf_start_trigger';
 
 CREATE FUNCTION @extschema@.wf_wait(run_id bigint, timeout interval DEFAULT '30 seconds')
 RETURNS text

@@ -24,13 +24,17 @@
 #include "catalog/namespace.h"
 #include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
+#include "commands/trigger.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "parser/parse_func.h"
 #include "pgstat.h"
 #include "storage/ipc.h"
 #include "utils/builtins.h"
+#include "utils/fmgrprotos.h"
+#include "utils/jsonb.h"
 #include "utils/memutils.h"
+#include "utils/rel.h"
 #include "utils/syscache.h"
 #include "utils/timestamp.h"
 
@@ -43,6 +47,7 @@ PG_FUNCTION_INFO_V1(wf_defer);
 PG_FUNCTION_INFO_V1(wf_interrupt);
 PG_FUNCTION_INFO_V1(wf_run_ended);
 PG_FUNCTION_INFO_V1(wf_xid_is_current);
+PG_FUNCTION_INFO_V1(wf_start_trigger);
 
 /*
  * Looks up wf._NAME(oid, text, argtypes...) and prepares to call it.
@@ -179,6 +184,12 @@ wf_wait(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("run id must not be null")));
+	if (wf_worker_slot != NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("wf_wait cannot be called from a step"),
+				 errdetail("A step waiting for a run would hold up its executor."),
+				 errhint("Use a \"workflow\" step to run a child workflow and wait for it.")));
 	if (!PG_ARGISNULL(1))
 	{
 		Interval   *iv = PG_GETARG_INTERVAL_P(1);
@@ -273,4 +284,68 @@ Datum
 wf_xid_is_current(PG_FUNCTION_ARGS)
 {
 	PG_RETURN_BOOL(TransactionIdIsCurrentTransactionId(DatumGetTransactionId(PG_GETARG_DATUM(0))));
+}
+
+/*
+ * wf_start_trigger('workflow' [, 'options']): a row trigger that starts
+ * the workflow with the row as input, through wf._start_by_trigger.
+ *
+ * Written in C so that no name is resolved through the writer's
+ * search_path: the row is converted by to_jsonb itself, as the role that
+ * changed it (like any trigger of the table's, and like to_jsonb(NEW)
+ * would), and the run belongs to the table's owner.
+ */
+Datum
+wf_start_trigger(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+	Trigger    *trigger;
+	HeapTuple	tuple;
+	Relation	rel;
+	Jsonb	   *row;
+	Jsonb	   *options;
+	FmgrInfo	start_fn;
+	Oid			argtypes[4] = {OIDOID, TEXTOID, JSONBOID, JSONBOID};
+	LOCAL_FCINFO(inner, 4);
+	Oid			fn;
+	int			i;
+
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("wf_start_trigger must be called as a trigger")));
+	if (!TRIGGER_FIRED_FOR_ROW(trigdata->tg_event))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_OBJECT_DEFINITION),
+				 errmsg("wf_start_trigger must be used in a FOR EACH ROW trigger")));
+	trigger = trigdata->tg_trigger;
+	if (trigger->tgnargs < 1 || trigger->tgnargs > 2)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("wf_start_trigger takes the name of the workflow to start and, optionally, wf_start options"),
+				 errhint("EXECUTE FUNCTION wf_start_trigger('workflow-name') or wf_start_trigger('workflow-name', '{\"priority\": 1}').")));
+
+	rel = trigdata->tg_relation;
+	tuple = TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event) ?
+		trigdata->tg_newtuple : trigdata->tg_trigtuple;
+	row = wf_util_datum_to_jsonb(heap_copy_tuple_as_datum(tuple, RelationGetDescr(rel)),
+								 RelationGetDescr(rel)->tdtypeid, false);
+	options = DatumGetJsonbP(DirectFunctionCall1(jsonb_in,
+												 CStringGetDatum(trigger->tgnargs == 2 ?
+																 trigger->tgargs[1] : "{}")));
+
+	fn = LookupFuncName(list_make2(makeString(WF_SCHEMA_NAME),
+								   makeString("_start_by_trigger")),
+						4, argtypes, false);
+	fmgr_info(fn, &start_fn);
+	InitFunctionCallInfoData(*inner, &start_fn, 4, InvalidOid, NULL, NULL);
+	inner->args[0].value = ObjectIdGetDatum(RelationGetRelid(rel));
+	inner->args[1].value = CStringGetTextDatum(trigger->tgargs[0]);
+	inner->args[2].value = JsonbPGetDatum(row);
+	inner->args[3].value = JsonbPGetDatum(options);
+	for (i = 0; i < 4; i++)
+		inner->args[i].isnull = false;
+	(void) FunctionCallInvoke(inner);
+
+	return PointerGetDatum(tuple);
 }

@@ -239,28 +239,59 @@ wf_exec_set_current_run(int64 run_id, int64 parent_run)
 }
 
 /*
- * Evaluates a "when" predicate on the context, jsonb_path_match() style;
- * an unknown (NULL) result counts as false.
+ * Calls a jsonb_path_* function(target, path, '{}', false) in the step's
+ * sandbox, as everything the definition's author wrote; *isnull is the
+ * function's.
  */
-bool
-wf_exec_predicate(Jsonb *context, const char *path)
+static Datum
+wf_exec_path_call(PGFunction fn, Jsonb *target, const char *path, bool *isnull)
 {
 	LOCAL_FCINFO(fcinfo, 4);
-	Datum		jsonpath;
 	Datum		result;
+	WfSandbox	sb;
 
-	jsonpath = DirectFunctionCall1(jsonpath_in, CStringGetDatum(path));
+	wf_sandbox_enter(&sb);
 	InitFunctionCallInfoData(*fcinfo, NULL, 4, InvalidOid, NULL, NULL);
-	fcinfo->args[0].value = JsonbPGetDatum(context);
+	fcinfo->args[0].value = JsonbPGetDatum(target);
 	fcinfo->args[0].isnull = false;
-	fcinfo->args[1].value = jsonpath;
+	/* A malformed path raises here: the definition is at fault. */
+	fcinfo->args[1].value = DirectFunctionCall1(jsonpath_in, CStringGetDatum(path));
 	fcinfo->args[1].isnull = false;
 	fcinfo->args[2].value = DirectFunctionCall1(jsonb_in, CStringGetDatum("{}"));
 	fcinfo->args[2].isnull = false;
 	fcinfo->args[3].value = BoolGetDatum(false);
 	fcinfo->args[3].isnull = false;
-	result = jsonb_path_match(fcinfo);
-	return !fcinfo->isnull && DatumGetBool(result);
+	result = fn(fcinfo);
+	*isnull = fcinfo->isnull;
+	wf_sandbox_exit(&sb);
+	return result;
+}
+
+/*
+ * Evaluates a "when" or "if" predicate on the context, jsonb_path_match()
+ * style; an unknown (NULL) result counts as false.
+ */
+bool
+wf_exec_predicate(Jsonb *context, const char *path)
+{
+	bool		isnull;
+	Datum		result = wf_exec_path_call(jsonb_path_match, context, path, &isnull);
+
+	return !isnull && DatumGetBool(result);
+}
+
+/*
+ * The first item a JSON path finds in target (a template's or a map's
+ * "over"), or NULL when it finds none.
+ */
+Jsonb *
+wf_exec_path_first(Jsonb *target, const char *path)
+{
+	bool		isnull;
+	Datum		result = wf_exec_path_call(jsonb_path_query_first, target, path,
+										   &isnull);
+
+	return isnull ? NULL : DatumGetJsonbP(result);
 }
 
 /*
@@ -560,6 +591,7 @@ wf_exec_step(WfWorkItem *item, List *queue, MemoryContext batchctx)
 
 	pgstat_report_activity(STATE_RUNNING,
 						   psprintf("run " INT64_FORMAT " step %s", ex->run_id, ex->step));
+	wf_sandbox_begin_step(ex->run_id, ex->owner, ex->search_path);
 
 	BeginInternalSubTransaction(NULL);
 	MemoryContextSwitchTo(stepctx);
@@ -613,6 +645,7 @@ wf_exec_step(WfWorkItem *item, List *queue, MemoryContext batchctx)
 	}
 	PG_END_TRY();
 
+	wf_sandbox_end_step();
 	wf_exec_set_current_run(0, 0);
 	QueryCancelPending = false;
 
@@ -956,6 +989,162 @@ wf_exec_retry_deferred(void)
 	return retry;
 }
 
+/* ----------------------------------------------------------------
+ * Containment of engine-side errors
+ *
+ * An error in a step's attempt is caught in the step's subtransaction and
+ * recorded as the step's failure.  One that escapes (while loading the
+ * step, recording its failure, checkpointing an http response, planning a
+ * compensation...) aborts the executor's transaction; the worker then
+ * calls wf_exec_note_error(), which remembers the step being handled.  The
+ * batch is tried again, since the error may have been a passing conflict;
+ * when the same step's handling fails again, the next batch first records
+ * the internal error on it (wf._step_internal_error: the step and its run
+ * fail, an alert is raised) in a transaction of its own.  Should even that
+ * fail, its run is left out of this executor's claims from then on, with a
+ * WARNING.  No step's handling can stop the executor's other work.
+ * ----------------------------------------------------------------
+ */
+#define WF_EXEC_ITEM_TRIES		2
+#define WF_EXEC_MAX_EXCLUDED	1024
+
+/* The step being handled now (run 0: none), in TopMemoryContext. */
+static int64 wf_exec_item_run = 0;
+static char *wf_exec_item_step = NULL;
+
+/* The step whose handling failed last, how often in a row, and why. */
+static int64 wf_exec_suspect_run = 0;
+static char *wf_exec_suspect_step = NULL;
+static int	wf_exec_suspect_errors = 0;
+static char *wf_exec_suspect_message = NULL;
+static char wf_exec_suspect_sqlstate[6];
+
+/* Runs whose internal error could not even be recorded. */
+static int64 wf_exec_excluded[WF_EXEC_MAX_EXCLUDED];
+static int	wf_exec_nexcluded = 0;
+
+static void
+wf_exec_set_item(int64 run_id, const char *step)
+{
+	if (wf_exec_item_step != NULL)
+		pfree(wf_exec_item_step);
+	wf_exec_item_step = step ? MemoryContextStrdup(TopMemoryContext, step) : NULL;
+	wf_exec_item_run = step ? run_id : 0;
+}
+
+/*
+ * Called by the worker, in its error recovery and before the transaction is
+ * aborted: remembers the step whose handling raised the error.
+ */
+void
+wf_exec_note_error(void)
+{
+	MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+	ErrorData  *edata;
+
+	if (wf_exec_item_run == 0)
+	{
+		MemoryContextSwitchTo(old);
+		return;					/* not a step's: the batch is retried */
+	}
+	edata = CopyErrorData();
+	if (wf_exec_suspect_run == wf_exec_item_run &&
+		strcmp(wf_exec_suspect_step, wf_exec_item_step) == 0)
+		wf_exec_suspect_errors++;
+	else
+	{
+		if (wf_exec_suspect_step != NULL)
+			pfree(wf_exec_suspect_step);
+		wf_exec_suspect_run = wf_exec_item_run;
+		wf_exec_suspect_step = pstrdup(wf_exec_item_step);
+		wf_exec_suspect_errors = 1;
+	}
+	if (wf_exec_suspect_message != NULL)
+		pfree(wf_exec_suspect_message);
+	wf_exec_suspect_message = pstrdup(edata->message ? edata->message : "unknown error");
+	strlcpy(wf_exec_suspect_sqlstate, unpack_sql_state(edata->sqlerrcode),
+			sizeof(wf_exec_suspect_sqlstate));
+	FreeErrorData(edata);
+	wf_exec_set_item(0, NULL);
+	MemoryContextSwitchTo(old);
+}
+
+/*
+ * The step whose handling failed WF_EXEC_ITEM_TRIES times in a row: its
+ * internal error is recorded, in a transaction of its own.
+ */
+static void
+wf_exec_fail_suspect(void)
+{
+	MemoryContext oldcontext = CurrentMemoryContext;
+	volatile bool failed = false;
+	StringInfoData err;
+
+	initStringInfo(&err);
+	appendStringInfoString(&err, "{\"message\": ");
+	escape_json(&err, psprintf("internal error while handling the step: %s",
+							   wf_exec_suspect_message));
+	appendStringInfoString(&err, ", \"sqlstate\": ");
+	escape_json(&err, wf_exec_suspect_sqlstate);
+	appendStringInfo(&err, ", \"class\": \"internal\", \"tries\": %d}",
+					 wf_exec_suspect_errors);
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(oldcontext);
+	PG_TRY();
+	{
+		Oid			types[3] = {INT8OID, TEXTOID, JSONBOID};
+		Datum		args[3];
+
+		if (SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "SPI_connect failed");
+		args[0] = Int64GetDatum(wf_exec_suspect_run);
+		args[1] = CStringGetTextDatum(wf_exec_suspect_step);
+		args[2] = DirectFunctionCall1(jsonb_in, CStringGetDatum(err.data));
+		if (SPI_execute_with_args("SELECT wf._step_internal_error($1, $2, $3)",
+								  3, types, args, NULL, false, 0) != SPI_OK_SELECT)
+			elog(ERROR, "could not record the internal error");
+		SPI_finish();
+		ReleaseCurrentSubTransaction();
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(oldcontext);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		ereport(WARNING,
+				(errcode(edata->sqlerrcode),
+				 errmsg("could not record the internal error of step \"%s\" of run " INT64_FORMAT ": %s",
+						wf_exec_suspect_step, wf_exec_suspect_run, edata->message),
+				 errdetail("Handling the step failed %d times: %s",
+						   wf_exec_suspect_errors, wf_exec_suspect_message),
+				 errhint("This executor leaves the run alone until it restarts.")));
+		failed = true;
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(oldcontext);
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	MemoryContextSwitchTo(oldcontext);
+
+	if (!failed)
+		ereport(LOG,
+				(errmsg("step \"%s\" of run " INT64_FORMAT " failed with an internal error",
+						wf_exec_suspect_step, wf_exec_suspect_run),
+				 errdetail("Handling the step failed %d times: %s",
+						   wf_exec_suspect_errors, wf_exec_suspect_message)));
+	else if (wf_exec_nexcluded < WF_EXEC_MAX_EXCLUDED)
+		wf_exec_excluded[wf_exec_nexcluded++] = wf_exec_suspect_run;
+	wf_exec_suspect_run = 0;
+	wf_exec_suspect_errors = 0;
+}
+
 /*
  * Runs one executor transaction.  Returns the number of steps executed;
  * when none was due, *next_due is when the next one will be (0: none
@@ -984,6 +1173,9 @@ wf_exec_batch(int max_steps, TimestampTz *next_due)
 
 	*next_due = 0;
 	wf_exec_timers_set = false;
+
+	if (wf_exec_suspect_errors >= WF_EXEC_ITEM_TRIES)
+		wf_exec_fail_suspect();
 
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
@@ -1033,14 +1225,16 @@ wf_exec_batch(int max_steps, TimestampTz *next_due)
 
 	args[0] = Int32GetDatum(max_steps);
 	interrupted = wf_shmem_interrupted_runs(&ninterrupted);
-	if (ninterrupted > 0)
+	if (ninterrupted + wf_exec_nexcluded > 0)
 	{
-		Datum	   *elems = palloc(sizeof(Datum) * ninterrupted);
+		Datum	   *elems = palloc(sizeof(Datum) * (ninterrupted + wf_exec_nexcluded));
 
 		for (i = 0; i < ninterrupted; i++)
 			elems[i] = Int64GetDatum(interrupted[i]);
-		args[1] = PointerGetDatum(construct_array(elems, ninterrupted, INT8OID,
-												  sizeof(int64), FLOAT8PASSBYVAL,
+		for (i = 0; i < wf_exec_nexcluded; i++)
+			elems[ninterrupted + i] = Int64GetDatum(wf_exec_excluded[i]);
+		args[1] = PointerGetDatum(construct_array(elems, ninterrupted + wf_exec_nexcluded,
+												  INT8OID, sizeof(int64), FLOAT8PASSBYVAL,
 												  TYPALIGN_DOUBLE));
 		nulls[1] = ' ';
 	}
@@ -1107,8 +1301,16 @@ wf_exec_batch(int max_steps, TimestampTz *next_due)
 									ALLOCSET_DEFAULT_SIZES);
 	foreach(lc, completions)
 	{
+		WfHttpCompletion *c = (WfHttpCompletion *) lfirst(lc);
+		int64		crun;
+		char	   *cstep;
+		int			cattempt;
+		TimestampTz cstarted;
+
+		wf_http_completion_key(c, &crun, &cstep, &cattempt, &cstarted);
+		wf_exec_set_item(crun, cstep);
 		MemoryContextSwitchTo(stepctx);
-		queue = wf_exec_completion((WfHttpCompletion *) lfirst(lc), queue, batchctx);
+		queue = wf_exec_completion(c, queue, batchctx);
 		MemoryContextSwitchTo(batchctx);
 		MemoryContextReset(stepctx);
 		done++;
@@ -1128,6 +1330,7 @@ wf_exec_batch(int max_steps, TimestampTz *next_due)
 		if (item->http && wf_http_busy() >= wf_guc_http_max_concurrency)
 			continue;			/* stays ready until there is room */
 
+		wf_exec_set_item(item->run_id, item->step);
 		MemoryContextSwitchTo(stepctx);
 		queue = wf_exec_step(item, queue, batchctx);
 		MemoryContextSwitchTo(batchctx);
@@ -1139,6 +1342,7 @@ wf_exec_batch(int max_steps, TimestampTz *next_due)
 									   wf_guc_batch_time_ms))
 			break;
 	}
+	wf_exec_set_item(0, NULL);
 	SPI_finish();
 	PopActiveSnapshot();
 	CommitTransactionCommand();

@@ -28,6 +28,7 @@ char	   *wf_guc_database = NULL;
 int			wf_guc_workers = 2;
 int			wf_guc_notify = WF_NOTIFY_RUNS;
 int			wf_guc_batch_size = 32;
+int			wf_guc_step_timeout_ms = 60000;
 int			wf_guc_batch_time_ms = 50;
 int			wf_guc_max_output_size = 1024 * 1024;
 static int	wf_guc_max_input_size = 1024 * 1024;
@@ -111,6 +112,17 @@ wf_define_settings(void)
 							NULL,
 							&wf_guc_batch_time_ms,
 							50, 0, 10000,
+							PGC_SIGHUP,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("pg_workflow.step_timeout",
+							"Time limit of an sql step whose definition sets no "
+							"timeout.",
+							"A step past it is cancelled and fails as a "
+							"timeout; 0 disables the limit.",
+							&wf_guc_step_timeout_ms,
+							60000, 0, INT_MAX,
 							PGC_SIGHUP,
 							GUC_UNIT_MS,
 							NULL, NULL, NULL);

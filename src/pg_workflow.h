@@ -7,7 +7,8 @@
  * Module prefixes: wf_guc_* (settings), wf_shmem_* (shared state and
  * wake-ups), wf_worker_* (process main loop), wf_exec_* (batch executor),
  * wf_sql_* (the "sql" step kind), wf_api_* (SQL-callable functions),
- * wf_validate_* (definition checks), wf_util_* (small helpers).
+ * wf_validate_* (definition checks), wf_sandbox_* (the identity and
+ * settings under which user code runs), wf_util_* (small helpers).
  *
  * src/pg_workflow.h
  *
@@ -52,6 +53,7 @@ extern int	wf_guc_notify;
 extern int	wf_guc_batch_size;
 extern int	wf_guc_batch_time_ms;
 extern int	wf_guc_max_output_size;
+extern int	wf_guc_step_timeout_ms;
 
 /* ----------------------------------------------------------------
  * Shared memory (shmem.c)
@@ -200,7 +202,9 @@ extern TimeoutId wf_exec_timeout_id;
 extern void wf_exec_init(void);
 extern const WfStepKind *wf_exec_find_kind(const char *name);
 extern bool wf_exec_predicate(Jsonb *context, const char *path);
+extern Jsonb *wf_exec_path_first(Jsonb *target, const char *path);
 extern int	wf_exec_batch(int max_steps, TimestampTz *next_due);
+extern void wf_exec_note_error(void);
 
 /* step_sql.c */
 extern void wf_sql_execute(WfStepExec *ex, WfStepResult *res);
@@ -295,6 +299,23 @@ typedef struct WfProblem
 extern List *wf_validate_definition(Jsonb *definition);
 extern void wf_validate_report(List *problems);
 extern bool wf_validate_template(const char *str, char **problem);
+
+/* ----------------------------------------------------------------
+ * The sandbox of user code (sandbox.c)
+ * ----------------------------------------------------------------
+ */
+typedef struct WfSandbox
+{
+	Oid			save_userid;
+	int			save_sec_context;
+	int			save_nestlevel;
+} WfSandbox;
+
+extern void wf_sandbox_begin_step(int64 run_id, Oid owner, const char *search_path);
+extern void wf_sandbox_end_step(void);
+extern Oid	wf_sandbox_current_owner(void);
+extern void wf_sandbox_enter(WfSandbox *sb);
+extern void wf_sandbox_exit(WfSandbox *sb);
 
 /* ----------------------------------------------------------------
  * Helpers (util.c)

@@ -133,27 +133,18 @@ wf_flow_map_execute(WfStepExec *ex, WfStepResult *res)
 	double		concurrency = wf_util_jsonb_get_number(map, "concurrency", 0);
 	Jsonb	   *items;
 	Oid			types[5] = {INT8OID, TEXTOID, JSONBOID, JSONBOID, INT4OID};
-	Oid			path_types[2] = {JSONBOID, TEXTOID};
 	Datum		args[5];
 	char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
 	bool		isnull;
 
 	/* The items: what the path finds in the context, which must be an array. */
-	args[0] = JsonbPGetDatum(ex->context);
-	args[1] = CStringGetTextDatum(over);
-	if (SPI_execute_with_args("SELECT jsonb_path_query_first($1, $2::jsonpath)",
-							  2, path_types, args, NULL, true, 1) != SPI_OK_SELECT ||
-		SPI_processed != 1)
-		elog(ERROR, "could not evaluate \"over\" of map step \"%s\"", ex->step);
-	items = DatumGetJsonbPCopy(SPI_getbinval(SPI_tuptable->vals[0],
-											 SPI_tuptable->tupdesc, 1, &isnull));
-	if (isnull || !JB_ROOT_IS_ARRAY(items) || JB_ROOT_IS_SCALAR(items))
+	items = wf_exec_path_first(ex->context, over);
+	if (items == NULL || !JB_ROOT_IS_ARRAY(items) || JB_ROOT_IS_SCALAR(items))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("\"over\" of map step \"%s\" does not give an array", ex->step),
 				 errdetail("The path %s found %s in the run context.", over,
-						   isnull ? "nothing" : "a value that is not an array")));
-	SPI_freetuptable(SPI_tuptable);
+						   items == NULL ? "nothing" : "a value that is not an array")));
 
 	args[0] = Int64GetDatum(ex->run_id);
 	args[1] = CStringGetTextDatum(ex->step);

@@ -8,13 +8,10 @@
  * will also checkpoint the step, so the statement's effects and the
  * step's new state commit together, or neither does.
  *
- * The statement runs under SECURITY_LOCAL_USERID_CHANGE and
- * SECURITY_RESTRICTED_OPERATION, as a SECURITY DEFINER function owned by
- * the run's owner would: it cannot SET ROLE or SET SESSION AUTHORIZATION
- * back to the executor's superuser, nor leave session state (temporary
- * tables, prepared statements, held cursors) behind for later steps.  The
- * caller's search_path, saved by wf_start, applies to name resolution, and
- * every setting the statement changes is undone when it ends.
+ * The statement, and the conversion of its result to jsonb, run in the
+ * step's sandbox (sandbox.c): as the run's owner, under
+ * SECURITY_RESTRICTED_OPERATION and the owner's search_path, with every
+ * setting it changes undone when it ends.
  *
  * A single statement is planned once per owner and search_path and kept
  * (PostgreSQL's plan cache replans it after DDL); a string of several
@@ -27,8 +24,8 @@
  */
 #include "pg_workflow.h"
 
-#include "catalog/pg_authid.h"
 #include "catalog/pg_type.h"
+#include "commands/trigger.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "common/hashfn.h"
@@ -36,7 +33,6 @@
 #include "utils/guc.h"
 #include "utils/hsearch.h"
 #include "utils/memutils.h"
-#include "utils/syscache.h"
 #include "utils/timeout.h"
 
 /* At most this many statements keep a plan; beyond, all are forgotten. */
@@ -56,6 +52,9 @@ typedef struct WfSqlPlan
 	char	   *search_path;
 	SPIPlanPtr	plan;			/* NULL: several statements, not kept */
 } WfSqlPlan;
+
+/* SET CONSTRAINTS ALL IMMEDIATE */
+static ConstraintsSetStmt wf_sql_all_immediate = {T_ConstraintsSetStmt, NIL, false};
 
 static HTAB *wf_sql_plans = NULL;
 static MemoryContext wf_sql_plan_ctx = NULL;
@@ -151,49 +150,41 @@ wf_sql_execute(WfStepExec *ex, WfStepResult *res)
 	char	   *sql = wf_util_jsonb_get_text(ex->spec, "sql");
 	Oid			argtypes[1] = {JSONBOID};
 	Datum		values[1];
-	Oid			save_userid;
-	int			save_sec_context;
-	int			save_nestlevel;
+	WfSandbox	sb;
 	SPIPlanPtr	plan;
 	int			ret;
 
 	if (sql == NULL)
 		elog(ERROR, "step \"%s\" of run " INT64_FORMAT " has no sql",
 			 ex->step, ex->run_id);
-	if (!SearchSysCacheExists1(AUTHOID, ObjectIdGetDatum(ex->owner)))
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("role %u that started run " INT64_FORMAT " does not exist",
-						ex->owner, ex->run_id)));
 
 	values[0] = JsonbPGetDatum(ex->context);
-
-	GetUserIdAndSecContext(&save_userid, &save_sec_context);
-	SetUserIdAndSecContext(ex->owner,
-						   save_sec_context | SECURITY_LOCAL_USERID_CHANGE |
-						   SECURITY_RESTRICTED_OPERATION);
-	save_nestlevel = NewGUCNestLevel();
-	(void) set_config_option("search_path", ex->search_path,
-							 PGC_USERSET, PGC_S_SESSION,
-							 GUC_ACTION_SAVE, true, 0, false);
-	if (ex->timeout_ms > 0)
-		enable_timeout_after(wf_exec_timeout_id, ex->timeout_ms);
+	if (ex->timeout_ms == 0)
+		ex->timeout_ms = wf_guc_step_timeout_ms;
 
 	/*
+	 * Planning, execution and the conversion of the result to jsonb (which
+	 * may call the owner's casts and output functions) all run as the owner.
 	 * On error, the subtransaction's abort restores the user, the settings
 	 * and the timeout (the executor disables it).
 	 */
+	wf_sandbox_enter(&sb);
+
+	/*
+	 * Deferrable constraints and constraint triggers act at the end of each
+	 * statement: PostgreSQL fires no deferred trigger in a
+	 * security-restricted operation (it would run at the executor's commit,
+	 * as the executor), and a step's checks are the step's alone.
+	 */
+	AfterTriggerSetState(&wf_sql_all_immediate);
+	if (ex->timeout_ms > 0)
+		enable_timeout_after(wf_exec_timeout_id, ex->timeout_ms);
+
 	plan = wf_sql_plan(ex, sql);
 	if (plan != NULL)
 		ret = SPI_execute_plan(plan, values, NULL, false, 0);
 	else
 		ret = SPI_execute_with_args(sql, 1, argtypes, values, NULL, false, 0);
-
-	if (ex->timeout_ms > 0)
-		disable_timeout(wf_exec_timeout_id, false);
-	AtEOXact_GUC(true, save_nestlevel);
-	SetUserIdAndSecContext(save_userid, save_sec_context);
-
 	if (ret < 0)
 		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
 
@@ -210,4 +201,8 @@ wf_sql_execute(WfStepExec *ex, WfStepResult *res)
 	}
 	if (SPI_tuptable != NULL)
 		SPI_freetuptable(SPI_tuptable);
+
+	if (ex->timeout_ms > 0)
+		disable_timeout(wf_exec_timeout_id, false);
+	wf_sandbox_exit(&sb);
 }

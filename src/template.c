@@ -457,31 +457,14 @@ wf_template_eval_value(WfTemplateRun *run, const char *expr,
 static Jsonb *
 wf_template_eval_path(WfTemplateRun *run, const char *expr)
 {
-	LOCAL_FCINFO(fcinfo, 4);
-	Datum		path;
-	Datum		result;
+	Jsonb	   *result = wf_exec_path_first(run->target, expr);
 
-	/* A malformed path raises here: the definition is at fault. */
-	path = DirectFunctionCall1(jsonpath_in, CStringGetDatum(expr));
-
-	InitFunctionCallInfoData(*fcinfo, NULL, 4, InvalidOid, NULL, NULL);
-	fcinfo->args[0].value = JsonbPGetDatum(run->target);
-	fcinfo->args[0].isnull = false;
-	fcinfo->args[1].value = path;
-	fcinfo->args[1].isnull = false;
-	fcinfo->args[2].value = JsonbPGetDatum(run->vars);
-	fcinfo->args[2].isnull = false;
-	fcinfo->args[3].value = BoolGetDatum(false);
-	fcinfo->args[3].isnull = false;
-
-	result = jsonb_path_query_first(fcinfo);
-	if (fcinfo->isnull)
+	if (result == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("template \"{{%s}}\" matched nothing in the run context",
 						wf_template_clip(expr))));
-
-	return DatumGetJsonbP(result);
+	return result;
 }
 
 /*

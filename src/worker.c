@@ -97,6 +97,7 @@ wf_worker_recover(MemoryContext iterctx, int *consecutive_errors)
 	disable_all_timeouts(false);
 	QueryCancelPending = false;
 	EmitErrorReport();
+	wf_exec_note_error();
 	AbortCurrentTransaction();
 	MemoryContextSwitchTo(TopMemoryContext);
 	FlushErrorState();
