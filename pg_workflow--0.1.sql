@@ -131,6 +131,12 @@ CREATE INDEX step_ready ON wf.step (priority DESC, ready_at)
 CREATE INDEX step_ready_at ON wf.step (ready_at) WHERE status IN ('ready', 'waiting');
 /* Waiting steps by what they wait for, for wf_signal and wf_emit. */
 CREATE INDEX step_waiting ON wf.step (wait_key) WHERE status = 'waiting';
+/*
+ * The named steps of a run, from which its context is built: a map's items
+ * have no name, so the context of a step costs what it holds, not the size
+ * of its run.
+ */
+CREATE INDEX step_context ON wf.step (run_id) WHERE label IS NOT NULL;
 /* Ready steps deferred by an open circuit breaker, woken when it closes. */
 CREATE INDEX step_deferred ON wf.step (wait_key) WHERE status = 'ready' AND wait_key IS NOT NULL;
 

@@ -582,6 +582,17 @@ wf_exec_step(WfWorkItem *item, List *queue, MemoryContext batchctx)
 	ex->parent_run = isnull ? 0 : DatumGetInt64(d);
 	SPI_freetuptable(SPI_tuptable);
 
+	if (VARSIZE(ex->context) > wf_guc_max_context_size)
+	{
+		/* Not even loaded into the step: it fails as if it had run. */
+		res->outcome = WF_STEP_FAILED;
+		res->error_class = WF_ERROR_PERMANENT;
+		res->error_message = psprintf("run context of %zu bytes exceeds pg_workflow.max_context_size (%d bytes)",
+									  (size_t) VARSIZE(ex->context), wf_guc_max_context_size);
+		strlcpy(res->sqlstate, "54000", sizeof(res->sqlstate));
+		return wf_exec_record_failure(ex, defaults, res, queue, batchctx);
+	}
+
 	s = wf_util_jsonb_get_text(ex->spec, "timeout");
 	ex->timeout_ms = s ? (int) Min(wf_util_interval_ms(s), INT_MAX) : 0;
 	ex->kind_def = wf_exec_find_kind(ex->kind);

@@ -31,6 +31,8 @@ int			wf_guc_batch_size = 32;
 int			wf_guc_step_timeout_ms = 60000;
 int			wf_guc_batch_time_ms = 50;
 int			wf_guc_max_output_size = 1024 * 1024;
+int			wf_guc_max_context_size = 16 * 1024 * 1024;
+int			wf_guc_max_map_items = 100000;
 static int	wf_guc_max_input_size = 1024 * 1024;
 static int	wf_guc_max_definition_size = 1024 * 1024;
 
@@ -125,6 +127,25 @@ wf_define_settings(void)
 							60000, 0, INT_MAX,
 							PGC_SIGHUP,
 							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("pg_workflow.max_context_size",
+							"Largest run context a step is given, in bytes.",
+							"A step whose context (input and outputs of the "
+							"steps before it) is larger fails.",
+							&wf_guc_max_context_size,
+							16 * 1024 * 1024, 1024, MaxAllocSize / 2,
+							PGC_SIGHUP,
+							GUC_UNIT_BYTE,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("pg_workflow.max_map_items",
+							"Most items a map step may fan out to.",
+							NULL,
+							&wf_guc_max_map_items,
+							100000, 1, INT_MAX,
+							PGC_SIGHUP,
+							0,
 							NULL, NULL, NULL);
 
 	DefineCustomIntVariable("pg_workflow.max_output_size",

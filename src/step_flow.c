@@ -145,6 +145,11 @@ wf_flow_map_execute(WfStepExec *ex, WfStepResult *res)
 				 errmsg("\"over\" of map step \"%s\" does not give an array", ex->step),
 				 errdetail("The path %s found %s in the run context.", over,
 						   items == NULL ? "nothing" : "a value that is not an array")));
+	if (JB_ROOT_COUNT(items) > wf_guc_max_map_items)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("map step \"%s\" has %u items, more than pg_workflow.max_map_items (%d)",
+						ex->step, JB_ROOT_COUNT(items), wf_guc_max_map_items)));
 
 	args[0] = Int64GetDatum(ex->run_id);
 	args[1] = CStringGetTextDatum(ex->step);
