@@ -117,7 +117,10 @@ sub step_of
 	my $row = $node->safe_psql('postgres',
 		"SELECT row_to_json(s) FROM wf.steps s WHERE run_id = $run AND step = "
 		  . wf_sql_quote($step));
-	return $row eq '' ? {} : $json->decode($row);
+	return {} if $row eq '';
+	my $s = $json->decode($row);
+	note "run $run step $step: $s->{status} " . $json->encode($s->{error}) if $s->{error};
+	return $s;
 }
 
 sub random_text
