@@ -35,8 +35,9 @@
  * checked when the request is rendered.  A redirect to another origin
  * (scheme, host or port) drops Authorization, Proxy-Authorization, Cookie
  * and every header that carried a secret; a body that carried one, kept by
- * the redirect (307, 308), goes to another origin only if each of its
- * secrets is bound to hosts that match the new host, or the step fails.
+ * the redirect (307, 308, or 301 and 302 of another method than POST),
+ * goes to another origin only if each of its secrets is bound to hosts
+ * that match the new host, or the step fails.
  *
  * src/http.c
  *
