@@ -192,6 +192,8 @@ is( $node->safe_psql('postgres',
 	'alice:false:false,bob:false:false',
 	'alice and bob are neither superusers nor members of wf_admin');
 
+my ($ret, $out, $err);
+my @got;
 my $V = 'alice-' . random_text(24);     # alice_token, hosts NULL
 my $W = 'bound-' . random_text(24);     # bound, hosts 127.0.0.2
 set_secret_as('alice', 'alice_token', $V);
@@ -228,17 +230,27 @@ foreach my $place (qw(url header body))
 		"bob's secret in the $place: the output does not carry it base64-encoded");
 }
 
+# A template that a value brings in is text, never rendered again.
+$srv->reset;
+my $second = run_as('bob', 'bob-second-order',
+	http_wf({ url => $srv->url('/echo?v={{$.input.v}}'), headers => { 'X-V' => '{{$.input.v}}' } }),
+	{ v => '{{secret.alice_token}}' });
+@got = $srv->requests_with_key("wf-$second-call");
+is($got[0]{headers}{'x-v'}, '{{secret.alice_token}}',
+	'a secret template in the input is sent as the text it is');
+is(scalar(requests_containing($srv, $V)), 0, 'a secret template in the input: no value sent');
+
 # -------------------------------------------------------------------------
 # Granted (through role team, of which bob is a member): works
 # -------------------------------------------------------------------------
 $node->safe_psql('postgres', 'GRANT team TO bob');
-my ($ret, $out, $err) = psql_as('alice', "SELECT wf_grant_secret('alice_token', 'team')");
+($ret, $out, $err) = psql_as('alice', "SELECT wf_grant_secret('alice_token', 'team')");
 is($ret, 0, 'alice grants alice_token to team') or diag $err;
 $srv->reset;
 my $granted = run_as('bob', 'bob-granted',
 	http_wf({ url => $srv->url('/echo'), headers => { Authorization => 'Bearer {{secret.alice_token}}' } }));
 is(run_status($granted), 'completed', 'granted to a role bob has the privileges of: completed');
-my @got = $srv->requests_with_key("wf-$granted-call");
+@got = $srv->requests_with_key("wf-$granted-call");
 is($got[0]{headers}{authorization}, "Bearer $V", 'granted: the server received the secret');
 is(step_of($granted, 'call')->{output}{body}{headers}{authorization},
 	'Bearer [redacted]', 'granted: redacted in the output');
