@@ -27,7 +27,7 @@ PG_CFLAGS = -Wall -Wmissing-prototypes -Wpointer-arith -Werror=vla
 
 # The temporary instance preloads the library and its workers connect to
 # database "postgres", so pg_regress must use that database as it is.
-REGRESS = init definitions runs security
+REGRESS = init definitions runs security secrets
 REGRESS_OPTS = --temp-config=$(srcdir)/test/pg_workflow.conf \
 	--temp-instance=./tmp_check --use-existing
 

@@ -246,12 +246,30 @@ CREATE TRIGGER history_log_no_truncate
 	BEFORE TRUNCATE ON wf.history_log
 	FOR EACH STATEMENT EXECUTE FUNCTION wf._history_is_append_only();
 
-/* Secrets for {{secret.NAME}} templates: nobody but the owner reads them. */
+/*
+ * Secrets for {{secret.NAME}} templates: nobody but the extension's owner
+ * reads them.  A secret belongs to the role that first set it; its owner
+ * (or wf_admin) changes, deletes and grants it.  A run renders it only if
+ * the run's owner has the privileges of the secret's owner or of a grantee
+ * (pg_has_role USAGE), and only towards its hosts (NULL: every host
+ * pg_workflow.http_allowed_hosts allows).  Roles are regrole so that a
+ * dump carries them by name.
+ */
 CREATE TABLE wf.secret (
 	name		text PRIMARY KEY CHECK (name ~ '^[A-Za-z0-9_.-]+$'),
 	value		text NOT NULL,
+	owner		regrole NOT NULL,
+	hosts		text,				-- allowed-hosts syntax; NULL: any host
+	created_at	timestamptz NOT NULL DEFAULT pg_catalog.now(),
 	updated_at	timestamptz NOT NULL DEFAULT pg_catalog.now(),
-	updated_by	oid NOT NULL
+	updated_by	regrole NOT NULL
+);
+
+/* Who else may use a secret: one row per grant. */
+CREATE TABLE wf.secret_grant (
+	name		text NOT NULL,		-- a wf.secret; removed with it
+	grantee		regrole NOT NULL,
+	PRIMARY KEY (name, grantee)
 );
 
 /* Circuit breakers of http steps, one per host, shared by every run. */
@@ -272,6 +290,7 @@ SELECT pg_catalog.pg_extension_config_dump('wf.run', '');
 SELECT pg_catalog.pg_extension_config_dump('wf.step', '');
 SELECT pg_catalog.pg_extension_config_dump('wf.history_log', '');
 SELECT pg_catalog.pg_extension_config_dump('wf.secret', '');
+SELECT pg_catalog.pg_extension_config_dump('wf.secret_grant', '');
 SELECT pg_catalog.pg_extension_config_dump('wf.signal', '');
 SELECT pg_catalog.pg_extension_config_dump('wf.event', '');
 SELECT pg_catalog.pg_extension_config_dump('wf.deferred', '');
@@ -307,6 +326,14 @@ CREATE FUNCTION wf._interrupt(run_id bigint) RETURNS void
 
 CREATE FUNCTION wf._check_definition(definition jsonb) RETURNS void
 	LANGUAGE C AS 'MODULE_PATHNAME', 'wf_check_definition';
+
+/*
+ * Raises 22023 unless hosts is a list in the syntax of
+ * pg_workflow.http_allowed_hosts (http.c, where the matcher is).
+ */
+CREATE FUNCTION wf._check_hosts(hosts text) RETURNS void
+	LANGUAGE C STRICT SET search_path = pg_catalog, pg_temp
+	AS 'MODULE_PATHNAME', 'wf_check_hosts';
 
 /* Announces a run transition on channel wf_events, as configured. */
 CREATE FUNCTION wf._notify(run_id bigint, workflow text, step text, status text)
@@ -1771,32 +1798,123 @@ CREATE FUNCTION @extschema@.wf_retry(run_id bigint) RETURNS boolean
 CREATE FUNCTION @extschema@.wf_rewind(run_id bigint, step text) RETURNS boolean
 	LANGUAGE C AS 'MODULE_PATHNAME', 'wf_api_call';
 
-CREATE FUNCTION wf._set_secret(caller oid, caller_path text, p_name text, p_value text)
+/*
+ * The secret named p_name, locked, after checking that caller may manage
+ * it (its owner's privileges, or wf_admin); NULL when there is none.
+ */
+CREATE FUNCTION wf._secret_for_update(caller oid, p_name text) RETURNS wf.secret
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	s	wf.secret;
+BEGIN
+	SELECT * INTO s FROM wf.secret WHERE name OPERATOR(pg_catalog.=) p_name FOR UPDATE;
+	IF NOT FOUND THEN
+		RETURN NULL;
+	END IF;
+	IF NOT (pg_catalog.pg_has_role(caller, s.owner::oid, 'USAGE')
+			OR pg_catalog.pg_has_role(caller, 'wf_admin', 'MEMBER')) THEN
+		RAISE EXCEPTION 'permission denied for secret "%"', p_name
+			USING ERRCODE = 'insufficient_privilege',
+				  DETAIL = pg_catalog.format('The secret is owned by role %s.', s.owner),
+				  HINT = 'Only its owner and members of wf_admin may change, delete or grant a secret.';
+	END IF;
+	RETURN s;
+END
+$$;
+
+/*
+ * wf_set_secret: creates a secret owned by the caller, or changes (a NULL
+ * value: deletes) an existing one, which only its owner or wf_admin may.
+ * The value and the hosts are replaced together; grants are kept until
+ * the secret is deleted.
+ */
+CREATE FUNCTION wf._set_secret(caller oid, caller_path text, p_name text, p_value text,
+							   p_hosts text)
 RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	s	wf.secret;
 BEGIN
-	IF NOT pg_has_role(caller, 'wf_admin', 'MEMBER') THEN
-		RAISE EXCEPTION 'permission denied to set secrets'
-			USING ERRCODE = 'insufficient_privilege',
-				  HINT = 'Only members of wf_admin may set secrets.';
-	END IF;
 	IF p_name IS NULL OR p_name !~ '^[A-Za-z0-9_.-]+$' OR octet_length(p_name) > 63 THEN
 		RAISE EXCEPTION 'invalid secret name "%"', coalesce(p_name, '')
 			USING ERRCODE = 'invalid_parameter_value',
 				  HINT = 'A secret name is 1 to 63 characters among letters, digits, "_", "." and "-".';
 	END IF;
-	IF p_value IS NULL THEN
-		DELETE FROM wf.secret WHERE name = p_name;
-		RETURN;
+	IF p_hosts IS NOT NULL THEN
+		PERFORM wf._check_hosts(p_hosts);
 	END IF;
-	INSERT INTO wf.secret (name, value, updated_by) VALUES (p_name, p_value, caller)
-	ON CONFLICT (name) DO UPDATE
-	   SET value = excluded.value, updated_at = now(), updated_by = caller;
+	LOOP
+		s := wf._secret_for_update(caller, p_name);
+		IF s.name IS NOT NULL THEN
+			IF p_value IS NULL THEN
+				DELETE FROM wf.secret_grant WHERE name OPERATOR(pg_catalog.=) p_name;
+				DELETE FROM wf.secret WHERE name OPERATOR(pg_catalog.=) p_name;
+			ELSE
+				UPDATE wf.secret
+				   SET value = p_value, hosts = p_hosts,
+					   updated_at = pg_catalog.now(), updated_by = caller::regrole
+				 WHERE name OPERATOR(pg_catalog.=) p_name;
+			END IF;
+			RETURN;
+		END IF;
+		IF p_value IS NULL THEN
+			RETURN;				-- nothing to delete
+		END IF;
+		INSERT INTO wf.secret (name, value, owner, hosts, updated_by)
+		VALUES (p_name, p_value, caller::regrole, p_hosts, caller::regrole)
+		ON CONFLICT (name) DO NOTHING;
+		IF FOUND THEN
+			RETURN;
+		END IF;
+		-- Created by a concurrent transaction since we looked: look again.
+	END LOOP;
 END
 $$;
 
-CREATE FUNCTION @extschema@.wf_set_secret(name text, value text) RETURNS void
-	LANGUAGE C AS 'MODULE_PATHNAME', 'wf_api_call';
+CREATE FUNCTION @extschema@.wf_set_secret(name text, value text, hosts text DEFAULT NULL)
+RETURNS void
+	LANGUAGE C SET search_path = pg_catalog, pg_temp AS 'MODULE_PATHNAME', 'wf_api_call';
+
+/* wf_grant_secret: lets p_role's runs (and its members') use the secret. */
+CREATE FUNCTION wf._grant_secret(caller oid, caller_path text, p_name text, p_role regrole)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+	IF (wf._secret_for_update(caller, p_name)).name IS NULL THEN
+		RAISE EXCEPTION 'secret "%" does not exist', coalesce(p_name, '')
+			USING ERRCODE = 'undefined_object';
+	END IF;
+	IF p_role IS NULL THEN
+		RAISE EXCEPTION 'role must not be null'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	INSERT INTO wf.secret_grant (name, grantee) VALUES (p_name, p_role)
+	ON CONFLICT DO NOTHING;
+END
+$$;
+
+CREATE FUNCTION @extschema@.wf_grant_secret(name text, role regrole) RETURNS void
+	LANGUAGE C SET search_path = pg_catalog, pg_temp AS 'MODULE_PATHNAME', 'wf_api_call';
+
+/*
+ * wf_revoke_secret: takes a grant back.  Runs already started stop using
+ * the secret too: it is checked each time a request is rendered.
+ */
+CREATE FUNCTION wf._revoke_secret(caller oid, caller_path text, p_name text, p_role regrole)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+	IF (wf._secret_for_update(caller, p_name)).name IS NULL THEN
+		RAISE EXCEPTION 'secret "%" does not exist', coalesce(p_name, '')
+			USING ERRCODE = 'undefined_object';
+	END IF;
+	DELETE FROM wf.secret_grant
+	 WHERE name OPERATOR(pg_catalog.=) p_name AND grantee OPERATOR(pg_catalog.=) p_role;
+END
+$$;
+
+CREATE FUNCTION @extschema@.wf_revoke_secret(name text, role regrole) RETURNS void
+	LANGUAGE C SET search_path = pg_catalog, pg_temp AS 'MODULE_PATHNAME', 'wf_api_call';
 
 /*
  * wf_resolve: an operator's answer to an escalated step: retry it, skip it
@@ -2345,10 +2463,22 @@ CREATE VIEW wf.human_tasks WITH (security_barrier) AS
 			OR s.assignee = current_user
 			OR (SELECT pg_catalog.pg_has_role('wf_admin', 'MEMBER')));
 
-/* Which secrets exist, never their values. */
-CREATE VIEW wf.secrets AS
-	SELECT s.name, s.updated_at, s.updated_by::regrole AS updated_by
-	  FROM wf.secret s;
+/*
+ * The secrets a role may use or manage, never their values: those whose
+ * owner or a grantee it has the privileges of (all of them for wf_admin).
+ */
+CREATE VIEW wf.secrets WITH (security_barrier) AS
+	SELECT s.name, s.owner, s.hosts,
+		   ARRAY(SELECT g.grantee FROM wf.secret_grant g
+				  WHERE g.name OPERATOR(pg_catalog.=) s.name
+				  ORDER BY g.grantee::text) AS grantees,
+		   s.created_at, s.updated_at, s.updated_by
+	  FROM wf.secret s
+	 WHERE pg_catalog.pg_has_role(s.owner::oid, 'USAGE')
+		OR EXISTS (SELECT 1 FROM wf.secret_grant g
+					WHERE g.name OPERATOR(pg_catalog.=) s.name
+					  AND pg_catalog.pg_has_role(g.grantee::oid, 'USAGE'))
+		OR (SELECT pg_catalog.pg_has_role('wf_admin', 'MEMBER'));
 
 GRANT SELECT ON wf.workflows, wf.runs, wf.steps, wf.history, wf.secrets,
 	wf.circuit_breakers, wf.alerts, wf.human_tasks TO PUBLIC;

@@ -873,6 +873,7 @@ wf_exec_completion(WfHttpCompletion *c, List *queue, MemoryContext batchctx)
 
 	res->outcome = WF_STEP_FAILED;
 	res->error_message = wf_http_error_message(c);
+	strlcpy(res->sqlstate, c->sqlstate, sizeof(res->sqlstate));
 	res->http_status = c->status;
 	res->timed_out = c->timed_out;
 	res->retry_after_s = c->retry_after_s;

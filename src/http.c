@@ -29,12 +29,23 @@
  * a crash, steps left "running" by an executor are made ready again and
  * sent anew with the same Idempotency-Key (at least once).
  *
+ * Secrets ({{secret.NAME}}) render only in the url, the header values and
+ * the body, and only if the run's owner may use them (template.c).  A
+ * secret with hosts goes only to a host they match: the url's host is
+ * checked when the request is rendered.  A redirect to another origin
+ * (scheme, host or port) drops Authorization, Proxy-Authorization, Cookie
+ * and every header that carried a secret; a body that carried one, kept by
+ * the redirect (307, 308, or 301 and 302 of another method than POST),
+ * goes to another origin only if each of its secrets is bound to hosts
+ * that match the new host, or the step fails.
+ *
  * src/http.c
  *
  *-------------------------------------------------------------------------
  */
 #include "pg_workflow.h"
 
+#include <arpa/inet.h>
 #include <poll.h>
 
 #include <curl/curl.h>
@@ -67,6 +78,9 @@ struct WfHttpRequest
 	long		timeout_ms;
 	int			redirects_left;
 	List	   *secret_values;	/* for redaction of what comes back */
+	List	   *secret_headers; /* the strings of headers that carried a secret */
+	List	   *body_secrets;	/* WfTemplateSecret * the body carried */
+	char	   *refusal;		/* a redirect we would not follow, or NULL */
 	char	   *breaker_key;	/* host, when the step has a circuit breaker */
 
 	/* transfer state */
@@ -248,12 +262,13 @@ wf_http_busy(void)
 }
 
 /*
- * Is host allowed by pg_workflow.http_allowed_hosts?  Patterns are exact
- * names or addresses, "*.domain" (any name under domain) or "*"; an empty
- * setting allows every host.
+ * Does host match one of patterns (the syntax of
+ * pg_workflow.http_allowed_hosts, and of a secret's hosts)?  Patterns are
+ * exact names or addresses, "*.domain" (any name under domain) or "*",
+ * separated by commas or white space.
  */
-static bool
-wf_http_host_allowed(const char *host)
+bool
+wf_http_host_matches(const char *host, const char *patterns)
 {
 	char	   *list;
 	char	   *tok;
@@ -261,8 +276,6 @@ wf_http_host_allowed(const char *host)
 	char	   *h = pstrdup(host);
 	size_t		hl;
 
-	if (wf_guc_http_allowed_hosts == NULL || wf_guc_http_allowed_hosts[0] == '\0')
-		return true;
 	/* [::1] and ::1 are the same host. */
 	hl = strlen(h);
 	if (hl > 2 && h[0] == '[' && h[hl - 1] == ']')
@@ -270,7 +283,7 @@ wf_http_host_allowed(const char *host)
 		h[hl - 1] = '\0';
 		h++;
 	}
-	list = pstrdup(wf_guc_http_allowed_hosts);
+	list = pstrdup(patterns);
 	for (tok = strtok_r(list, ", \t", &save); tok; tok = strtok_r(NULL, ", \t", &save))
 	{
 		size_t		tl = strlen(tok);
@@ -292,6 +305,102 @@ wf_http_host_allowed(const char *host)
 		}
 	}
 	return false;
+}
+
+/*
+ * Is host allowed by pg_workflow.http_allowed_hosts?  An empty setting
+ * allows every host.
+ */
+static bool
+wf_http_host_allowed(const char *host)
+{
+	if (wf_guc_http_allowed_hosts == NULL || wf_guc_http_allowed_hosts[0] == '\0')
+		return true;
+	return wf_http_host_matches(host, wf_guc_http_allowed_hosts);
+}
+
+/*
+ * Is patterns a non-empty list that wf_http_host_matches() reads as meant:
+ * each item "*", "*.domain", a host name, an IPv4 address, or an IPv6
+ * address (bracketed or not)?  Otherwise sets *problem.
+ */
+bool
+wf_http_hosts_valid(const char *patterns, char **problem)
+{
+	char	   *list = pstrdup(patterns);
+	char	   *tok;
+	char	   *save;
+	int			n = 0;
+
+	*problem = NULL;
+	for (tok = strtok_r(list, ", \t", &save); tok; tok = strtok_r(NULL, ", \t", &save))
+	{
+		const char *name = tok;
+		size_t		tl = strlen(tok);
+		bool		v6 = false;
+		bool		ok = true;
+
+		n++;
+		if (strcmp(tok, "*") == 0)
+			continue;
+		if (tl > 2 && tok[0] == '*' && tok[1] == '.')
+			name = tok + 2;
+		else if (tl > 2 && tok[0] == '[' && tok[tl - 1] == ']')
+		{
+			tok[tl - 1] = '\0';
+			name = tok + 1;
+			v6 = true;
+		}
+		else if (strchr(tok, ':') != NULL)
+			v6 = true;
+
+		if (v6)
+		{
+			struct in6_addr addr;
+
+			ok = inet_pton(AF_INET6, name, &addr) == 1;
+		}
+		else
+		{
+			ok = name[0] != '\0' && name[0] != '.' && name[0] != '-';
+			for (const char *c = name; ok && *c; c++)
+				ok = (*c >= '0' && *c <= '9') || (*c >= 'a' && *c <= 'z') ||
+					(*c >= 'A' && *c <= 'Z') || *c == '-' || *c == '.';
+		}
+		if (!ok)
+		{
+			*problem = psprintf("\"%s\" is not a host name, an address, \"*.domain\" or \"*\"",
+								v6 && name != tok ? psprintf("[%s]", name) : tok);
+			return false;
+		}
+	}
+	if (n == 0)
+	{
+		*problem = pstrdup("the list is empty");
+		return false;
+	}
+	return true;
+}
+
+PG_FUNCTION_INFO_V1(wf_check_hosts);
+
+/*
+ * wf._check_hosts(hosts text) RETURNS void
+ *
+ * Raises an ERROR unless hosts is a valid list for a secret's hosts.
+ */
+Datum
+wf_check_hosts(PG_FUNCTION_ARGS)
+{
+	char	   *hosts = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	char	   *problem;
+
+	if (!wf_http_hosts_valid(hosts, &problem))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid hosts list \"%s\": %s", hosts, problem),
+				 errhint("List host names, addresses, \"*.domain\" patterns or \"*\", separated by commas, as in pg_workflow.http_allowed_hosts; NULL allows every host that setting allows.")));
+	PG_RETURN_VOID();
 }
 
 /*
@@ -392,14 +501,21 @@ wf_http_execute(WfStepExec *ex, WfStepResult *res)
 	ListCell   *lc;
 	char	   *host;
 	Jsonb	   *breaker;
+	List	   *secrets = NIL;	/* every secret the request carries */
+	List	   *secret_hdrs = NIL;	/* the headers that carry one */
+	List	   *body_secrets = NIL;
 
+	/* The three places where secrets may render, as the run's owner's. */
 	memset(&tc, 0, sizeof(tc));
 	tc.context = ex->context;
+	tc.owner = ex->owner;
+	tc.allow_secrets = true;
 
 	if (url == NULL)
 		elog(ERROR, "http step \"%s\" has no url", ex->step);
 	url = wf_template_render_string(&tc, url, true);
 	host = wf_http_check_url(url, &tc);
+	secrets = tc.secrets_used;
 
 	/* An open breaker: wait, without burning an attempt. */
 	breaker = wf_util_jsonb_get(ex->spec, "circuit_breaker");
@@ -435,6 +551,7 @@ wf_http_execute(WfStepExec *ex, WfStepResult *res)
 					ereport(ERROR,
 							(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 							 errmsg("invalid header name \"%s\"", name)));
+				tc.secrets_used = NIL;
 				value = wf_template_render_string(&tc, value, false);
 				if (strchr(value, '\r') || strchr(value, '\n'))
 					ereport(ERROR,
@@ -445,14 +562,25 @@ wf_http_execute(WfStepExec *ex, WfStepResult *res)
 				if (pg_strcasecmp(name, "idempotency-key") == 0)
 					has_idempotency_key = true;
 				hdrs = lappend(hdrs, psprintf("%s: %s", name, value));
+				if (tc.secrets_used != NIL)
+				{
+					secret_hdrs = lappend(secret_hdrs, llast(hdrs));
+					secrets = list_concat(secrets, tc.secrets_used);
+				}
 			}
 		}
 	}
 
 	if (body != NULL)
 	{
-		Jsonb	   *rendered = wf_template_render_jsonb(&tc, body);
-		char	   *s = wf_util_jsonb_scalar_text(rendered);
+		Jsonb	   *rendered;
+		char	   *s;
+
+		tc.secrets_used = NIL;
+		rendered = wf_template_render_jsonb(&tc, body);
+		s = wf_util_jsonb_scalar_text(rendered);
+		body_secrets = tc.secrets_used;
+		secrets = list_concat(secrets, body_secrets);
 
 		if (s != NULL)
 		{
@@ -465,6 +593,21 @@ wf_http_execute(WfStepExec *ex, WfStepResult *res)
 			content_type = "application/json";
 		}
 	}
+	tc.allow_secrets = false;
+
+	/* Each secret goes only to a host it is bound to. */
+	foreach(lc, secrets)
+	{
+		WfTemplateSecret *secret = lfirst(lc);
+
+		if (secret->hosts != NULL && !wf_http_host_matches(host, secret->hosts))
+			ereport(ERROR,
+					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+					 errmsg("secret \"%s\" may not be sent to host \"%s\"",
+							secret->name, wf_template_redact(&tc, host)),
+					 errdetail("The secret is bound to hosts \"%s\".", secret->hosts)));
+	}
+
 	if (content_type != NULL && !has_content_type)
 		hdrs = lappend(hdrs, psprintf("Content-Type: %s", content_type));
 	if (!has_idempotency_key)
@@ -486,7 +629,22 @@ wf_http_execute(WfStepExec *ex, WfStepResult *res)
 	req->method = pstrdup(method ? method : "GET");
 	req->url = pstrdup(url);
 	foreach(lc, hdrs)
-		req->headers = lappend(req->headers, pstrdup(lfirst(lc)));
+	{
+		char	   *line = pstrdup(lfirst(lc));
+
+		req->headers = lappend(req->headers, line);
+		if (list_member_ptr(secret_hdrs, lfirst(lc)))
+			req->secret_headers = lappend(req->secret_headers, line);
+	}
+	foreach(lc, body_secrets)
+	{
+		WfTemplateSecret *from = lfirst(lc);
+		WfTemplateSecret *secret = palloc(sizeof(WfTemplateSecret));
+
+		secret->name = pstrdup(from->name);
+		secret->hosts = from->hosts ? pstrdup(from->hosts) : NULL;
+		req->body_secrets = lappend(req->body_secrets, secret);
+	}
 	if (body_text != NULL)
 	{
 		req->body = pstrdup(body_text);
@@ -616,6 +774,101 @@ wf_http_start_transfer(WfHttpRequest *req)
  */
 
 /*
+ * Do two absolute URLs have the same origin: scheme, host and port (the
+ * default port of the scheme when none is given)?  False when either does
+ * not parse.
+ */
+static bool
+wf_http_same_origin(const char *a, const char *b)
+{
+	const CURLUPart parts[3] = {CURLUPART_SCHEME, CURLUPART_HOST, CURLUPART_PORT};
+	CURLU	   *ua = curl_url();
+	CURLU	   *ub = curl_url();
+	bool		same;
+
+	same = curl_url_set(ua, CURLUPART_URL, a, 0) == CURLUE_OK &&
+		curl_url_set(ub, CURLUPART_URL, b, 0) == CURLUE_OK;
+	for (int i = 0; same && i < lengthof(parts); i++)
+	{
+		char	   *pa = NULL;
+		char	   *pb = NULL;
+
+		same = curl_url_get(ua, parts[i], &pa, CURLU_DEFAULT_PORT) == CURLUE_OK &&
+			curl_url_get(ub, parts[i], &pb, CURLU_DEFAULT_PORT) == CURLUE_OK &&
+			pg_strcasecmp(pa, pb) == 0;
+		curl_free(pa);
+		curl_free(pb);
+	}
+	curl_url_cleanup(ua);
+	curl_url_cleanup(ub);
+	return same;
+}
+
+/*
+ * Before a hop to another origin: drop the headers that are credentials
+ * (Authorization, Proxy-Authorization, Cookie) and every header that
+ * carried a secret.  They do not come back on later hops.
+ */
+static void
+wf_http_drop_credentials(WfHttpRequest *req)
+{
+	static const char *const names[] = {"Authorization", "Proxy-Authorization",
+	"Cookie"};
+	ListCell   *lc;
+
+	foreach(lc, req->headers)
+	{
+		char	   *line = lfirst(lc);
+		const char *colon = strchr(line, ':');
+		size_t		len = colon ? colon - line : strlen(line);
+		bool		drop = list_member_ptr(req->secret_headers, line);
+
+		for (int i = 0; !drop && i < lengthof(names); i++)
+			drop = strlen(names[i]) == len && pg_strncasecmp(line, names[i], len) == 0;
+		if (drop)
+			req->headers = foreach_delete_current(req->headers, lc);
+	}
+	req->secret_headers = NIL;
+}
+
+/*
+ * Before a hop to another origin that keeps the body: if the body carried
+ * a secret that is not bound to hosts matching the new host (a secret
+ * without hosts is bound to none in particular), why the hop must not be
+ * made; else NULL.
+ */
+static char *
+wf_http_body_refusal(WfHttpRequest *req, const char *next)
+{
+	CURLU	   *u;
+	char	   *host = NULL;
+	char	   *refusal = NULL;
+	ListCell   *lc;
+
+	if (req->body == NULL || req->body_secrets == NIL)
+		return NULL;
+	u = curl_url();
+	if (curl_url_set(u, CURLUPART_URL, next, 0) != CURLUE_OK ||
+		curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK)
+		host = NULL;
+	foreach(lc, req->body_secrets)
+	{
+		WfTemplateSecret *secret = lfirst(lc);
+
+		if (host == NULL || secret->hosts == NULL ||
+			!wf_http_host_matches(host, secret->hosts))
+		{
+			refusal = psprintf("redirect to %s not followed: the body carries secret \"%s\", which is not bound to host \"%s\"",
+							   next, secret->name, host ? host : "");
+			break;
+		}
+	}
+	curl_free(host);
+	curl_url_cleanup(u);
+	return refusal;
+}
+
+/*
  * A transfer ended: follow a redirect (after checking its host), or turn
  * it into a completion for the executor to checkpoint.
  */
@@ -643,7 +896,14 @@ wf_http_finish(WfHttpRequest *req, CURLcode code)
 		char	   *next = pstrdup(location);
 
 		req->redirects_left--;
-		if (wf_http_host_allowed_url(next))
+		location = NULL;
+		if (!wf_http_host_allowed_url(next))
+		{
+			code = CURLE_UNSUPPORTED_PROTOCOL;
+			snprintf(req->errbuf, sizeof(req->errbuf),
+					 "redirect to a URL that is not allowed: %s", next);
+		}
+		else
 		{
 			/* 301, 302, 303: a POST becomes a GET, as browsers do. */
 			if (status == 303 || ((status == 301 || status == 302) &&
@@ -651,23 +911,29 @@ wf_http_finish(WfHttpRequest *req, CURLcode code)
 			{
 				req->method = "GET";
 				req->body = NULL;
+				req->body_secrets = NIL;
 			}
-			curl_multi_remove_handle(wf_http_multi, req->easy);
-			curl_easy_cleanup(req->easy);
-			req->easy = NULL;
-			curl_slist_free_all(req->slist);
-			req->slist = NULL;
-			req->url = next;
-			resetStringInfo(&req->response);
-			req->resp_headers = NIL;
-			MemoryContextSwitchTo(old);
-			wf_http_start_transfer(req);
-			return;
+			/* No credential, no secret to another origin (see the top). */
+			if (!wf_http_same_origin(req->url, next))
+			{
+				wf_http_drop_credentials(req);
+				req->refusal = wf_http_body_refusal(req, next);
+			}
+			if (req->refusal == NULL)
+			{
+				curl_multi_remove_handle(wf_http_multi, req->easy);
+				curl_easy_cleanup(req->easy);
+				req->easy = NULL;
+				curl_slist_free_all(req->slist);
+				req->slist = NULL;
+				req->url = next;
+				resetStringInfo(&req->response);
+				req->resp_headers = NIL;
+				MemoryContextSwitchTo(old);
+				wf_http_start_transfer(req);
+				return;
+			}
 		}
-		code = CURLE_UNSUPPORTED_PROTOCOL;
-		snprintf(req->errbuf, sizeof(req->errbuf),
-				 "redirect to a URL that is not allowed: %s", next);
-		location = NULL;
 	}
 
 	if (location != NULL)
@@ -682,7 +948,14 @@ wf_http_finish(WfHttpRequest *req, CURLcode code)
 	c->status = (int) status;
 	c->curl_code = (int) code;
 	c->retry_after_s = (int) retry_after;
-	if (code != CURLE_OK)
+	if (req->refusal != NULL)
+	{
+		/* The step fails, for good, whatever the status said. */
+		c->error = req->refusal;
+		c->transient = false;
+		strlcpy(c->sqlstate, "42501", sizeof(c->sqlstate));
+	}
+	else if (code != CURLE_OK)
 	{
 		if (req->too_large)
 			c->error = psprintf("response body exceeds pg_workflow.http_max_response_size (%d bytes)",

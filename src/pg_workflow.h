@@ -244,6 +244,7 @@ typedef struct WfHttpCompletion
 	bool		transient;		/* the transport error is worth a retry */
 	bool		timed_out;
 	int			retry_after_s;	/* Retry-After, 0 when absent */
+	char		sqlstate[6];	/* of a refusal by the engine, or "" */
 } WfHttpCompletion;
 
 extern int	wf_guc_http_max_concurrency;
@@ -266,6 +267,8 @@ extern int64 *wf_http_in_flight_runs(int *n);
 extern void wf_http_drop_runs(int64 *runs, int n);
 extern void wf_http_wait(long timeout_ms);
 extern bool wf_http_host_allowed_url(const char *url);
+extern bool wf_http_host_matches(const char *host, const char *patterns);
+extern bool wf_http_hosts_valid(const char *patterns, char **problem);
 extern Jsonb *wf_http_output(WfHttpCompletion *c);
 extern char *wf_http_error_message(WfHttpCompletion *c);
 extern char *wf_http_breaker_key(WfHttpCompletion *c);
@@ -276,10 +279,26 @@ extern void wf_http_completion_key(WfHttpCompletion *c, int64 *run_id, char **st
  * Templates and secrets (template.c)
  * ----------------------------------------------------------------
  */
+/* A secret that a rendering substituted. */
+typedef struct WfTemplateSecret
+{
+	char	   *name;
+	char	   *hosts;			/* allowed-hosts syntax; NULL: any host */
+} WfTemplateSecret;
+
+/*
+ * What a rendering needs and leaves behind.  Zeroed, it renders no secret:
+ * only the http kind sets allow_secrets, for its url, header values and
+ * body, and then each secret renders only if owner may use it.
+ */
 typedef struct WfTemplateCtx
 {
 	Jsonb	   *context;		/* the run context {"input", "steps", "run"} */
 	List	   *secret_values;	/* char * of every secret value substituted */
+	Oid			owner;			/* the run's owner, whose privileges count */
+	bool		allow_secrets;	/* may {{secret.NAME}} render here? */
+	List	   *secrets_used;	/* WfTemplateSecret * substituted; the caller
+								 * resets it to tell parts apart */
 } WfTemplateCtx;
 
 extern char *wf_template_render_string(WfTemplateCtx *tc, const char *str,

@@ -184,6 +184,7 @@ wf_flow_workflow_execute(WfStepExec *ex, WfStepResult *res)
 
 		memset(&tc, 0, sizeof(tc));
 		tc.context = ex->context;
+		tc.owner = ex->owner;	/* allow_secrets stays false */
 		input = wf_template_render_jsonb(&tc, input);
 	}
 	args[0] = Int64GetDatum(ex->run_id);

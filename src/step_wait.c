@@ -86,6 +86,7 @@ wf_wait_sleep_execute(WfStepExec *ex, WfStepResult *res)
 			elog(ERROR, "sleep step \"%s\" has neither a duration nor \"until\"", ex->step);
 		memset(&tc, 0, sizeof(tc));
 		tc.context = ex->context;
+		tc.owner = ex->owner;	/* allow_secrets stays false */
 		until = wf_template_render_string(&tc, until, false);
 		at = DatumGetTimestampTz(DirectFunctionCall3(timestamptz_in,
 													 CStringGetDatum(until),
@@ -183,6 +184,7 @@ wf_wait_for_execute(WfStepExec *ex, WfStepResult *res)
 
 			memset(&tc, 0, sizeof(tc));
 			tc.context = ex->context;
+			tc.owner = ex->owner;	/* allow_secrets stays false */
 			key = wf_template_render_string(&tc, key, false);
 		}
 		wf_wait_for_wait(ex, res, w, psprintf("event:%s:%s", event, key ? key : ""));
@@ -228,6 +230,7 @@ wf_wait_human_assign(WfStepExec *ex, const char *assignee, bool escalate)
 
 	memset(&tc, 0, sizeof(tc));
 	tc.context = ex->context;
+	tc.owner = ex->owner;	/* allow_secrets stays false */
 	args[0] = Int64GetDatum(ex->run_id);
 	args[1] = CStringGetTextDatum(ex->step);
 	args[2] = CStringGetTextDatum(wf_template_render_string(&tc, assignee, false));

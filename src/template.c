@@ -7,6 +7,12 @@
  *		values used by a rendering are remembered so that whatever comes
  *		back (outputs, errors) can be redacted.
  *
+ * A secret renders only where the caller allows it (WfTemplateCtx's
+ * allow_secrets: an http step's url, header values and body) and only if
+ * the run's owner has the privileges of the secret's owner or of a role it
+ * is granted to, checked each time it is read.  Elsewhere a secret template
+ * is an error, raised before its value is read.
+ *
  * The template syntax is exactly the one wf_validate_template() accepts:
  * each "{{" is closed by the first "}}" after it, and the expression in
  * between, trimmed of white space, is "secret.NAME" or a JSON path.  There
@@ -73,6 +79,8 @@ static void wf_template_url_escape(StringInfo out, const char *s, Size len);
 static const char *wf_template_secret(WfTemplateRun *run, const char *name);
 static void wf_template_remember(WfTemplateCtx *tc, const char *value,
 								 MemoryContext cxt);
+static void wf_template_used(WfTemplateRun *run, const char *name,
+							 const char *hosts);
 static Jsonb *wf_template_eval_path(WfTemplateRun *run, const char *expr);
 static void wf_template_append_value(WfTemplateRun *run, StringInfo out,
 									 const char *expr, bool escape);
@@ -469,9 +477,10 @@ wf_template_eval_path(WfTemplateRun *run, const char *expr)
 
 /*
  * The value of secret name, read from wf.secret (once per rendering call:
- * nothing is cached across calls, secrets may change).  The value is
- * remembered in the session for redaction.  Works whether or not the
- * caller is connected to SPI.
+ * nothing is cached across calls, secrets and grants may change), if the
+ * caller allows secrets here and the run's owner may use it.  The value is
+ * remembered in the session for redaction, and the secret in
+ * tc->secrets_used.  Works whether or not the caller is connected to SPI.
  */
 static const char *
 wf_template_secret(WfTemplateRun *run, const char *name)
@@ -479,11 +488,21 @@ wf_template_secret(WfTemplateRun *run, const char *name)
 	MemoryContext old = CurrentMemoryContext;
 	ListCell   *lc1;
 	ListCell   *lc2;
-	Oid			argtype = TEXTOID;
-	Datum		arg;
+	Oid			argtypes[2] = {TEXTOID, OIDOID};
+	Datum		args[2];
 	char	   *value = NULL;
+	char	   *hosts = NULL;
 	bool		found = false;
+	bool		permitted = false;
 	int			rc;
+
+	if (!run->tc->allow_secrets)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("secret \"%s\" cannot be used here", name),
+				 errdetail("Secrets are allowed only in an http step's url, headers and body.")));
+	if (!OidIsValid(run->tc->owner))
+		elog(ERROR, "secret \"%s\" rendered without a run owner", name);
 
 	forboth(lc1, run->cache_names, lc2, run->cache_values)
 	{
@@ -491,27 +510,40 @@ wf_template_secret(WfTemplateRun *run, const char *name)
 			return (const char *) lfirst(lc2);
 	}
 
-	arg = CStringGetTextDatum(name);
+	/* Names are qualified: the executor's search_path is not ours to trust. */
+	args[0] = CStringGetTextDatum(name);
+	args[1] = ObjectIdGetDatum(run->tc->owner);
 	if ((rc = SPI_connect()) != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed: %s", SPI_result_code_string(rc));
-	rc = SPI_execute_with_args("SELECT value FROM " WF_SCHEMA_NAME ".secret"
-							   " WHERE name = $1",
-							   1, &argtype, &arg, NULL, false, 1);
+	rc = SPI_execute_with_args("SELECT s.value, s.hosts,"
+							   " pg_catalog.pg_has_role($2, s.owner::pg_catalog.oid, 'USAGE')"
+							   " OR EXISTS (SELECT 1 FROM " WF_SCHEMA_NAME ".secret_grant g"
+							   " WHERE g.name OPERATOR(pg_catalog.=) s.name"
+							   " AND pg_catalog.pg_has_role($2, g.grantee::pg_catalog.oid, 'USAGE'))"
+							   " FROM " WF_SCHEMA_NAME ".secret s"
+							   " WHERE s.name OPERATOR(pg_catalog.=) $1",
+							   2, argtypes, args, NULL, false, 1);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "could not read secret \"%s\": %s",
 			 name, SPI_result_code_string(rc));
 	if (SPI_processed > 0)
 	{
+		HeapTuple	tuple = SPI_tuptable->vals[0];
+		TupleDesc	tupdesc = SPI_tuptable->tupdesc;
 		bool		isnull;
-		Datum		d = SPI_getbinval(SPI_tuptable->vals[0],
-									  SPI_tuptable->tupdesc, 1, &isnull);
+		Datum		d;
 
-		if (!isnull)
+		found = true;
+		d = SPI_getbinval(tuple, tupdesc, 3, &isnull);
+		permitted = !isnull && DatumGetBool(d);
+		if (permitted)
 		{
 			/* Copy out of SPI's memory before SPI_finish() frees it. */
 			MemoryContextSwitchTo(run->cxt);
-			value = TextDatumGetCString(d);
-			found = true;
+			d = SPI_getbinval(tuple, tupdesc, 1, &isnull);
+			value = isnull ? pstrdup("") : TextDatumGetCString(d);
+			d = SPI_getbinval(tuple, tupdesc, 2, &isnull);
+			hosts = isnull ? NULL : TextDatumGetCString(d);
 		}
 	}
 	SPI_finish();
@@ -521,6 +553,18 @@ wf_template_secret(WfTemplateRun *run, const char *name)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("secret \"%s\" does not exist", name)));
+	if (!permitted)
+	{
+		char	   *role = GetUserNameFromId(run->tc->owner, true);
+
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied for secret \"%s\"", name),
+				 errdetail("The run's owner, role %s, is not the secret's owner and has the privileges of no role the secret is granted to.",
+						   role ? quote_identifier(role) :
+						   psprintf("%u", run->tc->owner)),
+				 errhint("The secret's owner can allow it with wf_grant_secret().")));
+	}
 
 	MemoryContextSwitchTo(run->cxt);
 	run->cache_names = lappend(run->cache_names, pstrdup(name));
@@ -528,8 +572,33 @@ wf_template_secret(WfTemplateRun *run, const char *name)
 	MemoryContextSwitchTo(old);
 
 	wf_template_remember(run->tc, value, run->cxt);
+	wf_template_used(run, name, hosts);
 
 	return value;
+}
+
+/* Add secret name (with its hosts) to tc->secrets_used, unless there. */
+static void
+wf_template_used(WfTemplateRun *run, const char *name, const char *hosts)
+{
+	MemoryContext old;
+	WfTemplateSecret *secret;
+	ListCell   *lc;
+
+	foreach(lc, run->tc->secrets_used)
+	{
+		if (strcmp(((WfTemplateSecret *) lfirst(lc))->name, name) == 0)
+			return;
+	}
+
+	old = MemoryContextSwitchTo(run->tc->secrets_used != NIL ?
+								GetMemoryChunkContext(run->tc->secrets_used) :
+								run->cxt);
+	secret = palloc(sizeof(WfTemplateSecret));
+	secret->name = pstrdup(name);
+	secret->hosts = hosts ? pstrdup(hosts) : NULL;
+	run->tc->secrets_used = lappend(run->tc->secrets_used, secret);
+	MemoryContextSwitchTo(old);
 }
 
 /*

@@ -266,6 +266,13 @@ static void wfv_templates_in(WfvState *st, const char *label,
 							 StringInfo path, JsonbValue *v);
 static void wfv_any_templates(WfvState *st, const char *label,
 							  const char *path, JsonbValue *v);
+static char *wfv_secret_in(const char *str, int len);
+static void wfv_secrets_in(WfvState *st, const char *label, StringInfo path,
+						   JsonbValue *v);
+static void wfv_secrets_of(WfvState *st, const char *label, StringInfo path,
+						   JsonbContainer *obj, const char *const *skip);
+static void wfv_step_secrets(WfvState *st, const char *label,
+							 StringInfo path, JsonbContainer *obj);
 static bool wfv_numeric_int(Numeric num, int32 *result);
 static bool wfv_integer(WfvState *st, const char *label, const char *path,
 						JsonbValue *v, int32 min, int32 max);
@@ -328,6 +335,14 @@ wf_validate_definition(Jsonb *definition)
 
 	wfv_unknown_keys(&st, NULL, doc.obj, NULL, WFV_DOCUMENT, NULL);
 	wfv_check_keys(&st, &doc, WFV_DOCUMENT);
+	{
+		static const char *const skip[] = {"steps", NULL};
+		StringInfoData path;
+
+		/* the steps are checked one by one, by wfv_step() */
+		initStringInfo(&path);
+		wfv_secrets_of(&st, NULL, &path, doc.obj, skip);
+	}
 
 	hash_destroy(st.names);
 
@@ -993,6 +1008,232 @@ wfv_any_templates(WfvState *st, const char *label, const char *path,
 	wfv_templates_in(st, label, &buf, v);
 }
 
+/*
+ * Where secrets may be
+ *
+ * "{{secret.NAME}}" renders only in an http action's url, header values
+ * and body; anywhere else in a definition it is a problem, reported with
+ * its path.  The walk is over the whole step object rather than over the
+ * keys the engine renders, so that a key that becomes templated one day is
+ * covered without being listed here.  Nested step lists are skipped: their
+ * steps are walked by wfv_step() like any other.
+ */
+
+/* The name of the first secret template in str (len bytes), or NULL. */
+static char *
+wfv_secret_in(const char *str, int len)
+{
+	const char *p = str;
+	const char *end = str + len;
+
+	while (p < end)
+	{
+		const char *open = NULL;
+		const char *close = NULL;
+		const char *start;
+		const char *stop;
+
+		for (; p + 1 < end; p++)
+			if (p[0] == '{' && p[1] == '{')
+			{
+				open = p;
+				break;
+			}
+		if (open == NULL)
+			return NULL;
+		for (p = open + 2; p + 1 < end; p++)
+			if (p[0] == '}' && p[1] == '}')
+			{
+				close = p;
+				break;
+			}
+		if (close == NULL)
+			return NULL;
+
+		start = open + 2;
+		stop = close;
+		while (start < stop && isspace((unsigned char) *start))
+			start++;
+		while (stop > start && isspace((unsigned char) stop[-1]))
+			stop--;
+		if (stop - start >= 7 && strncmp(start, "secret.", 7) == 0)
+			return pnstrdup(start + 7, stop - start - 7);
+		p = close + 2;
+	}
+	return NULL;
+}
+
+/* Report the secrets in the strings of v, a value named path. */
+static void
+wfv_secrets_in(WfvState *st, const char *label, StringInfo path,
+			   JsonbValue *v)
+{
+	check_stack_depth();
+	CHECK_FOR_INTERRUPTS();
+
+	if (v->type == jbvString)
+	{
+		char	   *name = wfv_secret_in(v->val.string.val, v->val.string.len);
+
+		if (name != NULL)
+			wfv_problem(st, label, ERRCODE_INVALID_PARAMETER_VALUE,
+						"\"%s\" uses secret \"%s\": secrets are allowed only in an http step's url, headers and body",
+						path->data, name);
+		return;
+	}
+	if (v->type != jbvBinary)
+		return;
+	if (JsonContainerIsArray(v->val.binary.data))
+	{
+		int			len = path->len;
+		uint32		n = JsonContainerSize(v->val.binary.data);
+
+		for (uint32 i = 0; i < n; i++)
+		{
+			appendStringInfo(path, "[%u]", i);
+			wfv_secrets_in(st, label, path,
+						   getIthJsonbValueFromContainer(v->val.binary.data, i));
+			path->len = len;
+			path->data[len] = '\0';
+		}
+	}
+	else
+		wfv_secrets_of(st, label, path, v->val.binary.data, NULL);
+}
+
+/*
+ * Report the secrets in the members of object obj, named path ("" for a
+ * step or the definition), except those of the keys in skip.
+ */
+static void
+wfv_secrets_of(WfvState *st, const char *label, StringInfo path,
+			   JsonbContainer *obj, const char *const *skip)
+{
+	JsonbIterator *it = JsonbIteratorInit(obj);
+	JsonbIteratorToken tok;
+	JsonbValue	key;
+	JsonbValue	val;
+	int			len = path->len;
+
+	while ((tok = JsonbIteratorNext(&it, &key, true)) != WJB_DONE)
+	{
+		bool		skipped = false;
+
+		if (tok != WJB_KEY)
+			continue;
+		tok = JsonbIteratorNext(&it, &val, true);
+		Assert(tok == WJB_VALUE);
+		for (int i = 0; skip != NULL && skip[i] != NULL && !skipped; i++)
+			skipped = (strlen(skip[i]) == key.val.string.len &&
+					   memcmp(skip[i], key.val.string.val, key.val.string.len) == 0);
+		if (skipped)
+			continue;
+		if (len > 0)
+			appendStringInfoChar(path, '.');
+		appendBinaryStringInfo(path, key.val.string.val, key.val.string.len);
+		wfv_secrets_in(st, label, path, &val);
+		path->len = len;
+		path->data[len] = '\0';
+	}
+}
+
+/*
+ * Report the secrets of a step object, or of a "compensate" action (path
+ * "compensate"), outside an http action's url, headers and body and the
+ * steps it holds.
+ */
+static void
+wfv_step_secrets(WfvState *st, const char *label, StringInfo path,
+				 JsonbContainer *obj)
+{
+	static const char *const step_lists[] = {"then", "else", "parallel",
+	"map", "http", "compensate", NULL};
+	static const char *const http_secrets[] = {"url", "headers", "body", NULL};
+	static const char *const branch_steps[] = {"steps", NULL};
+	static const char *const map_step[] = {"step", NULL};
+	int			len = path->len;
+	JsonbValue	jv;
+	JsonbValue *v;
+
+	wfv_secrets_of(st, label, path, obj, step_lists);
+
+	/* The steps of "then", "else", branches and maps are steps. */
+	for (int i = 0; i < 2; i++)
+	{
+		const char *key = i == 0 ? "then" : "else";
+
+		if ((v = wfv_get(obj, key, &jv)) != NULL && !wfv_is_array(v))
+		{
+			appendStringInfo(path, len > 0 ? ".%s" : "%s", key);
+			wfv_secrets_in(st, label, path, v);
+			path->len = len;
+			path->data[len] = '\0';
+		}
+	}
+
+	appendStringInfoString(path, len > 0 ? ".parallel" : "parallel");
+	if ((v = wfv_get(obj, "parallel", &jv)) != NULL)
+	{
+		if (wfv_is_array(v))
+		{
+			uint32		n = JsonContainerSize(v->val.binary.data);
+			int			plen = path->len;
+
+			for (uint32 i = 0; i < n; i++)
+			{
+				JsonbValue *b = getIthJsonbValueFromContainer(v->val.binary.data, i);
+
+				appendStringInfo(path, "[%u]", i);
+				if (wfv_is_object(b))
+					wfv_secrets_of(st, label, path, b->val.binary.data,
+								   branch_steps);
+				else
+					wfv_secrets_in(st, label, path, b);
+				path->len = plen;
+				path->data[plen] = '\0';
+			}
+		}
+		else
+			wfv_secrets_in(st, label, path, v);
+	}
+	path->len = len;
+	path->data[len] = '\0';
+
+	appendStringInfoString(path, len > 0 ? ".map" : "map");
+	if ((v = wfv_get(obj, "map", &jv)) != NULL)
+	{
+		if (wfv_is_object(v))
+			wfv_secrets_of(st, label, path, v->val.binary.data, map_step);
+		else
+			wfv_secrets_in(st, label, path, v);
+	}
+	path->len = len;
+	path->data[len] = '\0';
+
+	appendStringInfoString(path, len > 0 ? ".http" : "http");
+	if ((v = wfv_get(obj, "http", &jv)) != NULL)
+	{
+		if (wfv_is_object(v))
+			wfv_secrets_of(st, label, path, v->val.binary.data, http_secrets);
+		else
+			wfv_secrets_in(st, label, path, v);
+	}
+	path->len = len;
+	path->data[len] = '\0';
+
+	/* A step's compensate action is walked as the step is. */
+	if ((v = wfv_get(obj, "compensate", &jv)) != NULL)
+	{
+		appendStringInfoString(path, len > 0 ? ".compensate" : "compensate");
+		if (len == 0 && wfv_is_object(v))
+			wfv_step_secrets(st, label, path, v->val.binary.data);
+		else
+			wfv_secrets_in(st, label, path, v);
+		path->len = len;
+		path->data[len] = '\0';
+	}
+}
+
 /* Is num an integer that fits in int32?  Then sets *result. */
 static bool
 wfv_numeric_int(Numeric num, int32 *result)
@@ -1424,6 +1665,13 @@ wfv_step(WfvState *st, WfvList *list, int index)
 	wfv_check_action(st, &o);
 	wfv_check_companions(st, &o);
 	wfv_check_keys(st, &o, WFV_POLICY);
+
+	{
+		StringInfoData path;
+
+		initStringInfo(&path);
+		wfv_step_secrets(st, label, &path, obj);
+	}
 }
 
 /* Report one dependency cycle for each back edge of a depth-first walk. */

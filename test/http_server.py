@@ -12,11 +12,13 @@ Only the Python 3.11 standard library is used.  Connections are served by
 asyncio streams, so thousands of concurrent connections cost little.
 
 Usage:
-    python3 test/http_server.py [--port N] [--token TOKEN] [--port-file PATH]
-                                [--log-limit N]
+    python3 test/http_server.py [--host ADDR] [--port N] [--token TOKEN]
+                                [--port-file PATH] [--log-limit N]
 
+--host is 127.0.0.1 by default; another loopback address (127.0.0.2) gives
+a second, distinct host for tests of host-bound secrets and redirects.
 Port 0 (the default) picks a free port.  Once listening, the port number is
-written atomically to --port-file and "listening on 127.0.0.1:PORT" is
+written atomically to --port-file and "listening on HOST:PORT" is
 printed to stdout.  SIGTERM or SIGINT shuts the server down cleanly.
 
 Endpoints (JSON unless noted):
@@ -32,9 +34,14 @@ Endpoints (JSON unless noted):
     *       /status/{code}[?retry_after=S]
     *       /flaky?key=K&fail=N[&code=503][&retry_after=S]
     *       /redirect/{n}               302 chain down to /redirect/0
+    *       /redirect-to?url=U[&status=302]  redirect to U (301, 302, 303,
+                                        307 or 308)
     *       /huge?mb=N[&content_length=0]  N MiB JSON document, streamed
     *       /never                      read the request, never answer
     *       /echo                       describe the request back
+    *       /echo64                     the same, base64-encoded (as a
+                                        server that wants what it was sent
+                                        back unrecognised would answer)
     *       /text                       text/plain body
 """
 
@@ -42,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import collections
 import contextlib
 import email.utils
@@ -59,7 +67,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-HOST = "127.0.0.1"
+DEFAULT_HOST = "127.0.0.1"
 MIB = 1024 * 1024
 CHUNK_SIZE = 64 * 1024
 MAX_LINE = 64 * 1024            # request line / single header line
@@ -353,6 +361,15 @@ async def redirect(req: Request, state: State, raw: str) -> Response:
                          [("Location", location)])
 
 
+async def redirect_to(req: Request, state: State) -> Response:
+    location = req.query.get("url", "")
+    status = query_int(req, "status", 302)
+    if not location or status not in (301, 302, 303, 307, 308):
+        raise BadRequest("url and a status of 301, 302, 303, 307 or 308 needed")
+    return json_response(status, {"location": location},
+                         [("Location", location)])
+
+
 def huge_chunks(size: int) -> Callable[[], AsyncIterator[bytes]]:
     """A generator factory for a `size`-byte JSON document {"data": "x..."}."""
     head, tail = b'{"data": "', b'"}'
@@ -386,15 +403,24 @@ async def never(req: Request, state: State) -> Response:
     raise ClientGone()
 
 
-async def echo(req: Request, state: State) -> Response:
-    return json_response(200, {
+def describe(req: Request) -> dict[str, Any]:
+    return {
         "method": req.method,
         "path": req.path,
         "query": req.query,
         "headers": req.headers,
         "body": req.text(),
         "json": req.json(),
-    })
+    }
+
+
+async def echo(req: Request, state: State) -> Response:
+    return json_response(200, describe(req))
+
+
+async def echo64(req: Request, state: State) -> Response:
+    raw = json.dumps(describe(req)).encode()
+    return json_response(200, {"b64": base64.b64encode(raw).decode("ascii")})
 
 
 async def text(req: Request, state: State) -> Response:
@@ -423,9 +449,11 @@ ROUTES: list[tuple[frozenset[str] | None, re.Pattern[str], Handler]] = [
     (ANY, re.compile(r"/status/([0-9]{1,3})"), status_code),
     (ANY, re.compile(r"/flaky"), flaky),
     (ANY, re.compile(r"/redirect/([0-9]{1,6})"), redirect),
+    (ANY, re.compile(r"/redirect-to"), redirect_to),
     (ANY, re.compile(r"/huge"), huge),
     (ANY, re.compile(r"/never"), never),
     (ANY, re.compile(r"/echo"), echo),
+    (ANY, re.compile(r"/echo64"), echo64),
     (ANY, re.compile(r"/text"), text),
 ]
 
@@ -689,7 +717,7 @@ async def run(args: argparse.Namespace) -> None:
     state = State(token=args.token,
                   log=collections.deque(maxlen=args.log_limit or None))
     server = await asyncio.start_server(
-        lambda r, w: handle_connection(state, r, w), HOST, args.port,
+        lambda r, w: handle_connection(state, r, w), args.host, args.port,
         backlog=LISTEN_BACKLOG, limit=MAX_LINE)
     port = server.sockets[0].getsockname()[1]
     stop = asyncio.Event()
@@ -698,15 +726,17 @@ async def run(args: argparse.Namespace) -> None:
         loop.add_signal_handler(sig, stop.set)
     if args.port_file:
         write_port_file(args.port_file, port)
-    print(f"listening on {HOST}:{port}", flush=True)
+    print(f"listening on {args.host}:{port}", flush=True)
     await stop.wait()
     await shutdown(server, state)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default=DEFAULT_HOST,
+                        help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=0,
-                        help="TCP port on 127.0.0.1 (0: pick a free one)")
+                        help="TCP port (0: pick a free one)")
     parser.add_argument("--token", default="test-token",
                         help="expected ClickUp Authorization header value")
     parser.add_argument("--port-file",

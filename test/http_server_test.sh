@@ -232,6 +232,10 @@ http "$B/redirect/3"
 expect_eq "/redirect/3 without following" '302 /redirect/2' "$STATUS $(header Location)"
 R=$(curl -s -L -w ' %{http_code} %{num_redirects}' "$B/redirect/3")
 expect_eq "/redirect/3 followed" '{"redirected": true} 200 3' "$R"
+http "$B/redirect-to?status=307&url=http%3A%2F%2F127.0.0.2%3A9%2Fx"
+expect_eq "/redirect-to 307" '307 http://127.0.0.2:9/x' "$STATUS $(header Location)"
+http "$B/redirect-to?status=200&url=/x"
+expect_eq "/redirect-to with a status that is not a redirect: 400" 400 "$STATUS"
 
 # ---------------------------------------------------------------- /echo, /text, 404, HEAD
 http -X PATCH -H 'Content-Type: application/json' -H 'X-Trace: abc' \
@@ -240,6 +244,10 @@ expect_eq "/echo" 'PATCH /echo {"x": "1", "y": ""} abc {"k": [1, 2]} {"k": [1, 2
     "$(body 'd["method"]' 'd["path"]' 'd["query"]' 'd["headers"]["x-trace"]' 'd["body"]' 'd["json"]')"
 http -d 'plain' "$B/echo"
 expect_eq "/echo non-JSON body: json null" 'plain null' "$(body 'd["body"]' 'd["json"]')"
+http -H 'Authorization: Bearer t0k' -d 'plain' "$B/echo64"
+expect_eq "/echo64: the description, base64-encoded" 'Bearer t0k plain' \
+    "$(body '__import__("json").loads(__import__("base64").b64decode(d["b64"]))["headers"]["authorization"]' \
+            '__import__("json").loads(__import__("base64").b64decode(d["b64"]))["body"]')"
 http "$B/text"
 expect_eq "/text" '200 text/plain; charset=utf-8 plain text response' "$STATUS $(header Content-Type) $BODY"
 http "$B/no/such/thing"

@@ -16,6 +16,7 @@ tests of pg_workflow's http steps
 
   my $srv = HttpTestServer->new(token => 'secret-token');
   my $url = $srv->url('/echo');            # http://127.0.0.1:PORT/echo
+  my $other = HttpTestServer->new(name => 'other', host => '127.0.0.2');
   $srv->reset;
   my @reqs = $srv->requests(sub { $_[0]{path} eq '/echo' });
   my $stats = $srv->stats;                 # {requests, in_flight, ...}
@@ -25,8 +26,9 @@ tests of pg_workflow's http steps
 =head1 DESCRIPTION
 
 new() starts the server as a child process on a free port of 127.0.0.1
-(the server writes it to --port-file; we poll until the file exists) with
-its output in the test's log directory.  Every server started is stopped
+(or of the loopback address given as host, for a second host name) (the
+server writes it to --port-file; we poll until the file exists) with its
+output in the test's log directory.  Every server started is stopped
 by an END block, even when the test dies, so that no server outlives its
 test.  The inspection endpoints (/_requests, /_reset, /_stats) are called
 with HTTP::Tiny.
@@ -65,6 +67,7 @@ sub new
 	my ($class, %params) = @_;
 	my $name = $params{name} // 'http';
 	my $token = $params{token} // 'test-token';
+	my $host = $params{host} // '127.0.0.1';
 	my $script = $params{script} // _find_script();
 	my $python = $ENV{PYTHON} // 'python3';
 	my $dir = PostgreSQL::Test::Utils::tempdir($name);
@@ -79,7 +82,8 @@ sub new
 		open(STDIN, '<', '/dev/null');
 		open(STDOUT, '>>', $log);
 		open(STDERR, '>&', \*STDOUT);
-		exec($python, $script, '--port-file', $port_file, '--token', $token)
+		exec($python, $script, '--host', $host, '--port-file', $port_file,
+			'--token', $token)
 		  or print STDERR "could not exec $python $script: $!\n";
 		POSIX::_exit(127);
 	}
@@ -88,6 +92,7 @@ sub new
 		pid => $pid,
 		name => $name,
 		token => $token,
+		host => $host,
 		log => $log,
 		http => HTTP::Tiny->new(timeout => 60, keep_alive => 0),
 		json => JSON::PP->new->canonical(1),
@@ -105,7 +110,7 @@ sub new
 	my $port = slurp_file($port_file);
 	chomp $port;
 	$self->{port} = $port;
-	note "mock HTTP server $pid listening on 127.0.0.1:$port";
+	note "mock HTTP server $pid listening on $host:$port";
 	return $self;
 }
 
@@ -118,6 +123,7 @@ sub _find_script
 }
 
 sub port { return $_[0]->{port}; }
+sub host { return $_[0]->{host}; }
 sub token { return $_[0]->{token}; }
 sub pid { return $_[0]->{pid}; }
 
@@ -125,7 +131,7 @@ sub pid { return $_[0]->{pid}; }
 sub url
 {
 	my ($self, $path) = @_;
-	return "http://127.0.0.1:$self->{port}$path";
+	return "http://$self->{host}:$self->{port}$path";
 }
 
 sub _call

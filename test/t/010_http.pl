@@ -19,7 +19,8 @@
 #    wf.runs, wf.steps, wf.history or in the server log, even when the URL,
 #    an error message, a response, or the body excerpt of an error message
 #    (the secret straddling the excerpt's end, or \u-escaped) contain them;
-#    wf_set_secret and wf.secret are for wf_admin only;
+#    wf.secret is readable by nobody, wf.secrets shows each role only the
+#    secrets it owns or was granted (031_secrets tests ownership);
 #  - the circuit breaker: opens after N transient failures, defers steps
 #    without burning attempts, lets one probe through after reset_after;
 #  - wf_cancel of a run whose request is in flight: the run and the step
@@ -573,18 +574,22 @@ like(slurp_file($node->logfile, $log_offset), qr/\[redacted\]/,
 $node->safe_psql('postgres', 'CREATE ROLE alice LOGIN');
 my ($ret, $out, $err) = $node->psql('postgres',
 	"SET ROLE alice;\n\\set VERBOSITY verbose\nSELECT wf_set_secret('x', 'not-it')");
-like($err, qr/42501/, 'a non-admin cannot call wf_set_secret (42501)');
+like($err, qr/42501/, 'a non-admin cannot change another role\'s secret (42501)');
 ($ret, $out, $err) = $node->psql('postgres',
 	"SET ROLE alice;\n\\set VERBOSITY verbose\nSELECT * FROM wf.secret");
 like($err, qr/42501/, 'a non-admin cannot read wf.secret (42501)');
 is( $node->safe_psql('postgres',
-		"SET ROLE alice; SELECT string_agg(name, ',' ORDER BY name) FROM wf.secrets"),
+		"SET ROLE alice; SELECT count(*) FROM wf.secrets"),
+	'0',
+	'wf.secrets lists no secret of another role');
+is( $node->safe_psql('postgres',
+		"SELECT string_agg(name, ',' ORDER BY name) FROM wf.secrets"),
 	'clickup_token,x,z',
-	'wf.secrets lists the names');
+	'wf.secrets lists the names to their owner');
 is( $node->safe_psql('postgres',
 		"SELECT string_agg(attname, ',' ORDER BY attnum) FROM pg_attribute WHERE attrelid = 'wf.secrets'::regclass AND attnum > 0"
 	),
-	'name,updated_at,updated_by',
+	'name,owner,hosts,grantees,created_at,updated_at,updated_by',
 	'wf.secrets has no value column');
 $node->safe_psql('postgres', 'GRANT wf_admin TO alice');
 ($ret, $out, $err) = $node->psql('postgres',
