@@ -5,6 +5,7 @@ OBJS = \
 	src/pg_workflow.o \
 	src/shmem.o \
 	src/worker.o \
+	src/longstep.o \
 	src/executor.o \
 	src/step_sql.o \
 	src/step_wait.o \
@@ -27,7 +28,7 @@ PG_CFLAGS = -Wall -Wmissing-prototypes -Wpointer-arith -Werror=vla
 
 # The temporary instance preloads the library and its workers connect to
 # database "postgres", so pg_regress must use that database as it is.
-REGRESS = init definitions runs security secrets
+REGRESS = init definitions runs security secrets triggers
 REGRESS_OPTS = --temp-config=$(srcdir)/test/pg_workflow.conf \
 	--temp-instance=./tmp_check --use-existing
 

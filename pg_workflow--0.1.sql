@@ -119,13 +119,15 @@ CREATE TABLE wf.step (
 	parent		text,				-- the if/parallel/map step holding this one
 	children_left int,				-- a container's unfinished children
 	item		jsonb,				-- {"item", "index"} of a map item and its children
+	solo		boolean NOT NULL DEFAULT false,	-- run by long-step workers only
+	fair_at		timestamptz,		-- a first step's place in the claim order
 	PRIMARY KEY (run_id, step)
 );
 /*
  * The executors' queue: ready steps, and waiting steps whose timer is set
  * (ready_at), in the order they are claimed.
  */
-CREATE INDEX step_ready ON wf.step (priority DESC, ready_at)
+CREATE INDEX step_ready ON wf.step (priority DESC, (coalesce(fair_at, ready_at)))
 	WHERE status IN ('ready', 'waiting');
 /* The next time anything becomes due, for the executors' sleep. */
 CREATE INDEX step_ready_at ON wf.step (ready_at) WHERE status IN ('ready', 'waiting');
@@ -137,6 +139,7 @@ CREATE INDEX step_waiting ON wf.step (wait_key) WHERE status = 'waiting';
  * of its run.
  */
 CREATE INDEX step_context ON wf.step (run_id) WHERE label IS NOT NULL;
+CREATE INDEX step_solo ON wf.step (ready_at) WHERE solo AND status = 'ready';
 /* Ready steps deferred by an open circuit breaker, woken when it closes. */
 CREATE INDEX step_deferred ON wf.step (wait_key) WHERE status = 'ready' AND wait_key IS NOT NULL;
 
@@ -314,6 +317,9 @@ CREATE FUNCTION wf._defer() RETURNS void
 	LANGUAGE C AS 'MODULE_PATHNAME', 'wf_defer';
 
 /* Wakes the run's wf_wait callers when the current transaction commits. */
+CREATE FUNCTION wf._fair_at(owner oid) RETURNS timestamptz
+	LANGUAGE C STRICT AS 'MODULE_PATHNAME', 'wf_fair_at';
+
 CREATE FUNCTION wf._run_ended(run_id bigint) RETURNS void
 	LANGUAGE C STRICT AS 'MODULE_PATHNAME', 'wf_run_ended';
 
@@ -616,15 +622,17 @@ BEGIN
 	END IF;
 
 	INSERT INTO wf.step (run_id, step, label, ord, kind, spec, status, deps, successors,
-						 deps_left, priority, ready_at)
+						 deps_left, priority, ready_at, fair_at)
 	SELECT rid, p->>'name', p->>'label', (p->>'ord')::int, p->>'kind', p->'spec',
 		   CASE WHEN jsonb_array_length(p->'deps') = 0 THEN 'ready' ELSE 'pending' END,
 		   ARRAY(SELECT jsonb_array_elements_text(p->'deps')),
 		   ARRAY(SELECT jsonb_array_elements_text(p->'successors')),
 		   jsonb_array_length(p->'deps'), opt_prio,
 		   CASE WHEN jsonb_array_length(p->'deps') = 0
-				THEN greatest(coalesce(opt_start, '-infinity'), clock_timestamp()) END
-	  FROM jsonb_array_elements(def.plan) p;
+				THEN greatest(coalesce(opt_start, '-infinity'), clock_timestamp()) END,
+		   CASE WHEN jsonb_array_length(p->'deps') = 0
+				THEN greatest(coalesce(opt_start, '-infinity'), fair) END
+	  FROM jsonb_array_elements(def.plan) p, wf._fair_at(caller) fair;
 
 	INSERT INTO wf.history_log (run_id, status, detail, actor)
 	VALUES (rid, 'pending', jsonb_build_object('workflow', def.name, 'version', def.version), caller);
@@ -890,6 +898,7 @@ BEGIN
 		  FROM wf.step s WHERE s.run_id = p_run_id AND s.step = p_step;
 	ELSE
 		UPDATE wf.step s SET attempt = s.attempt + 1, started_at = clock_timestamp(),
+			   fair_at = NULL,
 			   status = CASE WHEN s.kind = 'http' THEN 'running' ELSE s.status END,
 			   running_by = CASE WHEN s.kind = 'http' THEN p_worker END,
 			   wait_snapshot = CASE WHEN s.kind = 'wait_for' THEN pg_current_snapshot() END
@@ -1549,13 +1558,16 @@ DECLARE
 	c	wf.step;
 	n	int;
 	k	text;
+	run_owner	oid;
 BEGIN
 	SELECT * INTO c FROM wf.step WHERE run_id = p_run_id AND step = p_step;
 	k := (SELECT x FROM unnest(ARRAY['sql', 'http', 'agent', 'wait_for', 'human', 'sleep',
 									 'until', 'workflow', 'if', 'parallel', 'map']) x
 		   WHERE p_template ? x LIMIT 1);
+	SELECT r.owner INTO run_owner FROM wf.run r WHERE r.id = p_run_id;
+	/* Each item takes its turn in the owner's fair share (wf._start). */
 	INSERT INTO wf.step (run_id, step, label, parent, item, ord, kind, spec, status, deps,
-						 successors, deps_left, priority, ready_at)
+						 successors, deps_left, priority, ready_at, fair_at)
 	SELECT p_run_id, format('%s[%s]', p_step, i - 1), NULL, p_step,
 		   jsonb_build_object('item', e, 'index', i - 1), i::int, k,
 		   p_template || jsonb_build_object('name', format('%s[%s]', p_step, i - 1)),
@@ -1567,7 +1579,8 @@ BEGIN
 				ELSE ARRAY[format('%s[%s]', p_step, i - 1 + p_concurrency)] END,
 		   CASE WHEN p_concurrency IS NULL OR i <= p_concurrency THEN 0 ELSE 1 END,
 		   c.priority,
-		   CASE WHEN p_concurrency IS NULL OR i <= p_concurrency THEN clock_timestamp() END
+		   CASE WHEN p_concurrency IS NULL OR i <= p_concurrency THEN clock_timestamp() END,
+		   CASE WHEN p_concurrency IS NULL OR i <= p_concurrency THEN wf._fair_at(run_owner) END
 	  FROM jsonb_array_elements(p_items) WITH ORDINALITY AS t(e, i);
 	GET DIAGNOSTICS n = ROW_COUNT;
 	ready := wf._expanded(p_run_id, p_step, n);

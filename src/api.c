@@ -48,6 +48,7 @@ PG_FUNCTION_INFO_V1(wf_interrupt);
 PG_FUNCTION_INFO_V1(wf_run_ended);
 PG_FUNCTION_INFO_V1(wf_xid_is_current);
 PG_FUNCTION_INFO_V1(wf_start_trigger);
+PG_FUNCTION_INFO_V1(wf_fair_at);
 
 /*
  * Looks up wf._NAME(oid, text, argtypes...) and prepares to call it.
@@ -71,30 +72,14 @@ wf_api_lookup(const char *name, int nargs, const Oid *argtypes,
 }
 
 /*
- * Calls an internal function prepared by wf_api_lookup with the caller
- * prepended to args.
+ * Calls an internal function.  Its PL/pgSQL context lines say nothing
+ * useful to the caller: errors leave without them.
  */
 static Datum
-wf_api_invoke(FmgrInfo *finfo, int nargs, NullableDatum *args, Oid collation,
-			  bool *isnull)
+wf_api_call_internal(FunctionCallInfo inner, MemoryContext oldcxt)
 {
-	LOCAL_FCINFO(inner, WF_API_MAX_ARGS + 2);
-	MemoryContext oldcxt = CurrentMemoryContext;
 	Datum		result = (Datum) 0;
-	int			i;
 
-	InitFunctionCallInfoData(*inner, finfo, nargs + 2, collation, NULL, NULL);
-	inner->args[0].value = ObjectIdGetDatum(GetUserId());
-	inner->args[0].isnull = false;
-	inner->args[1].value = CStringGetTextDatum(namespace_search_path);
-	inner->args[1].isnull = false;
-	for (i = 0; i < nargs; i++)
-		inner->args[i + 2] = args[i];
-
-	/*
-	 * The internal functions' PL/pgSQL context lines say nothing useful to
-	 * the caller: errors leave without them.
-	 */
 	PG_TRY();
 	{
 		result = FunctionCallInvoke(inner);
@@ -110,6 +95,31 @@ wf_api_invoke(FmgrInfo *finfo, int nargs, NullableDatum *args, Oid collation,
 		ReThrowError(edata);
 	}
 	PG_END_TRY();
+	return result;
+}
+
+/*
+ * Calls an internal function prepared by wf_api_lookup with the caller
+ * prepended to args.
+ */
+static Datum
+wf_api_invoke(FmgrInfo *finfo, int nargs, NullableDatum *args, Oid collation,
+			  bool *isnull)
+{
+	LOCAL_FCINFO(inner, WF_API_MAX_ARGS + 2);
+	MemoryContext oldcxt = CurrentMemoryContext;
+	Datum		result;
+	int			i;
+
+	InitFunctionCallInfoData(*inner, finfo, nargs + 2, collation, NULL, NULL);
+	inner->args[0].value = ObjectIdGetDatum(GetUserId());
+	inner->args[0].isnull = false;
+	inner->args[1].value = CStringGetTextDatum(namespace_search_path);
+	inner->args[1].isnull = false;
+	for (i = 0; i < nargs; i++)
+		inner->args[i + 2] = args[i];
+
+	result = wf_api_call_internal(inner, oldcxt);
 	*isnull = inner->isnull;
 	return result;
 }
@@ -345,7 +355,14 @@ wf_start_trigger(PG_FUNCTION_ARGS)
 	inner->args[3].value = JsonbPGetDatum(options);
 	for (i = 0; i < 4; i++)
 		inner->args[i].isnull = false;
-	(void) FunctionCallInvoke(inner);
+	(void) wf_api_call_internal(inner, CurrentMemoryContext);
 
 	return PointerGetDatum(tuple);
+}
+
+/* wf._fair_at(owner): where a run owner starts now goes in the claim order. */
+Datum
+wf_fair_at(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_TIMESTAMPTZ(wf_shmem_fair_at(PG_GETARG_OID(0)));
 }

@@ -79,6 +79,12 @@ static const WfStepKind wf_step_kinds[] = {
 TimeoutId	wf_exec_timeout_id = MAX_TIMEOUTS;
 static volatile sig_atomic_t wf_exec_timed_out = false;
 
+/* The timer armed is pg_workflow.long_step_threshold, not the timeout. */
+static bool wf_exec_soft_armed = false;
+
+/* This batch handed a step over to a long-step worker. */
+static bool wf_exec_offloaded = false;
+
 /* Prepared statements, kept for the life of the process. */
 /*
  * How soon to look again at a deferred change whose row another transaction
@@ -106,6 +112,8 @@ static SPIPlanPtr wf_plan_requeue = NULL;
 static SPIPlanPtr wf_plan_wait = NULL;
 static SPIPlanPtr wf_plan_expire = NULL;
 static SPIPlanPtr wf_plan_deferred = NULL;
+static SPIPlanPtr wf_plan_solo = NULL;
+static SPIPlanPtr wf_plan_solo_due = NULL;
 
 /* All the plans above are prepared (a failure half-way starts over). */
 static bool wf_exec_plans_ready = false;
@@ -144,7 +152,7 @@ wf_exec_prepare(const char *sql, int nargs, Oid *argtypes)
 static void
 wf_exec_prepare_all(void)
 {
-	Oid			claim_types[3] = {INT4OID, INT8ARRAYOID, BOOLOID};
+	Oid			claim_types[5] = {INT4OID, INT8ARRAYOID, BOOLOID, BOOLOID, BOOLOID};
 	Oid			resume_types[4] = {INT8OID, TEXTOID, INT4OID, TIMESTAMPTZOID};
 	Oid			requeue_types[2] = {INT4OID, INT4OID};
 	Oid			wait_types[4] = {INT8OID, TEXTOID, TIMESTAMPTZOID, TEXTOID};
@@ -172,12 +180,13 @@ wf_exec_prepare_all(void)
 									" AND s.ready_at <= pg_catalog.clock_timestamp()"
 									" AND ($2 IS NULL OR s.run_id <> ALL ($2))"
 									" AND (s.kind <> 'http' OR $3)"
-									" ORDER BY s.priority DESC, s.ready_at LIMIT $1"
+									" AND (s.solo = $4 OR $5)"
+									" ORDER BY s.priority DESC, coalesce(s.fair_at, s.ready_at) LIMIT $1"
 									" FOR UPDATE OF s SKIP LOCKED)"
 									" SELECT c.run_id, c.step, c.http FROM c JOIN wf.run r ON r.id = c.run_id"
 									" WHERE $2 IS NULL OR r.parent_run IS NULL OR r.parent_run <> ALL ($2)"
 									" FOR KEY SHARE OF r SKIP LOCKED",
-									3, claim_types);
+									5, claim_types);
 	wf_plan_next_due = wf_exec_prepare(
 									   "SELECT pg_catalog.min(ready_at) FROM wf.step"
 									   " WHERE status IN ('ready', 'waiting')"
@@ -206,6 +215,15 @@ wf_exec_prepare_all(void)
 	wf_plan_expire = wf_exec_prepare("SELECT LEAST(wf._expire_runs(), wf._fire_schedules())",
 									 0, NULL);
 	wf_plan_deferred = wf_exec_prepare("SELECT wf._run_deferred()", 0, NULL);
+	wf_plan_solo = wf_exec_prepare("UPDATE wf.step SET solo = true"
+								   " WHERE run_id = $1 AND step = $2",
+								   2, key_types);
+	/* Solo steps due that no long-step worker holds. */
+	wf_plan_solo_due = wf_exec_prepare("SELECT FROM wf.step"
+									   " WHERE solo AND status = 'ready'"
+									   " AND ready_at <= pg_catalog.clock_timestamp()"
+									   " LIMIT 1 FOR UPDATE SKIP LOCKED",
+									   0, NULL);
 	wf_exec_plans_ready = true;
 }
 
@@ -226,6 +244,40 @@ void
 wf_exec_init(void)
 {
 	wf_exec_timeout_id = RegisterTimeout(USER_TIMEOUT, wf_exec_timeout_handler);
+}
+
+/*
+ * Arms the timer of an sql step's statement: its timeout or, in an
+ * executor that may hand it over, pg_workflow.long_step_threshold when that
+ * comes first.  Returns the time armed (0: none).
+ */
+int
+wf_exec_arm_timeout(WfStepExec *ex)
+{
+	int			limit = ex->timeout_ms;
+
+	wf_exec_soft_armed = false;
+	if (!wf_long_am_worker && wf_long_available() &&
+		(limit == 0 || wf_guc_long_step_threshold_ms < limit))
+	{
+		limit = wf_guc_long_step_threshold_ms;
+		wf_exec_soft_armed = true;
+	}
+	if (limit > 0)
+		enable_timeout_after(wf_exec_timeout_id, limit);
+	return limit;
+}
+
+/*
+ * Is a solo step due that no long-step worker holds?  (In an executor's
+ * transaction, with SPI.)
+ */
+bool
+wf_exec_solo_due(void)
+{
+	wf_exec_prepare_all();
+	return SPI_execute_plan(wf_plan_solo_due, NULL, NULL, false, 1) == SPI_OK_SELECT &&
+		SPI_processed == 1;
 }
 
 /* What we execute now, for wf_cancel to interrupt (0, 0: nothing). */
@@ -467,6 +519,7 @@ wf_exec_attempt(WfStepExec *ex, WfStepResult *res)
 	/* Any cancel still pending was meant for an earlier step. */
 	QueryCancelPending = false;
 	wf_exec_timed_out = false;
+	wf_exec_soft_armed = false;
 	wf_exec_set_current_run(ex->run_id, ex->parent_run);
 	RESUME_CANCEL_INTERRUPTS();
 
@@ -644,7 +697,13 @@ wf_exec_step(WfWorkItem *item, List *queue, MemoryContext batchctx)
 		res->error_class = wf_util_classify_sqlstate(edata->sqlerrcode);
 		if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED)
 		{
-			if (wf_exec_timed_out)
+			if (wf_exec_timed_out && wf_exec_soft_armed)
+			{
+				/* Rolled back, not counted: it goes to a long-step worker. */
+				res->outcome = WF_STEP_DEFERRED;
+				res->offload = true;
+			}
+			else if (wf_exec_timed_out)
 			{
 				res->timed_out = true;
 				res->error_message = psprintf("step timed out after %d ms",
@@ -679,7 +738,21 @@ wf_exec_step(WfWorkItem *item, List *queue, MemoryContext batchctx)
 		wf_http_forget(res->request);
 		res->request = NULL;
 	}
-	return wf_exec_record_failure(ex, defaults, res, queue, batchctx);
+	queue = wf_exec_record_failure(ex, defaults, res, queue, batchctx);
+	if (res->offload)
+	{
+		Datum		sargs[2];
+
+		sargs[0] = Int64GetDatum(ex->run_id);
+		sargs[1] = CStringGetTextDatum(ex->step);
+		if (SPI_execute_plan(wf_plan_solo, sargs, NULL, false, 0) != SPI_OK_UPDATE)
+			elog(ERROR, "could not hand step \"%s\" over", ex->step);
+		ereport(DEBUG1,
+				(errmsg("step \"%s\" of run " INT64_FORMAT " outlasted pg_workflow.long_step_threshold: handed to a long-step worker",
+						ex->step, ex->run_id)));
+		wf_exec_offloaded = true;
+	}
+	return queue;
 }
 
 /*
@@ -1168,9 +1241,9 @@ wf_exec_batch(int max_steps, TimestampTz *next_due)
 	MemoryContext batchctx = CurrentMemoryContext;
 	MemoryContext stepctx;
 	List	   *queue = NIL;
-	Datum		args[3];
-	char		nulls[3] = {' ', 'n', ' '};
-	List	   *completions;
+	Datum		args[5];
+	char		nulls[5] = {' ', 'n', ' ', ' ', ' '};
+	List	   *completions = NIL;
 	ListCell   *lc;
 	bool		requeued = false;
 	Datum		next_deadline;
@@ -1181,10 +1254,12 @@ wf_exec_batch(int max_steps, TimestampTz *next_due)
 	int			budget;
 	TimestampTz start;
 	bool		isnull;
-	bool		deferred_held;
+	bool		deferred_held = false;
+	bool		solo_due = false;
 
 	*next_due = 0;
 	wf_exec_timers_set = false;
+	wf_exec_offloaded = false;
 
 	if (wf_exec_suspect_errors >= WF_EXEC_ITEM_TRIES)
 		wf_exec_fail_suspect();
@@ -1204,6 +1279,13 @@ wf_exec_batch(int max_steps, TimestampTz *next_due)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	wf_exec_prepare_all();
+
+	/* A long-step worker only claims solo steps: the rest is the executors'. */
+	if (wf_long_am_worker)
+	{
+		next_deadline = 0;
+		goto claim;
+	}
 
 	/* Requests an earlier incarnation of this executor left in flight. */
 	if (!wf_exec_requeued)
@@ -1235,6 +1317,7 @@ wf_exec_batch(int max_steps, TimestampTz *next_due)
 	next_deadline = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 	next_deadline = isnull ? 0 : DatumGetTimestampTz(next_deadline);
 
+claim:
 	args[0] = Int32GetDatum(max_steps);
 	interrupted = wf_shmem_interrupted_runs(&ninterrupted);
 	if (ninterrupted + wf_exec_nexcluded > 0)
@@ -1250,12 +1333,19 @@ wf_exec_batch(int max_steps, TimestampTz *next_due)
 												  TYPALIGN_DOUBLE));
 		nulls[1] = ' ';
 	}
-	args[2] = BoolGetDatum(wf_http_busy() < wf_guc_http_max_concurrency);
+	args[2] = BoolGetDatum(!wf_long_am_worker &&
+						   wf_http_busy() < wf_guc_http_max_concurrency);
+	/* Solo steps are the long-step workers', unless none can be had. */
+	args[3] = BoolGetDatum(wf_long_am_worker);
+	args[4] = BoolGetDatum(!wf_long_am_worker && !wf_long_available());
 	if (SPI_execute_plan(wf_plan_claim, args, nulls, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not claim ready steps");
 
 	if (SPI_processed == 0 && completions == NIL)
 	{
+		/* Solo steps left without a long-step worker (a restart...). */
+		if (!wf_long_am_worker && wf_long_available())
+			solo_due = wf_exec_solo_due();
 		if (SPI_execute_plan(wf_plan_next_due, NULL, NULL, true, 1) == SPI_OK_SELECT &&
 			SPI_processed == 1)
 		{
@@ -1280,6 +1370,8 @@ wf_exec_batch(int max_steps, TimestampTz *next_due)
 			if (*next_due == 0 || retry < *next_due)
 				*next_due = retry;
 		}
+		if (solo_due)
+			(void) wf_long_launch();
 		return 0;
 	}
 
@@ -1328,7 +1420,7 @@ wf_exec_batch(int max_steps, TimestampTz *next_due)
 		done++;
 	}
 
-	budget = Max(max_steps, Min(2 * max_steps, WF_MAX_BATCH));
+	budget = wf_long_am_worker ? 1 : Max(max_steps, Min(2 * max_steps, WF_MAX_BATCH));
 	start = GetCurrentTimestamp();
 
 	while (queue != NIL)
@@ -1349,7 +1441,8 @@ wf_exec_batch(int max_steps, TimestampTz *next_due)
 		MemoryContextReset(stepctx);
 		done++;
 
-		if (done >= budget ||
+		/* A step handed over took its time: commit what is done. */
+		if (done >= budget || wf_exec_offloaded ||
 			TimestampDifferenceExceeds(start, GetCurrentTimestamp(),
 									   wf_guc_batch_time_ms))
 			break;
@@ -1374,7 +1467,10 @@ wf_exec_batch(int max_steps, TimestampTz *next_due)
 		if (done == 0)
 			*next_due = retry;
 	}
-	wf_http_submit();
+	if (wf_exec_offloaded)
+		(void) wf_long_launch();
+	if (!wf_long_am_worker)
+		wf_http_submit();
 	foreach(lc, completions)
 		wf_http_release((WfHttpCompletion *) lfirst(lc));
 

@@ -29,6 +29,8 @@ int			wf_guc_workers = 2;
 int			wf_guc_notify = WF_NOTIFY_RUNS;
 int			wf_guc_batch_size = 32;
 int			wf_guc_step_timeout_ms = 60000;
+int			wf_guc_long_step_threshold_ms = 500;
+int			wf_guc_max_long_workers = 4;
 int			wf_guc_batch_time_ms = 50;
 int			wf_guc_max_output_size = 1024 * 1024;
 int			wf_guc_max_context_size = 16 * 1024 * 1024;
@@ -82,7 +84,7 @@ wf_define_settings(void)
 							"Number of executor background workers.",
 							NULL,
 							&wf_guc_workers,
-							2, 1, WF_MAX_WORKERS,
+							2, 1, WF_MAX_WORKERS / 2,
 							PGC_POSTMASTER,
 							0,
 							NULL, NULL, NULL);
@@ -127,6 +129,28 @@ wf_define_settings(void)
 							60000, 0, INT_MAX,
 							PGC_SIGHUP,
 							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("pg_workflow.long_step_threshold",
+							"Time after which an sql step leaves its executor "
+							"for a long-step worker.",
+							"Its attempt is rolled back and runs again, alone, "
+							"in a long-step worker; 0 keeps every step in the "
+							"executors.",
+							&wf_guc_long_step_threshold_ms,
+							500, 0, INT_MAX,
+							PGC_SIGHUP,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("pg_workflow.max_long_workers",
+							"Most long-step workers running at once.",
+							"Each takes a background worker process "
+							"(max_worker_processes).",
+							&wf_guc_max_long_workers,
+							4, 0, WF_MAX_WORKERS / 2,
+							PGC_POSTMASTER,
+							0,
 							NULL, NULL, NULL);
 
 	DefineCustomIntVariable("pg_workflow.max_context_size",

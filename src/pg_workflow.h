@@ -6,7 +6,8 @@
  *
  * Module prefixes: wf_guc_* (settings), wf_shmem_* (shared state and
  * wake-ups), wf_worker_* (process main loop), wf_exec_* (batch executor),
- * wf_sql_* (the "sql" step kind), wf_api_* (SQL-callable functions),
+ * wf_sql_* (the "sql" step kind), wf_long_* (long-step workers),
+ * wf_api_* (SQL-callable functions),
  * wf_validate_* (definition checks), wf_sandbox_* (the identity and
  * settings under which user code runs), wf_util_* (small helpers).
  *
@@ -56,6 +57,8 @@ extern int	wf_guc_max_output_size;
 extern int	wf_guc_max_context_size;
 extern int	wf_guc_max_map_items;
 extern int	wf_guc_step_timeout_ms;
+extern int	wf_guc_long_step_threshold_ms;
+extern int	wf_guc_max_long_workers;
 
 /* ----------------------------------------------------------------
  * Shared memory (shmem.c)
@@ -68,6 +71,7 @@ typedef struct WfWorkerSlot
 	bool		sleeping;		/* will re-check for work only if woken */
 	int64		current_run;	/* run whose step is executing, or 0 */
 	int64		current_parent; /* that run's parent run, or 0 */
+	bool		reserved;		/* a long-step worker is being started here */
 	int			http_in_flight; /* requests it has in flight */
 	bool		recheck_http;	/* some run ended: are its requests still wanted? */
 } WfWorkerSlot;
@@ -80,14 +84,31 @@ typedef struct WfBackendSlot
 	Latch	   *latch;
 } WfBackendSlot;
 
+/*
+ * Fair share between owners: each owner's virtual clock.  A run's first
+ * steps are ordered by it (not delayed: they stay due at once), so that a
+ * flood of one role's runs queues behind itself, not in front of another
+ * role's.  A fixed table: the owner whose clock is the oldest gives way.
+ */
+#define WF_FAIR_OWNERS		256
+#define WF_FAIR_STEP_US		10000	/* virtual time of one run start */
+
+typedef struct WfOwnerClock
+{
+	Oid			owner;
+	TimestampTz at;
+} WfOwnerClock;
+
 typedef struct WfShared
 {
 	slock_t		mutex;			/* protects everything below */
-	int			nworkers;
+	int			nworkers;		/* executors: slots 0 .. nworkers - 1 */
+	int			nslots;			/* and long-step workers up to this */
 	uint32		next_wake;		/* round-robin position for wake-ups */
 	WfWorkerSlot workers[WF_MAX_WORKERS];
 	int			ninterrupts;	/* backends interrupting a run now */
 	bool		deferred;		/* wf.deferred may have changes to make */
+	WfOwnerClock clocks[WF_FAIR_OWNERS];
 	/* One entry per backend id: wf_wait and interrupt requests. */
 	int			nbackends;
 	WfBackendSlot backends[FLEXIBLE_ARRAY_MEMBER];
@@ -109,6 +130,7 @@ extern int64 *wf_shmem_interrupted_runs(int *n);
 extern bool wf_shmem_run_is_interrupted(int64 run_id);
 extern void wf_shmem_wake_waiters(int64 *run_ids, int nruns);
 extern void wf_shmem_set_waiting(int64 run_id);
+extern TimestampTz wf_shmem_fair_at(Oid owner);
 
 /* ----------------------------------------------------------------
  * Worker process (worker.c)
@@ -116,6 +138,14 @@ extern void wf_shmem_set_waiting(int64 run_id);
  */
 extern void wf_worker_register(int index);
 extern PGDLLEXPORT void wf_worker_main(Datum main_arg);
+extern void wf_worker_attach(int index);
+extern void wf_worker_detach(int code, Datum arg);
+
+/* longstep.c */
+extern PGDLLEXPORT void wf_long_main(Datum main_arg);
+extern bool wf_long_launch(void);
+extern bool wf_long_available(void);
+extern bool wf_long_am_worker;
 extern WfWorkerSlot *wf_worker_slot;
 extern int	wf_worker_index;
 
@@ -182,6 +212,7 @@ typedef struct WfStepResult
 	int			retry_after_s;	/* the server asked to wait this long */
 	int			http_status;	/* the response's status, for the record */
 	TimestampTz defer_until;	/* WF_STEP_DEFERRED: when to try again */
+	bool		offload;		/* WF_STEP_DEFERRED: to a long-step worker */
 	char	   *defer_key;		/* WF_STEP_DEFERRED: what may end the wait
 								 * earlier ("breaker:HOST"), or NULL */
 	TimestampTz wake_at;		/* WF_STEP_WAITING: timer, or 0 */
@@ -201,12 +232,14 @@ struct WfStepKind
 };
 
 extern TimeoutId wf_exec_timeout_id;
+extern int	wf_exec_arm_timeout(WfStepExec *ex);
 extern void wf_exec_init(void);
 extern const WfStepKind *wf_exec_find_kind(const char *name);
 extern bool wf_exec_predicate(Jsonb *context, const char *path);
 extern Jsonb *wf_exec_path_first(Jsonb *target, const char *path);
 extern int	wf_exec_batch(int max_steps, TimestampTz *next_due);
 extern void wf_exec_note_error(void);
+extern bool wf_exec_solo_due(void);
 
 /* step_sql.c */
 extern void wf_sql_execute(WfStepExec *ex, WfStepResult *res);

@@ -25,6 +25,7 @@
 #include "storage/ipc.h"
 #include "storage/lwlock.h"
 #include "storage/shmem.h"
+#include "utils/timestamp.h"
 
 WfShared   *wf_shared = NULL;
 
@@ -68,6 +69,7 @@ wf_shmem_startup(void)
 		memset(wf_shared, 0, wf_shmem_size());
 		SpinLockInit(&wf_shared->mutex);
 		wf_shared->nworkers = wf_guc_workers;
+		wf_shared->nslots = wf_guc_workers + wf_guc_max_long_workers;
 		wf_shared->nbackends = MaxBackends + 1;
 		/* Changes a crash or a restart left in wf.deferred are made first. */
 		wf_shared->deferred = true;
@@ -311,7 +313,7 @@ wf_shmem_interrupt_run(int64 run_id)
 	if (me->interrupting == 0)
 		wf_shared->ninterrupts++;
 	me->interrupting = run_id;
-	for (i = 0; i < wf_shared->nworkers; i++)
+	for (i = 0; i < wf_shared->nslots; i++)
 	{
 		WfWorkerSlot *slot = &wf_shared->workers[i];
 
@@ -417,4 +419,47 @@ wf_shmem_wake_waiters(int64 *run_ids, int nruns)
 	for (i = 0; i < n; i++)
 		SetLatch(latches[i]);
 	pfree(latches);
+}
+
+/*
+ * The place in the claim order of a run that owner starts now: its virtual
+ * clock, which each start advances by WF_FAIR_STEP_US, and which never lags
+ * behind the real one.  An owner who starts a thousand runs at once has its
+ * last one a second ahead; one who starts a run now is at now, in front of
+ * that backlog.
+ */
+TimestampTz
+wf_shmem_fair_at(Oid owner)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	TimestampTz at;
+	WfOwnerClock *clock = NULL;
+	WfOwnerClock *oldest = NULL;
+	int			i;
+
+	if (wf_shared == NULL)
+		return now;
+	SpinLockAcquire(&wf_shared->mutex);
+	for (i = 0; i < WF_FAIR_OWNERS; i++)
+	{
+		WfOwnerClock *c = &wf_shared->clocks[i];
+
+		if (c->owner == owner)
+		{
+			clock = c;
+			break;
+		}
+		if (oldest == NULL || c->at < oldest->at)
+			oldest = c;
+	}
+	if (clock == NULL)
+	{
+		clock = oldest;
+		clock->owner = owner;
+		clock->at = 0;
+	}
+	at = Max(now, clock->at);
+	clock->at = at + WF_FAIR_STEP_US;
+	SpinLockRelease(&wf_shared->mutex);
+	return at;
 }

@@ -177,8 +177,7 @@ wf_sql_execute(WfStepExec *ex, WfStepResult *res)
 	 * as the executor), and a step's checks are the step's alone.
 	 */
 	AfterTriggerSetState(&wf_sql_all_immediate);
-	if (ex->timeout_ms > 0)
-		enable_timeout_after(wf_exec_timeout_id, ex->timeout_ms);
+	(void) wf_exec_arm_timeout(ex);
 
 	plan = wf_sql_plan(ex, sql);
 	if (plan != NULL)
@@ -202,7 +201,6 @@ wf_sql_execute(WfStepExec *ex, WfStepResult *res)
 	if (SPI_tuptable != NULL)
 		SPI_freetuptable(SPI_tuptable);
 
-	if (ex->timeout_ms > 0)
-		disable_timeout(wf_exec_timeout_id, false);
+	disable_timeout(wf_exec_timeout_id, false);
 	wf_sandbox_exit(&sb);
 }

@@ -53,10 +53,16 @@ wf_worker_register(int index)
 	RegisterBackgroundWorker(&worker);
 }
 
-static void
+void
 wf_worker_detach(int code, Datum arg)
 {
 	SpinLockAcquire(&wf_shared->mutex);
+	if (wf_worker_slot->pid != MyProcPid)
+	{
+		/* Left already (a long-step worker), maybe taken by another. */
+		SpinLockRelease(&wf_shared->mutex);
+		return;
+	}
 	wf_worker_slot->pid = 0;
 	wf_worker_slot->latch = NULL;
 	wf_worker_slot->sleeping = false;
@@ -68,7 +74,7 @@ wf_worker_detach(int code, Datum arg)
 	wf_shmem_wake_one();
 }
 
-static void
+void
 wf_worker_attach(int index)
 {
 	wf_worker_index = index;
@@ -79,6 +85,7 @@ wf_worker_attach(int index)
 	wf_worker_slot->sleeping = false;
 	wf_worker_slot->current_run = 0;
 	wf_worker_slot->current_parent = 0;
+	wf_worker_slot->reserved = false;
 	SpinLockRelease(&wf_shared->mutex);
 	before_shmem_exit(wf_worker_detach, (Datum) 0);
 }
