@@ -13,6 +13,7 @@ OBJS = \
 	src/http.o \
 	src/template.o \
 	src/api.o \
+	src/owners.o \
 	src/validate.o \
 	src/util.o
 

@@ -161,10 +161,11 @@ wf_sql_execute(WfStepExec *ex, WfStepResult *res)
 		elog(ERROR, "step \"%s\" of run " INT64_FORMAT " has no sql",
 			 ex->step, ex->run_id);
 	if (!SearchSysCacheExists1(AUTHOID, ObjectIdGetDatum(ex->owner)))
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("role %u that started run " INT64_FORMAT " does not exist",
-						ex->owner, ex->run_id)));
+	{
+		/* Dropped: the run fails, whatever the step's on_error says. */
+		wf_owners_step_dropped(ex, res);
+		return;
+	}
 
 	values[0] = JsonbPGetDatum(ex->context);
 
