@@ -1826,8 +1826,8 @@ BEGIN
 			/* The distinct owners of runs, one index probe each. */
 			SELECT min(owner::oid) FROM wf.run WHERE owner::oid > 0
 			UNION ALL
-			SELECT (SELECT min(x.owner::oid) FROM wf.run x WHERE x.owner::oid > o.owner)
-			  FROM run_owner o WHERE o.owner IS NOT NULL
+			SELECT (SELECT min(x.owner::oid) FROM wf.run x WHERE x.owner::oid > p.owner)
+			  FROM run_owner p WHERE p.owner IS NOT NULL
 		), owners(owner) AS (
 			SELECT owner FROM run_owner WHERE owner IS NOT NULL
 			UNION SELECT owner::oid FROM wf.schedule
