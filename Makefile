@@ -14,6 +14,7 @@ OBJS = \
 	src/http.o \
 	src/template.o \
 	src/api.o \
+	src/owners.o \
 	src/validate.o \
 	src/sandbox.o \
 	src/util.o

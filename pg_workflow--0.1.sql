@@ -54,7 +54,7 @@ CREATE TABLE wf.workflow_def (
 	defaults	jsonb NOT NULL,		-- workflow-level retry and on_error
 	description	text,
 	created_at	timestamptz NOT NULL DEFAULT pg_catalog.now(),
-	created_by	oid NOT NULL,
+	created_by	regrole NOT NULL,
 	PRIMARY KEY (name, version)
 );
 
@@ -67,7 +67,7 @@ CREATE TABLE wf.run (
 	input		jsonb NOT NULL,
 	output		jsonb,
 	error		jsonb,
-	owner		oid NOT NULL,
+	owner		regrole NOT NULL,
 	search_path	text NOT NULL,
 	priority	int NOT NULL DEFAULT 0,
 	idempotency_key text,
@@ -149,7 +149,7 @@ CREATE TABLE wf.signal (
 	run_id		bigint NOT NULL,
 	name		text NOT NULL,
 	payload		jsonb NOT NULL,
-	sent_by		oid NOT NULL,
+	sent_by		regrole NOT NULL,
 	sent_at		timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
 	taken_by	text,				-- the step that took it
 	taken_at	timestamptz
@@ -163,7 +163,7 @@ CREATE TABLE wf.event (
 	event		text NOT NULL,
 	key			text,
 	payload		jsonb NOT NULL,
-	emitted_by	oid NOT NULL,
+	emitted_by	regrole NOT NULL,
 	emitted_at	timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
 	started		int NOT NULL,		-- runs started by subscriptions
 	woken		int NOT NULL		-- waiting steps woken
@@ -195,14 +195,14 @@ CREATE TABLE wf.deferred (
 /* Failures, escalations and SLA breaches, for people to look at. */
 CREATE TABLE wf.alert (
 	id			bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-	run_id		bigint NOT NULL,
+	run_id		bigint,				-- NULL: about a schedule or a subscription
 	step		text,
-	kind		text NOT NULL,		-- failure, escalation, sla
+	kind		text NOT NULL,		-- failure, escalation, sla, owner_dropped
 	message		text NOT NULL,
 	detail		jsonb,
 	raised_at	timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
 	resolved_at	timestamptz,
-	resolved_by	oid
+	resolved_by	regrole
 );
 CREATE INDEX alert_open ON wf.alert (run_id) WHERE resolved_at IS NULL;
 
@@ -216,9 +216,11 @@ CREATE TABLE wf.subscription (
 	event		text NOT NULL,
 	workflow	text NOT NULL,
 	condition	jsonpath,
-	created_by	oid NOT NULL,
+	created_by	regrole NOT NULL,
 	search_path	text NOT NULL,		-- the subscriber's, for the runs
 	created_at	timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	disabled_at	timestamptz,		-- set: starts nothing (its role was dropped)
+	disabled_reason text,
 	PRIMARY KEY (event, workflow)
 );
 
@@ -229,7 +231,7 @@ CREATE TABLE wf.history_log (
 	status		text NOT NULL,
 	attempt		int,
 	detail		jsonb,
-	actor		oid NOT NULL,
+	actor		regrole NOT NULL,
 	at			timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp()
 );
 CREATE INDEX history_log_run ON wf.history_log (run_id, id);
@@ -288,6 +290,26 @@ CREATE TABLE wf.circuit_breaker (
 
 REVOKE ALL ON ALL TABLES IN SCHEMA wf FROM PUBLIC;
 
+/*
+ * Dumps
+ *
+ * pg_dump dumps the rows of these tables and the position of their
+ * sequences (wf.schedule's is registered with it, below); roles are stored
+ * as regrole, so that a dump names them and a restore maps the names to the
+ * new cluster's roles.  wf.circuit_breaker is not dumped: it is the recent
+ * health of remote hosts, which a restored database learns anew.
+ *
+ * Some of what is dumped describes the executors of the dumped cluster, and
+ * is made right by the triggers below as pg_restore copies it in, so that
+ * the restored database recovers exactly as the dumped one would have after
+ * a crash: an http step that was running (its request in flight) becomes
+ * ready again, to be sent anew with the same Idempotency-Key, as
+ * wf._requeue_orphans does at an executor's start; transaction ids, which
+ * mean nothing in another cluster, are replaced by ones that compare the
+ * same way (see wf._restored_step).  The triggers fire for no row that the
+ * engine inserts itself.  Nothing is started by a restore: the rows of a
+ * user's table are restored before its triggers are created.
+ */
 SELECT pg_catalog.pg_extension_config_dump('wf.workflow_def', '');
 SELECT pg_catalog.pg_extension_config_dump('wf.run', '');
 SELECT pg_catalog.pg_extension_config_dump('wf.step', '');
@@ -299,6 +321,66 @@ SELECT pg_catalog.pg_extension_config_dump('wf.event', '');
 SELECT pg_catalog.pg_extension_config_dump('wf.deferred', '');
 SELECT pg_catalog.pg_extension_config_dump('wf.subscription', '');
 SELECT pg_catalog.pg_extension_config_dump('wf.alert', '');
+SELECT pg_catalog.pg_extension_config_dump('wf.run_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('wf.signal_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('wf.event_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('wf.deferred_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('wf.alert_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('wf.history_log_id_seq', '');
+
+/*
+ * A step copied in by pg_restore.  Its running http attempt was lost with
+ * the dumped cluster's executors: it is ready again, at the same attempt.
+ * Its wait_snapshot, taken in the dumped cluster, becomes the snapshot
+ * '3:3:', in which the events and deferred wake-ups of the dumped cluster
+ * (rewritten to xids 2 and 3, see wf._restored_xid) compare as they did
+ * against the original: an event is one the wait saw committed, a pending
+ * wake-up is not.  Every transaction of the new cluster is newer than
+ * both.
+ */
+CREATE FUNCTION wf._restored_step() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+	IF NEW.status = 'running' AND NEW.kind = 'http' THEN
+		NEW.status := 'ready';
+		NEW.ready_at := clock_timestamp();
+		NEW.attempt := greatest(NEW.attempt - 1, 0);
+	END IF;
+	NEW.running_by := NULL;
+	IF NEW.wait_snapshot IS NOT NULL THEN
+		NEW.wait_snapshot := '3:3:';
+	END IF;
+	PERFORM wf._wake();
+	RETURN NEW;
+END
+$$;
+CREATE TRIGGER step_restored BEFORE INSERT ON wf.step
+	FOR EACH ROW WHEN (NEW.running_by IS NOT NULL OR NEW.wait_snapshot IS NOT NULL)
+	EXECUTE FUNCTION wf._restored_step();
+
+/*
+ * An event or a deferred change copied in by pg_restore: its xid is the
+ * dumped cluster's (see wf._restored_step).  A deferred change is made by
+ * the executors once the restore commits.
+ */
+CREATE FUNCTION wf._restored_xid() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+	IF TG_TABLE_NAME = 'event' THEN
+		NEW.emitted_xid := '2';
+	ELSE
+		NEW.sent_xid := '3';
+		PERFORM wf._defer();
+	END IF;
+	RETURN NEW;
+END
+$$;
+CREATE TRIGGER event_restored BEFORE INSERT ON wf.event
+	FOR EACH ROW WHEN (NEW.emitted_xid <> pg_catalog.pg_current_xact_id())
+	EXECUTE FUNCTION wf._restored_xid();
+CREATE TRIGGER deferred_restored BEFORE INSERT ON wf.deferred
+	FOR EACH ROW WHEN (NEW.sent_xid <> pg_catalog.pg_current_xact_id())
+	EXECUTE FUNCTION wf._restored_xid();
 
 /* ---------------------------------------------------------------------
  * Internal helpers (owner only)
@@ -455,6 +537,16 @@ LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
 	SELECT wf._plan_list(definition->'steps', '')
 $$;
 
+/*
+ * Does the role exist?  Locks it until the end of the transaction, as
+ * PostgreSQL does for the roles its catalogs depend on, so that it is not
+ * dropped before what is being recorded for it has committed (DROP ROLE
+ * waits, and the executors' sweep, wf._sweep_dropped_roles, then sees it).
+ * A missing role is an error unless missing_ok.
+ */
+CREATE FUNCTION wf._lock_role(role oid, missing_ok boolean) RETURNS boolean
+	LANGUAGE C STRICT AS 'MODULE_PATHNAME', 'wf_lock_role';
+
 /* ---------------------------------------------------------------------
  * Definitions
  * ---------------------------------------------------------------------
@@ -501,6 +593,7 @@ BEGIN
 		RETURN latest.version;
 	END IF;
 	v := coalesce(latest.version, 0) + 1;
+	PERFORM wf._lock_role(caller, false);
 	INSERT INTO wf.workflow_def (name, version, definition, plan, defaults,
 								 description, created_by)
 	VALUES (p_name, v, p_definition, wf._plan(p_definition),
@@ -605,6 +698,7 @@ BEGIN
 			USING ERRCODE = 'undefined_object';
 	END IF;
 
+	PERFORM wf._lock_role(caller, false);
 	INSERT INTO wf.run (workflow, version, status, input, owner, search_path,
 						priority, idempotency_key, steps_left, start_at)
 	VALUES (def.name, def.version, 'pending', p_input, caller,
@@ -1784,6 +1878,123 @@ BEGIN
 END
 $$;
 
+/*
+ * Executor side: nothing a dropped role owned goes on acting for it.  Its
+ * unfinished runs fail (without compensation, which would run as that role
+ * too), its schedules and subscriptions are disabled, with an alert each;
+ * then everything it owned, finished runs and workflows included, passes
+ * to no role (regrole '-', seen and controlled by wf_admin only), so that
+ * its OID, which a new role may get one day, or another role in a cluster
+ * this database is restored into, never owns them.  The history and the
+ * signals, events and alerts keep the OID as it was: they say who did
+ * what, and give nobody any right.
+ *
+ * DROP ROLE cannot be refused here: it is a command of the whole cluster,
+ * which may run in a database without pg_workflow.  The executors call this
+ * at their start and after every change of pg_authid (owners.c).  Returns
+ * the number of rows it had to leave because another transaction held them
+ * (an executor running a step of the run): the caller tries again soon.
+ */
+CREATE FUNCTION wf._sweep_dropped_roles() RETURNS int
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	dropped	oid;
+	r		wf.run;
+	o		record;
+	msg		text;
+	held	int := 0;
+BEGIN
+	/* One executor at a time: another would only find this one's rows held. */
+	PERFORM pg_advisory_xact_lock(hashtext('pg_workflow.sweep'));
+	FOR dropped IN
+		WITH RECURSIVE run_owner(owner) AS (
+			/* The distinct owners of runs, one index probe each. */
+			SELECT min(owner::oid) FROM wf.run WHERE owner::oid > 0
+			UNION ALL
+			SELECT (SELECT min(x.owner::oid) FROM wf.run x WHERE x.owner::oid > p.owner)
+			  FROM run_owner p WHERE p.owner IS NOT NULL
+		), owners(owner) AS (
+			SELECT owner FROM run_owner WHERE owner IS NOT NULL
+			UNION SELECT owner::oid FROM wf.schedule
+			UNION SELECT created_by::oid FROM wf.subscription
+			UNION SELECT created_by::oid FROM wf.workflow_def
+			UNION SELECT owner::oid FROM wf.secret
+			UNION SELECT grantee::oid FROM wf.secret_grant
+		)
+		SELECT w.owner FROM owners w
+		 WHERE w.owner <> 0
+		   AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_authid a WHERE a.oid = w.owner)
+		 ORDER BY 1
+	LOOP
+		/* Parents first: their children end with them. */
+		FOR r IN SELECT * FROM wf.run
+				  WHERE owner = dropped AND status IN ('pending', 'running', 'waiting')
+				  ORDER BY id FOR UPDATE SKIP LOCKED LOOP
+			SELECT * INTO r FROM wf.run WHERE id = r.id;
+			CONTINUE WHEN r.status NOT IN ('pending', 'running', 'waiting');
+			msg := format('role with OID %s that owned run %s was dropped', dropped, r.id);
+			PERFORM wf._finish_run(r, 'failed',
+								   jsonb_build_object('message', msg, 'sqlstate', '42704',
+													  'class', 'permanent',
+													  'dropped_role', dropped),
+								   0);
+		END LOOP;
+		UPDATE wf.run SET owner = 0
+		 WHERE id IN (SELECT id FROM wf.run WHERE owner = dropped FOR UPDATE SKIP LOCKED);
+
+		FOR o IN UPDATE wf.schedule
+					SET owner = 0, next_at = 'infinity', disabled_at = clock_timestamp(),
+						disabled_reason = format('role with OID %s that owned it was dropped',
+												 dropped)
+				  WHERE name IN (SELECT name FROM wf.schedule WHERE owner = dropped
+								 FOR UPDATE SKIP LOCKED)
+				RETURNING name, workflow LOOP
+			PERFORM wf._alert(NULL, NULL, 'owner_dropped',
+							  format('schedule "%s" was disabled: role with OID %s that owned it was dropped',
+									 o.name, dropped),
+							  jsonb_build_object('schedule', o.name, 'workflow', o.workflow,
+												 'dropped_role', dropped));
+		END LOOP;
+
+		FOR o IN UPDATE wf.subscription
+					SET created_by = 0, disabled_at = clock_timestamp(),
+						disabled_reason = format('role with OID %s that subscribed was dropped',
+												 dropped)
+				  WHERE (event, workflow) IN (SELECT event, workflow FROM wf.subscription
+											   WHERE created_by = dropped
+											   FOR UPDATE SKIP LOCKED)
+				RETURNING event, workflow LOOP
+			PERFORM wf._alert(NULL, NULL, 'owner_dropped',
+							  format('subscription of workflow "%s" to event "%s" was disabled: role with OID %s that subscribed was dropped',
+									 o.workflow, o.event, dropped),
+							  jsonb_build_object('event', o.event, 'workflow', o.workflow,
+												 'dropped_role', dropped));
+		END LOOP;
+
+		UPDATE wf.workflow_def SET created_by = 0 WHERE created_by = dropped;
+
+		/*
+		 * Its grants go; its secrets stay usable by the roles they were
+		 * granted to, owned by no role (wf_admin manages them), so that a
+		 * role that later gets the same OID inherits nothing.
+		 */
+		DELETE FROM wf.secret_grant WHERE grantee = dropped;
+		FOR o IN UPDATE wf.secret SET owner = 0
+				  WHERE owner = dropped RETURNING name LOOP
+			PERFORM wf._alert(NULL, NULL, 'owner_dropped',
+							  format('secret "%s" is owned by no role: role with OID %s that owned it was dropped',
+									 o.name, dropped),
+							  jsonb_build_object('secret', o.name, 'dropped_role', dropped));
+		END LOOP;
+
+		held := held + (SELECT count(*) FROM wf.run WHERE owner = dropped)
+			+ (SELECT count(*) FROM wf.schedule WHERE owner = dropped)
+			+ (SELECT count(*) FROM wf.subscription WHERE created_by = dropped);
+	END LOOP;
+	RETURN held;
+END
+$$;
+
 /* ---------------------------------------------------------------------
  * Public API
  * ---------------------------------------------------------------------
@@ -2071,7 +2282,10 @@ BEGIN
 	IF octet_length(p_payload::text) > pg_size_bytes(current_setting('pg_workflow.max_input_size')) THEN
 		RAISE EXCEPTION 'event payload is too large' USING ERRCODE = 'program_limit_exceeded';
 	END IF;
-	FOR sub IN SELECT * FROM wf.subscription WHERE event = p_event ORDER BY workflow LOOP
+	FOR sub IN SELECT * FROM wf.subscription WHERE event = p_event AND disabled_at IS NULL
+				ORDER BY workflow LOOP
+		/* Its role was dropped, and the executors have not disabled it yet. */
+		CONTINUE WHEN NOT wf._lock_role(sub.created_by, true);
 		IF sub.condition IS NULL OR coalesce(jsonb_path_match(p_payload, sub.condition, silent => true), false) THEN
 			PERFORM wf._start(sub.created_by, sub.search_path, sub.workflow,
 							  p_payload, '{}'::jsonb);
@@ -2143,11 +2357,13 @@ BEGIN
 			USING ERRCODE = 'insufficient_privilege',
 				  DETAIL = 'Only the owner of a workflow and members of wf_admin may subscribe it to events.';
 	END IF;
+	PERFORM wf._lock_role(caller, false);
 	INSERT INTO wf.subscription (event, workflow, condition, created_by, search_path)
 	VALUES (p_event, p_workflow, p_condition, caller, coalesce(caller_path, ''))
 	ON CONFLICT (event, workflow) DO UPDATE
 	   SET condition = excluded.condition, created_by = excluded.created_by,
-		   search_path = excluded.search_path, created_at = now();
+		   search_path = excluded.search_path, created_at = now(),
+		   disabled_at = NULL, disabled_reason = NULL;
 END
 $$;
 
@@ -2230,12 +2446,14 @@ CREATE TABLE wf.schedule (
 	input		jsonb NOT NULL,
 	timezone	text NOT NULL,		-- the creator's TimeZone
 	search_path	text NOT NULL,		-- the creator's search_path, for the runs
-	owner		oid NOT NULL,		-- the runs start as this role
+	owner		regrole NOT NULL,	-- the runs start as this role
 	next_at		timestamptz NOT NULL,	-- infinity: cannot be computed, see last_error
 	last_at		timestamptz,		-- when it last fired
 	last_run_id	bigint,				-- the run it started then, NULL if it failed
 	last_error	text,				-- why it failed then
-	created_at	timestamptz NOT NULL DEFAULT pg_catalog.now()
+	created_at	timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	disabled_at	timestamptz,		-- set: never fires (its role was dropped)
+	disabled_reason text
 );
 CREATE INDEX schedule_next_at ON wf.schedule (next_at);
 REVOKE ALL ON wf.schedule FROM PUBLIC;
@@ -2296,6 +2514,7 @@ BEGIN
 				  HINT = 'Define it first with wf_define().';
 	END IF;
 
+	PERFORM wf._lock_role(caller, false);
 	/* The row lock taken by ON CONFLICT makes the permission check race-free. */
 	INSERT INTO wf.schedule AS s (name, workflow, schedule, input, timezone,
 								  search_path, owner, next_at)
@@ -2305,7 +2524,8 @@ BEGIN
 	   SET workflow = excluded.workflow, schedule = excluded.schedule,
 		   input = excluded.input, timezone = excluded.timezone,
 		   search_path = excluded.search_path, owner = excluded.owner,
-		   next_at = excluded.next_at, last_error = NULL
+		   next_at = excluded.next_at, last_error = NULL,
+		   disabled_at = NULL, disabled_reason = NULL
 	 WHERE wf._may_control(caller, s.owner);
 	IF NOT FOUND THEN
 		RAISE EXCEPTION 'permission denied for schedule "%"', p_name
@@ -2401,8 +2621,8 @@ CREATE FUNCTION @extschema@.wf_unschedule(name text) RETURNS boolean
 
 CREATE VIEW wf.schedules WITH (security_barrier) AS
 	SELECT s.name, s.workflow, s.schedule, s.timezone, s.input,
-		   s.owner::regrole AS owner, s.next_at, s.last_at, s.last_run_id,
-		   s.last_error
+		   s.owner, s.next_at, s.last_at, s.last_run_id,
+		   s.last_error, s.disabled_at, s.disabled_reason
 	  FROM wf.schedule s
 	 WHERE s.owner = (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user)
 		OR (SELECT pg_catalog.pg_has_role('wf_admin', 'MEMBER'));
@@ -2423,12 +2643,12 @@ REVOKE ALL ON FUNCTION wf._fire_schedules() FROM PUBLIC;
 
 CREATE VIEW wf.workflows AS
 	SELECT d.name, d.version, d.definition, d.description, d.created_at,
-		   d.created_by::regrole AS created_by
+		   d.created_by
 	  FROM wf.workflow_def d;
 
 CREATE VIEW wf.runs WITH (security_barrier) AS
 	SELECT r.id, r.workflow, r.version, r.status, r.input, r.output, r.error,
-		   r.owner::regrole AS owner, r.priority, r.idempotency_key,
+		   r.owner, r.priority, r.idempotency_key,
 		   r.parent_run, r.parent_step,
 		   r.created_at, r.start_at, r.started_at, r.finished_at
 	  FROM wf.run r
@@ -2445,7 +2665,7 @@ CREATE VIEW wf.steps WITH (security_barrier) AS
 
 CREATE VIEW wf.history WITH (security_barrier) AS
 	SELECT h.id, h.run_id, h.step, h.status, h.attempt, h.detail,
-		   h.actor::regrole AS actor, h.at
+		   h.actor, h.at
 	  FROM wf.history_log h JOIN wf.run r ON r.id = h.run_id
 	 WHERE r.owner = (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user)
 		OR (SELECT pg_catalog.pg_has_role('wf_admin', 'MEMBER'));
@@ -2457,9 +2677,9 @@ CREATE VIEW wf.circuit_breakers AS
 	  FROM wf.circuit_breaker b;
 
 CREATE VIEW wf.alerts WITH (security_barrier) AS
-	SELECT a.id, a.run_id, r.workflow, a.step, a.kind, a.message, a.detail,
-		   a.raised_at, a.resolved_at, a.resolved_by::regrole AS resolved_by
-	  FROM wf.alert a JOIN wf.run r ON r.id = a.run_id
+	SELECT a.id, a.run_id, coalesce(r.workflow, a.detail->>'workflow') AS workflow, a.step,
+		   a.kind, a.message, a.detail, a.raised_at, a.resolved_at, a.resolved_by
+	  FROM wf.alert a LEFT JOIN wf.run r ON r.id = a.run_id
 	 WHERE r.owner = (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user)
 		OR (SELECT pg_catalog.pg_has_role('wf_admin', 'MEMBER'));
 

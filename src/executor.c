@@ -653,6 +653,13 @@ wf_exec_step(WfWorkItem *item, List *queue, MemoryContext batchctx)
 		elog(ERROR, "step \"%s\" of run " INT64_FORMAT " has unknown kind \"%s\"",
 			 ex->step, ex->run_id, ex->kind);
 
+	/* Its owner may have been dropped since the last sweep (owners.c). */
+	if (wf_owners_gone(ex->owner))
+	{
+		wf_owners_step_dropped(ex, res);
+		return wf_exec_record_failure(ex, defaults, res, queue, batchctx);
+	}
+
 	pgstat_report_activity(STATE_RUNNING,
 						   psprintf("run " INT64_FORMAT " step %s", ex->run_id, ex->step));
 	wf_sandbox_begin_step(ex->run_id, ex->owner, ex->search_path);
@@ -803,6 +810,12 @@ wf_exec_record_failure(WfStepExec *ex, Jsonb *defaults, WfStepResult *res,
 			escalate = true;
 		if (retry_at == 0 && strategy != NULL && strcmp(strategy, "compensate") == 0)
 			compensate = true;
+		/* The run cannot go on (its owner was dropped): it fails now. */
+		if (res->fatal)
+		{
+			retry_at = 0;
+			skip = escalate = compensate = false;
+		}
 		ereport(LOG,
 				(errmsg("step \"%s\" of run " INT64_FORMAT " failed: %s",
 						ex->step, ex->run_id, res->error_message),

@@ -217,6 +217,8 @@ typedef struct WfStepResult
 								 * earlier ("breaker:HOST"), or NULL */
 	TimestampTz wake_at;		/* WF_STEP_WAITING: timer, or 0 */
 	char	   *wait_key;		/* WF_STEP_WAITING: "signal:..." or "event:..." */
+	bool		fatal;			/* WF_STEP_FAILED: the run fails at once, with
+								 * no retry and no on_error (owners.c) */
 } WfStepResult;
 
 /*
@@ -339,6 +341,15 @@ extern char *wf_template_render_string(WfTemplateCtx *tc, const char *str,
 extern Jsonb *wf_template_render_jsonb(WfTemplateCtx *tc, Jsonb *value);
 extern char *wf_template_redact(WfTemplateCtx *tc, const char *text);
 extern Jsonb *wf_template_redact_jsonb(WfTemplateCtx *tc, Jsonb *value);
+
+/* ----------------------------------------------------------------
+ * Owners and dropped roles (owners.c)
+ * ----------------------------------------------------------------
+ */
+extern void wf_owners_init(void);
+extern bool wf_owners_gone(Oid owner);
+extern void wf_owners_step_dropped(WfStepExec *ex, WfStepResult *res);
+extern TimestampTz wf_owners_sweep(void);
 
 /* ----------------------------------------------------------------
  * Definition checks (validate.c)

@@ -24,6 +24,7 @@
  */
 #include "pg_workflow.h"
 
+#include "catalog/pg_authid.h"
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
 #include "executor/spi.h"
@@ -33,6 +34,7 @@
 #include "utils/guc.h"
 #include "utils/hsearch.h"
 #include "utils/memutils.h"
+#include "utils/syscache.h"
 #include "utils/timeout.h"
 
 /* At most this many statements keep a plan; beyond, all are forgotten. */
@@ -157,6 +159,12 @@ wf_sql_execute(WfStepExec *ex, WfStepResult *res)
 	if (sql == NULL)
 		elog(ERROR, "step \"%s\" of run " INT64_FORMAT " has no sql",
 			 ex->step, ex->run_id);
+	if (!SearchSysCacheExists1(AUTHOID, ObjectIdGetDatum(ex->owner)))
+	{
+		/* Dropped: the run fails, whatever the step's on_error says. */
+		wf_owners_step_dropped(ex, res);
+		return;
+	}
 
 	values[0] = JsonbPGetDatum(ex->context);
 	if (ex->timeout_ms == 0)

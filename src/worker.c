@@ -152,6 +152,7 @@ wf_worker_main(Datum main_arg)
 	wf_worker_attach(index);
 	wf_exec_init();
 	wf_http_init();
+	wf_owners_init();
 	SetConfigOption("application_name", MyBgworkerEntry->bgw_name,
 					PGC_USERSET, PGC_S_SESSION);
 
@@ -183,6 +184,7 @@ wf_worker_main(Datum main_arg)
 	for (;;)
 	{
 		TimestampTz next_due;
+		TimestampTz next_sweep;
 		long		timeout_ms = -1;
 		int			done;
 
@@ -205,6 +207,8 @@ wf_worker_main(Datum main_arg)
 		SpinLockRelease(&wf_shared->mutex);
 		ResetLatch(MyLatch);
 
+		/* Roles were dropped: what they owned stops first (owners.c). */
+		next_sweep = wf_owners_sweep();
 		done = wf_exec_batch(wf_guc_batch_size, &next_due);
 		consecutive_errors = 0;
 		if (wf_shared->ninterrupts > 0)
@@ -217,6 +221,8 @@ wf_worker_main(Datum main_arg)
 			continue;
 		}
 
+		if (next_sweep != 0 && (next_due == 0 || next_sweep < next_due))
+			next_due = next_sweep;
 		if (next_due != 0)
 		{
 			long		secs;
