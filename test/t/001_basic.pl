@@ -419,7 +419,7 @@ is( $node->safe_psql(
 is( $node->safe_psql(
 		'postgres', q{
 	SELECT count(*) FROM pg_stat_activity
-	 WHERE backend_type = 'pg_workflow executor' AND query ~ 'pg_sleep' AND state = 'active'}),
+	 WHERE backend_type IN ('pg_workflow executor', 'pg_workflow long-step worker') AND query ~ 'pg_sleep' AND state = 'active'}),
 	'0',
 	'no executor is still sleeping in the step');
 

@@ -80,7 +80,7 @@ my $sleeper = wf_start($node, 'sleeper');
 ok( $node->poll_query_until(
 		'postgres', qq{
 	SELECT count(*) FROM pg_stat_activity
-	 WHERE backend_type = 'pg_workflow executor' AND wait_event = 'PgSleep'
+	 WHERE backend_type IN ('pg_workflow executor', 'pg_workflow long-step worker') AND wait_event = 'PgSleep'
 	   AND query = 'run $sleeper step nap'}, '1'),
 	'an executor is sleeping in the step');
 
@@ -108,7 +108,7 @@ is( $node->safe_psql(
 ok( $node->poll_query_until(
 		'postgres', q{
 	SELECT count(*) FROM pg_stat_activity
-	 WHERE backend_type = 'pg_workflow executor' AND wait_event = 'PgSleep'}, '0'),
+	 WHERE backend_type IN ('pg_workflow executor', 'pg_workflow long-step worker') AND wait_event = 'PgSleep'}, '0'),
 	'no executor sleeps in the step any more');
 
 # Cancelling one run among several that an executor has claimed in one
@@ -119,7 +119,7 @@ my @batch = wf_start_many($node, 'batchy', 6);
 ok( $node->poll_query_until(
 		'postgres', qq{
 	SELECT count(*) FROM pg_stat_activity
-	 WHERE backend_type = 'pg_workflow executor' AND wait_event = 'PgSleep'
+	 WHERE backend_type IN ('pg_workflow executor', 'pg_workflow long-step worker') AND wait_event = 'PgSleep'
 	   AND query = 'run $batch[0] step slow'}, '1'),
 	'an executor is running the first run of the batch');
 is($node->safe_psql('postgres', "SELECT wf_cancel($batch[5], 'batch')"),
@@ -296,7 +296,7 @@ my $rr = wf_start($node, 'rewind_running');
 ok( $node->poll_query_until(
 		'postgres', qq{
 	SELECT count(*) FROM pg_stat_activity
-	 WHERE backend_type = 'pg_workflow executor' AND wait_event = 'PgSleep'
+	 WHERE backend_type IN ('pg_workflow executor', 'pg_workflow long-step worker') AND wait_event = 'PgSleep'
 	   AND query = 'run $rr step c'}, '1'),
 	'an executor is running step c');
 $node->safe_psql('postgres', 'UPDATE nap SET secs = 0');

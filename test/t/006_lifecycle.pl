@@ -148,13 +148,13 @@ $run = wf_start($node, 'napper');
 ok( $node->poll_query_until(
 		'postgres', qq{
 	SELECT count(*) FROM pg_stat_activity
-	 WHERE backend_type = 'pg_workflow executor' AND wait_event = 'PgSleep'
+	 WHERE backend_type IN ('pg_workflow executor', 'pg_workflow long-step worker') AND wait_event = 'PgSleep'
 	   AND query = 'run $run step nap'}, '1'),
 	'an executor is sleeping in the step');
 my $napping = $node->safe_psql(
 	'postgres', qq{
 	SELECT pid FROM pg_stat_activity
-	 WHERE backend_type = 'pg_workflow executor' AND query = 'run $run step nap'});
+	 WHERE backend_type IN ('pg_workflow executor', 'pg_workflow long-step worker') AND query = 'run $run step nap'});
 $node->safe_psql('postgres', 'UPDATE nap_time SET secs = 0');
 is($node->safe_psql('postgres', "SELECT pg_terminate_backend($napping)"),
 	't', 'the sleeping executor is terminated');

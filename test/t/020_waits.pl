@@ -280,7 +280,7 @@ $emitter->query_safe(
 my $slow = wf_start($node, 'ship', { order => 'D-4' });
 ok( $node->poll_query_until(
 		'postgres',
-		q{SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'pg_workflow executor' AND wait_event_type = 'Lock' AND wait_event = 'advisory'},
+		q{SELECT count(*) FROM pg_stat_activity WHERE backend_type IN ('pg_workflow executor', 'pg_workflow long-step worker') AND wait_event_type = 'Lock' AND wait_event = 'advisory'},
 		'1'),
 	'the executor putting the step to wait waits for the emitting transaction');
 $emitter->query_safe('COMMIT');

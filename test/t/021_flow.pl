@@ -332,7 +332,7 @@ $gate_b->query_safe('BEGIN; LOCK TABLE gate_b IN ACCESS EXCLUSIVE MODE');
 my $race_saga = wf_start($node, 'saga-race');
 ok( $node->poll_query_until(
 		'postgres',
-		q{SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'pg_workflow executor' AND wait_event_type = 'Lock' AND (query LIKE '% step fan/a/slow' OR query LIKE '% step fan/b/hold')},
+		q{SELECT count(*) FROM pg_stat_activity WHERE backend_type IN ('pg_workflow executor', 'pg_workflow long-step worker') AND wait_event_type = 'Lock' AND (query LIKE '% step fan/a/slow' OR query LIKE '% step fan/b/hold')},
 		'2'),
 	'saga race: both branches are executing, blocked');
 $gate_b->query_safe('COMMIT');
@@ -649,7 +649,7 @@ $gate->query_safe('BEGIN; LOCK TABLE gate IN ACCESS EXCLUSIVE MODE');
 my $busy_parent = wf_start($node, 'parent-busy');
 ok( $node->poll_query_until(
 		'postgres',
-		q{SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'pg_workflow executor' AND wait_event_type = 'Lock' AND query LIKE '% step gate'},
+		q{SELECT count(*) FROM pg_stat_activity WHERE backend_type IN ('pg_workflow executor', 'pg_workflow long-step worker') AND wait_event_type = 'Lock' AND query LIKE '% step gate'},
 		'1'),
 	'the child\'s first step is executing (waiting for the gate)');
 my $busy_child =
@@ -659,7 +659,7 @@ is($node->safe_psql('postgres', "SELECT wf_cancel($busy_parent, 'stop')"),
 is(wf_wait_all($node, $busy_parent, $busy_child), 'cancelled,cancelled',
 	'the busy child ended cancelled too, the gate still closed');
 is( $node->safe_psql('postgres',
-		q{SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'pg_workflow executor' AND wait_event_type = 'Lock'}),
+		q{SELECT count(*) FROM pg_stat_activity WHERE backend_type IN ('pg_workflow executor', 'pg_workflow long-step worker') AND wait_event_type = 'Lock'}),
 	'0', 'no executor waits for the gate any more');
 $gate->query_safe('COMMIT');
 $gate->quit;
