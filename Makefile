@@ -6,6 +6,7 @@ OBJS = \
 	src/shmem.o \
 	src/worker.o \
 	src/executor.o \
+	src/kinds.o \
 	src/step_sql.o \
 	src/step_wait.o \
 	src/step_flow.o \

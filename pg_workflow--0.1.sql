@@ -296,6 +296,15 @@ CREATE FUNCTION wf._interrupt(run_id bigint) RETURNS void
 CREATE FUNCTION wf._check_definition(definition jsonb) RETURNS void
 	LANGUAGE C AS 'MODULE_PATHNAME', 'wf_check_definition';
 
+/*
+ * The kind of a step given by its object (its action key), from the one
+ * table of step kinds (kinds.c); NULL unless it has exactly one action, of
+ * a kind the engine runs and, with compensate, one that may undo a step.
+ */
+CREATE FUNCTION wf._step_kind(spec jsonb, compensate boolean DEFAULT false) RETURNS text
+	LANGUAGE C IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp
+	AS 'MODULE_PATHNAME', 'wf_step_kind';
+
 /* Announces a run transition on channel wf_events, as configured. */
 CREATE FUNCTION wf._notify(run_id bigint, workflow text, step text, status text)
 RETURNS void
@@ -390,9 +399,7 @@ LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
 					WHEN e.ord = 1 THEN '{}'::text[]
 					ELSE ARRAY[prefix || (steps->(e.ord::int - 2)->>'name')]
 			   END AS deps,
-			   (SELECT k FROM unnest(ARRAY['sql', 'http', 'agent', 'wait_for',
-						'human', 'sleep', 'until', 'workflow', 'if', 'parallel',
-						'map']) k WHERE e.spec ? k LIMIT 1) AS kind
+			   wf._step_kind(e.spec) AS kind
 		  FROM jsonb_array_elements(steps) WITH ORDINALITY AS e(spec, ord)
 	)
 	SELECT jsonb_agg(jsonb_build_object(
@@ -1406,6 +1413,8 @@ RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
 	n		int;
+	bad		text;
+	why		text;
 BEGIN
 	IF NOT EXISTS (SELECT 1 FROM wf.step
 					WHERE run_id = p_run.id AND status = 'completed' AND spec ? 'compensate') THEN
@@ -1414,6 +1423,30 @@ BEGIN
 			p_error := p_error || jsonb_build_object('compensated', '[]'::jsonb);
 		END IF;
 		PERFORM wf._finish_run(p_run, p_status, p_error, actor);
+		RETURN;
+	END IF;
+	/*
+	 * wf_define accepts as compensate actions only single steps of a kind
+	 * that may undo (kinds.c).  A definition written past it fails its own
+	 * run here, saying why, rather than a step row without a kind failing
+	 * the executor's whole transaction.
+	 */
+	SELECT s.step INTO bad FROM wf.step s
+	 WHERE s.run_id = p_run.id AND s.status = 'completed' AND s.spec ? 'compensate'
+	   AND wf._step_kind(s.spec->'compensate', true) IS NULL
+	 ORDER BY s.finished_at DESC, s.ord DESC LIMIT 1;
+	IF FOUND THEN
+		why := format('step "%s" cannot be compensated: its compensate action is not one step of a kind that can undo',
+					  bad);
+		PERFORM wf._alert(p_run.id, bad, 'failure',
+						  format('run %s of workflow "%s": %s', p_run.id, p_run.workflow, why),
+						  jsonb_build_object('compensate', (SELECT s.spec->'compensate' FROM wf.step s
+															 WHERE s.run_id = p_run.id AND s.step = bad)));
+		PERFORM wf._finish_run(p_run, p_status,
+							   p_error || jsonb_build_object('compensated', '[]'::jsonb,
+															 'compensation_failed',
+															 jsonb_build_object('step', bad, 'message', why)),
+							   actor);
 		RETURN;
 	END IF;
 	PERFORM wf._cancel_steps(p_run.id);
@@ -1426,8 +1459,7 @@ BEGIN
 	INSERT INTO wf.step (run_id, step, label, ord, kind, spec, status, deps, successors,
 						 deps_left, priority, ready_at)
 	SELECT p_run.id, 'compensate:' || t.step, 'compensate:' || t.step, 100000 + t.i::int,
-		   (SELECT k FROM unnest(ARRAY['sql', 'http', 'agent', 'wait_for', 'human', 'sleep',
-									   'workflow']) k WHERE t.action ? k LIMIT 1),
+		   wf._step_kind(t.action, true),
 		   t.action || jsonb_build_object('name', 'compensate:' || t.step),
 		   CASE WHEN t.i = 1 THEN 'ready' ELSE 'pending' END,
 		   CASE WHEN t.i = 1 THEN '{}'::text[]
@@ -1512,9 +1544,7 @@ DECLARE
 	k	text;
 BEGIN
 	SELECT * INTO c FROM wf.step WHERE run_id = p_run_id AND step = p_step;
-	k := (SELECT x FROM unnest(ARRAY['sql', 'http', 'agent', 'wait_for', 'human', 'sleep',
-									 'until', 'workflow', 'if', 'parallel', 'map']) x
-		   WHERE p_template ? x LIMIT 1);
+	k := wf._step_kind(p_template);
 	INSERT INTO wf.step (run_id, step, label, parent, item, ord, kind, spec, status, deps,
 						 successors, deps_left, priority, ready_at)
 	SELECT p_run_id, format('%s[%s]', p_step, i - 1), NULL, p_step,

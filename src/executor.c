@@ -26,7 +26,7 @@
  * commit: a failed step rolls back its own subtransaction, never its
  * neighbours'.
  *
- * Step kinds are looked up in wf_step_kinds[]; each kind executes one
+ * Step kinds are looked up in the table of kinds.c; each kind executes one
  * attempt and reports a WfStepResult.
  *
  * src/executor.c
@@ -61,19 +61,6 @@ typedef struct WfWorkItem
 	char	   *step;
 	bool		http;			/* an http step: needs room in flight */
 } WfWorkItem;
-
-static const WfStepKind wf_step_kinds[] = {
-	{"sql", wf_sql_execute, NULL},
-	{"http", wf_http_execute, NULL},
-	{"sleep", wf_wait_sleep_execute, wf_wait_sleep_resume},
-	{"until", wf_wait_sleep_execute, wf_wait_sleep_resume},
-	{"wait_for", wf_wait_for_execute, wf_wait_for_resume},
-	{"human", wf_wait_human_execute, wf_wait_human_resume},
-	{"if", wf_flow_if_execute, NULL},
-	{"parallel", wf_flow_parallel_execute, NULL},
-	{"map", wf_flow_map_execute, NULL},
-	{"workflow", wf_flow_workflow_execute, wf_flow_workflow_resume},
-};
 
 /* The step timeout: its own timer, so that we know it was ours. */
 TimeoutId	wf_exec_timeout_id = MAX_TIMEOUTS;
@@ -116,17 +103,6 @@ static bool wf_exec_requeued = false;
 static List *wf_exec_record_failure(WfStepExec *ex, Jsonb *defaults,
 									WfStepResult *res, List *queue,
 									MemoryContext batchctx);
-
-const WfStepKind *
-wf_exec_find_kind(const char *name)
-{
-	int			i;
-
-	for (i = 0; i < lengthof(wf_step_kinds); i++)
-		if (strcmp(wf_step_kinds[i].name, name) == 0)
-			return &wf_step_kinds[i];
-	return NULL;
-}
 
 static SPIPlanPtr
 wf_exec_prepare(const char *sql, int nargs, Oid *argtypes)

@@ -6,8 +6,9 @@
  *
  * Module prefixes: wf_guc_* (settings), wf_shmem_* (shared state and
  * wake-ups), wf_worker_* (process main loop), wf_exec_* (batch executor),
- * wf_sql_* (the "sql" step kind), wf_api_* (SQL-callable functions),
- * wf_validate_* (definition checks), wf_util_* (small helpers).
+ * wf_sql_* (the "sql" step kind), wf_kind_* (the table of step kinds),
+ * wf_api_* (SQL-callable functions), wf_validate_* (definition checks),
+ * wf_util_* (small helpers).
  *
  * src/pg_workflow.h
  *
@@ -184,26 +185,49 @@ typedef struct WfStepResult
 	char	   *wait_key;		/* WF_STEP_WAITING: "signal:..." or "event:..." */
 } WfStepResult;
 
+/* What validate.c checks an action's value with (opaque elsewhere). */
+typedef struct WfvState WfvState;
+typedef struct WfvObject WfvObject;
+typedef void (*WfKindCheck) (WfvState *st, WfvObject *o, const char *path,
+							 JsonbValue *value);
+
 /*
- * A step kind.  "execute" performs one attempt synchronously inside the
- * executor's transaction (in a subtransaction of its own).
+ * A step kind, an entry of the one table of them (kinds.c).  "execute"
+ * performs one attempt synchronously inside the executor's transaction (in
+ * a subtransaction of its own).
  */
 struct WfStepKind
 {
-	const char *name;
+	const char *name;			/* the action key, e.g. "sql" */
+	const char *alias_of;		/* a short form of that kind ("until"), or NULL */
+	bool		supported;		/* false: known, but rejected as not supported */
+	bool		container;		/* holds steps of its own (if, parallel, map) */
+	bool		compensates;	/* may be a step's "compensate" action */
+	bool		async;			/* an attempt ends outside the executor's
+								 * transaction (http, agent) */
 	void		(*execute) (WfStepExec *ex, WfStepResult *res);
 	/* for kinds that wait: the timer fired, or a signal or event came */
 	void		(*resume) (WfStepExec *ex, WfStepResult *res);
+	WfKindCheck check;			/* checks the action's value (validate.c) */
 };
 
-extern TimeoutId wf_exec_timeout_id;
-extern void wf_exec_init(void);
+/* kinds.c */
+extern const WfStepKind wf_step_kinds[];
+extern const int wf_step_nkinds;
+extern const WfStepKind *wf_kind_find(const char *name, int len);
+extern const WfStepKind *wf_kind_base(const WfStepKind *kind);
+extern const WfStepKind *wf_kind_of_step(Jsonb *spec, bool compensate);
 extern const WfStepKind *wf_exec_find_kind(const char *name);
+
+extern TimeoutId wf_exec_timeout_id;
+extern TimestampTz wf_exec_next_prune;
+extern void wf_exec_init(void);
 extern bool wf_exec_predicate(Jsonb *context, const char *path);
 extern int	wf_exec_batch(int max_steps, TimestampTz *next_due);
 
 /* step_sql.c */
 extern void wf_sql_execute(WfStepExec *ex, WfStepResult *res);
+extern const char *wf_sql_unsupported(Node *parsetree, const char **why);
 
 /* step_wait.c */
 extern void wf_wait_sleep_execute(WfStepExec *ex, WfStepResult *res);
@@ -295,6 +319,28 @@ typedef struct WfProblem
 extern List *wf_validate_definition(Jsonb *definition);
 extern void wf_validate_report(List *problems);
 extern bool wf_validate_template(const char *str, char **problem);
+
+/* The checks of each kind's action, named in wf_step_kinds[]. */
+extern void wf_validate_sql(WfvState *st, WfvObject *o, const char *path,
+							JsonbValue *v);
+extern void wf_validate_http(WfvState *st, WfvObject *o, const char *path,
+							 JsonbValue *v);
+extern void wf_validate_agent(WfvState *st, WfvObject *o, const char *path,
+							  JsonbValue *v);
+extern void wf_validate_wait_for(WfvState *st, WfvObject *o, const char *path,
+								 JsonbValue *v);
+extern void wf_validate_human(WfvState *st, WfvObject *o, const char *path,
+							  JsonbValue *v);
+extern void wf_validate_sleep(WfvState *st, WfvObject *o, const char *path,
+							  JsonbValue *v);
+extern void wf_validate_workflow(WfvState *st, WfvObject *o, const char *path,
+								 JsonbValue *v);
+extern void wf_validate_if(WfvState *st, WfvObject *o, const char *path,
+						   JsonbValue *v);
+extern void wf_validate_parallel(WfvState *st, WfvObject *o, const char *path,
+								 JsonbValue *v);
+extern void wf_validate_map(WfvState *st, WfvObject *o, const char *path,
+							JsonbValue *v);
 
 /* ----------------------------------------------------------------
  * Helpers (util.c)
