@@ -88,6 +88,12 @@ CREATE INDEX run_unfinished ON wf.run (id)
 	WHERE status IN ('pending', 'running', 'waiting');
 CREATE INDEX run_deadline ON wf.run (deadline)
 	WHERE status IN ('pending', 'running', 'waiting') AND deadline IS NOT NULL;
+/* A run's unfinished child runs, which end with it (see wf._finish_run). */
+CREATE INDEX run_parent ON wf.run (parent_run)
+	WHERE parent_run IS NOT NULL AND status IN ('pending', 'running', 'waiting');
+/* Finished runs, oldest first, for pg_workflow.retention. */
+CREATE INDEX run_finished ON wf.run (finished_at)
+	WHERE status IN ('completed', 'failed', 'cancelled');
 
 CREATE TABLE wf.step (
 	run_id		bigint NOT NULL,		-- a wf.run; see below on integrity
@@ -146,6 +152,7 @@ CREATE TABLE wf.signal (
 	taken_at	timestamptz
 );
 CREATE INDEX signal_pending ON wf.signal (run_id, name, id) WHERE taken_at IS NULL;
+CREATE INDEX signal_run ON wf.signal (run_id);
 
 /* Durable events, as emitted. */
 CREATE TABLE wf.event (
@@ -159,6 +166,14 @@ CREATE TABLE wf.event (
 	started		int NOT NULL,		-- runs started by subscriptions
 	woken		int NOT NULL		-- waiting steps woken
 );
+/*
+ * A step that starts waiting looks for the events its start did not see
+ * committed: those of its name emitted by transactions that were still in
+ * progress then, or later (see wf._step_wait).
+ */
+CREATE INDEX event_recent ON wf.event (event, emitted_xid);
+/* The oldest events, for pg_workflow.event_retention. */
+CREATE INDEX event_emitted ON wf.event (emitted_at);
 
 /*
  * Changes to a step or a run that could not be made at once because another
@@ -196,6 +211,7 @@ CREATE TABLE wf.alert (
 	resolved_by	oid
 );
 CREATE INDEX alert_open ON wf.alert (run_id) WHERE resolved_at IS NULL;
+CREATE INDEX alert_run ON wf.alert (run_id);
 
 /* Workflows started by events. */
 CREATE TABLE wf.subscription (
@@ -219,9 +235,18 @@ CREATE TABLE wf.history_log (
 );
 CREATE INDEX history_log_run ON wf.history_log (run_id, id);
 
+/*
+ * The history of a run is append-only for as long as the run exists: only
+ * the engine removes runs (pg_workflow.retention, see wf._prune), and their
+ * history goes with them.
+ */
 CREATE FUNCTION wf._history_is_append_only() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
+	IF TG_OP = 'DELETE' AND TG_LEVEL = 'ROW'
+	   AND NOT EXISTS (SELECT 1 FROM wf.run WHERE id = OLD.run_id) THEN
+		RETURN OLD;
+	END IF;
 	RAISE EXCEPTION 'wf.history is append-only'
 		USING ERRCODE = 'insufficient_privilege',
 			  DETAIL = 'Rows of the workflow audit log cannot be updated or deleted.';
@@ -1132,6 +1157,18 @@ END
 $$;
 
 /*
+ * The advisory lock (with class hashtext('pg_workflow.wait')) that orders a
+ * step starting to wait for a signal or an event and the wf_signal or
+ * wf_emit that may concern it (see wf._step_wait): one of 1,024 buckets of
+ * keys, so that a transaction sending many holds a bounded number of locks.
+ * Keys that share a bucket only make a starting wait look again later.
+ */
+CREATE FUNCTION wf._wait_bucket(wait_key text) RETURNS int
+LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+	SELECT hashtext(wait_key) & 1023
+$$;
+
+/*
  * A step starts (or goes on) waiting: for its timer p_wake_at (NULL: none)
  * and/or for what p_wait_key names ('signal:NAME' or 'event:NAME:KEY').  The
  * run is "waiting" while none of its steps is ready or running.
@@ -1141,47 +1178,61 @@ CREATE FUNCTION wf._step_wait(p_run_id bigint, p_step text, p_wake_at timestampt
 RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
-	r	wf.run;
-	was	text;
+	r		wf.run;
+	was		text;
+	v_event	text;
+	v_key	text;
 BEGIN
 	SELECT status INTO was FROM wf.step WHERE run_id = p_run_id AND step = p_step;
 	UPDATE wf.step SET status = 'waiting', ready_at = p_wake_at, wait_key = p_wait_key,
 		   payload = NULL
 	 WHERE run_id = p_run_id AND step = p_step;
-	IF p_wait_key IS NOT NULL THEN
+	IF p_wait_key LIKE 'signal:%' OR p_wait_key LIKE 'event:%' THEN
 		/*
-		 * wf_signal and wf_emit take this lock exclusively (a signal's for
-		 * its run only): either they wait for this transaction and then see
-		 * the step waiting, or they committed before we got the lock (or
-		 * skipped our row, which we hold) and we see what they sent: a
-		 * signal not taken yet, or an event our start's snapshot did not see
-		 * committed.
+		 * wf_signal and wf_emit take this lock in shared mode until they
+		 * commit (a signal's for its run only).  Either we get it
+		 * exclusively: then those that had it have committed, and we see
+		 * what they sent (a signal not taken yet, or an event our start's
+		 * snapshot did not see committed), and those that come later wait
+		 * for our commit and then see the step waiting.  Or one of them
+		 * holds it now: we do not wait for it (an executor waits for no
+		 * user's transaction) but look again shortly.
 		 */
-		PERFORM pg_advisory_xact_lock_shared(hashtext('pg_workflow.wait'),
-											 hashtext(CASE WHEN p_wait_key LIKE 'signal:%'
-														   THEN p_run_id || ' ' || p_wait_key
-														   ELSE p_wait_key END));
-		IF p_wait_key LIKE 'signal:%' THEN
+		IF NOT pg_try_advisory_xact_lock(hashtext('pg_workflow.wait'),
+										 wf._wait_bucket(CASE WHEN p_wait_key LIKE 'signal:%'
+															  THEN p_run_id || ' ' || p_wait_key
+															  ELSE p_wait_key END)) THEN
+			UPDATE wf.step
+			   SET ready_at = least(ready_at, clock_timestamp() + interval '200 ms')
+			 WHERE run_id = p_run_id AND step = p_step;
+		ELSIF p_wait_key LIKE 'signal:%' THEN
 			UPDATE wf.step SET ready_at = clock_timestamp()
 			 WHERE run_id = p_run_id AND step = p_step
 			   AND EXISTS (SELECT 1 FROM wf.signal g
 							WHERE g.run_id = p_run_id AND g.taken_at IS NULL
 							  AND 'signal:' || g.name = p_wait_key);
 		ELSE
+			/*
+			 * 'event:NAME:KEY' (KEY empty: any key).  Event names have no
+			 * ":", and what the step's start saw committed is older than its
+			 * snapshot's xmin or visible in it: event_recent finds the rest.
+			 */
+			v_event := split_part(substr(p_wait_key, 7), ':', 1);
+			v_key := substr(p_wait_key, length(v_event) + 8);
 			UPDATE wf.step s
 			   SET ready_at = clock_timestamp(),
 				   payload = (SELECT jsonb_build_object('event', e.event, 'key', e.key,
 														'payload', e.payload)
 								FROM wf.event e
-							   WHERE NOT pg_visible_in_snapshot(e.emitted_xid, s.wait_snapshot)
-								 AND p_wait_key IN ('event:' || e.event || ':' || coalesce(e.key, ''),
-												   'event:' || e.event || ':')
+							   WHERE e.event = v_event AND (v_key = '' OR e.key = v_key)
+								 AND e.emitted_xid >= pg_snapshot_xmin(s.wait_snapshot)
+								 AND NOT pg_visible_in_snapshot(e.emitted_xid, s.wait_snapshot)
 							   ORDER BY e.id LIMIT 1)
 			 WHERE s.run_id = p_run_id AND s.step = p_step
 			   AND EXISTS (SELECT 1 FROM wf.event e
-							WHERE NOT pg_visible_in_snapshot(e.emitted_xid, s.wait_snapshot)
-							  AND p_wait_key IN ('event:' || e.event || ':' || coalesce(e.key, ''),
-												'event:' || e.event || ':'));
+							WHERE e.event = v_event AND (v_key = '' OR e.key = v_key)
+							  AND e.emitted_xid >= pg_snapshot_xmin(s.wait_snapshot)
+							  AND NOT pg_visible_in_snapshot(e.emitted_xid, s.wait_snapshot));
 		END IF;
 	END IF;
 	IF was <> 'waiting' THEN
@@ -1396,6 +1447,72 @@ BEGIN
 	END LOOP;
 	RETURN (SELECT min(deadline) FROM wf.run
 			 WHERE status IN ('pending', 'running', 'waiting') AND deadline IS NOT NULL);
+END
+$$;
+
+/*
+ * Removes, a batch at a time, what the retention settings no longer keep
+ * (in seconds; 0 keeps everything): up to 1,000 finished runs that ended
+ * more than p_retention_s ago, with all their rows (steps, signals, alerts,
+ * deferred changes and history: the history of a removed run could be read
+ * by nobody, the views showing it through its run), and up to 5,000 events
+ * older than p_event_retention_s.  Runs another transaction holds are
+ * skipped, and a row lock not granted at once makes the whole batch wait
+ * for the next call: the executor calling this never waits for anyone.
+ * Returns when there will be something to remove (now, while there is a
+ * backlog; NULL for never).
+ */
+CREATE FUNCTION wf._prune(p_retention_s int, p_event_retention_s int)
+RETURNS timestamptz
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET lock_timeout = '10ms' AS $$
+DECLARE
+	keep	interval := CASE WHEN p_retention_s > 0 THEN make_interval(secs => p_retention_s) END;
+	keep_ev	interval := CASE WHEN p_event_retention_s > 0
+							 THEN make_interval(secs => p_event_retention_s) END;
+	ids		bigint[];
+	nevents	int := 0;
+BEGIN
+	IF keep IS NOT NULL THEN
+		SELECT array_agg(o.id) INTO ids
+		  FROM (SELECT r.id FROM wf.run r
+				 WHERE r.status IN ('completed', 'failed', 'cancelled')
+				   AND r.finished_at < clock_timestamp() - keep
+				 ORDER BY r.finished_at LIMIT 1000
+				   FOR UPDATE SKIP LOCKED) o;
+		IF ids IS NOT NULL THEN
+			/* The run first: its history may go once it is gone. */
+			DELETE FROM wf.run WHERE id = ANY (ids);
+			DELETE FROM wf.step WHERE run_id = ANY (ids);
+			DELETE FROM wf.signal WHERE run_id = ANY (ids);
+			DELETE FROM wf.alert WHERE run_id = ANY (ids);
+			DELETE FROM wf.deferred WHERE run_id = ANY (ids);
+			DELETE FROM wf.history_log WHERE run_id = ANY (ids);
+		END IF;
+	END IF;
+	IF keep_ev IS NOT NULL THEN
+		DELETE FROM wf.event
+		 WHERE id IN (SELECT e.id FROM wf.event e
+					   WHERE e.emitted_at < clock_timestamp() - keep_ev
+					   ORDER BY e.emitted_at LIMIT 5000
+						 FOR UPDATE SKIP LOCKED);
+		GET DIAGNOSTICS nevents = ROW_COUNT;
+	END IF;
+	IF cardinality(ids) = 1000 OR nevents = 5000 THEN
+		RETURN clock_timestamp();
+	END IF;
+	RETURN least((SELECT min(r.finished_at) FROM wf.run r
+				   WHERE r.status IN ('completed', 'failed', 'cancelled')) + keep,
+				 clock_timestamp() + keep,
+				 (SELECT min(e.emitted_at) FROM wf.event e) + keep_ev,
+				 clock_timestamp() + keep_ev);
+EXCEPTION
+	WHEN lock_not_available THEN
+		/* A step of one of the runs is held (an executor is about to drop it). */
+		RETURN clock_timestamp();
+	WHEN OTHERS THEN
+		RAISE WARNING 'could not remove old runs and events: %', SQLERRM
+			USING HINT = 'It is tried again in a minute.';
+		RETURN clock_timestamp() + interval '1 minute';
 END
 $$;
 
@@ -1863,8 +1980,8 @@ BEGIN
 		RETURN false;
 	END IF;
 	/* See wf._step_wait. */
-	PERFORM pg_advisory_xact_lock(hashtext('pg_workflow.wait'),
-								  hashtext(p_run_id || ' signal:' || p_name));
+	PERFORM pg_advisory_xact_lock_shared(hashtext('pg_workflow.wait'),
+										 wf._wait_bucket(p_run_id || ' signal:' || p_name));
 	INSERT INTO wf.signal (run_id, name, payload, sent_by)
 	VALUES (p_run_id, p_name, coalesce(p_payload, '{}'), caller);
 	INSERT INTO wf.history_log (run_id, status, detail, actor)
@@ -1932,12 +2049,11 @@ BEGIN
 			started := started + 1;
 		END IF;
 	END LOOP;
-	/* See wf._step_wait. */
-	PERFORM pg_advisory_xact_lock(hashtext('pg_workflow.wait'), k)
-	   FROM (SELECT DISTINCT hashtext(w) AS k
+	/* See wf._step_wait: shared, emits never wait for each other. */
+	PERFORM pg_advisory_xact_lock_shared(hashtext('pg_workflow.wait'), b)
+	   FROM (SELECT DISTINCT wf._wait_bucket(w) AS b
 			   FROM unnest(ARRAY['event:' || p_event || ':' || coalesce(p_key, ''),
-								 'event:' || p_event || ':']) w
-			  ORDER BY 1) keys;
+								 'event:' || p_event || ':']) w) buckets;
 	/*
 	 * As in wf._signal, rows another transaction holds are skipped; a step
 	 * that received an event already (payload set) keeps the first one.

@@ -93,6 +93,17 @@ static SPIPlanPtr wf_plan_requeue = NULL;
 static SPIPlanPtr wf_plan_wait = NULL;
 static SPIPlanPtr wf_plan_expire = NULL;
 static SPIPlanPtr wf_plan_deferred = NULL;
+static SPIPlanPtr wf_plan_prune = NULL;
+
+/*
+ * When wf._prune() is next worth calling (0: at once, DT_NOEND: never, until
+ * a retention setting changes); a call never comes sooner than
+ * WF_PRUNE_BUSY_MS after the previous one while there is a backlog, nor
+ * than WF_PRUNE_INTERVAL_MS otherwise.
+ */
+TimestampTz wf_exec_next_prune = 0;
+#define WF_PRUNE_BUSY_MS		1000
+#define WF_PRUNE_INTERVAL_MS	10000
 
 /* All the plans above are prepared (a failure half-way starts over). */
 static bool wf_exec_plans_ready = false;
@@ -128,6 +139,7 @@ wf_exec_prepare_all(void)
 	Oid			done_types[4] = {INT8OID, TEXTOID, TEXTOID, JSONBOID};
 	Oid			failed_types[9] = {INT8OID, TEXTOID, JSONBOID, TIMESTAMPTZOID,
 	BOOLOID, BOOLOID, BOOLOID, BOOLOID, TEXTOID};
+	Oid			prune_types[2] = {INT4OID, INT4OID};
 
 	if (wf_exec_plans_ready)
 		return;
@@ -182,6 +194,7 @@ wf_exec_prepare_all(void)
 	wf_plan_expire = wf_exec_prepare("SELECT LEAST(wf._expire_runs(), wf._fire_schedules())",
 									 0, NULL);
 	wf_plan_deferred = wf_exec_prepare("SELECT wf._run_deferred()", 0, NULL);
+	wf_plan_prune = wf_exec_prepare("SELECT wf._prune($1, $2)", 2, prune_types);
 	wf_exec_plans_ready = true;
 }
 
@@ -933,6 +946,38 @@ wf_exec_retry_deferred(void)
 }
 
 /*
+ * Removes the finished runs and the events that pg_workflow.retention and
+ * pg_workflow.event_retention no longer keep, one batch, when that is due
+ * (wf._prune says when there will be something to remove).
+ */
+static void
+wf_exec_prune(void)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	Datum		args[2];
+	Datum		next;
+	bool		isnull;
+
+	if (now < wf_exec_next_prune ||
+		(wf_guc_retention_s == 0 && wf_guc_event_retention_s == 0))
+		return;
+	/* Should it fail, the batch is not tried again with it at once. */
+	wf_exec_next_prune = TimestampTzPlusMilliseconds(now, WF_PRUNE_INTERVAL_MS);
+	args[0] = Int32GetDatum(wf_guc_retention_s);
+	args[1] = Int32GetDatum(wf_guc_event_retention_s);
+	if (SPI_execute_plan(wf_plan_prune, args, NULL, false, 1) != SPI_OK_SELECT ||
+		SPI_processed != 1)
+		elog(ERROR, "could not remove old runs and events");
+	next = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	if (isnull)
+		wf_exec_next_prune = DT_NOEND;
+	else if (DatumGetTimestampTz(next) <= now)
+		wf_exec_next_prune = TimestampTzPlusMilliseconds(now, WF_PRUNE_BUSY_MS);
+	else
+		wf_exec_next_prune = Max(DatumGetTimestampTz(next), wf_exec_next_prune);
+}
+
+/*
  * Runs one executor transaction.  Returns the number of steps executed;
  * when none was due, *next_due is when the next one will be (0: none
  * known, sleep until woken).
@@ -998,14 +1043,19 @@ wf_exec_batch(int max_steps, TimestampTz *next_due)
 	deferred_held = wf_exec_run_deferred();
 
 	/*
-	 * Runs past their workflow timeout fail, due schedules start their runs;
-	 * the next deadline or schedule bounds our sleep.
+	 * Runs past their workflow timeout fail, due schedules start their runs,
+	 * old runs and events go; the next deadline, schedule or removal bounds
+	 * our sleep.
 	 */
 	if (SPI_execute_plan(wf_plan_expire, NULL, NULL, false, 1) != SPI_OK_SELECT ||
 		SPI_processed != 1)
 		elog(ERROR, "could not expire runs");
 	next_deadline = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 	next_deadline = isnull ? 0 : DatumGetTimestampTz(next_deadline);
+	wf_exec_prune();
+	if (wf_exec_next_prune != 0 && wf_exec_next_prune != DT_NOEND &&
+		(next_deadline == 0 || wf_exec_next_prune < next_deadline))
+		next_deadline = wf_exec_next_prune;
 
 	args[0] = Int32GetDatum(max_steps);
 	interrupted = wf_shmem_interrupted_runs(&ninterrupted);

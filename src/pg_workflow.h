@@ -53,6 +53,8 @@ extern int	wf_guc_notify;
 extern int	wf_guc_batch_size;
 extern int	wf_guc_batch_time_ms;
 extern int	wf_guc_max_output_size;
+extern int	wf_guc_retention_s;
+extern int	wf_guc_event_retention_s;
 
 /* ----------------------------------------------------------------
  * Shared memory (shmem.c)
