@@ -79,7 +79,9 @@ CREATE TABLE wf.run (
 	deadline	timestamptz,		-- the workflow's "timeout", from the start
 	compensating jsonb,				-- while a saga undoes: why, and what is undone
 	parent_run	bigint,				-- a child run: the run and step waiting for it
-	parent_step	text
+	parent_step	text,
+	depth		int NOT NULL DEFAULT 0,	-- 0, or origin_run's depth + 1
+	origin_run	bigint				-- the run whose step started this one
 );
 CREATE UNIQUE INDEX run_idempotency_key ON wf.run (workflow, idempotency_key)
 	WHERE idempotency_key IS NOT NULL;
@@ -314,6 +316,23 @@ CREATE FUNCTION wf._run_ended(run_id bigint) RETURNS void
 CREATE FUNCTION wf._xid_is_current(xid) RETURNS boolean
 	LANGUAGE C STRICT AS 'MODULE_PATHNAME', 'wf_xid_is_current';
 
+/*
+ * The run whose step the calling executor is executing, or NULL (not in an
+ * executor, or not inside a step): a run started from there is its child
+ * for the depth limit.
+ */
+CREATE FUNCTION wf._current_run() RETURNS bigint
+	LANGUAGE C STABLE SET search_path = pg_catalog, pg_temp
+	AS 'MODULE_PATHNAME', 'wf_current_run';
+
+/*
+ * Warns when no executor would run a run started now (api.c): once per
+ * transaction, from wf_start.
+ */
+CREATE FUNCTION wf._check_executors() RETURNS void
+	LANGUAGE C SET search_path = pg_catalog, pg_temp
+	AS 'MODULE_PATHNAME', 'wf_check_executors';
+
 /* Interrupts a step of the run that an executor is running right now. */
 CREATE FUNCTION wf._interrupt(run_id bigint) RETURNS void
 	LANGUAGE C STRICT AS 'MODULE_PATHNAME', 'wf_interrupt';
@@ -534,6 +553,8 @@ DECLARE
 	opt_prio	int;
 	k			text;
 	rid			bigint;
+	origin		bigint := wf._current_run();
+	v_depth		int := 0;
 BEGIN
 	IF p_name IS NULL THEN
 		RAISE EXCEPTION 'workflow name must not be null' USING ERRCODE = 'null_value_not_allowed';
@@ -570,6 +591,28 @@ BEGIN
 	opt_key := p_options->>'idempotency_key';
 	opt_version := (p_options->>'version')::int;
 	opt_prio := coalesce((p_options->>'priority')::int, 0);
+	IF opt_prio > current_setting('pg_workflow.max_user_priority')::int
+	   AND NOT pg_has_role(caller, 'wf_admin', 'MEMBER') THEN
+		RAISE EXCEPTION 'priority % is above pg_workflow.max_user_priority (%)',
+			opt_prio, current_setting('pg_workflow.max_user_priority')
+			USING ERRCODE = 'insufficient_privilege',
+				  HINT = 'Only members of wf_admin may start runs at a higher priority.';
+	END IF;
+	/*
+	 * A run started from inside a step (a workflow step, or wf_start or
+	 * wf_emit in an sql step) is one level deeper than that step's run.
+	 */
+	IF origin IS NOT NULL THEN
+		v_depth := coalesce((SELECT r.depth FROM wf.run r WHERE r.id = origin), 0) + 1;
+		IF v_depth > current_setting('pg_workflow.max_depth')::int THEN
+			RAISE EXCEPTION 'run would be % levels deep, more than pg_workflow.max_depth (%)',
+				v_depth, current_setting('pg_workflow.max_depth')
+				USING ERRCODE = 'program_limit_exceeded',
+					  DETAIL = format('It would be started by a step of run %s, %s levels deep.',
+									  origin, v_depth - 1),
+					  HINT = 'A run started by a step (a "workflow" step, or wf_start or wf_emit in an sql step) is one level deeper than the step''s run: look for a workflow that starts itself.';
+		END IF;
+	END IF;
 	IF p_options ? 'start_at' THEN
 		BEGIN
 			opt_start := (p_options->>'start_at')::timestamptz;
@@ -593,10 +636,10 @@ BEGIN
 	END IF;
 
 	INSERT INTO wf.run (workflow, version, status, input, owner, search_path,
-						priority, idempotency_key, steps_left, start_at)
+						priority, idempotency_key, steps_left, start_at, depth, origin_run)
 	VALUES (def.name, def.version, 'pending', p_input, caller,
 			coalesce(caller_path, ''), opt_prio, opt_key,
-			jsonb_array_length(def.plan), opt_start)
+			jsonb_array_length(def.plan), opt_start, v_depth, origin)
 	ON CONFLICT (workflow, idempotency_key) WHERE idempotency_key IS NOT NULL
 	DO NOTHING
 	RETURNING id INTO rid;
@@ -623,6 +666,7 @@ BEGIN
 	VALUES (rid, 'pending', jsonb_build_object('workflow', def.name, 'version', def.version), caller);
 	PERFORM wf._notify(rid, def.name, NULL, 'pending');
 	PERFORM wf._wake();
+	PERFORM wf._check_executors();
 	RETURN rid;
 END
 $$;
@@ -666,15 +710,13 @@ END
 $$;
 
 /*
- * Ends a run: cancels its unfinished steps and its child runs (see
- * wf._cancel_steps for those another transaction holds), records and
- * announces the transition.
+ * Ends one run: cancels its unfinished steps (see wf._cancel_steps for
+ * those another transaction holds), records and announces the transition.
+ * Its child runs are wf._finish_run's.
  */
-CREATE FUNCTION wf._finish_run(p_run wf.run, p_status text, p_error jsonb, actor oid)
+CREATE FUNCTION wf._end_run(p_run wf.run, p_status text, p_error jsonb, actor oid)
 RETURNS void
 LANGUAGE plpgsql AS $$
-DECLARE
-	child	wf.run;
 BEGIN
 	UPDATE wf.run SET status = p_status, error = coalesce(p_error, error),
 		   finished_at = clock_timestamp()
@@ -685,27 +727,6 @@ BEGIN
 	PERFORM wf._notify(p_run.id, p_run.workflow, NULL, p_status);
 	PERFORM wf._run_ended(p_run.id);
 	PERFORM wf._child_ended(p_run.id);
-	/*
-	 * Child runs end with their parent.  One that an executor holds (it is
-	 * executing one of its steps) is cancelled once that executor commits.
-	 */
-	FOR child IN SELECT * FROM wf.run
-				  WHERE parent_run = p_run.id AND status IN ('pending', 'running', 'waiting')
-				  FOR UPDATE SKIP LOCKED LOOP
-		PERFORM wf._finish_run(child, 'cancelled',
-							   jsonb_build_object('message', format('parent run %s ended', p_run.id)),
-							   actor);
-	END LOOP;
-	INSERT INTO wf.deferred (run_id, action, payload)
-	SELECT c.id, 'cancel',
-		   jsonb_build_object('error', jsonb_build_object('message',
-														  format('parent run %s ended', p_run.id)),
-							  'actor', actor)
-	  FROM wf.run c
-	 WHERE c.parent_run = p_run.id AND c.status IN ('pending', 'running', 'waiting');
-	IF FOUND THEN
-		PERFORM wf._defer();
-	END IF;
 	IF p_status = 'failed' THEN
 		PERFORM wf._alert(p_run.id, p_error->>'step', 'failure',
 						  format('run %s of workflow "%s" failed: %s', p_run.id, p_run.workflow,
@@ -715,6 +736,55 @@ BEGIN
 	/* What was open about the run is settled now. */
 	UPDATE wf.alert SET resolved_at = clock_timestamp(), resolved_by = actor
 	 WHERE run_id = p_run.id AND resolved_at IS NULL AND kind = 'escalation';
+END
+$$;
+
+/*
+ * Ends a run and, cancelled, its unfinished descendants: its child runs,
+ * theirs, and so on, found level by level by one query, so that the depth
+ * of the tree costs no recursion.  A descendant that an executor holds (it
+ * is executing one of its steps) is cancelled once that executor commits.
+ */
+CREATE FUNCTION wf._finish_run(p_run wf.run, p_status text, p_error jsonb, actor oid)
+RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+	ids		bigint[];
+	child	wf.run;
+BEGIN
+	PERFORM wf._end_run(p_run, p_status, p_error, actor);
+	WITH RECURSIVE d(id, level) AS (
+		SELECT c.id, 1 FROM wf.run c
+		 WHERE c.parent_run = p_run.id AND c.status IN ('pending', 'running', 'waiting')
+		UNION ALL
+		SELECT c.id, d.level + 1 FROM d JOIN wf.run c ON c.parent_run = d.id
+		 WHERE c.status IN ('pending', 'running', 'waiting')
+	)
+	SELECT array_agg(d.id ORDER BY d.level, d.id) INTO ids FROM d;
+	IF ids IS NULL THEN
+		RETURN;
+	END IF;
+	/* Parents first: a child's end then finds its parent's step cancelled. */
+	FOR child IN SELECT r.* FROM unnest(ids) WITH ORDINALITY AS u(id, o)
+						JOIN wf.run r ON r.id = u.id
+				  WHERE r.status IN ('pending', 'running', 'waiting')
+				  ORDER BY u.o
+				  FOR UPDATE OF r SKIP LOCKED LOOP
+		PERFORM wf._end_run(child, 'cancelled',
+							jsonb_build_object('message',
+											   format('parent run %s ended', child.parent_run)),
+							actor);
+	END LOOP;
+	INSERT INTO wf.deferred (run_id, action, payload)
+	SELECT r.id, 'cancel',
+		   jsonb_build_object('error', jsonb_build_object('message',
+														  format('parent run %s ended', r.parent_run)),
+							  'actor', actor)
+	  FROM wf.run r
+	 WHERE r.id = ANY (ids) AND r.status IN ('pending', 'running', 'waiting');
+	IF FOUND THEN
+		PERFORM wf._defer();
+	END IF;
 END
 $$;
 
@@ -942,7 +1012,12 @@ BEGIN
 	 * back, and then cancelled (see wf._cancel_steps).
 	 */
 	IF NOT FOUND OR (r.compensating IS NOT NULL AND p_step NOT LIKE 'compensate:%') THEN
-		ok := false;
+		/*
+		 * Unless this very transaction did it: then the step itself ended
+		 * its run (or started its undoing), calling wf_cancel on it or on an
+		 * ancestor, and was cancelled with it.  What it did stays.
+		 */
+		ok := coalesce(wf._xid_is_current((SELECT xmin FROM wf.run WHERE id = p_run_id)), false);
 		RETURN;
 	END IF;
 	ok := true;
@@ -1715,9 +1790,13 @@ DECLARE
 	cid	bigint;
 BEGIN
 	SELECT * INTO r FROM wf.run WHERE id = p_run_id;
-	cid := wf._start(r.owner, r.search_path, p_workflow, coalesce(p_input, '{}'),
-					 jsonb_build_object('priority', r.priority));
-	UPDATE wf.run SET parent_run = p_run_id, parent_step = p_step WHERE id = cid;
+	cid := wf._start(r.owner, r.search_path, p_workflow, coalesce(p_input, '{}'), '{}');
+	/* At its parent's priority, which its owner may not be allowed to ask for. */
+	UPDATE wf.run SET parent_run = p_run_id, parent_step = p_step, priority = r.priority
+	 WHERE id = cid;
+	IF r.priority <> 0 THEN
+		UPDATE wf.step SET priority = r.priority WHERE run_id = cid;
+	END IF;
 	RETURN cid;
 END
 $$;
@@ -2373,7 +2452,7 @@ CREATE VIEW wf.workflows AS
 CREATE VIEW wf.runs WITH (security_barrier) AS
 	SELECT r.id, r.workflow, r.version, r.status, r.input, r.output, r.error,
 		   r.owner::regrole AS owner, r.priority, r.idempotency_key,
-		   r.parent_run, r.parent_step,
+		   r.parent_run, r.parent_step, r.depth, r.origin_run,
 		   r.created_at, r.start_at, r.started_at, r.finished_at
 	  FROM wf.run r
 	 WHERE r.owner = (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user)
