@@ -69,6 +69,7 @@ typedef struct WfWorkerSlot
 	int64		current_parent; /* that run's parent run, or 0 */
 	int			http_in_flight; /* requests it has in flight */
 	bool		recheck_http;	/* some run ended: are its requests still wanted? */
+	bool		connecting;		/* its last start did not get connected */
 } WfWorkerSlot;
 
 /* What one backend asks of the engine. */
@@ -87,6 +88,7 @@ typedef struct WfShared
 	WfWorkerSlot workers[WF_MAX_WORKERS];
 	int			ninterrupts;	/* backends interrupting a run now */
 	bool		deferred;		/* wf.deferred may have changes to make */
+	bool		db_missing_told;	/* the log said pg_workflow.database is missing */
 	/* One entry per backend id: wf_wait and interrupt requests. */
 	int			nbackends;
 	WfBackendSlot backends[FLEXIBLE_ARRAY_MEMBER];
