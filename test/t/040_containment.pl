@@ -139,13 +139,9 @@ is( query(
 # -------------------------------------------------------------------------
 # Priority.
 # -------------------------------------------------------------------------
-$node->safe_psql(
-	'postgres', q{
-	CREATE ROLE alice LOGIN;
-	CREATE ROLE boss LOGIN IN ROLE wf_admin;
-	CREATE ROLE carol LOGIN;
-	ALTER ROLE carol SET pg_workflow.max_user_priority = 50;
-});
+$node->safe_psql('postgres',
+	'CREATE ROLE alice LOGIN; CREATE ROLE boss LOGIN IN ROLE wf_admin; CREATE ROLE carol LOGIN');
+query('ALTER ROLE carol SET pg_workflow.max_user_priority = 50');
 my ($out, $err) = psql_capture(
 	q{SET ROLE alice; SELECT wf_start('two', '{}', '{"priority": 1}')});
 like($err, qr/ERROR:  42501: priority 1 is above pg_workflow.max_user_priority \(0\)/,
