@@ -322,7 +322,7 @@ CREATE FUNCTION wf._xid_is_current(xid) RETURNS boolean
  * for the depth limit.
  */
 CREATE FUNCTION wf._current_run() RETURNS bigint
-	LANGUAGE C STABLE SET search_path = pg_catalog, pg_temp
+	LANGUAGE C VOLATILE SET search_path = pg_catalog, pg_temp
 	AS 'MODULE_PATHNAME', 'wf_current_run';
 
 /*
