@@ -716,7 +716,7 @@ $$;
  */
 CREATE FUNCTION wf._end_run(p_run wf.run, p_status text, p_error jsonb, actor oid)
 RETURNS void
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
 	UPDATE wf.run SET status = p_status, error = coalesce(p_error, error),
 		   finished_at = clock_timestamp()
