@@ -7,6 +7,7 @@ OBJS = \
 	src/worker.o \
 	src/longstep.o \
 	src/executor.o \
+	src/kinds.o \
 	src/step_sql.o \
 	src/step_wait.o \
 	src/step_flow.o \

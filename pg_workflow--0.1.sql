@@ -79,7 +79,9 @@ CREATE TABLE wf.run (
 	deadline	timestamptz,		-- the workflow's "timeout", from the start
 	compensating jsonb,				-- while a saga undoes: why, and what is undone
 	parent_run	bigint,				-- a child run: the run and step waiting for it
-	parent_step	text
+	parent_step	text,
+	depth		int NOT NULL DEFAULT 0,	-- 0, or origin_run's depth + 1
+	origin_run	bigint				-- the run whose step started this one
 );
 CREATE UNIQUE INDEX run_idempotency_key ON wf.run (workflow, idempotency_key)
 	WHERE idempotency_key IS NOT NULL;
@@ -88,6 +90,12 @@ CREATE INDEX run_unfinished ON wf.run (id)
 	WHERE status IN ('pending', 'running', 'waiting');
 CREATE INDEX run_deadline ON wf.run (deadline)
 	WHERE status IN ('pending', 'running', 'waiting') AND deadline IS NOT NULL;
+/* A run's unfinished child runs, which end with it (see wf._finish_run). */
+CREATE INDEX run_parent ON wf.run (parent_run)
+	WHERE parent_run IS NOT NULL AND status IN ('pending', 'running', 'waiting');
+/* Finished runs, oldest first, for pg_workflow.retention. */
+CREATE INDEX run_finished ON wf.run (finished_at)
+	WHERE status IN ('completed', 'failed', 'cancelled');
 
 CREATE TABLE wf.step (
 	run_id		bigint NOT NULL,		-- a wf.run; see below on integrity
@@ -155,6 +163,7 @@ CREATE TABLE wf.signal (
 	taken_at	timestamptz
 );
 CREATE INDEX signal_pending ON wf.signal (run_id, name, id) WHERE taken_at IS NULL;
+CREATE INDEX signal_run ON wf.signal (run_id);
 
 /* Durable events, as emitted. */
 CREATE TABLE wf.event (
@@ -168,6 +177,14 @@ CREATE TABLE wf.event (
 	started		int NOT NULL,		-- runs started by subscriptions
 	woken		int NOT NULL		-- waiting steps woken
 );
+/*
+ * A step that starts waiting looks for the events its start did not see
+ * committed: those of its name emitted by transactions that were still in
+ * progress then, or later (see wf._step_wait).
+ */
+CREATE INDEX event_recent ON wf.event (event, emitted_xid);
+/* The oldest events, for pg_workflow.event_retention. */
+CREATE INDEX event_emitted ON wf.event (emitted_at);
 
 /*
  * Changes to a step or a run that could not be made at once because another
@@ -205,6 +222,7 @@ CREATE TABLE wf.alert (
 	resolved_by	regrole
 );
 CREATE INDEX alert_open ON wf.alert (run_id) WHERE resolved_at IS NULL;
+CREATE INDEX alert_run ON wf.alert (run_id);
 
 /*
  * Workflows started by events.  The runs an event starts belong to the
@@ -236,9 +254,18 @@ CREATE TABLE wf.history_log (
 );
 CREATE INDEX history_log_run ON wf.history_log (run_id, id);
 
+/*
+ * The history of a run is append-only for as long as the run exists: only
+ * the engine removes runs (pg_workflow.retention, see wf._prune), and their
+ * history goes with them.
+ */
 CREATE FUNCTION wf._history_is_append_only() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
+	IF TG_OP = 'DELETE' AND TG_LEVEL = 'ROW'
+	   AND NOT EXISTS (SELECT 1 FROM wf.run WHERE id = OLD.run_id) THEN
+		RETURN OLD;
+	END IF;
 	RAISE EXCEPTION 'wf.history is append-only'
 		USING ERRCODE = 'insufficient_privilege',
 			  DETAIL = 'Rows of the workflow audit log cannot be updated or deleted.';
@@ -408,6 +435,23 @@ CREATE FUNCTION wf._run_ended(run_id bigint) RETURNS void
 CREATE FUNCTION wf._xid_is_current(xid) RETURNS boolean
 	LANGUAGE C STRICT AS 'MODULE_PATHNAME', 'wf_xid_is_current';
 
+/*
+ * The run whose step the calling executor is executing, or NULL (not in an
+ * executor, or not inside a step): a run started from there is its child
+ * for the depth limit.
+ */
+CREATE FUNCTION wf._current_run() RETURNS bigint
+	LANGUAGE C VOLATILE SET search_path = pg_catalog, pg_temp
+	AS 'MODULE_PATHNAME', 'wf_current_run';
+
+/*
+ * Warns when no executor would run a run started now (api.c): once per
+ * transaction, from wf_start.
+ */
+CREATE FUNCTION wf._check_executors() RETURNS void
+	LANGUAGE C SET search_path = pg_catalog, pg_temp
+	AS 'MODULE_PATHNAME', 'wf_check_executors';
+
 /* Interrupts a step of the run that an executor is running right now. */
 CREATE FUNCTION wf._interrupt(run_id bigint) RETURNS void
 	LANGUAGE C STRICT AS 'MODULE_PATHNAME', 'wf_interrupt';
@@ -422,6 +466,15 @@ CREATE FUNCTION wf._check_definition(definition jsonb) RETURNS void
 CREATE FUNCTION wf._check_hosts(hosts text) RETURNS void
 	LANGUAGE C STRICT SET search_path = pg_catalog, pg_temp
 	AS 'MODULE_PATHNAME', 'wf_check_hosts';
+
+/*
+ * The kind of a step given by its object (its action key), from the one
+ * table of step kinds (kinds.c); NULL unless it has exactly one action, of
+ * a kind the engine runs and, with compensate, one that may undo a step.
+ */
+CREATE FUNCTION wf._step_kind(spec jsonb, compensate boolean DEFAULT false) RETURNS text
+	LANGUAGE C IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp
+	AS 'MODULE_PATHNAME', 'wf_step_kind';
 
 /* Announces a run transition on channel wf_events, as configured. */
 CREATE FUNCTION wf._notify(run_id bigint, workflow text, step text, status text)
@@ -517,9 +570,7 @@ LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
 					WHEN e.ord = 1 THEN '{}'::text[]
 					ELSE ARRAY[prefix || (steps->(e.ord::int - 2)->>'name')]
 			   END AS deps,
-			   (SELECT k FROM unnest(ARRAY['sql', 'http', 'agent', 'wait_for',
-						'human', 'sleep', 'until', 'workflow', 'if', 'parallel',
-						'map']) k WHERE e.spec ? k LIMIT 1) AS kind
+			   wf._step_kind(e.spec) AS kind
 		  FROM jsonb_array_elements(steps) WITH ORDINALITY AS e(spec, ord)
 	)
 	SELECT jsonb_agg(jsonb_build_object(
@@ -640,6 +691,8 @@ DECLARE
 	opt_prio	int;
 	k			text;
 	rid			bigint;
+	origin		bigint := wf._current_run();
+	v_depth		int := 0;
 BEGIN
 	IF p_name IS NULL THEN
 		RAISE EXCEPTION 'workflow name must not be null' USING ERRCODE = 'null_value_not_allowed';
@@ -676,6 +729,28 @@ BEGIN
 	opt_key := p_options->>'idempotency_key';
 	opt_version := (p_options->>'version')::int;
 	opt_prio := coalesce((p_options->>'priority')::int, 0);
+	IF opt_prio > current_setting('pg_workflow.max_user_priority')::int
+	   AND NOT pg_has_role(caller, 'wf_admin', 'MEMBER') THEN
+		RAISE EXCEPTION 'priority % is above pg_workflow.max_user_priority (%)',
+			opt_prio, current_setting('pg_workflow.max_user_priority')
+			USING ERRCODE = 'insufficient_privilege',
+				  HINT = 'Only members of wf_admin may start runs at a higher priority.';
+	END IF;
+	/*
+	 * A run started from inside a step (a workflow step, or wf_start or
+	 * wf_emit in an sql step) is one level deeper than that step's run.
+	 */
+	IF origin IS NOT NULL THEN
+		v_depth := coalesce((SELECT r.depth FROM wf.run r WHERE r.id = origin), 0) + 1;
+		IF v_depth > current_setting('pg_workflow.max_depth')::int THEN
+			RAISE EXCEPTION 'run would be % levels deep, more than pg_workflow.max_depth (%)',
+				v_depth, current_setting('pg_workflow.max_depth')
+				USING ERRCODE = 'program_limit_exceeded',
+					  DETAIL = format('It would be started by a step of run %s, %s levels deep.',
+									  origin, v_depth - 1),
+					  HINT = 'A run started by a step (a "workflow" step, or wf_start or wf_emit in an sql step) is one level deeper than the step''s run: look for a workflow that starts itself.';
+		END IF;
+	END IF;
 	IF p_options ? 'start_at' THEN
 		BEGIN
 			opt_start := (p_options->>'start_at')::timestamptz;
@@ -700,10 +775,10 @@ BEGIN
 
 	PERFORM wf._lock_role(caller, false);
 	INSERT INTO wf.run (workflow, version, status, input, owner, search_path,
-						priority, idempotency_key, steps_left, start_at)
+						priority, idempotency_key, steps_left, start_at, depth, origin_run)
 	VALUES (def.name, def.version, 'pending', p_input, caller,
 			coalesce(caller_path, ''), opt_prio, opt_key,
-			jsonb_array_length(def.plan), opt_start)
+			jsonb_array_length(def.plan), opt_start, v_depth, origin)
 	ON CONFLICT (workflow, idempotency_key) WHERE idempotency_key IS NOT NULL
 	DO NOTHING
 	RETURNING id INTO rid;
@@ -732,6 +807,7 @@ BEGIN
 	VALUES (rid, 'pending', jsonb_build_object('workflow', def.name, 'version', def.version), caller);
 	PERFORM wf._notify(rid, def.name, NULL, 'pending');
 	PERFORM wf._wake();
+	PERFORM wf._check_executors();
 	RETURN rid;
 END
 $$;
@@ -775,15 +851,13 @@ END
 $$;
 
 /*
- * Ends a run: cancels its unfinished steps and its child runs (see
- * wf._cancel_steps for those another transaction holds), records and
- * announces the transition.
+ * Ends one run: cancels its unfinished steps (see wf._cancel_steps for
+ * those another transaction holds), records and announces the transition.
+ * Its child runs are wf._finish_run's.
  */
-CREATE FUNCTION wf._finish_run(p_run wf.run, p_status text, p_error jsonb, actor oid)
+CREATE FUNCTION wf._end_run(p_run wf.run, p_status text, p_error jsonb, actor oid)
 RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-	child	wf.run;
 BEGIN
 	UPDATE wf.run SET status = p_status, error = coalesce(p_error, error),
 		   finished_at = clock_timestamp()
@@ -794,27 +868,6 @@ BEGIN
 	PERFORM wf._notify(p_run.id, p_run.workflow, NULL, p_status);
 	PERFORM wf._run_ended(p_run.id);
 	PERFORM wf._child_ended(p_run.id);
-	/*
-	 * Child runs end with their parent.  One that an executor holds (it is
-	 * executing one of its steps) is cancelled once that executor commits.
-	 */
-	FOR child IN SELECT * FROM wf.run
-				  WHERE parent_run = p_run.id AND status IN ('pending', 'running', 'waiting')
-				  FOR UPDATE SKIP LOCKED LOOP
-		PERFORM wf._finish_run(child, 'cancelled',
-							   jsonb_build_object('message', format('parent run %s ended', p_run.id)),
-							   actor);
-	END LOOP;
-	INSERT INTO wf.deferred (run_id, action, payload)
-	SELECT c.id, 'cancel',
-		   jsonb_build_object('error', jsonb_build_object('message',
-														  format('parent run %s ended', p_run.id)),
-							  'actor', actor)
-	  FROM wf.run c
-	 WHERE c.parent_run = p_run.id AND c.status IN ('pending', 'running', 'waiting');
-	IF FOUND THEN
-		PERFORM wf._defer();
-	END IF;
 	IF p_status = 'failed' THEN
 		PERFORM wf._alert(p_run.id, p_error->>'step', 'failure',
 						  format('run %s of workflow "%s" failed: %s', p_run.id, p_run.workflow,
@@ -824,6 +877,55 @@ BEGIN
 	/* What was open about the run is settled now. */
 	UPDATE wf.alert SET resolved_at = clock_timestamp(), resolved_by = actor
 	 WHERE run_id = p_run.id AND resolved_at IS NULL AND kind = 'escalation';
+END
+$$;
+
+/*
+ * Ends a run and, cancelled, its unfinished descendants: its child runs,
+ * theirs, and so on, found level by level by one query, so that the depth
+ * of the tree costs no recursion.  A descendant that an executor holds (it
+ * is executing one of its steps) is cancelled once that executor commits.
+ */
+CREATE FUNCTION wf._finish_run(p_run wf.run, p_status text, p_error jsonb, actor oid)
+RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+	ids		bigint[];
+	child	wf.run;
+BEGIN
+	PERFORM wf._end_run(p_run, p_status, p_error, actor);
+	WITH RECURSIVE d(id, level) AS (
+		SELECT c.id, 1 FROM wf.run c
+		 WHERE c.parent_run = p_run.id AND c.status IN ('pending', 'running', 'waiting')
+		UNION ALL
+		SELECT c.id, d.level + 1 FROM d JOIN wf.run c ON c.parent_run = d.id
+		 WHERE c.status IN ('pending', 'running', 'waiting')
+	)
+	SELECT array_agg(d.id ORDER BY d.level, d.id) INTO ids FROM d;
+	IF ids IS NULL THEN
+		RETURN;
+	END IF;
+	/* Parents first: a child's end then finds its parent's step cancelled. */
+	FOR child IN SELECT r.* FROM unnest(ids) WITH ORDINALITY AS u(id, o)
+						JOIN wf.run r ON r.id = u.id
+				  WHERE r.status IN ('pending', 'running', 'waiting')
+				  ORDER BY u.o
+				  FOR UPDATE OF r SKIP LOCKED LOOP
+		PERFORM wf._end_run(child, 'cancelled',
+							jsonb_build_object('message',
+											   format('parent run %s ended', child.parent_run)),
+							actor);
+	END LOOP;
+	INSERT INTO wf.deferred (run_id, action, payload)
+	SELECT r.id, 'cancel',
+		   jsonb_build_object('error', jsonb_build_object('message',
+														  format('parent run %s ended', r.parent_run)),
+							  'actor', actor)
+	  FROM wf.run r
+	 WHERE r.id = ANY (ids) AND r.status IN ('pending', 'running', 'waiting');
+	IF FOUND THEN
+		PERFORM wf._defer();
+	END IF;
 END
 $$;
 
@@ -1052,7 +1154,12 @@ BEGIN
 	 * back, and then cancelled (see wf._cancel_steps).
 	 */
 	IF NOT FOUND OR (r.compensating IS NOT NULL AND p_step NOT LIKE 'compensate:%') THEN
-		ok := false;
+		/*
+		 * Unless this very transaction did it: then the step itself ended
+		 * its run (or started its undoing), calling wf_cancel on it or on an
+		 * ancestor, and was cancelled with it.  What it did stays.
+		 */
+		ok := coalesce(wf._xid_is_current((SELECT xmin FROM wf.run WHERE id = p_run_id)), false);
 		RETURN;
 	END IF;
 	ok := true;
@@ -1267,6 +1374,18 @@ END
 $$;
 
 /*
+ * The advisory lock (with class hashtext('pg_workflow.wait')) that orders a
+ * step starting to wait for a signal or an event and the wf_signal or
+ * wf_emit that may concern it (see wf._step_wait): one of 1,024 buckets of
+ * keys, so that a transaction sending many holds a bounded number of locks.
+ * Keys that share a bucket only make a starting wait look again later.
+ */
+CREATE FUNCTION wf._wait_bucket(wait_key text) RETURNS int
+LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+	SELECT hashtext(wait_key) & 1023
+$$;
+
+/*
  * A step starts (or goes on) waiting: for its timer p_wake_at (NULL: none)
  * and/or for what p_wait_key names ('signal:NAME' or 'event:NAME:KEY').  The
  * run is "waiting" while none of its steps is ready or running.
@@ -1276,47 +1395,61 @@ CREATE FUNCTION wf._step_wait(p_run_id bigint, p_step text, p_wake_at timestampt
 RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-	r	wf.run;
-	was	text;
+	r		wf.run;
+	was		text;
+	v_event	text;
+	v_key	text;
 BEGIN
 	SELECT status INTO was FROM wf.step WHERE run_id = p_run_id AND step = p_step;
 	UPDATE wf.step SET status = 'waiting', ready_at = p_wake_at, wait_key = p_wait_key,
 		   payload = NULL
 	 WHERE run_id = p_run_id AND step = p_step;
-	IF p_wait_key IS NOT NULL THEN
+	IF p_wait_key LIKE 'signal:%' OR p_wait_key LIKE 'event:%' THEN
 		/*
-		 * wf_signal and wf_emit take this lock exclusively (a signal's for
-		 * its run only): either they wait for this transaction and then see
-		 * the step waiting, or they committed before we got the lock (or
-		 * skipped our row, which we hold) and we see what they sent: a
-		 * signal not taken yet, or an event our start's snapshot did not see
-		 * committed.
+		 * wf_signal and wf_emit take this lock in shared mode until they
+		 * commit (a signal's for its run only).  Either we get it
+		 * exclusively: then those that had it have committed, and we see
+		 * what they sent (a signal not taken yet, or an event our start's
+		 * snapshot did not see committed), and those that come later wait
+		 * for our commit and then see the step waiting.  Or one of them
+		 * holds it now: we do not wait for it (an executor waits for no
+		 * user's transaction) but look again shortly.
 		 */
-		PERFORM pg_advisory_xact_lock_shared(hashtext('pg_workflow.wait'),
-											 hashtext(CASE WHEN p_wait_key LIKE 'signal:%'
-														   THEN p_run_id || ' ' || p_wait_key
-														   ELSE p_wait_key END));
-		IF p_wait_key LIKE 'signal:%' THEN
+		IF NOT pg_try_advisory_xact_lock(hashtext('pg_workflow.wait'),
+										 wf._wait_bucket(CASE WHEN p_wait_key LIKE 'signal:%'
+															  THEN p_run_id || ' ' || p_wait_key
+															  ELSE p_wait_key END)) THEN
+			UPDATE wf.step
+			   SET ready_at = least(ready_at, clock_timestamp() + interval '200 ms')
+			 WHERE run_id = p_run_id AND step = p_step;
+		ELSIF p_wait_key LIKE 'signal:%' THEN
 			UPDATE wf.step SET ready_at = clock_timestamp()
 			 WHERE run_id = p_run_id AND step = p_step
 			   AND EXISTS (SELECT 1 FROM wf.signal g
 							WHERE g.run_id = p_run_id AND g.taken_at IS NULL
 							  AND 'signal:' || g.name = p_wait_key);
 		ELSE
+			/*
+			 * 'event:NAME:KEY' (KEY empty: any key).  Event names have no
+			 * ":", and what the step's start saw committed is older than its
+			 * snapshot's xmin or visible in it: event_recent finds the rest.
+			 */
+			v_event := split_part(substr(p_wait_key, 7), ':', 1);
+			v_key := substr(p_wait_key, length(v_event) + 8);
 			UPDATE wf.step s
 			   SET ready_at = clock_timestamp(),
 				   payload = (SELECT jsonb_build_object('event', e.event, 'key', e.key,
 														'payload', e.payload)
 								FROM wf.event e
-							   WHERE NOT pg_visible_in_snapshot(e.emitted_xid, s.wait_snapshot)
-								 AND p_wait_key IN ('event:' || e.event || ':' || coalesce(e.key, ''),
-												   'event:' || e.event || ':')
+							   WHERE e.event = v_event AND (v_key = '' OR e.key = v_key)
+								 AND e.emitted_xid >= pg_snapshot_xmin(s.wait_snapshot)
+								 AND NOT pg_visible_in_snapshot(e.emitted_xid, s.wait_snapshot)
 							   ORDER BY e.id LIMIT 1)
 			 WHERE s.run_id = p_run_id AND s.step = p_step
 			   AND EXISTS (SELECT 1 FROM wf.event e
-							WHERE NOT pg_visible_in_snapshot(e.emitted_xid, s.wait_snapshot)
-							  AND p_wait_key IN ('event:' || e.event || ':' || coalesce(e.key, ''),
-												'event:' || e.event || ':'));
+							WHERE e.event = v_event AND (v_key = '' OR e.key = v_key)
+							  AND e.emitted_xid >= pg_snapshot_xmin(s.wait_snapshot)
+							  AND NOT pg_visible_in_snapshot(e.emitted_xid, s.wait_snapshot));
 		END IF;
 	END IF;
 	IF was <> 'waiting' THEN
@@ -1535,6 +1668,72 @@ END
 $$;
 
 /*
+ * Removes, a batch at a time, what the retention settings no longer keep
+ * (in seconds; 0 keeps everything): up to 1,000 finished runs that ended
+ * more than p_retention_s ago, with all their rows (steps, signals, alerts,
+ * deferred changes and history: the history of a removed run could be read
+ * by nobody, the views showing it through its run), and up to 5,000 events
+ * older than p_event_retention_s.  Runs another transaction holds are
+ * skipped, and a row lock not granted at once makes the whole batch wait
+ * for the next call: the executor calling this never waits for anyone.
+ * Returns when there will be something to remove (now, while there is a
+ * backlog; NULL for never).
+ */
+CREATE FUNCTION wf._prune(p_retention_s int, p_event_retention_s int)
+RETURNS timestamptz
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET lock_timeout = '10ms' AS $$
+DECLARE
+	keep	interval := CASE WHEN p_retention_s > 0 THEN make_interval(secs => p_retention_s) END;
+	keep_ev	interval := CASE WHEN p_event_retention_s > 0
+							 THEN make_interval(secs => p_event_retention_s) END;
+	ids		bigint[];
+	nevents	int := 0;
+BEGIN
+	IF keep IS NOT NULL THEN
+		SELECT array_agg(o.id) INTO ids
+		  FROM (SELECT r.id FROM wf.run r
+				 WHERE r.status IN ('completed', 'failed', 'cancelled')
+				   AND r.finished_at < clock_timestamp() - keep
+				 ORDER BY r.finished_at LIMIT 1000
+				   FOR UPDATE SKIP LOCKED) o;
+		IF ids IS NOT NULL THEN
+			/* The run first: its history may go once it is gone. */
+			DELETE FROM wf.run WHERE id = ANY (ids);
+			DELETE FROM wf.step WHERE run_id = ANY (ids);
+			DELETE FROM wf.signal WHERE run_id = ANY (ids);
+			DELETE FROM wf.alert WHERE run_id = ANY (ids);
+			DELETE FROM wf.deferred WHERE run_id = ANY (ids);
+			DELETE FROM wf.history_log WHERE run_id = ANY (ids);
+		END IF;
+	END IF;
+	IF keep_ev IS NOT NULL THEN
+		DELETE FROM wf.event
+		 WHERE id IN (SELECT e.id FROM wf.event e
+					   WHERE e.emitted_at < clock_timestamp() - keep_ev
+					   ORDER BY e.emitted_at LIMIT 5000
+						 FOR UPDATE SKIP LOCKED);
+		GET DIAGNOSTICS nevents = ROW_COUNT;
+	END IF;
+	IF cardinality(ids) = 1000 OR nevents = 5000 THEN
+		RETURN clock_timestamp();
+	END IF;
+	RETURN least((SELECT min(r.finished_at) FROM wf.run r
+				   WHERE r.status IN ('completed', 'failed', 'cancelled')) + keep,
+				 clock_timestamp() + keep,
+				 (SELECT min(e.emitted_at) FROM wf.event e) + keep_ev,
+				 clock_timestamp() + keep_ev);
+EXCEPTION
+	WHEN lock_not_available THEN
+		/* A step of one of the runs is held (an executor is about to drop it). */
+		RETURN clock_timestamp();
+	WHEN OTHERS THEN
+		RAISE WARNING 'could not remove old runs and events: %', SQLERRM
+			USING HINT = 'It is tried again in a minute.';
+		RETURN clock_timestamp() + interval '1 minute';
+END
+$$;
+
+/*
  * Starts the saga's compensation of a run that failed or is cancelled: the
  * "compensate" actions of its completed steps become steps of their own,
  * named compensate:STEP, run one after the other in the reverse order of
@@ -1548,6 +1747,8 @@ RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	n		int;
+	bad		text;
+	why		text;
 BEGIN
 	IF NOT EXISTS (SELECT 1 FROM wf.step
 					WHERE run_id = p_run.id AND status = 'completed' AND spec ? 'compensate') THEN
@@ -1556,6 +1757,30 @@ BEGIN
 			p_error := p_error || jsonb_build_object('compensated', '[]'::jsonb);
 		END IF;
 		PERFORM wf._finish_run(p_run, p_status, p_error, actor);
+		RETURN;
+	END IF;
+	/*
+	 * wf_define accepts as compensate actions only single steps of a kind
+	 * that may undo (kinds.c).  A definition written past it fails its own
+	 * run here, saying why, rather than a step row without a kind failing
+	 * the executor's whole transaction.
+	 */
+	SELECT s.step INTO bad FROM wf.step s
+	 WHERE s.run_id = p_run.id AND s.status = 'completed' AND s.spec ? 'compensate'
+	   AND wf._step_kind(s.spec->'compensate', true) IS NULL
+	 ORDER BY s.finished_at DESC, s.ord DESC LIMIT 1;
+	IF FOUND THEN
+		why := format('step "%s" cannot be compensated: its compensate action is not one step of a kind that can undo',
+					  bad);
+		PERFORM wf._alert(p_run.id, bad, 'failure',
+						  format('run %s of workflow "%s": %s', p_run.id, p_run.workflow, why),
+						  jsonb_build_object('compensate', (SELECT s.spec->'compensate' FROM wf.step s
+															 WHERE s.run_id = p_run.id AND s.step = bad)));
+		PERFORM wf._finish_run(p_run, p_status,
+							   p_error || jsonb_build_object('compensated', '[]'::jsonb,
+															 'compensation_failed',
+															 jsonb_build_object('step', bad, 'message', why)),
+							   actor);
 		RETURN;
 	END IF;
 	PERFORM wf._cancel_steps(p_run.id);
@@ -1568,8 +1793,7 @@ BEGIN
 	INSERT INTO wf.step (run_id, step, label, ord, kind, spec, status, deps, successors,
 						 deps_left, priority, ready_at)
 	SELECT p_run.id, 'compensate:' || t.step, 'compensate:' || t.step, 100000 + t.i::int,
-		   (SELECT k FROM unnest(ARRAY['sql', 'http', 'agent', 'wait_for', 'human', 'sleep',
-									   'workflow']) k WHERE t.action ? k LIMIT 1),
+		   wf._step_kind(t.action, true),
 		   t.action || jsonb_build_object('name', 'compensate:' || t.step),
 		   CASE WHEN t.i = 1 THEN 'ready' ELSE 'pending' END,
 		   CASE WHEN t.i = 1 THEN '{}'::text[]
@@ -1655,9 +1879,7 @@ DECLARE
 	run_owner	oid;
 BEGIN
 	SELECT * INTO c FROM wf.step WHERE run_id = p_run_id AND step = p_step;
-	k := (SELECT x FROM unnest(ARRAY['sql', 'http', 'agent', 'wait_for', 'human', 'sleep',
-									 'until', 'workflow', 'if', 'parallel', 'map']) x
-		   WHERE p_template ? x LIMIT 1);
+	k := wf._step_kind(p_template);
 	SELECT r.owner INTO run_owner FROM wf.run r WHERE r.id = p_run_id;
 	/* Each item takes its turn in the owner's fair share (wf._start). */
 	INSERT INTO wf.step (run_id, step, label, parent, item, ord, kind, spec, status, deps,
@@ -1714,9 +1936,13 @@ DECLARE
 	cid	bigint;
 BEGIN
 	SELECT * INTO r FROM wf.run WHERE id = p_run_id;
-	cid := wf._start(r.owner, r.search_path, p_workflow, coalesce(p_input, '{}'),
-					 jsonb_build_object('priority', r.priority));
-	UPDATE wf.run SET parent_run = p_run_id, parent_step = p_step WHERE id = cid;
+	cid := wf._start(r.owner, r.search_path, p_workflow, coalesce(p_input, '{}'), '{}');
+	/* At its parent's priority, which its owner may not be allowed to ask for. */
+	UPDATE wf.run SET parent_run = p_run_id, parent_step = p_step, priority = r.priority
+	 WHERE id = cid;
+	IF r.priority <> 0 THEN
+		UPDATE wf.step SET priority = r.priority WHERE run_id = cid;
+	END IF;
 	RETURN cid;
 END
 $$;
@@ -2220,8 +2446,8 @@ BEGIN
 		RETURN false;
 	END IF;
 	/* See wf._step_wait. */
-	PERFORM pg_advisory_xact_lock(hashtext('pg_workflow.wait'),
-								  hashtext(p_run_id || ' signal:' || p_name));
+	PERFORM pg_advisory_xact_lock_shared(hashtext('pg_workflow.wait'),
+										 wf._wait_bucket(p_run_id || ' signal:' || p_name));
 	INSERT INTO wf.signal (run_id, name, payload, sent_by)
 	VALUES (p_run_id, p_name, coalesce(p_payload, '{}'), caller);
 	INSERT INTO wf.history_log (run_id, status, detail, actor)
@@ -2292,12 +2518,11 @@ BEGIN
 			started := started + 1;
 		END IF;
 	END LOOP;
-	/* See wf._step_wait. */
-	PERFORM pg_advisory_xact_lock(hashtext('pg_workflow.wait'), k)
-	   FROM (SELECT DISTINCT hashtext(w) AS k
+	/* See wf._step_wait: shared, emits never wait for each other. */
+	PERFORM pg_advisory_xact_lock_shared(hashtext('pg_workflow.wait'), b)
+	   FROM (SELECT DISTINCT wf._wait_bucket(w) AS b
 			   FROM unnest(ARRAY['event:' || p_event || ':' || coalesce(p_key, ''),
-								 'event:' || p_event || ':']) w
-			  ORDER BY 1) keys;
+								 'event:' || p_event || ':']) w) buckets;
 	/*
 	 * As in wf._signal, rows another transaction holds are skipped; a step
 	 * that received an event already (payload set) keeps the first one.
@@ -2649,7 +2874,7 @@ CREATE VIEW wf.workflows AS
 CREATE VIEW wf.runs WITH (security_barrier) AS
 	SELECT r.id, r.workflow, r.version, r.status, r.input, r.output, r.error,
 		   r.owner, r.priority, r.idempotency_key,
-		   r.parent_run, r.parent_step,
+		   r.parent_run, r.parent_step, r.depth, r.origin_run,
 		   r.created_at, r.start_at, r.started_at, r.finished_at
 	  FROM wf.run r
 	 WHERE r.owner = (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user)

@@ -21,15 +21,18 @@
 
 #include "access/htup_details.h"
 #include "access/xact.h"
+#include "access/xlog.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
+#include "commands/dbcommands.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "parser/parse_func.h"
 #include "pgstat.h"
 #include "storage/ipc.h"
+#include "storage/proc.h"
 #include "utils/builtins.h"
 #include "utils/fmgrprotos.h"
 #include "utils/jsonb.h"
@@ -40,6 +43,9 @@
 
 #define WF_API_MAX_ARGS 8
 
+/* A wf_wait timeout this long or longer is no limit at all (100 years). */
+#define WF_WAIT_FOREVER_USECS	(100.0 * 365.25 * USECS_PER_DAY)
+
 PG_FUNCTION_INFO_V1(wf_api_call);
 PG_FUNCTION_INFO_V1(wf_wait);
 PG_FUNCTION_INFO_V1(wf_wake);
@@ -49,6 +55,8 @@ PG_FUNCTION_INFO_V1(wf_run_ended);
 PG_FUNCTION_INFO_V1(wf_xid_is_current);
 PG_FUNCTION_INFO_V1(wf_start_trigger);
 PG_FUNCTION_INFO_V1(wf_fair_at);
+PG_FUNCTION_INFO_V1(wf_current_run);
+PG_FUNCTION_INFO_V1(wf_check_executors);
 
 /*
  * Looks up wf._NAME(oid, text, argtypes...) and prepares to call it.
@@ -178,7 +186,11 @@ wf_api_stop_waiting(int code, Datum arg)
 /*
  * wf_wait(run_id, timeout): sleeps on the backend's latch until the run
  * ends (the transaction that ends it wakes us at commit) or the timeout
- * passes; returns the run's status.  A NULL timeout waits without limit.
+ * passes; returns the run's status.  A NULL timeout, or one of 100 years or
+ * more, waits without limit.
+ *
+ * Not on a standby: runs end on the primary, and no commit there wakes a
+ * backend of the standby, which would sleep until the timeout.
  */
 Datum
 wf_wait(PG_FUNCTION_ARGS)
@@ -203,15 +215,24 @@ wf_wait(PG_FUNCTION_ARGS)
 	if (!PG_ARGISNULL(1))
 	{
 		Interval   *iv = PG_GETARG_INTERVAL_P(1);
-		int64		usecs = iv->time + (int64) iv->day * USECS_PER_DAY +
-			(int64) iv->month * DAYS_PER_MONTH * USECS_PER_DAY;
+
+		/* As a double, which no interval overflows. */
+		double		usecs = (double) iv->time + (double) iv->day * USECS_PER_DAY +
+			(double) iv->month * DAYS_PER_MONTH * USECS_PER_DAY;
 
 		if (usecs < 0)
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("timeout must not be negative")));
-		deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), usecs / 1000);
+		if (usecs < WF_WAIT_FOREVER_USECS)
+			deadline = GetCurrentTimestamp() + (int64) usecs;
 	}
+	if (RecoveryInProgress())
+		ereport(ERROR,
+				(errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
+				 errmsg("wf_wait cannot wait on a standby server"),
+				 errdetail("Runs end on the primary server, and a standby is not told when they do."),
+				 errhint("Call wf_wait on the primary server, or read the run's status from wf.runs.")));
 
 	wf_api_lookup("wait_status", 1, argtypes, &status_fn, CurrentMemoryContext);
 	args[0].value = PG_GETARG_DATUM(0);
@@ -365,4 +386,74 @@ Datum
 wf_fair_at(PG_FUNCTION_ARGS)
 {
 	PG_RETURN_TIMESTAMPTZ(wf_shmem_fair_at(PG_GETARG_OID(0)));
+}
+
+/*
+ * wf._current_run(): the run whose step this executor is executing now, or
+ * NULL (not an executor, or between steps).
+ */
+Datum
+wf_current_run(PG_FUNCTION_ARGS)
+{
+	/* Only this process writes its slot's current_run. */
+	if (wf_worker_slot == NULL || wf_worker_slot->current_run == 0)
+		PG_RETURN_NULL();
+	PG_RETURN_INT64(wf_worker_slot->current_run);
+}
+
+/*
+ * wf._check_executors(): called by every wf_start; warns (once per
+ * transaction) when the run will not start soon because no executor serves
+ * this database (pg_workflow.database names another one) or none is
+ * running (they cannot connect, or are being restarted).
+ *
+ * A warning, not an error: the run is durable and starts once an executor
+ * serves it, and an error would lose the rest of the caller's transaction
+ * (the order that a trigger starts a run for, say).
+ */
+Datum
+wf_check_executors(PG_FUNCTION_ARGS)
+{
+	static LocalTransactionId warned = InvalidLocalTransactionId;
+	static char *dbname = NULL;
+	bool		alive = false;
+	int			i;
+
+	/* The executors' own starts (schedules, child runs) need no check. */
+	if (wf_worker_slot != NULL || MyProc->lxid == warned)
+		PG_RETURN_VOID();
+
+	/* The current database cannot be renamed while we are connected. */
+	if (dbname == NULL)
+		dbname = MemoryContextStrdup(TopMemoryContext,
+									 get_database_name(MyDatabaseId));
+	if (strcmp(dbname, wf_guc_database) != 0)
+	{
+		warned = MyProc->lxid;
+		ereport(WARNING,
+				(errcode(ERRCODE_WARNING),
+				 errmsg("no pg_workflow executor runs the workflows of database \"%s\"",
+						dbname),
+				 errdetail("The executors serve database \"%s\", named by pg_workflow.database; "
+						   "the run stays pending.", wf_guc_database),
+				 errhint("Set pg_workflow.database = '%s' and restart the server.", dbname)));
+		PG_RETURN_VOID();
+	}
+
+	SpinLockAcquire(&wf_shared->mutex);
+	for (i = 0; i < wf_shared->nworkers && !alive; i++)
+		alive = (wf_shared->workers[i].pid != 0);
+	SpinLockRelease(&wf_shared->mutex);
+	if (!alive)
+	{
+		warned = MyProc->lxid;
+		ereport(WARNING,
+				(errcode(ERRCODE_WARNING),
+				 errmsg("no pg_workflow executor is running"),
+				 errdetail("The run stays pending until an executor runs it."),
+				 errhint("Look in the server log for why the executors are not running; "
+						 "they connect to the database named by pg_workflow.database (\"%s\").",
+						 wf_guc_database)));
+	}
+	PG_RETURN_VOID();
 }

@@ -26,7 +26,7 @@
  * commit: a failed step rolls back its own subtransaction, never its
  * neighbours'.
  *
- * Step kinds are looked up in wf_step_kinds[]; each kind executes one
+ * Step kinds are looked up in the table of kinds.c; each kind executes one
  * attempt and reports a WfStepResult.
  *
  * src/executor.c
@@ -61,19 +61,6 @@ typedef struct WfWorkItem
 	char	   *step;
 	bool		http;			/* an http step: needs room in flight */
 } WfWorkItem;
-
-static const WfStepKind wf_step_kinds[] = {
-	{"sql", wf_sql_execute, NULL},
-	{"http", wf_http_execute, NULL},
-	{"sleep", wf_wait_sleep_execute, wf_wait_sleep_resume},
-	{"until", wf_wait_sleep_execute, wf_wait_sleep_resume},
-	{"wait_for", wf_wait_for_execute, wf_wait_for_resume},
-	{"human", wf_wait_human_execute, wf_wait_human_resume},
-	{"if", wf_flow_if_execute, NULL},
-	{"parallel", wf_flow_parallel_execute, NULL},
-	{"map", wf_flow_map_execute, NULL},
-	{"workflow", wf_flow_workflow_execute, wf_flow_workflow_resume},
-};
 
 /* The step timeout: its own timer, so that we know it was ours. */
 TimeoutId	wf_exec_timeout_id = MAX_TIMEOUTS;
@@ -114,6 +101,17 @@ static SPIPlanPtr wf_plan_expire = NULL;
 static SPIPlanPtr wf_plan_deferred = NULL;
 static SPIPlanPtr wf_plan_solo = NULL;
 static SPIPlanPtr wf_plan_solo_due = NULL;
+static SPIPlanPtr wf_plan_prune = NULL;
+
+/*
+ * When wf._prune() is next worth calling (0: at once, DT_NOEND: never, until
+ * a retention setting changes); a call never comes sooner than
+ * WF_PRUNE_BUSY_MS after the previous one while there is a backlog, nor
+ * than WF_PRUNE_INTERVAL_MS otherwise.
+ */
+TimestampTz wf_exec_next_prune = 0;
+#define WF_PRUNE_BUSY_MS		1000
+#define WF_PRUNE_INTERVAL_MS	10000
 
 /* All the plans above are prepared (a failure half-way starts over). */
 static bool wf_exec_plans_ready = false;
@@ -124,17 +122,6 @@ static bool wf_exec_requeued = false;
 static List *wf_exec_record_failure(WfStepExec *ex, Jsonb *defaults,
 									WfStepResult *res, List *queue,
 									MemoryContext batchctx);
-
-const WfStepKind *
-wf_exec_find_kind(const char *name)
-{
-	int			i;
-
-	for (i = 0; i < lengthof(wf_step_kinds); i++)
-		if (strcmp(wf_step_kinds[i].name, name) == 0)
-			return &wf_step_kinds[i];
-	return NULL;
-}
 
 static SPIPlanPtr
 wf_exec_prepare(const char *sql, int nargs, Oid *argtypes)
@@ -160,6 +147,7 @@ wf_exec_prepare_all(void)
 	Oid			done_types[4] = {INT8OID, TEXTOID, TEXTOID, JSONBOID};
 	Oid			failed_types[9] = {INT8OID, TEXTOID, JSONBOID, TIMESTAMPTZOID,
 	BOOLOID, BOOLOID, BOOLOID, BOOLOID, TEXTOID};
+	Oid			prune_types[2] = {INT4OID, INT4OID};
 
 	if (wf_exec_plans_ready)
 		return;
@@ -224,6 +212,7 @@ wf_exec_prepare_all(void)
 									   " AND ready_at <= pg_catalog.clock_timestamp()"
 									   " LIMIT 1 FOR UPDATE SKIP LOCKED",
 									   0, NULL);
+	wf_plan_prune = wf_exec_prepare("SELECT wf._prune($1, $2)", 2, prune_types);
 	wf_exec_plans_ready = true;
 }
 
@@ -1244,6 +1233,38 @@ wf_exec_fail_suspect(void)
 }
 
 /*
+ * Removes the finished runs and the events that pg_workflow.retention and
+ * pg_workflow.event_retention no longer keep, one batch, when that is due
+ * (wf._prune says when there will be something to remove).
+ */
+static void
+wf_exec_prune(void)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	Datum		args[2];
+	Datum		next;
+	bool		isnull;
+
+	if (now < wf_exec_next_prune ||
+		(wf_guc_retention_s == 0 && wf_guc_event_retention_s == 0))
+		return;
+	/* Should it fail, the batch is not tried again with it at once. */
+	wf_exec_next_prune = TimestampTzPlusMilliseconds(now, WF_PRUNE_INTERVAL_MS);
+	args[0] = Int32GetDatum(wf_guc_retention_s);
+	args[1] = Int32GetDatum(wf_guc_event_retention_s);
+	if (SPI_execute_plan(wf_plan_prune, args, NULL, false, 1) != SPI_OK_SELECT ||
+		SPI_processed != 1)
+		elog(ERROR, "could not remove old runs and events");
+	next = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	if (isnull)
+		wf_exec_next_prune = DT_NOEND;
+	else if (DatumGetTimestampTz(next) <= now)
+		wf_exec_next_prune = TimestampTzPlusMilliseconds(now, WF_PRUNE_BUSY_MS);
+	else
+		wf_exec_next_prune = Max(DatumGetTimestampTz(next), wf_exec_next_prune);
+}
+
+/*
  * Runs one executor transaction.  Returns the number of steps executed;
  * when none was due, *next_due is when the next one will be (0: none
  * known, sleep until woken).
@@ -1321,14 +1342,19 @@ wf_exec_batch(int max_steps, TimestampTz *next_due)
 	deferred_held = wf_exec_run_deferred();
 
 	/*
-	 * Runs past their workflow timeout fail, due schedules start their runs;
-	 * the next deadline or schedule bounds our sleep.
+	 * Runs past their workflow timeout fail, due schedules start their runs,
+	 * old runs and events go; the next deadline, schedule or removal bounds
+	 * our sleep.
 	 */
 	if (SPI_execute_plan(wf_plan_expire, NULL, NULL, false, 1) != SPI_OK_SELECT ||
 		SPI_processed != 1)
 		elog(ERROR, "could not expire runs");
 	next_deadline = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 	next_deadline = isnull ? 0 : DatumGetTimestampTz(next_deadline);
+	wf_exec_prune();
+	if (wf_exec_next_prune != 0 && wf_exec_next_prune != DT_NOEND &&
+		(next_deadline == 0 || wf_exec_next_prune < next_deadline))
+		next_deadline = wf_exec_next_prune;
 
 claim:
 	args[0] = Int32GetDatum(max_steps);

@@ -37,6 +37,10 @@ int			wf_guc_max_context_size = 16 * 1024 * 1024;
 int			wf_guc_max_map_items = 100000;
 static int	wf_guc_max_input_size = 1024 * 1024;
 static int	wf_guc_max_definition_size = 1024 * 1024;
+static int	wf_guc_max_user_priority = 0;
+static int	wf_guc_max_depth = 16;
+int			wf_guc_retention_s = 30 * SECS_PER_DAY;
+int			wf_guc_event_retention_s = 7 * SECS_PER_DAY;
 
 static const struct config_enum_entry wf_notify_options[] = {
 	{"off", WF_NOTIFY_OFF, false},
@@ -66,6 +70,16 @@ wf_shmem_startup_hook(void)
 	if (wf_prev_shmem_startup_hook)
 		wf_prev_shmem_startup_hook();
 	wf_shmem_startup();
+}
+
+/*
+ * A retention setting changed: the executors look again now rather than
+ * at the time they computed with the old value.
+ */
+static void
+wf_guc_retention_assign(int newval, void *extra)
+{
+	wf_exec_next_prune = 0;
 }
 
 static void
@@ -246,6 +260,46 @@ wf_define_settings(void)
 							   PGC_SIGHUP,
 							   0,
 							   NULL, NULL, NULL);
+
+	DefineCustomIntVariable("pg_workflow.max_user_priority",
+							"Highest priority at which a role that is not a "
+							"member of wf_admin may start runs.",
+							"Members of wf_admin may use any priority.",
+							&wf_guc_max_user_priority,
+							0, INT_MIN, INT_MAX,
+							PGC_SUSET,
+							0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("pg_workflow.max_depth",
+							"Deepest nesting of runs started by steps of other runs.",
+							"A child run of a \"workflow\" step, or a run started "
+							"by wf_start or wf_emit inside a step, is one level "
+							"below the step's run.",
+							&wf_guc_max_depth,
+							16, 1, INT_MAX,
+							PGC_SIGHUP,
+							0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("pg_workflow.retention",
+							"Time after which finished runs are removed, with "
+							"their steps, signals, alerts and history.",
+							"0 keeps them forever.",
+							&wf_guc_retention_s,
+							30 * SECS_PER_DAY, 0, INT_MAX,
+							PGC_SIGHUP,
+							GUC_UNIT_S,
+							NULL, wf_guc_retention_assign, NULL);
+
+	DefineCustomIntVariable("pg_workflow.event_retention",
+							"Time after which events emitted by wf_emit are removed.",
+							"0 keeps them forever.",
+							&wf_guc_event_retention_s,
+							7 * SECS_PER_DAY, 0, INT_MAX,
+							PGC_SIGHUP,
+							GUC_UNIT_S,
+							NULL, wf_guc_retention_assign, NULL);
 
 	MarkGUCPrefixReserved("pg_workflow");
 }

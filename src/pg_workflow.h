@@ -6,8 +6,8 @@
  *
  * Module prefixes: wf_guc_* (settings), wf_shmem_* (shared state and
  * wake-ups), wf_worker_* (process main loop), wf_exec_* (batch executor),
- * wf_sql_* (the "sql" step kind), wf_long_* (long-step workers),
- * wf_api_* (SQL-callable functions),
+ * wf_sql_* (the "sql" step kind), wf_kind_* (the table of step kinds),
+ * wf_long_* (long-step workers), wf_api_* (SQL-callable functions),
  * wf_validate_* (definition checks), wf_sandbox_* (the identity and
  * settings under which user code runs), wf_util_* (small helpers).
  *
@@ -59,6 +59,8 @@ extern int	wf_guc_max_map_items;
 extern int	wf_guc_step_timeout_ms;
 extern int	wf_guc_long_step_threshold_ms;
 extern int	wf_guc_max_long_workers;
+extern int	wf_guc_retention_s;
+extern int	wf_guc_event_retention_s;
 
 /* ----------------------------------------------------------------
  * Shared memory (shmem.c)
@@ -74,6 +76,7 @@ typedef struct WfWorkerSlot
 	bool		reserved;		/* a long-step worker is being started here */
 	int			http_in_flight; /* requests it has in flight */
 	bool		recheck_http;	/* some run ended: are its requests still wanted? */
+	bool		connecting;		/* its last start did not get connected */
 } WfWorkerSlot;
 
 /* What one backend asks of the engine. */
@@ -109,6 +112,7 @@ typedef struct WfShared
 	int			ninterrupts;	/* backends interrupting a run now */
 	bool		deferred;		/* wf.deferred may have changes to make */
 	WfOwnerClock clocks[WF_FAIR_OWNERS];
+	bool		db_missing_told;	/* the log said pg_workflow.database is missing */
 	/* One entry per backend id: wf_wait and interrupt requests. */
 	int			nbackends;
 	WfBackendSlot backends[FLEXIBLE_ARRAY_MEMBER];
@@ -221,22 +225,46 @@ typedef struct WfStepResult
 								 * no retry and no on_error (owners.c) */
 } WfStepResult;
 
+/* What validate.c checks an action's value with (opaque elsewhere). */
+typedef struct WfvState WfvState;
+typedef struct WfvObject WfvObject;
+typedef void (*WfKindCheck) (WfvState *st, WfvObject *o, const char *path,
+							 JsonbValue *value);
+
 /*
- * A step kind.  "execute" performs one attempt synchronously inside the
- * executor's transaction (in a subtransaction of its own).
+ * A step kind, an entry of the one table of them (kinds.c).  "execute"
+ * performs one attempt synchronously inside the executor's transaction (in
+ * a subtransaction of its own).
  */
 struct WfStepKind
 {
-	const char *name;
+	const char *name;			/* the action key, e.g. "sql" */
+	const char *alias_of;		/* a short form of that kind ("until"), or NULL */
+	bool		supported;		/* false: known, but rejected as not supported */
+	bool		container;		/* holds steps of its own (if, parallel, map) */
+	bool		compensates;	/* may be a step's "compensate" action */
+	bool		async;			/* an attempt ends outside the executor's
+								 * transaction (http, agent) */
 	void		(*execute) (WfStepExec *ex, WfStepResult *res);
 	/* for kinds that wait: the timer fired, or a signal or event came */
 	void		(*resume) (WfStepExec *ex, WfStepResult *res);
+	WfKindCheck check;			/* checks the action's value (validate.c) */
 };
 
 extern TimeoutId wf_exec_timeout_id;
 extern int	wf_exec_arm_timeout(WfStepExec *ex);
 extern void wf_exec_init(void);
+/* kinds.c */
+extern const WfStepKind wf_step_kinds[];
+extern const int wf_step_nkinds;
+extern const WfStepKind *wf_kind_find(const char *name, int len);
+extern const WfStepKind *wf_kind_base(const WfStepKind *kind);
+extern const WfStepKind *wf_kind_of_step(Jsonb *spec, bool compensate);
 extern const WfStepKind *wf_exec_find_kind(const char *name);
+
+extern TimeoutId wf_exec_timeout_id;
+extern TimestampTz wf_exec_next_prune;
+extern void wf_exec_init(void);
 extern bool wf_exec_predicate(Jsonb *context, const char *path);
 extern Jsonb *wf_exec_path_first(Jsonb *target, const char *path);
 extern int	wf_exec_batch(int max_steps, TimestampTz *next_due);
@@ -245,6 +273,7 @@ extern bool wf_exec_solo_due(void);
 
 /* step_sql.c */
 extern void wf_sql_execute(WfStepExec *ex, WfStepResult *res);
+extern const char *wf_sql_unsupported(Node *parsetree, const char **why);
 
 /* step_wait.c */
 extern void wf_wait_sleep_execute(WfStepExec *ex, WfStepResult *res);
@@ -364,6 +393,28 @@ typedef struct WfProblem
 extern List *wf_validate_definition(Jsonb *definition);
 extern void wf_validate_report(List *problems);
 extern bool wf_validate_template(const char *str, char **problem);
+
+/* The checks of each kind's action, named in wf_step_kinds[]. */
+extern void wf_validate_sql(WfvState *st, WfvObject *o, const char *path,
+							JsonbValue *v);
+extern void wf_validate_http(WfvState *st, WfvObject *o, const char *path,
+							 JsonbValue *v);
+extern void wf_validate_agent(WfvState *st, WfvObject *o, const char *path,
+							  JsonbValue *v);
+extern void wf_validate_wait_for(WfvState *st, WfvObject *o, const char *path,
+								 JsonbValue *v);
+extern void wf_validate_human(WfvState *st, WfvObject *o, const char *path,
+							  JsonbValue *v);
+extern void wf_validate_sleep(WfvState *st, WfvObject *o, const char *path,
+							  JsonbValue *v);
+extern void wf_validate_workflow(WfvState *st, WfvObject *o, const char *path,
+								 JsonbValue *v);
+extern void wf_validate_if(WfvState *st, WfvObject *o, const char *path,
+						   JsonbValue *v);
+extern void wf_validate_parallel(WfvState *st, WfvObject *o, const char *path,
+								 JsonbValue *v);
+extern void wf_validate_map(WfvState *st, WfvObject *o, const char *path,
+							JsonbValue *v);
 
 /* ----------------------------------------------------------------
  * The sandbox of user code (sandbox.c)

@@ -317,8 +317,13 @@ wf_shmem_interrupt_run(int64 run_id)
 	{
 		WfWorkerSlot *slot = &wf_shared->workers[i];
 
-		/* A child run's step too: the child ends with its parent. */
-		if (slot->pid != 0 &&
+		/*
+		 * A child run's step too: the child ends with its parent.  Not our
+		 * own: an executor whose step cancels its run (or the run's parent)
+		 * goes on with that step, whose checkpoint then finds the run ended
+		 * by its own transaction (wf._step_done).
+		 */
+		if (slot->pid != 0 && slot->pid != MyProcPid &&
 			(slot->current_run == run_id || slot->current_parent == run_id))
 			pids[n++] = slot->pid;
 	}

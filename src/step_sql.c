@@ -18,6 +18,13 @@
  * statements is parsed at each run, since each may depend on the one
  * before.
  *
+ * Hence some statements can never run as a step: those that cannot run
+ * inside a transaction block, those that a security-restricted operation
+ * forbids, and COPY to or from the client.  wf_sql_unsupported() names
+ * them, so that wf_define rejects them instead of every attempt failing.
+ * It sees only the statements written in the step: a procedure or a DO
+ * block that controls transactions fails when it runs (2D000).
+ *
  * src/step_sql.c
  *
  *-------------------------------------------------------------------------
@@ -25,11 +32,13 @@
 #include "pg_workflow.h"
 
 #include "catalog/pg_authid.h"
+#include "catalog/pg_class.h"
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "common/hashfn.h"
+#include "nodes/parsenodes.h"
 #include "parser/parser.h"
 #include "utils/guc.h"
 #include "utils/hsearch.h"
@@ -211,4 +220,126 @@ wf_sql_execute(WfStepExec *ex, WfStepResult *res)
 
 	disable_timeout(wf_exec_timeout_id, false);
 	wf_sandbox_exit(&sb);
+}
+
+/* Is the relation of a CREATE statement temporary? */
+static bool
+wf_sql_is_temp(RangeVar *rel)
+{
+	return rel != NULL && rel->relpersistence == RELPERSISTENCE_TEMP;
+}
+
+/*
+ * The statement, as a raw parse tree, if it cannot run as a step: returns
+ * what it is ("VACUUM") and sets *why to the reason, a phrase.  NULL when it
+ * can run (transaction control is the caller's to reject).
+ */
+const char *
+wf_sql_unsupported(Node *parsetree, const char **why)
+{
+	static const char *const in_xact =
+	"it cannot run inside a transaction block, and a step runs inside the executor's transaction";
+	static const char *const restricted =
+	"a step runs as a security-restricted operation, which forbids it";
+
+	*why = in_xact;
+	switch (nodeTag(parsetree))
+	{
+		case T_CopyStmt:
+			if (((CopyStmt *) parsetree)->filename == NULL &&
+				!((CopyStmt *) parsetree)->is_program)
+			{
+				*why = "a step has no client to copy to or from";
+				return "COPY to STDOUT or from STDIN";
+			}
+			return NULL;
+		case T_VacuumStmt:
+			return ((VacuumStmt *) parsetree)->is_vacuumcmd ? "VACUUM" : NULL;
+		case T_CreatedbStmt:
+			return "CREATE DATABASE";
+		case T_DropdbStmt:
+			return "DROP DATABASE";
+		case T_CreateTableSpaceStmt:
+			return "CREATE TABLESPACE";
+		case T_DropTableSpaceStmt:
+			return "DROP TABLESPACE";
+		case T_AlterSystemStmt:
+			return "ALTER SYSTEM";
+		case T_IndexStmt:
+			return ((IndexStmt *) parsetree)->concurrent ? "CREATE INDEX CONCURRENTLY" : NULL;
+		case T_DropStmt:
+			return ((DropStmt *) parsetree)->concurrent ? "DROP INDEX CONCURRENTLY" : NULL;
+		case T_ReindexStmt:
+			{
+				ReindexStmt *stmt = (ReindexStmt *) parsetree;
+				ListCell   *lc;
+
+				if (stmt->kind == REINDEX_OBJECT_SCHEMA)
+					return "REINDEX SCHEMA";
+				if (stmt->kind == REINDEX_OBJECT_SYSTEM)
+					return "REINDEX SYSTEM";
+				if (stmt->kind == REINDEX_OBJECT_DATABASE)
+					return "REINDEX DATABASE";
+				foreach(lc, stmt->params)
+					if (strcmp(lfirst_node(DefElem, lc)->defname, "concurrently") == 0)
+						return "REINDEX CONCURRENTLY";
+				return NULL;
+			}
+		case T_ClusterStmt:
+			return ((ClusterStmt *) parsetree)->relation == NULL ? "CLUSTER of every table" : NULL;
+		case T_AlterTableStmt:
+			{
+				ListCell   *lc;
+
+				foreach(lc, ((AlterTableStmt *) parsetree)->cmds)
+				{
+					AlterTableCmd *cmd = lfirst_node(AlterTableCmd, lc);
+
+					if (cmd->subtype == AT_DetachPartition &&
+						((PartitionCmd *) cmd->def)->concurrent)
+						return "DETACH PARTITION CONCURRENTLY";
+				}
+				return NULL;
+			}
+		default:
+			break;
+	}
+
+	*why = restricted;
+	switch (nodeTag(parsetree))
+	{
+		case T_ListenStmt:
+			return "LISTEN";
+		case T_UnlistenStmt:
+			return "UNLISTEN";
+		case T_DiscardStmt:
+			return "DISCARD";
+		case T_PrepareStmt:
+			return "PREPARE";
+		case T_DeallocateStmt:
+			return "DEALLOCATE";
+		case T_ClosePortalStmt:
+			return "CLOSE";
+		case T_DeclareCursorStmt:
+			return (((DeclareCursorStmt *) parsetree)->options & CURSOR_OPT_HOLD) ?
+				"DECLARE CURSOR WITH HOLD" : NULL;
+		case T_CreateStmt:
+			return wf_sql_is_temp(((CreateStmt *) parsetree)->relation) ?
+				"CREATE TEMPORARY TABLE" : NULL;
+		case T_CreateTableAsStmt:
+			return wf_sql_is_temp(((CreateTableAsStmt *) parsetree)->into->rel) ?
+				"CREATE TEMPORARY TABLE" : NULL;
+		case T_SelectStmt:
+			return ((SelectStmt *) parsetree)->intoClause != NULL &&
+				wf_sql_is_temp(((SelectStmt *) parsetree)->intoClause->rel) ?
+				"SELECT INTO TEMPORARY" : NULL;
+		case T_ViewStmt:
+			return wf_sql_is_temp(((ViewStmt *) parsetree)->view) ?
+				"CREATE TEMPORARY VIEW" : NULL;
+		case T_CreateSeqStmt:
+			return wf_sql_is_temp(((CreateSeqStmt *) parsetree)->sequence) ?
+				"CREATE TEMPORARY SEQUENCE" : NULL;
+		default:
+			return NULL;
+	}
 }

@@ -13,11 +13,13 @@
  * in a fixed order instead: its name, unknown keys, then the known keys in
  * the order of wfv_features[] (or of the key list of a nested object).
  *
- * What the engine accepts is decided by the single table wfv_features[]:
- * a key, action or strategy that is specified but not implemented yet has
- * "supported" set to false and is rejected with FEATURE_NOT_SUPPORTED.  The
- * structural check of every entry is written already and runs as soon as
- * the flag is set.
+ * What the engine accepts is decided by the table wfv_features[] (keys and
+ * strategies) and by the table of step kinds, wf_step_kinds[] (kinds.c),
+ * which the executor and the SQL planning use too: a key, action or
+ * strategy that is specified but not implemented yet has "supported" set
+ * to false and is rejected with FEATURE_NOT_SUPPORTED.  The structural
+ * check of every entry is written already and runs as soon as the flag is
+ * set.
  *
  * Values that only PostgreSQL's own parsers can judge (intervals, JSON
  * paths, SQL statements) are parsed inside an internal subtransaction, so
@@ -65,13 +67,13 @@
 #define WFV_NULL_MESSAGE	"definition must not be null"
 
 /* State of one validation. */
-typedef struct WfvState
+struct WfvState
 {
 	List	   *problems;		/* WfProblem *, in the order found */
 	HTAB	   *names;			/* every valid step name seen so far */
 	int			nsteps;			/* steps seen so far, nested ones included */
 	bool		stop;			/* too many steps: look at no more of them */
-} WfvState;
+};
 
 /* Entry of WfvState.names. */
 typedef struct WfvName
@@ -96,7 +98,6 @@ typedef struct WfvList
 } WfvList;
 
 typedef struct WfvFeature WfvFeature;
-typedef struct WfvObject WfvObject;
 
 /* An object being checked: the definition, a step, or a step's part. */
 struct WfvObject
@@ -104,7 +105,7 @@ struct WfvObject
 	const char *label;			/* message prefix, NULL for the definition */
 	const char *within;			/* "compensate" for a compensate action */
 	JsonbContainer *obj;
-	const WfvFeature *action;	/* the only action, once found */
+	const WfStepKind *action;	/* the only action, once found */
 	int			depth;			/* level of the step's list, 0 at the top */
 	WfvList    *list;			/* list holding the step, if a step */
 	int			index;			/* position of the step in that list */
@@ -128,8 +129,7 @@ struct WfvFeature
 {
 	const char *name;			/* the key, or the strategy */
 	WfvRole		role;
-	const char *kind;			/* WFV_ACTION: the step kind it selects;
-								 * WFV_COMPANION: the action it goes with */
+	const char *kind;			/* WFV_COMPANION: the action it goes with */
 	WfvCheck	check;			/* checks the value; NULL if nothing to do */
 	bool		supported;		/* false: rejected as not supported yet */
 };
@@ -148,26 +148,6 @@ static void wfv_check_on_error(WfvState *st, WfvObject *o, const char *path,
 							   JsonbValue *v);
 static void wfv_check_top_steps(WfvState *st, WfvObject *o, const char *path,
 								JsonbValue *v);
-static void wfv_check_sql(WfvState *st, WfvObject *o, const char *path,
-						  JsonbValue *v);
-static void wfv_check_http(WfvState *st, WfvObject *o, const char *path,
-						   JsonbValue *v);
-static void wfv_check_agent(WfvState *st, WfvObject *o, const char *path,
-							JsonbValue *v);
-static void wfv_check_wait_for(WfvState *st, WfvObject *o, const char *path,
-							   JsonbValue *v);
-static void wfv_check_human(WfvState *st, WfvObject *o, const char *path,
-							JsonbValue *v);
-static void wfv_check_sleep(WfvState *st, WfvObject *o, const char *path,
-							JsonbValue *v);
-static void wfv_check_workflow(WfvState *st, WfvObject *o, const char *path,
-							   JsonbValue *v);
-static void wfv_check_if(WfvState *st, WfvObject *o, const char *path,
-						 JsonbValue *v);
-static void wfv_check_parallel(WfvState *st, WfvObject *o, const char *path,
-							   JsonbValue *v);
-static void wfv_check_map(WfvState *st, WfvObject *o, const char *path,
-						  JsonbValue *v);
 static void wfv_check_dependencies(WfvState *st, WfvObject *o,
 								   const char *path, JsonbValue *v);
 static void wfv_check_compensate(WfvState *st, WfvObject *o, const char *path,
@@ -176,9 +156,9 @@ static void wfv_check_circuit_breaker(WfvState *st, WfvObject *o,
 									  const char *path, JsonbValue *v);
 
 /*
- * Everything a definition may contain, and whether the engine implements
- * it yet.  Enabling a feature is flipping its flag.  The "until" action is
- * the short form of "sleep": the flag of "sleep" applies to it.
+ * Everything a definition may contain besides the step actions (which are
+ * the kinds of wf_step_kinds[]), and whether the engine implements it yet.
+ * Enabling a feature is flipping its flag.
  */
 static const WfvFeature wfv_features[] = {
 	/* keys of the definition */
@@ -187,19 +167,6 @@ static const WfvFeature wfv_features[] = {
 	{"retry", WFV_DOCUMENT, NULL, wfv_check_retry, true},
 	{"on_error", WFV_DOCUMENT, NULL, wfv_check_on_error, true},
 	{"steps", WFV_DOCUMENT, NULL, wfv_check_top_steps, true},
-
-	/* step actions */
-	{"sql", WFV_ACTION, "sql", wfv_check_sql, true},
-	{"http", WFV_ACTION, "http", wfv_check_http, true},
-	{"agent", WFV_ACTION, "agent", wfv_check_agent, false},
-	{"wait_for", WFV_ACTION, "wait_for", wfv_check_wait_for, true},
-	{"human", WFV_ACTION, "human", wfv_check_human, true},
-	{"sleep", WFV_ACTION, "sleep", wfv_check_sleep, true},
-	{"workflow", WFV_ACTION, "workflow", wfv_check_workflow, true},
-	{"if", WFV_ACTION, "if", wfv_check_if, true},
-	{"parallel", WFV_ACTION, "parallel", wfv_check_parallel, true},
-	{"map", WFV_ACTION, "map", wfv_check_map, true},
-	{"until", WFV_ACTION, "sleep", wfv_check_sleep, true},
 
 	/* step keys that go with one action, checked by that action's check */
 	{"payload", WFV_COMPANION, "agent", NULL, true},
@@ -230,6 +197,7 @@ static void wfv_problem(WfvState *st, const char *label, int sqlstate,
 						const char *fmt,...) pg_attribute_printf(4, 5);
 static const WfvFeature *wfv_find(int roles, const char *name, int len);
 static const char **wfv_feature_names(WfvRole role);
+static const char **wfv_kind_names(void);
 static char *wfv_join(const char *const *items, bool quote_and);
 static const char *wfv_path(WfvObject *o, const char *key);
 static char *wfv_sub(const char *path, const char *key);
@@ -573,7 +541,7 @@ wfv_find(int roles, const char *name, int len)
 	return NULL;
 }
 
-/* NULL-terminated names of the features of a role, aliases left out. */
+/* NULL-terminated names of the features of a role. */
 static const char **
 wfv_feature_names(WfvRole role)
 {
@@ -585,10 +553,24 @@ wfv_feature_names(WfvRole role)
 	{
 		const WfvFeature *f = &wfv_features[i];
 
-		if (f->role == role &&
-			(role != WFV_ACTION || strcmp(f->kind, f->name) == 0))
+		if (f->role == role)
 			names[n++] = f->name;
 	}
+	names[n] = NULL;
+	return names;
+}
+
+/* NULL-terminated names of the step kinds, aliases left out. */
+static const char **
+wfv_kind_names(void)
+{
+	const char **names = palloc(sizeof(char *) * (wf_step_nkinds + 1));
+	int			n = 0;
+	int			i;
+
+	for (i = 0; i < wf_step_nkinds; i++)
+		if (wf_step_kinds[i].alias_of == NULL)
+			names[n++] = wf_step_kinds[i].name;
 	names[n] = NULL;
 	return names;
 }
@@ -687,7 +669,8 @@ wfv_unknown_keys(WfvState *st, const char *label, JsonbContainer *obj,
 		for (int i = 0; keys != NULL && keys[i] != NULL && !known; i++)
 			known = (strlen(keys[i]) == len &&
 					 memcmp(keys[i], key, len) == 0);
-		if (known || wfv_find(roles, key, len) != NULL)
+		if (known || wfv_find(roles, key, len) != NULL ||
+			((roles & WFV_ACTION) != 0 && wf_kind_find(key, len) != NULL))
 			continue;
 
 		name = pnstrdup(key, len);
@@ -1384,26 +1367,28 @@ wfv_check_keys(WfvState *st, WfvObject *o, WfvRole role)
 
 /*
  * Find the action of o (a step or a compensate object): there must be
- * exactly one.  Sets o->action and checks it.
+ * exactly one, of a kind of wf_step_kinds[] that the engine implements
+ * (and, in a compensate object, that may compensate).  Sets o->action and
+ * checks it.
  */
 static void
 wfv_check_action(WfvState *st, WfvObject *o)
 {
-	const char **found = palloc(sizeof(char *) * (WFV_NFEATURES + 1));
-	const WfvFeature *action = NULL;
-	const WfvFeature *kind;
+	const char **found = palloc(sizeof(char *) * (wf_step_nkinds + 1));
+	const WfStepKind *action = NULL;
+	const WfStepKind *kind;
 	const char *in = o->within ? psprintf(" in \"%s\"", o->within) : "";
 	JsonbValue	jv;
 	int			nfound = 0;
 
-	for (int i = 0; i < WFV_NFEATURES; i++)
+	for (int i = 0; i < wf_step_nkinds; i++)
 	{
-		const WfvFeature *f = &wfv_features[i];
+		const WfStepKind *k = &wf_step_kinds[i];
 
-		if (f->role == WFV_ACTION && wfv_get(o->obj, f->name, &jv) != NULL)
+		if (wfv_get(o->obj, k->name, &jv) != NULL)
 		{
-			found[nfound++] = f->name;
-			action = f;
+			found[nfound++] = k->name;
+			action = k;
 		}
 	}
 	found[nfound] = NULL;
@@ -1412,7 +1397,7 @@ wfv_check_action(WfvState *st, WfvObject *o)
 	{
 		wfv_problem(st, o->label, ERRCODE_INVALID_PARAMETER_VALUE,
 					"no action%s; expected one of %s", in,
-					wfv_join(wfv_feature_names(WFV_ACTION), false));
+					wfv_join(wfv_kind_names(), false));
 		return;
 	}
 	if (nfound > 1)
@@ -1423,7 +1408,7 @@ wfv_check_action(WfvState *st, WfvObject *o)
 	}
 
 	o->action = action;
-	kind = wfv_find(WFV_ACTION, action->kind, strlen(action->kind));
+	kind = wf_kind_base(action);
 	if (!kind->supported)
 	{
 		if (o->within)
@@ -1433,6 +1418,18 @@ wfv_check_action(WfvState *st, WfvObject *o)
 		else
 			wfv_problem(st, o->label, ERRCODE_FEATURE_NOT_SUPPORTED,
 						"step kind \"%s\" is not supported yet", kind->name);
+		return;
+	}
+	if (o->within && !kind->compensates)
+	{
+		if (kind->container)
+			wfv_problem(st, o->label, ERRCODE_INVALID_PARAMETER_VALUE,
+						"\"%s\" must be a single step, not a container (\"%s\"); "
+						"to undo with several steps, compensate with a \"workflow\" step",
+						o->within, action->name);
+		else
+			wfv_problem(st, o->label, ERRCODE_INVALID_PARAMETER_VALUE,
+						"\"%s\" cannot be a \"%s\" step", o->within, action->name);
 		return;
 	}
 	action->check(st, o, wfv_path(o, action->name),
@@ -1963,8 +1960,8 @@ wfv_check_circuit_breaker(WfvState *st, WfvObject *o, const char *path,
 
 	/* without a single action, that has been reported already */
 	if (o->action != NULL &&
-		strcmp(o->action->kind, "http") != 0 &&
-		strcmp(o->action->kind, "agent") != 0)
+		strcmp(wf_kind_base(o->action)->name, "http") != 0 &&
+		strcmp(wf_kind_base(o->action)->name, "agent") != 0)
 		wfv_problem(st, o->label, ERRCODE_INVALID_PARAMETER_VALUE,
 					"\"%s\" is only allowed on http and agent steps", path);
 
@@ -1988,8 +1985,8 @@ wfv_check_circuit_breaker(WfvState *st, WfvObject *o, const char *path,
  */
 
 /* "sql": a statement, never templated; it reads the context as $1 */
-static void
-wfv_check_sql(WfvState *st, WfvObject *o, const char *path, JsonbValue *v)
+void
+wf_validate_sql(WfvState *st, WfvObject *o, const char *path, JsonbValue *v)
 {
 	char	   *sql = wfv_string(st, o->label, path, v, true);
 	Datum		parsed;
@@ -2020,6 +2017,8 @@ wfv_check_sql(WfvState *st, WfvObject *o, const char *path, JsonbValue *v)
 	foreach(lc, stmts)
 	{
 		RawStmt    *stmt = lfirst_node(RawStmt, lc);
+		const char *why;
+		const char *what;
 
 		if (IsA(stmt->stmt, TransactionStmt))
 		{
@@ -2028,12 +2027,18 @@ wfv_check_sql(WfvState *st, WfvObject *o, const char *path, JsonbValue *v)
 						path);
 			break;
 		}
+		if ((what = wf_sql_unsupported(stmt->stmt, &why)) != NULL)
+		{
+			wfv_problem(st, o->label, ERRCODE_INVALID_PARAMETER_VALUE,
+						"\"%s\" must not contain %s: %s", path, what, why);
+			break;
+		}
 	}
 }
 
 /* "http": {method, url, headers, body, timeout, ok_status} */
-static void
-wfv_check_http(WfvState *st, WfvObject *o, const char *path, JsonbValue *v)
+void
+wf_validate_http(WfvState *st, WfvObject *o, const char *path, JsonbValue *v)
 {
 	static const char *const keys[] = {"method", "url", "headers", "body",
 	"timeout", "ok_status", NULL};
@@ -2106,8 +2111,8 @@ wfv_check_http(WfvState *st, WfvObject *o, const char *path, JsonbValue *v)
 }
 
 /* "agent": POOL, with "payload": any JSON */
-static void
-wfv_check_agent(WfvState *st, WfvObject *o, const char *path, JsonbValue *v)
+void
+wf_validate_agent(WfvState *st, WfvObject *o, const char *path, JsonbValue *v)
 {
 	char	   *pool = wfv_string(st, o->label, path, v, false);
 	JsonbValue	jv;
@@ -2121,8 +2126,8 @@ wfv_check_agent(WfvState *st, WfvObject *o, const char *path, JsonbValue *v)
 }
 
 /* "wait_for": {"signal": NAME} or {"event": NAME, "key": TEMPLATE}, timeout */
-static void
-wfv_check_wait_for(WfvState *st, WfvObject *o, const char *path,
+void
+wf_validate_wait_for(WfvState *st, WfvObject *o, const char *path,
 				   JsonbValue *v)
 {
 	static const char *const keys[] = {"signal", "event", "key", "timeout",
@@ -2177,8 +2182,8 @@ wfv_check_wait_for(WfvState *st, WfvObject *o, const char *path,
 }
 
 /* "human": {assignee, title, description, timeout, escalation, ...} */
-static void
-wfv_check_human(WfvState *st, WfvObject *o, const char *path, JsonbValue *v)
+void
+wf_validate_human(WfvState *st, WfvObject *o, const char *path, JsonbValue *v)
 {
 	static const char *const keys[] = {"assignee", "title", "description",
 	"timeout", "escalation", "on_timeout", "payload", NULL};
@@ -2227,8 +2232,8 @@ wfv_check_human(WfvState *st, WfvObject *o, const char *path, JsonbValue *v)
 }
 
 /* "sleep": INTERVAL or {"until": TEMPLATE}; or "until": TEMPLATE */
-static void
-wfv_check_sleep(WfvState *st, WfvObject *o, const char *path, JsonbValue *v)
+void
+wf_validate_sleep(WfvState *st, WfvObject *o, const char *path, JsonbValue *v)
 {
 	static const char *const keys[] = {"until", NULL};
 
@@ -2254,8 +2259,8 @@ wfv_check_sleep(WfvState *st, WfvObject *o, const char *path, JsonbValue *v)
 }
 
 /* "workflow": NAME, with "input": any JSON */
-static void
-wfv_check_workflow(WfvState *st, WfvObject *o, const char *path,
+void
+wf_validate_workflow(WfvState *st, WfvObject *o, const char *path,
 				   JsonbValue *v)
 {
 	char	   *name = wfv_string(st, o->label, path, v, false);
@@ -2270,8 +2275,8 @@ wfv_check_workflow(WfvState *st, WfvObject *o, const char *path,
 }
 
 /* "if": PREDICATE, with "then": [steps] and "else": [steps] */
-static void
-wfv_check_if(WfvState *st, WfvObject *o, const char *path, JsonbValue *v)
+void
+wf_validate_if(WfvState *st, WfvObject *o, const char *path, JsonbValue *v)
 {
 	const char *then_path = wfv_path(o, "then");
 	const char *else_path = wfv_path(o, "else");
@@ -2286,8 +2291,8 @@ wfv_check_if(WfvState *st, WfvObject *o, const char *path, JsonbValue *v)
 }
 
 /* "parallel": [{"name": BRANCH, "steps": [steps]}, ...] */
-static void
-wfv_check_parallel(WfvState *st, WfvObject *o, const char *path,
+void
+wf_validate_parallel(WfvState *st, WfvObject *o, const char *path,
 				   JsonbValue *v)
 {
 	static const char *const keys[] = {"name", "steps", NULL};
@@ -2352,8 +2357,8 @@ wfv_check_parallel(WfvState *st, WfvObject *o, const char *path,
 }
 
 /* "map": {"over": PATH, "step": step, "concurrency": N} */
-static void
-wfv_check_map(WfvState *st, WfvObject *o, const char *path, JsonbValue *v)
+void
+wf_validate_map(WfvState *st, WfvObject *o, const char *path, JsonbValue *v)
 {
 	static const char *const keys[] = {"over", "step", "concurrency", NULL};
 	JsonbContainer *c = wfv_object(st, o->label, path, v);

@@ -13,6 +13,14 @@
  * transaction in progress; SIGHUP reloads the configuration; SIGINT
  * interrupts the step being executed (wf_cancel) or ends a step's timeout.
  *
+ * When pg_workflow.database does not exist, connecting to it is FATAL and
+ * the postmaster would start the executor again every few seconds, each
+ * time with the same error.  So an executor whose previous start did not
+ * get connected first looks for the database without connecting to one:
+ * while it is missing, the executors say so once in the log and look again
+ * quietly, less and less often; once it exists, the executor exits to be
+ * started again, connected to it.
+ *
  * src/worker.c
  *
  *-------------------------------------------------------------------------
@@ -20,6 +28,7 @@
 #include "pg_workflow.h"
 
 #include "access/xact.h"
+#include "commands/dbcommands.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
@@ -35,6 +44,10 @@
 
 WfWorkerSlot *wf_worker_slot = NULL;
 int			wf_worker_index = -1;
+
+/* How often an executor looks for a missing pg_workflow.database. */
+#define WF_DB_PROBE_FIRST_MS	5000
+#define WF_DB_PROBE_MAX_MS		60000
 
 void
 wf_worker_register(int index)
@@ -88,6 +101,81 @@ wf_worker_attach(int index)
 	wf_worker_slot->reserved = false;
 	SpinLockRelease(&wf_shared->mutex);
 	before_shmem_exit(wf_worker_detach, (Datum) 0);
+}
+
+/*
+ * Returns when connecting to pg_workflow.database may work: at once, unless
+ * the previous start of this executor did not get connected.  Then waits,
+ * connected to no database, until pg_workflow.database exists, and exits to
+ * be started again (a process connects to one database only).
+ */
+static void
+wf_worker_await_database(int index)
+{
+	WfWorkerSlot *slot = &wf_shared->workers[index];
+	bool		failed;
+	long		delay_ms = WF_DB_PROBE_FIRST_MS;
+
+	SpinLockAcquire(&wf_shared->mutex);
+	failed = slot->connecting;
+	slot->connecting = true;
+	SpinLockRelease(&wf_shared->mutex);
+	if (!failed)
+		return;
+
+	/* The shared catalogs, pg_database among them, only. */
+	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
+	pgstat_report_activity(STATE_IDLE,
+						   psprintf("waiting for database \"%s\"", wf_guc_database));
+	for (;;)
+	{
+		bool		exists;
+		bool		tell;
+
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+		StartTransactionCommand();
+		exists = OidIsValid(get_database_oid(wf_guc_database, true));
+		CommitTransactionCommand();
+
+		SpinLockAcquire(&wf_shared->mutex);
+		if (exists)
+		{
+			slot->connecting = false;
+			wf_shared->db_missing_told = false;
+		}
+		tell = !exists && !wf_shared->db_missing_told;
+		if (tell)
+			wf_shared->db_missing_told = true;
+		SpinLockRelease(&wf_shared->mutex);
+
+		if (exists)
+		{
+			ereport(LOG,
+					(errmsg("database \"%s\" exists: %s restarts to connect to it",
+							wf_guc_database, MyBgworkerEntry->bgw_name)));
+			proc_exit(1);
+		}
+		if (tell)
+			ereport(WARNING,
+					(errmsg("pg_workflow executors cannot start: database \"%s\" does not exist",
+							wf_guc_database),
+					 errdetail("pg_workflow.database names the database whose workflows "
+							   "the executors run. They look for it again every minute "
+							   "at most, and start once it exists."),
+					 errhint("Create database \"%s\", or set pg_workflow.database to the "
+							 "database where CREATE EXTENSION pg_workflow was run and "
+							 "restart the server.", wf_guc_database)));
+
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 delay_ms, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		delay_ms = Min(2 * delay_ms, WF_DB_PROBE_MAX_MS);
+	}
 }
 
 /*
@@ -148,7 +236,11 @@ wf_worker_main(Datum main_arg)
 	pqsignal(SIGINT, StatementCancelHandler);
 	BackgroundWorkerUnblockSignals();
 
+	wf_worker_await_database(index);
 	BackgroundWorkerInitializeConnection(wf_guc_database, NULL, 0);
+	SpinLockAcquire(&wf_shared->mutex);
+	wf_shared->workers[index].connecting = false;
+	SpinLockRelease(&wf_shared->mutex);
 	wf_worker_attach(index);
 	wf_exec_init();
 	wf_http_init();
