@@ -10,14 +10,14 @@ CREATE TABLE trig_orders (id int, item text);
 ALTER TABLE trig_orders OWNER TO wf_trig_owner;
 GRANT INSERT, UPDATE, DELETE, SELECT ON trig_orders TO wf_trig_writer;
 CREATE TRIGGER trig_start AFTER INSERT OR UPDATE OR DELETE ON trig_orders
-	FOR EACH ROW EXECUTE FUNCTION wf_start_trigger('trig-flow', '{"priority": 3}');
+	FOR EACH ROW EXECUTE FUNCTION wf_start_trigger('trig-flow', '{"version": 1}');
 
 SET ROLE wf_trig_writer;
 INSERT INTO trig_orders VALUES (1, 'book');
 UPDATE trig_orders SET item = 'pen';
 DELETE FROM trig_orders;
 RESET ROLE;
-SELECT owner, priority, input FROM wf.runs WHERE workflow = 'trig-flow' ORDER BY id;
+SELECT owner, version, input FROM wf.runs WHERE workflow = 'trig-flow' ORDER BY id;
 
 -- Misuse.
 CREATE TABLE trig_bad (id int);
