@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # demo.sh -- the README's first command: see pg_workflow run a workflow.
 #
-# Usage: sudo scripts/demo.sh [--keep]
+# Usage (as root): bash scripts/demo.sh [--keep]
 #
 # Installs the dependencies (scripts/install-deps.sh), builds pg_workflow
 # with -Werror and installs it (scripts/run-tests.sh build), starts a
@@ -85,7 +85,7 @@ main() {
 		shift
 	done
 	[[ "$(id -u)" -eq 0 ]] ||
-		die "must be run as root: it installs packages and the extension (try: sudo $0${args[*]:+ ${args[*]}})"
+		die "must be run as root (or with sudo where it exists): it installs packages and the extension"
 
 	if [[ "${PGWF_SKIP_BUILD:-}" == 1 ]]; then
 		log "PGWF_SKIP_BUILD=1: using the pg_workflow already installed"
@@ -136,10 +136,10 @@ SELECT * FROM wf.runs WHERE id = :run;'
 	log "run $run completed: 21 doubled is $(q -At -c 'SELECT doubled FROM public.demo_results ORDER BY id DESC LIMIT 1')"
 	if [[ "$KEEP" == true ]]; then
 		log "the server keeps running (--keep). Connect with:"
-		log "  sudo $SERVER psql $DIR $PORT"
+		log "  $SERVER psql $DIR $PORT"
 		log "  (or as postgres: psql -h $DIR -p $PORT -U postgres postgres)"
-		log "stop it with:  sudo $SERVER stop $DIR"
-		log "delete it with: sudo $SERVER destroy $DIR"
+		log "stop it with:  $SERVER stop $DIR"
+		log "delete it with: $SERVER destroy $DIR"
 	else
 		log "stopping the server (use --keep to leave it running)"
 	fi

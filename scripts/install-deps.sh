@@ -3,7 +3,7 @@
 # pg_workflow (PostgreSQL 15 server + headers, libcurl, the TAP test modules'
 # IPC::Run, a C toolchain, python3 and perl).
 #
-# Usage: sudo scripts/install-deps.sh [--force]
+# Usage (as root): bash scripts/install-deps.sh [--force]
 #
 # Idempotent. When every package is already installed it does nothing (fast
 # reruns for developers); with --force, FORCE=1 or CI=true it always runs
@@ -135,7 +135,7 @@ main() {
 	esac
 	[[ "${FORCE:-}" == 1 || "${CI:-}" == "true" ]] && force=true
 
-	[[ "$(id -u)" -eq 0 ]] || die "must be run as root (try: sudo $0)"
+	[[ "$(id -u)" -eq 0 ]] || die "must be run as root (or with sudo where it exists)"
 	command -v apt-get >/dev/null || die "apt-get not found: this script supports Debian 12 only"
 
 	local missing

@@ -351,7 +351,7 @@ main() {
 	*) usage >&2; die "unknown mode '$MODE'" ;;
 	esac
 	[[ "$(id -u)" -eq 0 ]] ||
-		die "must be run as root: it installs packages and the extension, and runs the tests as postgres (try: sudo $0 $MODE${*:+ $*})"
+		die "must be run as root (or with sudo where it exists): it installs packages and the extension, and runs the tests as postgres"
 
 	local start=$SECONDS
 	trap on_exit EXIT
