@@ -1007,10 +1007,8 @@ wf_exec_recheck_http(void)
 static bool
 wf_exec_run_deferred(void)
 {
-	MemoryContext oldcontext = CurrentMemoryContext;
-	ResourceOwner oldowner = CurrentResourceOwner;
-	bool		isnull;
-	volatile int32 held = 0;
+	ErrorData  *edata;
+	int32		held;
 
 	if (!wf_shmem_take_deferred())
 		return false;
@@ -1019,31 +1017,9 @@ wf_exec_run_deferred(void)
 	 * In a subtransaction of its own: a change that fails must not keep the
 	 * executor from the rest of its work.  It is tried again later.
 	 */
-	BeginInternalSubTransaction(NULL);
-	MemoryContextSwitchTo(oldcontext);
-	PG_TRY();
+	edata = wf_util_try_spi(wf_plan_deferred, NULL, 0, NULL, NULL, &held);
+	if (edata != NULL)
 	{
-		Datum		d;
-
-		if (SPI_execute_plan(wf_plan_deferred, NULL, NULL, false, 1) != SPI_OK_SELECT ||
-			SPI_processed != 1)
-			elog(ERROR, "could not make the deferred changes");
-		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-		held = isnull ? 0 : DatumGetInt32(d);
-		ReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(oldcontext);
-		CurrentResourceOwner = oldowner;
-	}
-	PG_CATCH();
-	{
-		ErrorData  *edata;
-
-		MemoryContextSwitchTo(oldcontext);
-		edata = CopyErrorData();
-		FlushErrorState();
-		RollbackAndReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(oldcontext);
-		CurrentResourceOwner = oldowner;
 		ereport(WARNING,
 				(errcode(edata->sqlerrcode),
 				 errmsg("could not make the changes deferred in wf.deferred: %s",
@@ -1052,7 +1028,6 @@ wf_exec_run_deferred(void)
 		FreeErrorData(edata);
 		held = 1;
 	}
-	PG_END_TRY();
 
 	if (held > 0)
 		return true;
@@ -1164,8 +1139,11 @@ static void
 wf_exec_fail_suspect(void)
 {
 	MemoryContext oldcontext = CurrentMemoryContext;
-	volatile bool failed = false;
+	ErrorData  *edata;
 	StringInfoData err;
+	Oid			types[3] = {INT8OID, TEXTOID, JSONBOID};
+	Datum		args[3];
+	int32		unused;
 
 	initStringInfo(&err);
 	appendStringInfoString(&err, "{\"message\": ");
@@ -1179,32 +1157,26 @@ wf_exec_fail_suspect(void)
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
-	BeginInternalSubTransaction(NULL);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	args[0] = Int64GetDatum(wf_exec_suspect_run);
+	args[1] = CStringGetTextDatum(wf_exec_suspect_step);
+	args[2] = DirectFunctionCall1(jsonb_in, CStringGetDatum(err.data));
+	edata = wf_util_try_spi(NULL, "SELECT wf._step_internal_error($1, $2, $3)",
+							3, types, args, &unused);
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
 	MemoryContextSwitchTo(oldcontext);
-	PG_TRY();
-	{
-		Oid			types[3] = {INT8OID, TEXTOID, JSONBOID};
-		Datum		args[3];
 
-		if (SPI_connect() != SPI_OK_CONNECT)
-			elog(ERROR, "SPI_connect failed");
-		args[0] = Int64GetDatum(wf_exec_suspect_run);
-		args[1] = CStringGetTextDatum(wf_exec_suspect_step);
-		args[2] = DirectFunctionCall1(jsonb_in, CStringGetDatum(err.data));
-		if (SPI_execute_with_args("SELECT wf._step_internal_error($1, $2, $3)",
-								  3, types, args, NULL, false, 0) != SPI_OK_SELECT)
-			elog(ERROR, "could not record the internal error");
-		SPI_finish();
-		ReleaseCurrentSubTransaction();
-	}
-	PG_CATCH();
+	if (edata == NULL)
+		ereport(LOG,
+				(errmsg("step \"%s\" of run " INT64_FORMAT " failed with an internal error",
+						wf_exec_suspect_step, wf_exec_suspect_run),
+				 errdetail("Handling the step failed %d times: %s",
+						   wf_exec_suspect_errors, wf_exec_suspect_message)));
+	else
 	{
-		ErrorData  *edata;
-
-		MemoryContextSwitchTo(oldcontext);
-		edata = CopyErrorData();
-		FlushErrorState();
-		RollbackAndReleaseCurrentSubTransaction();
 		ereport(WARNING,
 				(errcode(edata->sqlerrcode),
 				 errmsg("could not record the internal error of step \"%s\" of run " INT64_FORMAT ": %s",
@@ -1212,22 +1184,9 @@ wf_exec_fail_suspect(void)
 				 errdetail("Handling the step failed %d times: %s",
 						   wf_exec_suspect_errors, wf_exec_suspect_message),
 				 errhint("This executor leaves the run alone until it restarts.")));
-		failed = true;
+		if (wf_exec_nexcluded < WF_EXEC_MAX_EXCLUDED)
+			wf_exec_excluded[wf_exec_nexcluded++] = wf_exec_suspect_run;
 	}
-	PG_END_TRY();
-	MemoryContextSwitchTo(oldcontext);
-	PopActiveSnapshot();
-	CommitTransactionCommand();
-	MemoryContextSwitchTo(oldcontext);
-
-	if (!failed)
-		ereport(LOG,
-				(errmsg("step \"%s\" of run " INT64_FORMAT " failed with an internal error",
-						wf_exec_suspect_step, wf_exec_suspect_run),
-				 errdetail("Handling the step failed %d times: %s",
-						   wf_exec_suspect_errors, wf_exec_suspect_message)));
-	else if (wf_exec_nexcluded < WF_EXEC_MAX_EXCLUDED)
-		wf_exec_excluded[wf_exec_nexcluded++] = wf_exec_suspect_run;
 	wf_exec_suspect_run = 0;
 	wf_exec_suspect_errors = 0;
 }

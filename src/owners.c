@@ -145,39 +145,16 @@ wf_owners_step_dropped(WfStepExec *ex, WfStepResult *res)
 static int
 wf_owners_sweep_once(void)
 {
-	MemoryContext oldcontext = CurrentMemoryContext;
-	ResourceOwner oldowner = CurrentResourceOwner;
-	volatile int held = 0;
+	ErrorData  *edata;
+	int32		held;
 
-	BeginInternalSubTransaction(NULL);
-	MemoryContextSwitchTo(oldcontext);
-	PG_TRY();
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	edata = wf_util_try_spi(NULL, "SELECT wf._sweep_dropped_roles()", 0, NULL, NULL,
+							&held);
+	SPI_finish();
+	if (edata != NULL)
 	{
-		bool		isnull;
-		Datum		d;
-
-		if (SPI_connect() != SPI_OK_CONNECT)
-			elog(ERROR, "SPI_connect failed");
-		if (SPI_execute("SELECT wf._sweep_dropped_roles()", false, 1) != SPI_OK_SELECT ||
-			SPI_processed != 1)
-			elog(ERROR, "could not sweep the owners of dropped roles");
-		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-		held = isnull ? 0 : DatumGetInt32(d);
-		SPI_finish();
-		ReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(oldcontext);
-		CurrentResourceOwner = oldowner;
-	}
-	PG_CATCH();
-	{
-		ErrorData  *edata;
-
-		MemoryContextSwitchTo(oldcontext);
-		edata = CopyErrorData();
-		FlushErrorState();
-		RollbackAndReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(oldcontext);
-		CurrentResourceOwner = oldowner;
 		ereport(WARNING,
 				(errcode(edata->sqlerrcode),
 				 errmsg("could not disable what dropped roles owned: %s", edata->message),
@@ -185,7 +162,6 @@ wf_owners_sweep_once(void)
 		FreeErrorData(edata);
 		held = -1;
 	}
-	PG_END_TRY();
 	return held;
 }
 

@@ -10,12 +10,15 @@
  */
 #include "pg_workflow.h"
 
+#include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "commands/extension.h"
+#include "executor/spi.h"
 #include "fmgr.h"
 #include "nodes/makefuncs.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
+#include "utils/memutils.h"
 #include "utils/timestamp.h"
 
 /*
@@ -169,4 +172,58 @@ wf_util_classify_sqlstate(int sqlerrcode)
 		default:
 			return WF_ERROR_PERMANENT;
 	}
+}
+
+/*
+ * Runs one of the engine's statements (plan, or sql with nargs args) that
+ * returns at most one row, in an internal subtransaction of its own, with
+ * SPI connected by the caller: an engine task whose failure must not undo
+ * or stop the rest of the executor's transaction.  Returns NULL on success,
+ * with *result the int4 of the first column (0 when NULL or absent); on
+ * error the subtransaction is rolled back and the error is returned, in the
+ * caller's memory context, for the caller to report.
+ */
+ErrorData *
+wf_util_try_spi(SPIPlanPtr plan, const char *sql, int nargs, Oid *argtypes,
+				Datum *args, int32 *result)
+{
+	MemoryContext oldcontext = CurrentMemoryContext;
+	ResourceOwner oldowner = CurrentResourceOwner;
+	ErrorData  *volatile edata = NULL;
+
+	*result = 0;
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(oldcontext);
+	PG_TRY();
+	{
+		int			ret;
+		bool		isnull;
+
+		ret = plan != NULL ?
+			SPI_execute_plan(plan, args, NULL, false, 1) :
+			SPI_execute_with_args(sql, nargs, argtypes, args, NULL, false, 1);
+		if (ret != SPI_OK_SELECT)
+			elog(ERROR, "could not execute \"%s\": %s",
+				 sql ? sql : "a prepared statement", SPI_result_code_string(ret));
+		if (SPI_processed == 1 && SPI_tuptable->tupdesc->natts >= 1 &&
+			SPI_gettypeid(SPI_tuptable->tupdesc, 1) == INT4OID)
+		{
+			Datum		d = SPI_getbinval(SPI_tuptable->vals[0],
+										  SPI_tuptable->tupdesc, 1, &isnull);
+
+			*result = isnull ? 0 : DatumGetInt32(d);
+		}
+		ReleaseCurrentSubTransaction();
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(oldcontext);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(oldcontext);
+	CurrentResourceOwner = oldowner;
+	return edata;
 }
