@@ -157,20 +157,8 @@ wf_long_main(Datum main_arg)
 	/* Kept across longjmp: static, not a register's copy. */
 	static int	errors = 0;
 
-	pqsignal(SIGHUP, SignalHandlerForConfigReload);
-	pqsignal(SIGTERM, die);
-	pqsignal(SIGINT, StatementCancelHandler);
-	BackgroundWorkerUnblockSignals();
-
-	BackgroundWorkerInitializeConnection(wf_guc_database, NULL, 0);
 	wf_long_am_worker = true;
-	wf_worker_attach(index);
-	wf_exec_init();
-	SetConfigOption("application_name", MyBgworkerEntry->bgw_name,
-					PGC_USERSET, PGC_S_SESSION);
-	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_SESSION);
-	pgstat_report_appname(MyBgworkerEntry->bgw_name);
-	HOLD_CANCEL_INTERRUPTS();
+	wf_worker_start(index, false);
 
 	iterctx = AllocSetContextCreate(TopMemoryContext,
 									"pg_workflow long-step iteration",

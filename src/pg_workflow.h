@@ -142,7 +142,7 @@ extern TimestampTz wf_shmem_fair_at(Oid owner);
  */
 extern void wf_worker_register(int index);
 extern PGDLLEXPORT void wf_worker_main(Datum main_arg);
-extern void wf_worker_attach(int index);
+extern void wf_worker_start(int index, bool executor);
 extern void wf_worker_detach(int code, Datum arg);
 
 /* longstep.c */

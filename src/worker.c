@@ -87,7 +87,7 @@ wf_worker_detach(int code, Datum arg)
 	wf_shmem_wake_one();
 }
 
-void
+static void
 wf_worker_attach(int index)
 {
 	wf_worker_index = index;
@@ -221,6 +221,44 @@ wf_worker_recover(MemoryContext iterctx, int *consecutive_errors)
 	}
 }
 
+/*
+ * What every pg_workflow process does first: its signals, the connection
+ * to pg_workflow.database (an executor waits for that database to exist),
+ * its shared-memory slot, and the engine's settings.
+ */
+void
+wf_worker_start(int index, bool executor)
+{
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	pqsignal(SIGINT, StatementCancelHandler);
+	BackgroundWorkerUnblockSignals();
+
+	if (executor)
+		wf_worker_await_database(index);
+	BackgroundWorkerInitializeConnection(wf_guc_database, NULL, 0);
+	if (executor)
+	{
+		SpinLockAcquire(&wf_shared->mutex);
+		wf_shared->workers[index].connecting = false;
+		SpinLockRelease(&wf_shared->mutex);
+	}
+	wf_worker_attach(index);
+	wf_exec_init();
+	SetConfigOption("application_name", MyBgworkerEntry->bgw_name,
+					PGC_USERSET, PGC_S_SESSION);
+
+	/*
+	 * The engine's own SQL runs as superuser: nothing a user can create may
+	 * capture its names.  (Steps get their owner's search_path.)
+	 */
+	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_SESSION);
+	pgstat_report_appname(MyBgworkerEntry->bgw_name);
+
+	/* Cancels only act inside a step's execution (executor.c). */
+	HOLD_CANCEL_INTERRUPTS();
+}
+
 void
 wf_worker_main(Datum main_arg)
 {
@@ -231,32 +269,9 @@ wf_worker_main(Datum main_arg)
 	/* Kept across longjmp: static, not a register's copy. */
 	static int	consecutive_errors = 0;
 
-	pqsignal(SIGHUP, SignalHandlerForConfigReload);
-	pqsignal(SIGTERM, die);
-	pqsignal(SIGINT, StatementCancelHandler);
-	BackgroundWorkerUnblockSignals();
-
-	wf_worker_await_database(index);
-	BackgroundWorkerInitializeConnection(wf_guc_database, NULL, 0);
-	SpinLockAcquire(&wf_shared->mutex);
-	wf_shared->workers[index].connecting = false;
-	SpinLockRelease(&wf_shared->mutex);
-	wf_worker_attach(index);
-	wf_exec_init();
+	wf_worker_start(index, true);
 	wf_http_init();
 	wf_owners_init();
-	SetConfigOption("application_name", MyBgworkerEntry->bgw_name,
-					PGC_USERSET, PGC_S_SESSION);
-
-	/*
-	 * The engine's own SQL runs as superuser: nothing a user can create may
-	 * capture its names.  (Steps get their caller's search_path.)
-	 */
-	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_SESSION);
-	pgstat_report_appname(MyBgworkerEntry->bgw_name);
-
-	/* Cancels only act inside a step's execution (executor.c). */
-	HOLD_CANCEL_INTERRUPTS();
 
 	iterctx = AllocSetContextCreate(TopMemoryContext,
 									"pg_workflow executor iteration",
