@@ -2338,6 +2338,8 @@ BEGIN
 		RAISE EXCEPTION 'role must not be null'
 			USING ERRCODE = 'null_value_not_allowed';
 	END IF;
+	/* A grant to a role being dropped would outlive it. */
+	PERFORM wf._lock_role(p_role, false);
 	INSERT INTO wf.secret_grant (name, grantee) VALUES (p_name, p_role)
 	ON CONFLICT DO NOTHING;
 END
