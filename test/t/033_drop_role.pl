@@ -121,6 +121,8 @@ as_role('alice', q{SELECT wf_on_event('a.evt', 'a_on_evt')});
 my $wait = start_as('alice', 'a_wait');
 my $sleep = start_as('alice', 'a_sleep');
 as_role('bob', q{SELECT wf_schedule('b_every', 'b_tick', 'every 1 second')});
+as_role('alice', q{SELECT wf_set_secret('a_tok', 'alice-token'), wf_grant_secret('a_tok', 'bob')});
+as_role('bob', q{SELECT wf_set_secret('b_tok', 'bob-token'), wf_grant_secret('b_tok', 'alice')});
 
 ok( $node->poll_query_until(
 		'postgres',
@@ -198,8 +200,13 @@ is( $node->safe_psql(
 		'postgres', q{
 	SELECT string_agg(message, E'\n' ORDER BY message) FROM wf.alerts WHERE kind = 'owner_dropped'}),
 	"schedule \"a_every\" was disabled: role with OID $alice_oid that owned it was dropped\n"
+	  . "secret \"a_tok\" is owned by no role: role with OID $alice_oid that owned it was dropped\n"
 	  . "subscription of workflow \"a_on_evt\" to event \"a.evt\" was disabled: role with OID $alice_oid that subscribed was dropped",
-	'an alert for her schedule and one for her subscription');
+	'an alert for her schedule, her secret and her subscription');
+is( $node->safe_psql(
+		'postgres', q{SELECT name, owner, grantees FROM wf.secrets ORDER BY name}),
+	"a_tok|-|{bob}\nb_tok|bob|{}",
+	"her secret is no role's and still bob's to use; bob's grant to her is gone");
 is( $node->safe_psql(
 		'postgres',
 		q{SELECT owner, next_at, disabled_at IS NOT NULL FROM wf.schedules WHERE name = 'a_every'}),
@@ -220,10 +227,10 @@ foreach my $i (1 .. 10 * $PostgreSQL::Test::Utils::timeout_default)
 {
 	$out .= $listener->query_safe('SELECT 1');
 	$notified = () = $out =~ /"kind" : "owner_dropped"/g;
-	last if $notified >= 2;
+	last if $notified >= 3;
 	usleep(100_000);
 }
-is($notified, 2, 'NOTIFY wf_alerts announced the disabled schedule and subscription');
+is($notified, 3, 'NOTIFY wf_alerts announced the disabled schedule, secret and subscription');
 $listener->quit;
 
 # Her schedule fires no more, while bob's does.
