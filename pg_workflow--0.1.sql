@@ -2884,7 +2884,8 @@ CREATE VIEW wf.runs WITH (security_barrier) AS
 
 CREATE VIEW wf.steps WITH (security_barrier) AS
 	SELECT s.run_id, s.step, s.kind, s.status, s.attempt, s.output, s.error,
-		   s.ready_at, s.started_at, s.finished_at,
+		   CASE WHEN s.status IN ('ready', 'waiting') THEN s.ready_at END AS ready_at,
+		   s.started_at, s.finished_at,
 		   s.finished_at - s.started_at AS duration, s.ord, s.parent
 	  FROM wf.step s JOIN wf.run r ON r.id = s.run_id
 	 WHERE r.owner = (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user)
@@ -2957,3 +2958,37 @@ $$;
 
 /* Workers waiting for the extension to appear start looking for work. */
 SELECT wf._wake();
+
+/* ---------------------------------------------------------------------
+ * Descriptions, for \df+, \dv+ and \dx+ pg_workflow (sql/init.sql checks
+ * that every public function and view has one)
+ * ---------------------------------------------------------------------
+ */
+COMMENT ON SCHEMA wf IS 'pg_workflow: the engine''s tables (its owner''s only) and the views users read';
+COMMENT ON FUNCTION @extschema@.wf_validate(jsonb) IS 'every problem of a workflow definition, one per row; none when it is valid';
+COMMENT ON FUNCTION @extschema@.wf_define(text, jsonb) IS 'validate and store a definition as the workflow''s next version; returns the version';
+COMMENT ON FUNCTION @extschema@.wf_export(text, int) IS 'the stored definition of a workflow (latest version by default)';
+COMMENT ON FUNCTION @extschema@.wf_start(text, jsonb, jsonb) IS 'start a run when the calling transaction commits; returns its id (options: idempotency_key, version, start_at, priority)';
+COMMENT ON FUNCTION @extschema@.wf_wait(bigint, interval) IS 'wait until a run ends or the timeout passes; returns its status';
+COMMENT ON FUNCTION @extschema@.wf_cancel(bigint, text) IS 'cancel a run: its running step is interrupted, compensations run';
+COMMENT ON FUNCTION @extschema@.wf_retry(bigint) IS 'resume a failed run: failed steps run again, completed ones keep their checkpoints';
+COMMENT ON FUNCTION @extschema@.wf_rewind(bigint, text) IS 'restore a run to its checkpoint before a step and run from there';
+COMMENT ON FUNCTION @extschema@.wf_signal(bigint, text, jsonb) IS 'deliver a signal (or a human step''s decision) to a run; kept if its step is not waiting yet';
+COMMENT ON FUNCTION @extschema@.wf_emit(text, jsonb, text) IS 'emit a durable event: starts the subscribed workflows (as their subscribers) and wakes the runs waiting for it';
+COMMENT ON FUNCTION @extschema@.wf_on_event(text, text, jsonpath) IS 'subscribe a workflow to an event; its runs belong to the subscriber';
+COMMENT ON FUNCTION @extschema@.wf_start_trigger() IS 'row trigger: wf_start_trigger(''workflow'' [, ''options'']) starts a run with the row as input, owned by the table''s owner';
+COMMENT ON FUNCTION @extschema@.wf_resolve(bigint, text, text, jsonb) IS 'an operator''s answer to an escalated step: retry, skip (with output) or fail';
+COMMENT ON FUNCTION @extschema@.wf_schedule(text, text, text, jsonb) IS 'start a workflow on a schedule: cron (''0 * * * *'') or ''every N unit''';
+COMMENT ON FUNCTION @extschema@.wf_unschedule(text) IS 'remove a schedule; false if there was none';
+COMMENT ON FUNCTION @extschema@.wf_set_secret(text, text, text) IS 'store (NULL value: delete) a secret owned by the caller, optionally bound to hosts; readable by no one through SQL';
+COMMENT ON FUNCTION @extschema@.wf_grant_secret(text, regrole) IS 'let a role''s runs use a secret (its owner or wf_admin)';
+COMMENT ON FUNCTION @extschema@.wf_revoke_secret(text, regrole) IS 'take back a secret''s grant; runs already started stop using it';
+COMMENT ON VIEW wf.workflows IS 'workflow definitions, every version';
+COMMENT ON VIEW wf.runs IS 'runs the current role may see (its own; all for wf_admin)';
+COMMENT ON VIEW wf.steps IS 'the steps of the runs the current role may see, with status, attempt, output, error and duration';
+COMMENT ON VIEW wf.history IS 'the append-only audit log of every run and step transition';
+COMMENT ON VIEW wf.alerts IS 'failures, escalations, dropped owners: what an operator should look at';
+COMMENT ON VIEW wf.human_tasks IS 'open approvals, for their assignees and the runs'' owners';
+COMMENT ON VIEW wf.schedules IS 'schedules the current role may see, with their next and last runs';
+COMMENT ON VIEW wf.circuit_breakers IS 'the circuit breakers of http hosts: state, failures, when they close again';
+COMMENT ON VIEW wf.secrets IS 'the secrets a role may use or manage, never their values';

@@ -33,6 +33,17 @@ SELECT c.relname, c.relkind, has_table_privilege('public', c.oid, 'SELECT') AS p
   FROM pg_class c WHERE c.relnamespace = 'wf'::regnamespace AND c.relkind IN ('r', 'v')
  ORDER BY c.relkind, c.relname;
 
+-- Every public function and view says what it is for (\df+, \dv+).
+SELECT p.oid::regprocedure::text AS undescribed
+  FROM pg_proc p JOIN pg_depend d ON d.classid = 'pg_proc'::regclass AND d.objid = p.oid
+ WHERE d.refclassid = 'pg_extension'::regclass AND d.deptype = 'e'
+   AND d.refobjid = (SELECT oid FROM pg_extension WHERE extname = 'pg_workflow')
+   AND p.proname LIKE 'wf\_%' AND obj_description(p.oid, 'pg_proc') IS NULL
+UNION ALL
+SELECT c.oid::regclass::text
+  FROM pg_class c WHERE c.relnamespace = 'wf'::regnamespace AND c.relkind = 'v'
+   AND obj_description(c.oid, 'pg_class') IS NULL;
+
 -- Only the database the executors serve can hold the extension.
 CREATE DATABASE wf_other;
 \c wf_other

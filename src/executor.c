@@ -1450,7 +1450,7 @@ claim:
 	PopActiveSnapshot();
 	CommitTransactionCommand();
 	MemoryContextSwitchTo(batchctx);
-	pgstat_report_activity(STATE_IDLE, NULL);
+	pgstat_report_activity(STATE_IDLE, "");
 
 	/* Let autovacuum know about the rows we updated. */
 	pgstat_report_stat(false);

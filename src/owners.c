@@ -196,7 +196,7 @@ wf_owners_sweep(void)
 	PopActiveSnapshot();
 	CommitTransactionCommand();
 	MemoryContextSwitchTo(oldcontext);
-	pgstat_report_activity(STATE_IDLE, NULL);
+	pgstat_report_activity(STATE_IDLE, "");
 
 	if (held != 0)
 	{

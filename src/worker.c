@@ -204,7 +204,7 @@ wf_worker_recover(MemoryContext iterctx, int *consecutive_errors)
 	SpinLockRelease(&wf_shared->mutex);
 	/* The deferred changes the lost transaction made are to be made again. */
 	wf_shmem_set_deferred();
-	pgstat_report_activity(STATE_IDLE, NULL);
+	pgstat_report_activity(STATE_IDLE, "");
 	RESUME_INTERRUPTS();
 
 	/*
