@@ -85,7 +85,8 @@ avoid_main_cluster() {
 	# the option in the file itself.
 	if [[ -f "$CREATECLUSTER_CONF" ]] &&
 		! grep -q "^[[:space:]]*include_dir[[:space:]]*=\?[[:space:]]*'$CREATECLUSTER_DIR'" "$CREATECLUSTER_CONF"; then
-		log "setting create_main_cluster = false in $CREATECLUSTER_CONF"
+		log "setting create_main_cluster = false in $CREATECLUSTER_CONF (restored after the install)"
+		cp -p "$CREATECLUSTER_CONF" "$CREATECLUSTER_CONF.pg_workflow-orig"
 		if grep -q '^[#[:space:]]*create_main_cluster' "$CREATECLUSTER_CONF"; then
 			sed -i 's/^[#[:space:]]*create_main_cluster.*/create_main_cluster = false/' "$CREATECLUSTER_CONF"
 		else
@@ -96,6 +97,23 @@ avoid_main_cluster() {
 
 # A running system cluster is harmless (the tests never use it), but on CI it
 # only costs memory and CPU: stop it there. Developers' clusters are left alone.
+# Undoes avoid_main_cluster once the packages are in: the setting was for
+# this install only, and a later "apt-get install postgresql-NN" (or
+# pg_createcluster) must behave as Debian documents.
+restore_main_cluster() {
+	if [[ -f "$CREATECLUSTER_DROPIN" ]]; then
+		rm -f "$CREATECLUSTER_DROPIN"
+		log "removed $CREATECLUSTER_DROPIN"
+	fi
+	if [[ -f "$CREATECLUSTER_CONF.pg_workflow-orig" ]]; then
+		mv -f "$CREATECLUSTER_CONF.pg_workflow-orig" "$CREATECLUSTER_CONF"
+		log "restored $CREATECLUSTER_CONF"
+	fi
+	if command -v pg_lsclusters >/dev/null 2>&1 && [[ -z "$(pg_lsclusters --no-header 2>/dev/null)" ]]; then
+		log "note: no Debian cluster exists; 'pg_createcluster 15 main --start' makes one (see README, Installing)"
+	fi
+}
+
 report_system_clusters() {
 	command -v pg_lsclusters >/dev/null 2>&1 || return 0
 	local -a online
@@ -150,6 +168,7 @@ main() {
 		fi
 		export DEBIAN_FRONTEND=noninteractive
 		avoid_main_cluster
+		trap restore_main_cluster EXIT
 		log "apt-get update"
 		retry apt_get update
 		log "apt-get install -y --no-install-recommends ${PACKAGES[*]}"
@@ -157,6 +176,7 @@ main() {
 			-o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
 			"${PACKAGES[@]}"
 		missing=$(missing_packages)
+		restore_main_cluster
 		[[ -z "$missing" ]] || die "still not installed after apt-get: $missing"
 	fi
 	report_system_clusters
