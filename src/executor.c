@@ -1261,7 +1261,7 @@ wf_exec_batch(int max_steps, TimestampTz *next_due)
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
 
-	if (!wf_util_extension_exists())
+	if (!wf_util_extension_ready())
 	{
 		PopActiveSnapshot();
 		CommitTransactionCommand();

@@ -135,7 +135,7 @@ wf_long_more_due(void)
 	PushActiveSnapshot(GetTransactionSnapshot());
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	due = wf_util_extension_exists() && wf_exec_solo_due();
+	due = wf_util_extension_ready() && wf_exec_solo_due();
 	SPI_finish();
 	PopActiveSnapshot();
 	CommitTransactionCommand();

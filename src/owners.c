@@ -188,7 +188,7 @@ wf_owners_sweep(void)
 	/* What the start of this transaction took in is covered. */
 	seen = wf_owners_changes;
 	PushActiveSnapshot(GetTransactionSnapshot());
-	if (wf_util_extension_exists())
+	if (wf_util_extension_ready())
 	{
 		pgstat_report_activity(STATE_RUNNING, "sweeping what dropped roles owned");
 		held = wf_owners_sweep_once();

@@ -10,14 +10,22 @@
  */
 #include "pg_workflow.h"
 
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
 #include "access/xact.h"
+#include "catalog/indexing.h"
+#include "catalog/pg_extension.h"
 #include "catalog/pg_type.h"
+#include "commands/dbcommands.h"
 #include "commands/extension.h"
 #include "executor/spi.h"
 #include "fmgr.h"
+#include "miscadmin.h"
 #include "nodes/makefuncs.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
+#include "utils/rel.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
@@ -140,9 +148,63 @@ wf_util_datum_to_jsonb(Datum value, Oid typid, bool isnull)
  * sleeping while it is not (before CREATE EXTENSION, after DROP EXTENSION).
  */
 bool
-wf_util_extension_exists(void)
+wf_util_extension_ready(void)
 {
-	return OidIsValid(get_extension_oid(WF_EXTENSION_NAME, true));
+	Oid			extoid = get_extension_oid(WF_EXTENSION_NAME, true);
+	static bool warned = false;
+	char	   *version;
+
+	if (!OidIsValid(extoid))
+		return false;
+	version = wf_util_extension_version(extoid);
+	if (strcmp(version, WF_VERSION_STR) == 0)
+	{
+		warned = false;
+		return true;
+	}
+
+	/*
+	 * The library and the installed SQL disagree (a new library before
+	 * ALTER EXTENSION ... UPDATE): the tables may not be what this code
+	 * expects, so nothing is done until they agree.  Said once.
+	 */
+	if (!warned)
+		ereport(WARNING,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("pg_workflow executors are idle: the library is version %s, the extension installed in database \"%s\" is version %s",
+						WF_VERSION_STR, get_database_name(MyDatabaseId), version),
+				 errhint("Run ALTER EXTENSION pg_workflow UPDATE in that database, or install the library that matches it.")));
+	warned = true;
+	return false;
+}
+
+/* The installed version of the extension extoid. */
+char *
+wf_util_extension_version(Oid extoid)
+{
+	Relation	rel;
+	ScanKeyData key;
+	SysScanDesc scan;
+	HeapTuple	tuple;
+	char	   *version = NULL;
+
+	rel = table_open(ExtensionRelationId, AccessShareLock);
+	ScanKeyInit(&key, Anum_pg_extension_oid, BTEqualStrategyNumber, F_OIDEQ,
+				ObjectIdGetDatum(extoid));
+	scan = systable_beginscan(rel, ExtensionOidIndexId, true, NULL, 1, &key);
+	tuple = systable_getnext(scan);
+	if (HeapTupleIsValid(tuple))
+	{
+		bool		isnull;
+		Datum		d = heap_getattr(tuple, Anum_pg_extension_extversion,
+									 RelationGetDescr(rel), &isnull);
+
+		if (!isnull)
+			version = TextDatumGetCString(d);
+	}
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+	return version ? version : pstrdup("");
 }
 
 /*
