@@ -426,6 +426,14 @@ CREATE FUNCTION wf._defer() RETURNS void
 	LANGUAGE C AS 'MODULE_PATHNAME', 'wf_defer';
 
 /* Wakes the run's wf_wait callers when the current transaction commits. */
+/*
+ * The engine's own transaction-level locks (api.c): advisory locks in a key
+ * space that pg_advisory_* cannot reach, so that no user code can hold one.
+ */
+CREATE FUNCTION wf._xact_lock(key1 int, key2 int, shared boolean, try boolean)
+RETURNS boolean
+	LANGUAGE C STRICT AS 'MODULE_PATHNAME', 'wf_xact_lock';
+
 CREATE FUNCTION wf._fair_at(owner oid) RETURNS timestamptz
 	LANGUAGE C STRICT AS 'MODULE_PATHNAME', 'wf_fair_at';
 
@@ -627,7 +635,7 @@ BEGIN
 	PERFORM wf._check_definition(p_definition);
 
 	/* One definer at a time per name, so that versions stay dense. */
-	PERFORM pg_advisory_xact_lock(hashtext('pg_workflow.define'), hashtext(p_name));
+	PERFORM wf._xact_lock(hashtext('pg_workflow.define'), hashtext(p_name), false, false);
 	SELECT * INTO latest FROM wf.workflow_def
 	 WHERE name = p_name ORDER BY version DESC LIMIT 1;
 	/*
@@ -1415,10 +1423,11 @@ BEGIN
 		 * holds it now: we do not wait for it (an executor waits for no
 		 * user's transaction) but look again shortly.
 		 */
-		IF NOT pg_try_advisory_xact_lock(hashtext('pg_workflow.wait'),
-										 wf._wait_bucket(CASE WHEN p_wait_key LIKE 'signal:%'
-															  THEN p_run_id || ' ' || p_wait_key
-															  ELSE p_wait_key END)) THEN
+		IF NOT wf._xact_lock(hashtext('pg_workflow.wait'),
+							 wf._wait_bucket(CASE WHEN p_wait_key LIKE 'signal:%'
+												  THEN p_run_id || ' ' || p_wait_key
+												  ELSE p_wait_key END),
+							 false, true) THEN
 			UPDATE wf.step
 			   SET ready_at = least(ready_at, clock_timestamp() + interval '200 ms')
 			 WHERE run_id = p_run_id AND step = p_step;
@@ -2131,7 +2140,7 @@ DECLARE
 	held	int := 0;
 BEGIN
 	/* One executor at a time: another would only find this one's rows held. */
-	PERFORM pg_advisory_xact_lock(hashtext('pg_workflow.sweep'));
+	PERFORM wf._xact_lock(hashtext('pg_workflow.sweep'), 0, false, false);
 	FOR dropped IN
 		WITH RECURSIVE run_owner(owner) AS (
 			/* The distinct owners of runs, one index probe each. */
@@ -2448,8 +2457,8 @@ BEGIN
 		RETURN false;
 	END IF;
 	/* See wf._step_wait. */
-	PERFORM pg_advisory_xact_lock_shared(hashtext('pg_workflow.wait'),
-										 wf._wait_bucket(p_run_id || ' signal:' || p_name));
+	PERFORM wf._xact_lock(hashtext('pg_workflow.wait'),
+						  wf._wait_bucket(p_run_id || ' signal:' || p_name), true, false);
 	INSERT INTO wf.signal (run_id, name, payload, sent_by)
 	VALUES (p_run_id, p_name, coalesce(p_payload, '{}'), caller);
 	INSERT INTO wf.history_log (run_id, status, detail, actor)
@@ -2521,7 +2530,7 @@ BEGIN
 		END IF;
 	END LOOP;
 	/* See wf._step_wait: shared, emits never wait for each other. */
-	PERFORM pg_advisory_xact_lock_shared(hashtext('pg_workflow.wait'), b)
+	PERFORM wf._xact_lock(hashtext('pg_workflow.wait'), b, true, false)
 	   FROM (SELECT DISTINCT wf._wait_bucket(w) AS b
 			   FROM unnest(ARRAY['event:' || p_event || ':' || coalesce(p_key, ''),
 								 'event:' || p_event || ':']) w) buckets;

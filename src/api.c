@@ -32,6 +32,7 @@
 #include "parser/parse_func.h"
 #include "pgstat.h"
 #include "storage/ipc.h"
+#include "storage/lock.h"
 #include "storage/proc.h"
 #include "utils/builtins.h"
 #include "utils/fmgrprotos.h"
@@ -55,6 +56,7 @@ PG_FUNCTION_INFO_V1(wf_run_ended);
 PG_FUNCTION_INFO_V1(wf_xid_is_current);
 PG_FUNCTION_INFO_V1(wf_start_trigger);
 PG_FUNCTION_INFO_V1(wf_fair_at);
+PG_FUNCTION_INFO_V1(wf_xact_lock);
 PG_FUNCTION_INFO_V1(wf_current_run);
 PG_FUNCTION_INFO_V1(wf_check_executors);
 
@@ -456,4 +458,29 @@ wf_check_executors(PG_FUNCTION_ARGS)
 						 wf_guc_database)));
 	}
 	PG_RETURN_VOID();
+}
+
+/*
+ * The engine's own locks: advisory locks in a key space of their own
+ * (field 4 of the lock tag is WF_LOCKTAG_SPACE; SQL's pg_advisory_* use 1
+ * and 2), so that no user code, a step's included, can take or hold one.
+ */
+#define WF_LOCKTAG_SPACE	3
+
+/*
+ * wf._xact_lock(key1, key2, shared, try): takes the engine's lock
+ * (key1, key2) until the end of the transaction, in share or exclusive
+ * mode; with try, returns false at once instead of waiting.
+ */
+Datum
+wf_xact_lock(PG_FUNCTION_ARGS)
+{
+	LOCKTAG		tag;
+	LOCKMODE	mode = PG_GETARG_BOOL(2) ? ShareLock : ExclusiveLock;
+	LockAcquireResult res;
+
+	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, (uint32) PG_GETARG_INT32(0),
+						 (uint32) PG_GETARG_INT32(1), WF_LOCKTAG_SPACE);
+	res = LockAcquire(&tag, mode, false, PG_GETARG_BOOL(3));
+	PG_RETURN_BOOL(res != LOCKACQUIRE_NOT_AVAIL);
 }

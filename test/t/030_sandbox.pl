@@ -236,6 +236,28 @@ for my $w ('lock-session', 'lock-shared', 'lock-engine-key', 'lock-failing')
 		'0',
 		"$w: the executor holds no advisory lock afterwards");
 }
+# A step holding transaction-level locks on every key the engine's wake-up
+# locks used to live on (then blocked on a table this test holds): the
+# engine's locks are in a space of their own.
+$node->safe_psql('postgres', 'CREATE TABLE lock_gate (x int); GRANT SELECT ON lock_gate TO alice');
+my $gate = $node->background_psql('postgres');
+$gate->query_safe('BEGIN; LOCK TABLE lock_gate IN ACCESS EXCLUSIVE MODE');
+as_role('alice', q{SELECT wf_define('lock-engine-xact', '{"steps": [{"name": "l", "timeout": "2 min", "sql": "SELECT count(pg_advisory_xact_lock(hashtext(''pg_workflow.wait''), b)) FROM generate_series(0, 1023) b; SELECT count(*) FROM lock_gate"}]}')});
+my $xact_run = as_role('alice', q{SELECT wf_start('lock-engine-xact')});
+ok( $node->poll_query_until(
+		'postgres', q{
+		SELECT count(*) >= 1024 FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+		 WHERE l.locktype = 'advisory' AND a.backend_type = 'pg_workflow long-step worker'
+		   AND a.wait_event_type = 'Lock'}),
+	"a step holds transaction locks on the engine's former keys, and waits");
+is( $node->safe_psql(
+		'postgres', q{SET lock_timeout = '1s'; SELECT wf_emit('e2', '{}')}),
+	'0',
+	'wf_emit does not wait for them');
+$gate->query_safe('COMMIT');
+$gate->quit;
+is(wf_wait($node, $xact_run), 'completed', 'the locking run completes');
+
 # wf_emit takes the engine's own lock on that key: it must not wait.
 is( $node->safe_psql(
 		'postgres', q{SET lock_timeout = '10s'; SELECT wf_emit('e1', '{}')}),
