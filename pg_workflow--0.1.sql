@@ -2864,12 +2864,14 @@ REVOKE ALL ON FUNCTION wf._fire_schedules() FROM PUBLIC;
 /* ---------------------------------------------------------------------
  * Monitoring
  *
- * wf_explain, wf_graph and the wf.progress view (with the views below):
- * each shows only the runs its caller may see, the rule of wf.runs.
+ * wf_explain, wf_graph, wf_metrics and the wf.progress view (with the
+ * views below).  wf_explain and wf_graph of a run refuse a run the caller
+ * may not see, with wf_wait's error; wf_metrics and wf.progress count the
+ * runs the caller sees in wf.runs.
  * ---------------------------------------------------------------------
  */
 
-/* Finished runs of a workflow by end time, for wf.progress's estimates. */
+/* Finished runs of a workflow by end time, for wf_metrics and wf.progress's estimates. */
 CREATE INDEX run_workflow_finished ON wf.run (workflow, finished_at)
 	WHERE status IN ('completed', 'failed', 'cancelled');
 
@@ -3267,6 +3269,108 @@ BEGIN
 						  p_format, p_run_id);
 END
 $$;
+
+/*
+ * wf_metrics(workflow, since): the caller's runs of the workflow that ended
+ * in the last "since" (every role's for wf_admin, the rule of wf.runs),
+ * one row for the runs and one per step; a map's items are one step,
+ * "map[*]".  A step's executions are its rows that ended (not those
+ * cancelled before they ran); its share is the time it took of the time
+ * the runs took; the bottlenecks are the three steps other than
+ * containers with the largest share, when it is 10% or more.
+ */
+CREATE FUNCTION wf._metrics(caller oid, caller_path text, p_workflow text, p_since interval,
+							OUT scope text, OUT step text, OUT executions bigint,
+							OUT completed bigint, OUT failed bigint, OUT cancelled bigint,
+							OUT skipped bigint, OUT success_rate numeric, OUT error_rate numeric,
+							OUT mean interval, OUT p50 interval, OUT p95 interval,
+							OUT p99 interval, OUT attempts numeric, OUT share numeric,
+							OUT bottleneck boolean)
+RETURNS SETOF record
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	admin	boolean := pg_has_role(caller, 'wf_admin', 'MEMBER');
+BEGIN
+	IF p_workflow IS NULL OR NOT EXISTS (SELECT 1 FROM wf.workflow_def d WHERE d.name = p_workflow) THEN
+		RAISE EXCEPTION 'workflow "%" does not exist', p_workflow USING ERRCODE = 'undefined_object';
+	END IF;
+	IF p_since IS NULL OR p_since < '0' THEN
+		RAISE EXCEPTION 'since must be a positive interval'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	RETURN QUERY
+	WITH runs AS MATERIALIZED (
+		SELECT r.id, r.status, r.started_at, r.finished_at - r.started_at AS dur
+		  FROM wf.run r
+		 WHERE r.workflow = p_workflow
+		   AND r.status IN ('completed', 'failed', 'cancelled')
+		   AND r.finished_at >= clock_timestamp() - p_since
+		   AND (admin OR r.owner = caller)
+	), total AS (
+		SELECT extract(epoch FROM sum(runs.dur)) AS t FROM runs
+	), steps AS (
+		SELECT regexp_replace(s.step, '\[[0-9]+\]', '[*]', 'g') AS name,
+			   s.kind IN ('if', 'parallel', 'map') AS container, s.status, s.attempt,
+			   s.finished_at - s.started_at AS dur, s.started_at - runs.started_at AS offset_
+		  FROM runs JOIN wf.step s ON s.run_id = runs.id
+		 WHERE s.status IN ('completed', 'failed', 'skipped', 'compensated', 'escalated')
+	), per_step AS (
+		SELECT st.name, bool_or(st.container) AS container, count(*) AS n,
+			   count(*) FILTER (WHERE st.status IN ('completed', 'compensated')) AS n_completed,
+			   count(*) FILTER (WHERE st.status IN ('failed', 'escalated')) AS n_failed,
+			   count(*) FILTER (WHERE st.status = 'skipped') AS n_skipped,
+			   avg(st.dur) AS mean,
+			   percentile_cont(0.5) WITHIN GROUP (ORDER BY st.dur) AS p50,
+			   percentile_cont(0.95) WITHIN GROUP (ORDER BY st.dur) AS p95,
+			   percentile_cont(0.99) WITHIN GROUP (ORDER BY st.dur) AS p99,
+			   avg(st.attempt) FILTER (WHERE st.attempt > 0) AS attempts,
+			   extract(epoch FROM sum(st.dur)) AS spent, avg(st.offset_) AS starts
+		  FROM steps st
+		 GROUP BY st.name
+	), ranked AS (
+		SELECT p.*,
+			   CASE WHEN total.t > 0 THEN round(p.spent / total.t, 3) END AS share_,
+			   CASE WHEN NOT p.container AND total.t > 0 AND p.spent / total.t >= 0.1
+					THEN rank() OVER (PARTITION BY NOT p.container AND total.t > 0
+											AND p.spent / total.t >= 0.1
+									  ORDER BY p.spent DESC) END AS r
+		  FROM per_step p, total
+	)
+	SELECT u.scope, u.step, u.executions, u.completed, u.failed, u.cancelled, u.skipped,
+		   u.success_rate, u.error_rate, u.mean, u.p50, u.p95, u.p99, u.attempts, u.share,
+		   u.bottleneck
+	  FROM (SELECT 'run' AS scope, NULL::text AS step, count(*) AS executions,
+				   count(*) FILTER (WHERE runs.status = 'completed') AS completed,
+				   count(*) FILTER (WHERE runs.status = 'failed') AS failed,
+				   count(*) FILTER (WHERE runs.status = 'cancelled') AS cancelled,
+				   NULL::bigint AS skipped,
+				   round(count(*) FILTER (WHERE runs.status = 'completed')::numeric
+						 / nullif(count(*), 0), 3) AS success_rate,
+				   round(count(*) FILTER (WHERE runs.status = 'failed')::numeric
+						 / nullif(count(*), 0), 3) AS error_rate,
+				   avg(runs.dur) AS mean,
+				   percentile_cont(0.5) WITHIN GROUP (ORDER BY runs.dur) AS p50,
+				   percentile_cont(0.95) WITHIN GROUP (ORDER BY runs.dur) AS p95,
+				   percentile_cont(0.99) WITHIN GROUP (ORDER BY runs.dur) AS p99,
+				   NULL::numeric AS attempts, CASE WHEN count(*) > 0 THEN 1.000 END AS share,
+				   false AS bottleneck, 0 AS o1, NULL::interval AS o2
+			  FROM runs
+			UNION ALL
+			SELECT 'step', k.name, k.n, k.n_completed, k.n_failed, NULL, k.n_skipped,
+				   round(k.n_completed::numeric / k.n, 3), round(k.n_failed::numeric / k.n, 3),
+				   k.mean, k.p50, k.p95, k.p99, round(k.attempts, 2), k.share_,
+				   coalesce(k.r <= 3, false), 1, k.starts
+			  FROM ranked k) u
+	 ORDER BY u.o1, u.o2 NULLS LAST, u.step;
+END
+$$;
+
+CREATE FUNCTION @extschema@.wf_metrics(workflow text, since interval DEFAULT '1 day')
+RETURNS TABLE (scope text, step text, executions bigint, completed bigint, failed bigint,
+			   cancelled bigint, skipped bigint, success_rate numeric, error_rate numeric,
+			   mean interval, p50 interval, p95 interval, p99 interval, attempts numeric,
+			   share numeric, bottleneck boolean)
+	LANGUAGE C AS 'MODULE_PATHNAME', 'wf_api_call';
 
 CREATE FUNCTION @extschema@.wf_explain(run_id bigint) RETURNS SETOF text
 	LANGUAGE C AS 'MODULE_PATHNAME', 'wf_api_call';

@@ -329,4 +329,134 @@ SKIP:
 as_role('alice', "SELECT wf_signal($s2, 'go')");
 is(wf_wait($node, $s2), 'completed', 'the second signalled run completed');
 
+# -------------------------------------------------------------------------
+# wf_metrics, against figures computed here from wf.runs and wf.steps
+# -------------------------------------------------------------------------
+my @more = (
+	wf_start($node, 'mon', { n => 1, items => [ 4, 5 ] }),
+	wf_start($node, 'mon', { n => 20, items => [6] }),
+	wf_start($node, 'mon', { n => -1, items => [] }),
+	wf_start($node, 'mon', { n => 1, items => [], fail => JSON::PP::true }));
+is(wf_wait_all($node, @more), 'completed,completed,completed,failed', 'four more runs of mon');
+
+# Mean and linear-interpolation percentile of a list of numbers.
+sub mean_of
+{
+	my $t = 0;
+	$t += $_ foreach @_;
+	return $t / @_;
+}
+
+sub pct
+{
+	my ($p, @v) = @_;
+	@v = sort { $a <=> $b } @v;
+	my $x = $p * (@v - 1);
+	my $lo = int($x);
+	return $v[$lo] + ($x - $lo) * (($v[ $lo + 1 ] // $v[$lo]) - $v[$lo]);
+}
+
+# Seconds that agree to the microsecond.
+sub near
+{
+	my ($x, $y) = @_;
+	return defined $x && defined $y && $x ne '' && abs($x - $y) < 2e-6;
+}
+
+my $m = "SELECT %s FROM wf_metrics('%s') WHERE scope = '%s' AND step IS NOT DISTINCT FROM %s";
+my $epochs = 'extract(epoch FROM mean), extract(epoch FROM p50), extract(epoch FROM p95), extract(epoch FROM p99)';
+is( $node->safe_psql('postgres',
+		sprintf($m, 'executions, completed, failed, cancelled, success_rate, error_rate',
+			'mon', 'run', 'NULL')),
+	'6|4|2|0|0.667|0.333',
+	'metrics of the runs: executions, outcomes and rates');
+my @run_s = split /\n/, $node->safe_psql('postgres',
+	"SELECT extract(epoch FROM finished_at - started_at) FROM wf.runs WHERE workflow = 'mon'");
+my ($mean, $p50, $p95, $p99) = split /\|/,
+  $node->safe_psql('postgres', sprintf($m, $epochs, 'mon', 'run', 'NULL'));
+ok(near($mean, mean_of(@run_s)), "run mean duration ($mean)");
+ok(near($p50, pct(0.5, @run_s)), "run p50 ($p50)");
+ok(near($p95, pct(0.95, @run_s)), "run p95 ($p95)");
+ok(near($p99, pct(0.99, @run_s)), "run p99 ($p99)");
+
+foreach my $step ('load', 'each[*]')
+{
+	my $like = $step;
+	$like =~ s/\[\*\]/[%]/;
+	my @s = split /\n/, $node->safe_psql('postgres',
+		"SELECT extract(epoch FROM s.duration) FROM wf.steps s JOIN wf.runs r ON r.id = s.run_id
+		  WHERE r.workflow = 'mon' AND s.step LIKE '$like' AND s.duration IS NOT NULL");
+	($mean, $p50, $p95) = split /\|/,
+	  $node->safe_psql('postgres', sprintf($m, $epochs, 'mon', 'step', "'$step'"));
+	ok(near($mean, mean_of(@s)), "$step: mean duration ($mean)");
+	ok(near($p50, pct(0.5, @s)), "$step: p50 ($p50)");
+	ok(near($p95, pct(0.95, @s)), "$step: p95 ($p95)");
+}
+
+# Per step: what wf.steps says, counted here.
+my $expected = $node->safe_psql(
+	'postgres', q{
+	SELECT string_agg(line, ',' ORDER BY n)
+	  FROM (SELECT n, format('%s|%s|%s|%s|%s|%s', n, count(*),
+							 count(*) FILTER (WHERE status = 'failed'),
+							 count(*) FILTER (WHERE status = 'skipped'),
+							 round(count(*) FILTER (WHERE status = 'skipped')::numeric / count(*), 3),
+							 round(avg(attempt) FILTER (WHERE attempt > 0), 2)) AS line
+			  FROM (SELECT regexp_replace(s.step, '\[\d+\]', '[*]', 'g') AS n, s.status, s.attempt
+					  FROM wf.steps s JOIN wf.runs r ON r.id = s.run_id
+					 WHERE r.workflow = 'mon' AND s.status <> 'cancelled') x
+			 GROUP BY n) y});
+my $got = $node->safe_psql(
+	'postgres', q{
+	SELECT string_agg(format('%s|%s|%s|%s|%s|%s', step, executions, failed, skipped,
+							 round(skipped::numeric / executions, 3), attempts),
+					  ',' ORDER BY step)
+	  FROM wf_metrics('mon') WHERE scope = 'step'});
+is($got, $expected, 'metrics per step: executions, failures, skips, attempts');
+is( $node->safe_psql('postgres',
+		sprintf($m, 'executions, attempts, error_rate', 'mon', 'step', "'flaky.step'")),
+	'4|2.00|0.000', 'the retried step: two attempts per execution');
+is( $node->safe_psql('postgres',
+		sprintf($m, 'executions, skipped, success_rate', 'mon', 'step', "'opt-in'")),
+	'4|3|0.250', 'the step run only for n > 10: skipped 3 times out of 4');
+is( $node->safe_psql('postgres',
+		sprintf($m, 'executions, failed, error_rate', 'mon', 'step', "'check'")),
+	'6|2|0.333', 'the check failed twice out of six');
+
+# The bottleneck: the step that takes the time.
+wf_define(
+	$node, 'bottle',
+	{
+		steps => [
+			{ name => 'quick', sql => q{SELECT 1} },
+			{ name => 'slow', sql => q{SELECT 1 FROM pg_sleep(0.5)} },
+			{ name => 'quick2', sql => q{SELECT 2} },
+		]
+	});
+is(wf_wait_all($node, map { wf_start($node, 'bottle') } 1 .. 3),
+	'completed,completed,completed', 'three runs of bottle');
+is( $node->safe_psql('postgres',
+		"SELECT string_agg(step, ',') FROM wf_metrics('bottle') WHERE bottleneck"),
+	'slow', 'the sleeping step is the bottleneck, and only it');
+is( $node->safe_psql('postgres',
+		"SELECT step FROM wf_metrics('bottle') WHERE scope = 'step' ORDER BY share DESC LIMIT 1"),
+	'slow', 'its share of the run time is the largest');
+
+# Visibility: alice's runs of "slow" are hers and wf_admin's.
+foreach my $r ([ 'alice', '2' ], [ 'bob', '0' ], [ 'carol', '2' ])
+{
+	($out, $err) = as_role($r->[0],
+		"SELECT executions FROM wf_metrics('slow') WHERE scope = 'run'");
+	is($out, $r->[1], "wf_metrics('slow') as $r->[0]: $r->[1] runs");
+}
+($out, $err) = as_role('bob', "SELECT count(*) FROM wf_metrics('slow') WHERE scope = 'step'");
+is($out, '0', 'bob sees no step figures of them either');
+($out, $err) = as_role('bob', "SELECT * FROM wf_metrics('nope')");
+like($err, qr/42704: workflow "nope" does not exist/, 'metrics of no workflow: undefined_object');
+($out, $err) = as_role('bob', "SELECT * FROM wf_metrics('mon', '-1 day')");
+like($err, qr/22023: since must be a positive interval/, 'a negative since: invalid_parameter_value');
+is( $node->safe_psql('postgres',
+		"SELECT executions FROM wf_metrics('mon', '0 seconds') WHERE scope = 'run'"),
+	'0', 'no runs ended in no time');
+
 done_testing();
