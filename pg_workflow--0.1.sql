@@ -3287,7 +3287,8 @@ CREATE FUNCTION wf._metrics(caller oid, caller_path text, p_workflow text, p_sin
 							OUT p99 interval, OUT attempts numeric, OUT share numeric,
 							OUT bottleneck boolean)
 RETURNS SETOF record
-LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+SET work_mem = '32MB' AS $$
 DECLARE
 	admin	boolean := pg_has_role(caller, 'wf_admin', 'MEMBER');
 BEGIN
@@ -3298,21 +3299,28 @@ BEGIN
 		RAISE EXCEPTION 'since must be a positive interval'
 			USING ERRCODE = 'invalid_parameter_value';
 	END IF;
-	RETURN QUERY
+	/*
+	 * Planned with the values: which runs to read (the index on finished
+	 * runs by workflow and end time) and how to reach their steps depend
+	 * on how many there are.
+	 */
+	RETURN QUERY EXECUTE $q$
 	WITH runs AS MATERIALIZED (
 		SELECT r.id, r.status, r.started_at, r.finished_at - r.started_at AS dur
 		  FROM wf.run r
-		 WHERE r.workflow = p_workflow
+		 WHERE r.workflow = $1
 		   AND r.status IN ('completed', 'failed', 'cancelled')
-		   AND r.finished_at >= clock_timestamp() - p_since
-		   AND (admin OR r.owner = caller)
+		   AND r.finished_at >= $2
+		   AND ($3 OR r.owner = $4)
 	), total AS (
 		SELECT extract(epoch FROM sum(runs.dur)) AS t FROM runs
 	), steps AS (
-		SELECT regexp_replace(s.step, '\[[0-9]+\]', '[*]', 'g') AS name,
+		SELECT regexp_replace(s.step, '\[[0-9]+\]', '[*]', 'g') COLLATE "C" AS name,
 			   s.kind IN ('if', 'parallel', 'map') AS container, s.status, s.attempt,
 			   s.finished_at - s.started_at AS dur, s.started_at - runs.started_at AS offset_
-		  FROM runs JOIN wf.step s ON s.run_id = runs.id
+		  FROM runs,
+			   /* Each run's steps by the primary key, however big wf.step is. */
+			   LATERAL (SELECT * FROM wf.step s1 WHERE s1.run_id = runs.id OFFSET 0) s
 		 WHERE s.status IN ('completed', 'failed', 'skipped', 'compensated', 'escalated')
 	), per_step AS (
 		SELECT st.name, bool_or(st.container) AS container, count(*) AS n,
@@ -3320,9 +3328,7 @@ BEGIN
 			   count(*) FILTER (WHERE st.status IN ('failed', 'escalated')) AS n_failed,
 			   count(*) FILTER (WHERE st.status = 'skipped') AS n_skipped,
 			   avg(st.dur) AS mean,
-			   percentile_cont(0.5) WITHIN GROUP (ORDER BY st.dur) AS p50,
-			   percentile_cont(0.95) WITHIN GROUP (ORDER BY st.dur) AS p95,
-			   percentile_cont(0.99) WITHIN GROUP (ORDER BY st.dur) AS p99,
+			   percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY st.dur) AS pct,
 			   avg(st.attempt) FILTER (WHERE st.attempt > 0) AS attempts,
 			   extract(epoch FROM sum(st.dur)) AS spent, avg(st.offset_) AS starts
 		  FROM steps st
@@ -3349,19 +3355,20 @@ BEGIN
 				   round(count(*) FILTER (WHERE runs.status = 'failed')::numeric
 						 / nullif(count(*), 0), 3) AS error_rate,
 				   avg(runs.dur) AS mean,
-				   percentile_cont(0.5) WITHIN GROUP (ORDER BY runs.dur) AS p50,
-				   percentile_cont(0.95) WITHIN GROUP (ORDER BY runs.dur) AS p95,
-				   percentile_cont(0.99) WITHIN GROUP (ORDER BY runs.dur) AS p99,
+				   (percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY runs.dur))[1] AS p50,
+				   (percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY runs.dur))[2] AS p95,
+				   (percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY runs.dur))[3] AS p99,
 				   NULL::numeric AS attempts, CASE WHEN count(*) > 0 THEN 1.000 END AS share,
 				   false AS bottleneck, 0 AS o1, NULL::interval AS o2
 			  FROM runs
 			UNION ALL
 			SELECT 'step', k.name, k.n, k.n_completed, k.n_failed, NULL, k.n_skipped,
 				   round(k.n_completed::numeric / k.n, 3), round(k.n_failed::numeric / k.n, 3),
-				   k.mean, k.p50, k.p95, k.p99, round(k.attempts, 2), k.share_,
+				   k.mean, k.pct[1], k.pct[2], k.pct[3], round(k.attempts, 2), k.share_,
 				   coalesce(k.r <= 3, false), 1, k.starts
 			  FROM ranked k) u
-	 ORDER BY u.o1, u.o2 NULLS LAST, u.step;
+	 ORDER BY u.o1, u.o2 NULLS LAST, u.step
+	$q$ USING p_workflow, clock_timestamp() - p_since, admin, caller;
 END
 $$;
 
