@@ -3188,7 +3188,7 @@ BEGIN
 											 'undo ' || (e->>'label'), 'compensate', p_fmt,
 											 p_run_id, ind);
 			edges := edges || wf._graph_edge(id, wf._graph_id('compensate:' || p_idprefix || (e->>'label')),
-											 'on failure', true, p_fmt);
+											 'undo', true, p_fmt);
 		END IF;
 	END LOOP;
 END
@@ -3450,7 +3450,7 @@ CREATE VIEW wf.progress WITH (security_barrier) AS
 	SELECT r.id AS run_id, r.workflow, r.version, r.status, r.owner,
 		   p.done AS steps_done, p.total AS steps_total,
 		   CASE WHEN p.total > 0 THEN round(100.0 * p.done / p.total, 1) END AS percent,
-		   coalesce(p.now_at, '{}') AS now_at,
+		   coalesce(p.active_steps, '{}') AS active_steps,
 		   r.started_at, date_trunc('milliseconds', clock_timestamp() - r.started_at) AS elapsed,
 		   date_trunc('milliseconds', e.time_left) AS estimated_left
 	  FROM wf.run r
@@ -3462,7 +3462,7 @@ CREATE VIEW wf.progress WITH (security_barrier) AS
 									to_char(coalesce(s.started_at, s.ready_at), 'HH24:MI:SS.MS'))
 							 ORDER BY s.ord, s.step)
 					 FILTER (WHERE s.status IN ('running', 'waiting', 'escalated')
-							   AND s.children_left IS NULL) AS now_at
+							   AND s.children_left IS NULL) AS active_steps
 			  FROM wf.step s WHERE s.run_id = r.id) p
 	 CROSS JOIN LATERAL (
 			WITH hist AS (

@@ -169,7 +169,7 @@ sub start_slow
 
 my $s1 = start_slow();
 my $progress_sql = qq{SELECT steps_done, steps_total, percent,
-	now_at[1] ~ '^w waiting since [0-9:.]+\$', array_length(now_at, 1),
+	active_steps[1] ~ '^w waiting since [0-9:.]+\$', array_length(active_steps, 1),
 	elapsed > '0', estimated_left IS NULL
   FROM wf.progress WHERE run_id = %s};
 ($out, $err) = as_role('alice', sprintf($progress_sql, $s1));
@@ -272,7 +272,7 @@ like($mermaid, qr/n_route_\w+ -- "else" --> n_route_else_neg_/,
 	'mon: the else branch has its edge');
 like($mermaid, qr/n_each_\w+ -- "each of \$\.input\.items, 2 at a time" --> n_each____\w+$/m,
 	'mon: the map item node under the map, with what it maps');
-like($mermaid, qr/n_book_\w+ -\. "on failure" \.-> n_compensate_book_\w+$/m,
+like($mermaid, qr/n_book_\w+ -\. "undo" \.-> n_compensate_book_\w+$/m,
 	'mon: a dashed edge to the compensate action');
 
 my $run_mermaid = $node->safe_psql('postgres', "SELECT wf_graph($ok)");
