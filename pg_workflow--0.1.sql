@@ -3379,6 +3379,140 @@ RETURNS TABLE (scope text, step text, executions bigint, completed bigint, faile
 			   share numeric, bottleneck boolean)
 	LANGUAGE C AS 'MODULE_PATHNAME', 'wf_api_call';
 
+/*
+ * SLAs: the "sla" of a definition counts from its run's start, the "sla"
+ * of a step from the start of its first attempt.  sla_at is when it
+ * passes, set by the triggers below; wf._check_slas, which the executors
+ * call, raises its alert (one per run or step) and sets it to infinity;
+ * when the run or step ends, the triggers clear it and resolve the alert.
+ */
+ALTER TABLE wf.run ADD COLUMN sla_at timestamptz;
+ALTER TABLE wf.step ADD COLUMN sla_at timestamptz;
+ALTER TABLE wf.alert ADD COLUMN acknowledged_by regrole,
+	ADD COLUMN acknowledged_at timestamptz;
+CREATE INDEX run_sla ON wf.run (sla_at) WHERE sla_at IS NOT NULL;
+CREATE INDEX step_sla ON wf.step (sla_at) WHERE sla_at IS NOT NULL;
+
+CREATE FUNCTION wf._run_sla() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+	IF NEW.status IN ('completed', 'failed', 'cancelled') THEN
+		IF NEW.sla_at = 'infinity' THEN
+			UPDATE wf.alert SET resolved_at = clock_timestamp()
+			 WHERE run_id = NEW.id AND step IS NULL AND kind = 'sla'
+			   AND resolved_at IS NULL;
+		END IF;
+		NEW.sla_at := NULL;
+	ELSIF OLD.started_at IS NULL AND NEW.started_at IS NOT NULL THEN
+		NEW.sla_at := NEW.started_at
+			+ (SELECT (d.definition->>'sla')::interval FROM wf.workflow_def d
+				WHERE d.name = NEW.workflow AND d.version = NEW.version);
+	END IF;
+	RETURN NEW;
+END
+$$;
+
+CREATE TRIGGER run_sla BEFORE UPDATE OF status, started_at ON wf.run
+	FOR EACH ROW
+	WHEN ((OLD.started_at IS NULL AND NEW.started_at IS NOT NULL) OR NEW.sla_at IS NOT NULL)
+	EXECUTE FUNCTION wf._run_sla();
+
+CREATE FUNCTION wf._step_sla() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+	IF NEW.status IN ('completed', 'failed', 'skipped', 'compensated', 'cancelled') THEN
+		IF NEW.sla_at = 'infinity' THEN
+			UPDATE wf.alert SET resolved_at = clock_timestamp()
+			 WHERE run_id = NEW.run_id AND step = NEW.step AND kind = 'sla'
+			   AND resolved_at IS NULL;
+		END IF;
+		NEW.sla_at := NULL;
+	ELSIF OLD.started_at IS NULL AND NEW.started_at IS NOT NULL AND NEW.attempt = 1 THEN
+		NEW.sla_at := NEW.started_at + (NEW.spec->>'sla')::interval;
+	END IF;
+	RETURN NEW;
+END
+$$;
+
+CREATE TRIGGER step_sla BEFORE UPDATE OF status, started_at ON wf.step
+	FOR EACH ROW
+	WHEN (NEW.spec ? 'sla')
+	EXECUTE FUNCTION wf._step_sla();
+
+/*
+ * Raises the alerts of the SLAs that have passed; returns when the next
+ * one passes, for the executors' sleep.  Rows another transaction holds
+ * are left for the next call.
+ */
+CREATE FUNCTION wf._check_slas() RETURNS timestamptz
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	r	record;
+BEGIN
+	FOR r IN SELECT u.id, u.workflow, u.sla_at, d.definition->>'sla' AS sla
+			   FROM wf.run u
+			   JOIN wf.workflow_def d ON d.name = u.workflow AND d.version = u.version
+			  WHERE u.sla_at <= clock_timestamp()
+			  FOR UPDATE OF u SKIP LOCKED LOOP
+		UPDATE wf.run SET sla_at = 'infinity' WHERE id = r.id;
+		PERFORM wf._alert(r.id, NULL, 'sla',
+						  format('run %s of workflow "%s" has not ended within its SLA of %s',
+								 r.id, r.workflow, r.sla),
+						  jsonb_build_object('workflow', r.workflow, 'sla', r.sla,
+											 'due', r.sla_at));
+	END LOOP;
+	FOR r IN SELECT s.run_id, s.step, s.sla_at, s.spec->>'sla' AS sla, u.workflow
+			   FROM wf.step s JOIN wf.run u ON u.id = s.run_id
+			  WHERE s.sla_at <= clock_timestamp()
+			  FOR UPDATE OF s SKIP LOCKED LOOP
+		UPDATE wf.step SET sla_at = 'infinity' WHERE run_id = r.run_id AND step = r.step;
+		PERFORM wf._alert(r.run_id, r.step, 'sla',
+						  format('step "%s" of run %s of workflow "%s" has not ended within its SLA of %s',
+								 r.step, r.run_id, r.workflow, r.sla),
+						  jsonb_build_object('workflow', r.workflow, 'sla', r.sla,
+											 'due', r.sla_at));
+	END LOOP;
+	RETURN LEAST((SELECT min(sla_at) FROM wf.run WHERE sla_at < 'infinity'),
+				 (SELECT min(sla_at) FROM wf.step WHERE sla_at < 'infinity'));
+END
+$$;
+
+/*
+ * wf_ack_alert(alert_id): the caller acknowledges an alert of a run it
+ * controls (any alert, for wf_admin); false if it was acknowledged already.
+ */
+CREATE FUNCTION wf._ack_alert(caller oid, caller_path text, p_alert_id bigint) RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	a		wf.alert;
+	run_owner	oid;
+BEGIN
+	IF p_alert_id IS NULL THEN
+		RAISE EXCEPTION 'alert id must not be null' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	SELECT * INTO a FROM wf.alert WHERE id = p_alert_id FOR UPDATE;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'alert % does not exist', p_alert_id USING ERRCODE = 'undefined_object';
+	END IF;
+	SELECT r.owner INTO run_owner FROM wf.run r WHERE r.id = a.run_id;
+	IF NOT (pg_has_role(caller, 'wf_admin', 'MEMBER')
+			OR (run_owner IS NOT NULL AND wf._may_control(caller, run_owner))) THEN
+		RAISE EXCEPTION 'permission denied for alert %', p_alert_id
+			USING ERRCODE = 'insufficient_privilege',
+				  HINT = 'Only the role that started the run and members of wf_admin may acknowledge its alerts.';
+	END IF;
+	IF a.acknowledged_at IS NOT NULL THEN
+		RETURN false;
+	END IF;
+	UPDATE wf.alert SET acknowledged_by = caller, acknowledged_at = clock_timestamp()
+	 WHERE id = p_alert_id;
+	RETURN true;
+END
+$$;
+
+CREATE FUNCTION @extschema@.wf_ack_alert(alert_id bigint) RETURNS boolean
+	LANGUAGE C AS 'MODULE_PATHNAME', 'wf_api_call';
+
 CREATE FUNCTION @extschema@.wf_explain(run_id bigint) RETURNS SETOF text
 	LANGUAGE C AS 'MODULE_PATHNAME', 'wf_api_call';
 
@@ -3431,7 +3565,8 @@ CREATE VIEW wf.circuit_breakers AS
 
 CREATE VIEW wf.alerts WITH (security_barrier) AS
 	SELECT a.id, a.run_id, coalesce(r.workflow, a.detail->>'workflow') AS workflow, a.step,
-		   a.kind, a.message, a.detail, a.raised_at, a.resolved_at, a.resolved_by
+		   a.kind, a.message, a.detail, a.raised_at, a.resolved_at, a.resolved_by,
+		   a.acknowledged_by, a.acknowledged_at
 	  FROM wf.alert a LEFT JOIN wf.run r ON r.id = a.run_id
 	 WHERE r.owner = (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user)
 		OR (SELECT pg_catalog.pg_has_role('wf_admin', 'MEMBER'));

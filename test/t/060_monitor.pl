@@ -459,4 +459,69 @@ is( $node->safe_psql('postgres',
 		"SELECT executions FROM wf_metrics('mon', '0 seconds') WHERE scope = 'run'"),
 	'0', 'no runs ended in no time');
 
+# -------------------------------------------------------------------------
+# SLAs: one alert per run and step still unfinished past its SLA, resolved
+# when it ends; wf_ack_alert
+# -------------------------------------------------------------------------
+($out, $err) = as_role(
+	'alice', q{
+	SELECT wf_define('late', '{"sla": "300ms", "steps": [
+		{"name": "a", "sql": "SELECT 1"},
+		{"name": "w", "sla": "200ms", "wait_for": {"signal": "go"}},
+		{"name": "c", "sql": "SELECT 3"}]}');
+	SELECT wf_define('prompt', '{"sla": "1 hour", "steps": [
+		{"name": "a", "sla": "1 hour", "sql": "SELECT 1"}]}');});
+is($err, '', 'alice defined workflows with SLAs');
+($out, $err) = as_role('alice', q{SELECT wf_start('late')});
+my ($late) = grep { /^\d+$/ } split /\n/, $out;
+($out, $err) = as_role('alice', q{SELECT wf_start('prompt')});
+my ($prompt) = grep { /^\d+$/ } split /\n/, $out;
+is(wf_wait($node, $prompt), 'completed', 'the prompt run completed');
+ok( $node->poll_query_until('postgres',
+		"SELECT count(*) FROM wf.alerts WHERE run_id = $late AND kind = 'sla'", '2'),
+	'the late run and its waiting step each raised an SLA alert');
+is( $node->safe_psql('postgres',
+		"SELECT coalesce(step, '-') || '|' || message || '|' || (resolved_at IS NULL)
+		   FROM wf.alerts WHERE run_id = $late AND kind = 'sla' ORDER BY step NULLS FIRST"),
+	qq{-|run $late of workflow "late" has not ended within its SLA of 300ms|true
+w|step "w" of run $late of workflow "late" has not ended within its SLA of 200ms|true},
+	'the alerts say what is late and by which SLA, and are open');
+
+# Acknowledgements: the owner and wf_admin, not another role.
+my ($run_alert, $step_alert) = split /\n/, $node->safe_psql('postgres',
+	"SELECT id FROM wf.alerts WHERE run_id = $late AND kind = 'sla' ORDER BY step NULLS FIRST");
+($out, $err) = as_role('bob', "SELECT wf_ack_alert($run_alert)");
+like($err, qr/42501: permission denied for alert $run_alert/, 'bob may not acknowledge it');
+($out, $err) = as_role('alice', "SELECT wf_ack_alert($run_alert)");
+is($out, 't', 'alice acknowledges the alert of her run');
+($out, $err) = as_role('alice', "SELECT wf_ack_alert($run_alert)");
+is($out, 'f', 'a second acknowledgement changes nothing');
+($out, $err) = as_role('carol', "SELECT wf_ack_alert($step_alert)");
+is($out, 't', 'a member of wf_admin acknowledges the other');
+($out, $err) = as_role('alice', "SELECT wf_ack_alert(999999)");
+like($err, qr/42704: alert 999999 does not exist/, 'no such alert: undefined_object');
+($out, $err) = as_role('alice',
+	"SELECT coalesce(step, '-') || '|' || acknowledged_by || '|' || (acknowledged_at IS NOT NULL)
+	   FROM wf.alerts WHERE run_id = $late AND kind = 'sla' ORDER BY step NULLS FIRST");
+is($out, "-|alice|true\nw|carol|true", 'wf.alerts shows who acknowledged what');
+
+as_role('alice', "SELECT wf_signal($late, 'go')");
+is(wf_wait($node, $late), 'completed', 'the late run completed');
+is( $node->safe_psql('postgres',
+		"SELECT count(*), count(resolved_at) FROM wf.alerts WHERE run_id = $late AND kind = 'sla'"),
+	'2|2', 'still one alert each, both resolved now that they ended');
+is( $node->safe_psql('postgres',
+		"SELECT count(*) FROM wf.alerts WHERE run_id = $prompt"),
+	'0', 'a run that ended within its SLAs raised nothing');
+is( $node->safe_psql('postgres',
+		"SELECT (SELECT count(*) FROM wf.run WHERE sla_at IS NOT NULL)
+			  + (SELECT count(*) FROM wf.step WHERE sla_at IS NOT NULL)"),
+	'0', 'nothing is left to watch');
+
+($out, $err) = as_role('bob', q{SELECT wf_define('bad_sla', '{"sla": "soon", "steps": [
+		{"name": "a", "sla": "-1 s", "sql": "SELECT 1"}]}')});
+like($err, qr/22023: "sla" is not a valid interval: "soon"/, 'a workflow SLA must be an interval');
+like($err, qr/"steps\[0\]\.sla" must be positive|step "a": "sla" must be positive|sla" must be positive/,
+	'a step SLA must be positive');
+
 done_testing();
