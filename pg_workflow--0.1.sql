@@ -3393,6 +3393,7 @@ ALTER TABLE wf.alert ADD COLUMN acknowledged_by regrole,
 CREATE INDEX run_sla ON wf.run (sla_at) WHERE sla_at IS NOT NULL;
 CREATE INDEX step_sla ON wf.step (sla_at) WHERE sla_at IS NOT NULL;
 
+/* A run's sla_at: set at its start, cleared (its alert resolved) at its end. */
 CREATE FUNCTION wf._run_sla() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
@@ -3417,6 +3418,7 @@ CREATE TRIGGER run_sla BEFORE UPDATE OF status, started_at ON wf.run
 	WHEN ((OLD.started_at IS NULL AND NEW.started_at IS NOT NULL) OR NEW.sla_at IS NOT NULL)
 	EXECUTE FUNCTION wf._run_sla();
 
+/* A step's sla_at: set at its first start, cleared (its alert resolved) at its end. */
 CREATE FUNCTION wf._step_sla() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
