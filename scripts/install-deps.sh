@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # install-deps.sh -- install the Debian 12 packages needed to build and test
 # pg_workflow (PostgreSQL 15 server + headers, libcurl, the TAP test modules'
-# IPC::Run, a C toolchain, python3 and perl).
+# IPC::Run, a C toolchain, python3, perl, and graphviz for the monitor test
+# that renders wf_graph's DOT).
 #
 # Usage (as root): bash scripts/install-deps.sh [--force]
 #
@@ -24,6 +25,7 @@ PACKAGES=(
 	gcc
 	python3
 	perl
+	graphviz
 )
 CREATECLUSTER_DIR=/etc/postgresql-common/createcluster.d
 CREATECLUSTER_DROPIN="$CREATECLUSTER_DIR/50-pg_workflow-no-main-cluster.conf"

@@ -114,14 +114,14 @@ wf_api_call_internal(FunctionCallInfo inner, MemoryContext oldcxt)
  */
 static Datum
 wf_api_invoke(FmgrInfo *finfo, int nargs, NullableDatum *args, Oid collation,
-			  bool *isnull)
+			  fmNodePtr resultinfo, bool *isnull)
 {
 	LOCAL_FCINFO(inner, WF_API_MAX_ARGS + 2);
 	MemoryContext oldcxt = CurrentMemoryContext;
 	Datum		result;
 	int			i;
 
-	InitFunctionCallInfoData(*inner, finfo, nargs + 2, collation, NULL, NULL);
+	InitFunctionCallInfoData(*inner, finfo, nargs + 2, collation, NULL, resultinfo);
 	inner->args[0].value = ObjectIdGetDatum(GetUserId());
 	inner->args[0].isnull = false;
 	inner->args[1].value = CStringGetTextDatum(namespace_search_path);
@@ -136,6 +136,8 @@ wf_api_invoke(FmgrInfo *finfo, int nargs, NullableDatum *args, Oid collation,
 
 /*
  * wf_NAME(args...): calls wf._NAME(caller, caller_search_path, args...).
+ * A set-returning wf_NAME hands its ReturnSetInfo to wf._NAME, which must
+ * then return its set in materialize mode (as PL/pgSQL does).
  */
 Datum
 wf_api_call(PG_FUNCTION_ARGS)
@@ -165,7 +167,7 @@ wf_api_call(PG_FUNCTION_ARGS)
 	}
 
 	result = wf_api_invoke(inner, PG_NARGS(), fcinfo->args, PG_GET_COLLATION(),
-						   &isnull);
+						   fcinfo->resultinfo, &isnull);
 	if (isnull)
 		PG_RETURN_NULL();
 	return result;
@@ -250,7 +252,7 @@ wf_wait(PG_FUNCTION_ARGS)
 
 			ResetLatch(MyLatch);
 			status = TextDatumGetCString(wf_api_invoke(&status_fn, 1, args,
-													   InvalidOid, &isnull));
+													   InvalidOid, NULL, &isnull));
 			if (wf_api_status_is_final(status))
 				break;
 			if (IsolationUsesXactSnapshot())

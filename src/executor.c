@@ -200,7 +200,8 @@ wf_exec_prepare_all(void)
 	wf_plan_wait = wf_exec_prepare(
 								   "SELECT wf._step_wait($1, $2, $3, $4)",
 								   4, wait_types);
-	wf_plan_expire = wf_exec_prepare("SELECT LEAST(wf._expire_runs(), wf._fire_schedules())",
+	wf_plan_expire = wf_exec_prepare("SELECT LEAST(wf._expire_runs(), wf._fire_schedules(),"
+									 " wf._check_slas())",
 									 0, NULL);
 	wf_plan_deferred = wf_exec_prepare("SELECT wf._run_deferred()", 0, NULL);
 	wf_plan_solo = wf_exec_prepare("UPDATE wf.step SET solo = true"

@@ -164,6 +164,7 @@ static const WfvFeature wfv_features[] = {
 	/* keys of the definition */
 	{"description", WFV_DOCUMENT, NULL, wfv_check_text, true},
 	{"timeout", WFV_DOCUMENT, NULL, wfv_check_interval, true},
+	{"sla", WFV_DOCUMENT, NULL, wfv_check_interval, true},
 	{"retry", WFV_DOCUMENT, NULL, wfv_check_retry, true},
 	{"on_error", WFV_DOCUMENT, NULL, wfv_check_on_error, true},
 	{"steps", WFV_DOCUMENT, NULL, wfv_check_top_steps, true},
@@ -178,6 +179,7 @@ static const WfvFeature wfv_features[] = {
 	{"dependencies", WFV_POLICY, NULL, wfv_check_dependencies, true},
 	{"when", WFV_POLICY, NULL, wfv_check_jsonpath, true},
 	{"timeout", WFV_POLICY, NULL, wfv_check_interval, true},
+	{"sla", WFV_POLICY, NULL, wfv_check_interval, true},
 	{"retry", WFV_POLICY, NULL, wfv_check_retry, true},
 	{"on_error", WFV_POLICY, NULL, wfv_check_on_error, true},
 	{"compensate", WFV_POLICY, NULL, wfv_check_compensate, true},
