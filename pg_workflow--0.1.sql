@@ -3717,3 +3717,9 @@ COMMENT ON VIEW wf.human_tasks IS 'open approvals, for their assignees and the r
 COMMENT ON VIEW wf.schedules IS 'schedules the current role may see, with their next and last runs';
 COMMENT ON VIEW wf.circuit_breakers IS 'the circuit breakers of http hosts: state, failures, when they close again';
 COMMENT ON VIEW wf.secrets IS 'the secrets a role may use or manage, never their values';
+COMMENT ON FUNCTION @extschema@.wf_explain(bigint) IS 'a run as an indented tree, one line per step: status, attempt, duration, error (like EXPLAIN ANALYZE)';
+COMMENT ON FUNCTION @extschema@.wf_graph(text, text) IS 'a workflow as a Mermaid flowchart or Graphviz DOT graph';
+COMMENT ON FUNCTION @extschema@.wf_graph(bigint, text) IS 'a run''s graph, coloured by step status, with durations and attempts';
+COMMENT ON FUNCTION @extschema@.wf_metrics(text, interval) IS 'executions, success and error rates, duration percentiles of a workflow and of each of its steps, and the bottleneck steps';
+COMMENT ON FUNCTION @extschema@.wf_ack_alert(bigint) IS 'an operator acknowledges an alert';
+COMMENT ON VIEW wf.progress IS 'unfinished runs: steps done of total, percent, what runs or waits now, elapsed time and an estimate of the time left';
