@@ -8,7 +8,8 @@
 # throwaway server in /tmp/pgwf-demo on port 5499 (scripts/pgwf-server.sh,
 # Unix socket only), defines a 3-step workflow of SQL steps (validate the
 # input, double a number, insert the result into a table), starts a run,
-# waits for it and prints wf.runs, wf.steps and wf.history for the run.
+# waits for it and prints wf.runs, wf.steps and wf.history for the run, its
+# explain tree and graph, and wf.progress.
 # The server is stopped at the end unless --keep is given (then the script
 # prints how to connect to it and how to stop it).
 #
@@ -128,6 +129,12 @@ SELECT * FROM wf.runs WHERE id = :run;'
 	q -v run="$run" <<<'SELECT * FROM wf.history WHERE run_id = :run ORDER BY 1;'
 	section "public.demo_results"
 	q -c 'SELECT * FROM public.demo_results ORDER BY id'
+	section "wf_explain($run): the run as a tree"
+	q -At -v run="$run" <<<'SELECT * FROM wf_explain(:run);'
+	section "wf_graph($run): the run as a Mermaid flowchart (wf_graph(..., 'dot') for Graphviz)"
+	q -At -v run="$run" <<<'SELECT wf_graph(:run);'
+	section "wf.progress: the runs still going (none now; try it with \\watch 1 while runs go)"
+	q -c 'SELECT run_id, workflow, steps_done, steps_total, percent, active_steps FROM wf.progress'
 
 	if [[ "$status" != completed ]]; then
 		die "run $run ended with status '$status' instead of 'completed'"
