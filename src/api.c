@@ -61,7 +61,7 @@ PG_FUNCTION_INFO_V1(wf_check_executors);
 /*
  * Looks up wf._NAME(oid, text, argtypes...) and prepares to call it.
  */
-static void
+void
 wf_api_lookup(const char *name, int nargs, const Oid *argtypes,
 			  FmgrInfo *finfo, MemoryContext mcxt)
 {
@@ -111,15 +111,16 @@ wf_api_call_internal(FunctionCallInfo inner, MemoryContext oldcxt)
  * prepended to args.
  */
 static Datum
-wf_api_invoke(FmgrInfo *finfo, int nargs, NullableDatum *args, Oid collation,
-			  bool *isnull)
+wf_api_invoke_rs(FmgrInfo *finfo, int nargs, NullableDatum *args, Oid collation,
+				 ReturnSetInfo *rsinfo, bool *isnull)
 {
 	LOCAL_FCINFO(inner, WF_API_MAX_ARGS + 2);
 	MemoryContext oldcxt = CurrentMemoryContext;
 	Datum		result;
 	int			i;
 
-	InitFunctionCallInfoData(*inner, finfo, nargs + 2, collation, NULL, NULL);
+	InitFunctionCallInfoData(*inner, finfo, nargs + 2, collation, NULL,
+							 (fmNodePtr) rsinfo);
 	inner->args[0].value = ObjectIdGetDatum(GetUserId());
 	inner->args[0].isnull = false;
 	inner->args[1].value = CStringGetTextDatum(namespace_search_path);
@@ -130,6 +131,25 @@ wf_api_invoke(FmgrInfo *finfo, int nargs, NullableDatum *args, Oid collation,
 	result = wf_api_call_internal(inner, oldcxt);
 	*isnull = inner->isnull;
 	return result;
+}
+
+/* The same, for a function that returns no set. */
+static Datum
+wf_api_invoke(FmgrInfo *finfo, int nargs, NullableDatum *args, Oid collation,
+			  bool *isnull)
+{
+	return wf_api_invoke_rs(finfo, nargs, args, collation, NULL, isnull);
+}
+
+/*
+ * The same, for a set-returning function in materialize mode: it fills
+ * rsinfo as if the caller's own function had.
+ */
+Datum
+wf_api_invoke_set(FmgrInfo *finfo, int nargs, NullableDatum *args,
+				  ReturnSetInfo *rsinfo, bool *isnull)
+{
+	return wf_api_invoke_rs(finfo, nargs, args, InvalidOid, rsinfo, isnull);
 }
 
 /*
