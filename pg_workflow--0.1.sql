@@ -1706,6 +1706,7 @@ BEGIN
 			DELETE FROM wf.signal WHERE run_id = ANY (ids);
 			DELETE FROM wf.alert WHERE run_id = ANY (ids);
 			DELETE FROM wf.deferred WHERE run_id = ANY (ids);
+			DELETE FROM wf.task WHERE run_id = ANY (ids);
 			DELETE FROM wf.history_log WHERE run_id = ANY (ids);
 		END IF;
 	END IF;
@@ -2149,6 +2150,9 @@ BEGIN
 			UNION SELECT created_by::oid FROM wf.workflow_def
 			UNION SELECT owner::oid FROM wf.secret
 			UNION SELECT grantee::oid FROM wf.secret_grant
+			UNION SELECT grantee::oid FROM wf.pool_grant
+			UNION SELECT role::oid FROM wf.agent
+			UNION SELECT claimed_by::oid FROM wf.task WHERE state = 'claimed'
 		)
 		SELECT w.owner FROM owners w
 		 WHERE w.owner <> 0
@@ -2208,6 +2212,10 @@ BEGIN
 		 * role that later gets the same OID inherits nothing.
 		 */
 		DELETE FROM wf.secret_grant WHERE grantee = dropped;
+		/* Its pools too; the leases it held expire and are handed out again. */
+		DELETE FROM wf.pool_grant WHERE grantee = dropped;
+		DELETE FROM wf.agent WHERE role = dropped;
+		UPDATE wf.task SET claimed_by = 0 WHERE claimed_by = dropped;
 		FOR o IN UPDATE wf.secret SET owner = 0
 				  WHERE owner = dropped RETURNING name LOOP
 			PERFORM wf._alert(NULL, NULL, 'owner_dropped',
@@ -3102,7 +3110,8 @@ BEGIN
 		RAISE EXCEPTION 'task % does not exist', p_task_id USING ERRCODE = 'undefined_object';
 	END IF;
 	IF NOT pg_has_role(caller, 'wf_admin', 'MEMBER')
-	   AND (t.claimed_by IS NULL OR NOT pg_has_role(caller, t.claimed_by::oid, 'MEMBER')) THEN
+	   AND (t.claimed_by IS NULL OR t.claimed_by::oid = 0
+			OR NOT pg_has_role(caller, t.claimed_by::oid, 'MEMBER')) THEN
 		RAISE EXCEPTION 'permission denied for task %', p_task_id
 			USING ERRCODE = 'insufficient_privilege',
 				  HINT = 'Only the role that claimed a task and members of wf_admin may heartbeat, complete or fail it.';

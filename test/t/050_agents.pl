@@ -291,6 +291,27 @@ $node->safe_psql('postgres', "SELECT wf_revoke_pool('p', 'agent1')");
 like($err, qr/ERROR:  42501: permission denied for pool "p"/, 'after wf_revoke_pool the agent cannot claim');
 $node->safe_psql('postgres', "SELECT wf_grant_pool('p', 'agent1')");
 
+# A dropped agent role: its grants go, its lease has no holder.
+$node->safe_psql('postgres', "CREATE ROLE agent2 LOGIN; SELECT wf_grant_pool('p', 'agent2')");
+$run = wf_start($node, 'quick');
+$node->poll_query_until('postgres',
+	"SELECT count(*) = 1 FROM wf.task WHERE run_id = $run AND state = 'ready'")
+  or die 'no task';
+($out, $err) = as_role('agent2', "SELECT task_id FROM wf_claim('p', agent => 'a2')");
+$task = $out;
+ok($task, 'agent2 claimed a task');
+$node->safe_psql('postgres', 'DROP ROLE agent2');
+# An executor notices dropped roles at its next transaction.
+$node->safe_psql('postgres', 'SELECT wf._wake()');
+ok( $node->poll_query_until(
+		'postgres', qq{SELECT count(*) = 0 FROM wf.pool_grant WHERE grantee::oid NOT IN (SELECT oid FROM pg_roles)
+		UNION ALL SELECT count(*) = 0 FROM wf.agent WHERE role::oid NOT IN (SELECT oid FROM pg_roles)
+		UNION ALL SELECT count(*) = 0 FROM wf.task WHERE claimed_by::oid NOT IN (SELECT oid FROM pg_roles) AND claimed_by::oid <> 0},
+		"t\nt\nt"),
+	'the dropped agent role\'s grant, registry row and lease holder are gone');
+is($node->safe_psql('postgres', "SELECT wf_complete($task)"), 't', 'wf_admin completes its task');
+is(wf_wait($node, $run), 'completed', 'and the run completes');
+
 # -------------------------------------------------------------------------
 # wf.agents.
 # -------------------------------------------------------------------------
