@@ -2909,6 +2909,8 @@ CREATE TABLE wf.task (
 );
 CREATE INDEX task_ready ON wf.task (pool, priority DESC, id) WHERE state = 'ready';
 CREATE INDEX task_open ON wf.task (run_id) WHERE state IN ('ready', 'claimed');
+CREATE INDEX task_due ON wf.task ((LEAST(lease_until, deadline)))
+	WHERE state IN ('ready', 'claimed');
 CREATE INDEX task_run ON wf.task (run_id, step);
 CREATE INDEX task_agent ON wf.task (pool, agent);
 
@@ -3045,7 +3047,8 @@ BEGIN
 		 WHERE t.pool = p_pool AND t.state = 'ready' AND t.requires <@ p_caps
 		   AND EXISTS (SELECT 1 FROM wf.step s
 						WHERE s.run_id = t.run_id AND s.step = t.step
-						  AND s.status = 'running' AND s.attempt = t.attempt)
+						  AND s.status = 'running' AND s.attempt = t.attempt
+						  AND s.started_at = t.started_at)
 		 ORDER BY t.priority DESC, t.id
 		 LIMIT p_max
 		   FOR UPDATE OF t SKIP LOCKED
@@ -3208,9 +3211,9 @@ RETURNS boolean
 
 /*
  * Called by every executor's periodic look (with wf._expire_runs): tasks
- * of attempts that ended otherwise (run cancelled, retried, rewound) are
- * cancelled; tasks whose lease or step timeout passed fail their attempt,
- * transiently.  Returns when the next lease or timeout passes.
+ * whose lease or step timeout passed fail their attempt, transiently (if
+ * it is still the step's: wf._agent_finish).  Returns when the next lease
+ * or timeout passes.  One probe of index task_due when none is due.
  */
 CREATE FUNCTION wf._expire_tasks() RETURNS timestamptz
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -3218,18 +3221,11 @@ DECLARE
 	v		wf.task;
 	late	boolean;
 BEGIN
-	UPDATE wf.task t SET state = 'cancelled', finished_at = clock_timestamp()
-	 WHERE t.id IN (SELECT o.id FROM wf.task o
-					 WHERE o.state IN ('ready', 'claimed')
-					   AND NOT EXISTS (SELECT 1 FROM wf.step s
-										WHERE s.run_id = o.run_id AND s.step = o.step
-										  AND s.status = 'running' AND s.attempt = o.attempt)
-					   FOR UPDATE SKIP LOCKED);
 	FOR v IN SELECT * FROM wf.task o
 			  WHERE o.state IN ('ready', 'claimed')
-				AND (o.lease_until < clock_timestamp() OR o.deadline < clock_timestamp())
+				AND LEAST(o.lease_until, o.deadline) < clock_timestamp()
 			  FOR UPDATE SKIP LOCKED LOOP
-		late := v.deadline < clock_timestamp();
+		late := coalesce(v.deadline < clock_timestamp(), false);
 		UPDATE wf.task SET state = 'expired', finished_at = clock_timestamp()
 		 WHERE id = v.id;
 		PERFORM wf._agent_finish(v.run_id, v.step, v.attempt, v.started_at, NULL,
@@ -3239,8 +3235,10 @@ BEGIN
 												  v.id, v.agent) END,
 								 true, late);
 	END LOOP;
-	RETURN (SELECT min(LEAST(o.lease_until, o.deadline)) FROM wf.task o
-			 WHERE o.state IN ('ready', 'claimed'));
+	RETURN (SELECT LEAST(o.lease_until, o.deadline) FROM wf.task o
+			 WHERE o.state IN ('ready', 'claimed')
+			   AND LEAST(o.lease_until, o.deadline) IS NOT NULL
+			 ORDER BY LEAST(o.lease_until, o.deadline) LIMIT 1);
 END
 $$;
 

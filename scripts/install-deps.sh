@@ -23,6 +23,7 @@ PACKAGES=(
 	make
 	gcc
 	python3
+	python3-psycopg
 	perl
 )
 CREATECLUSTER_DIR=/etc/postgresql-common/createcluster.d

@@ -227,7 +227,7 @@ is($notified, 2, 'NOTIFY wf_alerts announced the disabled schedule and subscript
 $listener->quit;
 
 # Her schedule fires no more, while bob's does.
-sub b_last { $node->safe_psql('postgres', q{SELECT last_run_id FROM wf.schedules WHERE name = 'b_every'}) }
+sub b_last { $node->safe_psql('postgres', q{SELECT coalesce(last_run_id, 0) FROM wf.schedules WHERE name = 'b_every'}) }
 
 sub b_fires
 {

@@ -21,6 +21,9 @@
 #  - privileges: claiming needs wf_grant_pool; another role cannot claim,
 #    complete or heartbeat the agent's task; the agent role reads no task
 #    table and no other role's runs; only wf_admin manages pools;
+#  - a dropped agent role loses its grants and its lease;
+#  - the example agent examples/agents/agent.py completes and fails tasks,
+#    heartbeating, and stops cleanly on SIGTERM;
 #  - wf.agents: counts, and state "lost" after pg_workflow.agent_lost_after.
 
 use strict;
@@ -28,6 +31,7 @@ use warnings;
 use FindBin;
 use lib "$FindBin::RealBin/../perl";
 
+use IPC::Run;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use PgWorkflowTest;
@@ -311,6 +315,52 @@ ok( $node->poll_query_until(
 	'the dropped agent role\'s grant, registry row and lease holder are gone');
 is($node->safe_psql('postgres', "SELECT wf_complete($task)"), 't', 'wf_admin completes its task');
 is(wf_wait($node, $run), 'completed', 'and the run completes');
+
+# -------------------------------------------------------------------------
+# The example agent (examples/agents/agent.py, python3-psycopg).
+# -------------------------------------------------------------------------
+$node->safe_psql('postgres', "SELECT wf_grant_pool('py', 'agent1')");
+wf_define(
+	$node, 'pyjob',
+	{
+		steps => [
+			{
+				name => 'ocr',
+				agent => 'py',
+				requires => ['ocr'],
+				payload => { page => '{{$.input.page}}', work_s => 0.5 }
+			}
+		]
+	});
+wf_define($node, 'pyfail',
+	{ steps => [ { name => 'ocr', agent => 'py', payload => { fail => 'unreadable' } } ] });
+my $python = -x '/usr/bin/python3' ? '/usr/bin/python3' : 'python3';
+my ($ain, $aout, $aerr) = ('', '', '');
+my $agent_timer = IPC::Run::timeout($PostgreSQL::Test::Utils::timeout_default);
+my $agent = IPC::Run::start(
+	[
+		$python, "$FindBin::RealBin/../../examples/agents/agent.py",
+		'--dsn', $node->connstr('postgres') . ' user=agent1',
+		'--pool', 'py', '--agent', 'py-1', '--capabilities', 'ocr,pdf',
+		'--lease', '10 seconds', '--wait', '2 seconds'
+	],
+	\$ain, \$aout, \$aerr, $agent_timer);
+pump_until($agent, $agent_timer, \$aout, qr/ready/);
+my @py = map { wf_start($node, 'pyjob', { page => $_ }) } 1 .. 3;
+push @py, wf_start($node, 'pyfail');
+is(wf_wait_all($node, @py), 'completed,completed,completed,failed',
+	'the example agent completed three tasks and failed one');
+is( $node->safe_psql('postgres', "SELECT output FROM wf.runs WHERE id = $py[1]"),
+	'{"echo": {"page": 2, "work_s": 0.5}, "agent": "py-1"}',
+	'with the output it computed from the payload');
+is($node->safe_psql('postgres', "SELECT error->>'message' FROM wf.steps WHERE run_id = $py[3]"),
+	'unreadable', 'and its reason for the failure');
+ok( $node->safe_psql(
+		'postgres', "SELECT count(*) FROM wf.task WHERE pool = 'py' AND progress IS NOT NULL") >= 3,
+	'it heartbeated while working');
+$agent->signal('TERM');
+ok($agent->finish, 'the example agent stops cleanly on SIGTERM, with exit status 0');
+like($aout, qr/stopped after 4 tasks/, 'after the tasks it had');
 
 # -------------------------------------------------------------------------
 # wf.agents.
