@@ -15,6 +15,7 @@ OBJS = \
 	src/http.o \
 	src/template.o \
 	src/api.o \
+	src/agent.o \
 	src/owners.o \
 	src/validate.o \
 	src/sandbox.o \

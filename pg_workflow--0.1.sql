@@ -1103,14 +1103,14 @@ BEGIN
 	ELSE
 		UPDATE wf.step s SET attempt = s.attempt + 1, started_at = clock_timestamp(),
 			   fair_at = NULL,
-			   status = CASE WHEN s.kind = 'http' THEN 'running' ELSE s.status END,
+			   status = CASE WHEN s.kind IN ('http', 'agent') THEN 'running' ELSE s.status END,
 			   running_by = CASE WHEN s.kind = 'http' THEN p_worker END,
 			   wait_snapshot = CASE WHEN s.kind = 'wait_for' THEN pg_current_snapshot() END
 		 WHERE s.run_id = p_run_id AND s.step = p_step
 		RETURNING s.kind, s.spec, s.attempt, s.started_at
 		INTO kind, spec, attempt, started_at;
 	END IF;
-	IF kind = 'http' THEN
+	IF kind IN ('http', 'agent') THEN
 		INSERT INTO wf.history_log (run_id, step, status, attempt, actor)
 		VALUES (p_run_id, p_step, 'running', attempt, r.owner);
 		IF current_setting('pg_workflow.notify') = 'steps' THEN
@@ -1599,6 +1599,9 @@ BEGIN
 							   WHERE run_id = p_run_id
 								 AND status IN ('pending', 'ready', 'running', 'waiting')
 							   FOR UPDATE SKIP LOCKED);
+	/* Agents' open tasks end with the run: wf_complete returns false. */
+	UPDATE wf.task SET state = 'cancelled', finished_at = clock_timestamp()
+	 WHERE run_id = p_run_id AND state IN ('ready', 'claimed');
 	INSERT INTO wf.deferred (run_id, step, action)
 	SELECT run_id, step, 'cancel' FROM wf.step
 	 WHERE run_id = p_run_id AND status IN ('pending', 'ready', 'running', 'waiting');
@@ -1712,6 +1715,7 @@ BEGIN
 			DELETE FROM wf.signal WHERE run_id = ANY (ids);
 			DELETE FROM wf.alert WHERE run_id = ANY (ids);
 			DELETE FROM wf.deferred WHERE run_id = ANY (ids);
+			DELETE FROM wf.task WHERE run_id = ANY (ids);
 			DELETE FROM wf.history_log WHERE run_id = ANY (ids);
 		END IF;
 	END IF;
@@ -2155,6 +2159,9 @@ BEGIN
 			UNION SELECT created_by::oid FROM wf.workflow_def
 			UNION SELECT owner::oid FROM wf.secret
 			UNION SELECT grantee::oid FROM wf.secret_grant
+			UNION SELECT grantee::oid FROM wf.pool_grant
+			UNION SELECT role::oid FROM wf.agent
+			UNION SELECT claimed_by::oid FROM wf.task WHERE state = 'claimed'
 		)
 		SELECT w.owner FROM owners w
 		 WHERE w.owner <> 0
@@ -2214,6 +2221,10 @@ BEGIN
 		 * role that later gets the same OID inherits nothing.
 		 */
 		DELETE FROM wf.secret_grant WHERE grantee = dropped;
+		/* Its pools too; the leases it held expire and are handed out again. */
+		DELETE FROM wf.pool_grant WHERE grantee = dropped;
+		DELETE FROM wf.agent WHERE role = dropped;
+		UPDATE wf.task SET claimed_by = 0 WHERE claimed_by = dropped;
 		FOR o IN UPDATE wf.secret SET owner = 0
 				  WHERE owner = dropped RETURNING name LOOP
 			PERFORM wf._alert(NULL, NULL, 'owner_dropped',
@@ -3537,6 +3548,470 @@ CREATE FUNCTION @extschema@.wf_graph(run_id bigint, format text DEFAULT 'mermaid
 
 
 /* ---------------------------------------------------------------------
+ * External agents
+ *
+ * An attempt of an agent step is a row of wf.task (src/agent.c), which an
+ * agent claims with wf_claim under a lease and ends with wf_complete or
+ * wf_fail; wf._agent_finish checkpoints the attempt as the executor does
+ * any step's.  A lease or timeout that expires fails the attempt
+ * (transient): the retry policy's next attempt is a new task.  Claiming
+ * from a pool is granted by members of wf_admin (wf.pool_grant).
+ * ---------------------------------------------------------------------
+ */
+
+CREATE TABLE wf.task (
+	id			bigserial PRIMARY KEY,
+	run_id		bigint NOT NULL,
+	step		text NOT NULL,
+	attempt		int NOT NULL,		-- with started_at, the step's attempt
+	started_at	timestamptz NOT NULL,
+	pool		text NOT NULL,
+	payload		jsonb,				-- rendered as the run's owner
+	requires	text[] NOT NULL,	-- capabilities a claimer must declare
+	priority	int NOT NULL,
+	state		text NOT NULL DEFAULT 'ready'
+				CHECK (state IN ('ready', 'claimed', 'completed', 'failed',
+								 'expired', 'cancelled')),
+	created_at	timestamptz NOT NULL DEFAULT clock_timestamp(),
+	deadline	timestamptz,		-- the step's timeout
+	claimed_by	regrole,			-- the role holding the lease
+	agent		text,
+	claimed_at	timestamptz,
+	lease_until	timestamptz,
+	seen_at		timestamptz,		-- the holder's last claim, heartbeat or end
+	progress	jsonb,
+	finished_at	timestamptz
+);
+CREATE INDEX task_ready ON wf.task (pool, priority DESC, id) WHERE state = 'ready';
+CREATE INDEX task_open ON wf.task (run_id) WHERE state IN ('ready', 'claimed');
+CREATE INDEX task_due ON wf.task ((LEAST(lease_until, deadline)))
+	WHERE state IN ('ready', 'claimed');
+CREATE INDEX task_run ON wf.task (run_id, step);
+CREATE INDEX task_agent ON wf.task (pool, agent);
+
+/* Pools an operator paused (a pool needs no row to exist). */
+CREATE TABLE wf.pool (
+	pool		text PRIMARY KEY,
+	paused		boolean NOT NULL DEFAULT false
+);
+
+/* Roles that may claim the tasks of a pool. */
+CREATE TABLE wf.pool_grant (
+	pool		text NOT NULL,
+	grantee		regrole NOT NULL,
+	PRIMARY KEY (pool, grantee)
+);
+
+/*
+ * The agents seen claiming from each pool, written only when wf_claim
+ * returns: a claim waiting in the server holds no lock on its row.  Their
+ * other contacts (heartbeats, ends) are on their tasks' rows.
+ */
+CREATE TABLE wf.agent (
+	pool		text NOT NULL,
+	agent		text NOT NULL,
+	role		regrole NOT NULL,
+	capabilities text[] NOT NULL,
+	first_seen	timestamptz NOT NULL,
+	last_seen	timestamptz NOT NULL,
+	PRIMARY KEY (pool, agent)
+);
+
+REVOKE ALL ON wf.task, wf.pool, wf.pool_grant, wf.agent FROM PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('wf.task', '');
+SELECT pg_catalog.pg_extension_config_dump('wf.task_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('wf.pool', '');
+SELECT pg_catalog.pg_extension_config_dump('wf.pool_grant', '');
+SELECT pg_catalog.pg_extension_config_dump('wf.agent', '');
+
+CREATE FUNCTION wf._tasks_ready(pool text) RETURNS void
+	LANGUAGE C STRICT SET search_path = pg_catalog, pg_temp
+	AS 'MODULE_PATHNAME', 'wf_tasks_ready';
+
+CREATE FUNCTION wf._agent_finish(p_run_id bigint, p_step text, p_attempt int,
+								 p_started_at timestamptz, p_output jsonb,
+								 p_error text, p_retryable boolean, p_timed_out boolean)
+RETURNS boolean
+	LANGUAGE C SET search_path = pg_catalog, pg_temp
+	AS 'MODULE_PATHNAME', 'wf_agent_finish';
+
+/*
+ * The task of the attempt of an agent step that is starting (its step row
+ * says which attempt), called by the executor in the step's
+ * subtransaction: claimable once that commits.
+ */
+CREATE FUNCTION wf._task_create(p_run_id bigint, p_step text, p_pool text,
+								p_payload jsonb, p_requires text[], p_timeout_ms int)
+RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+	INSERT INTO wf.task (run_id, step, attempt, started_at, pool, payload,
+						 requires, priority, deadline)
+	SELECT s.run_id, s.step, s.attempt, s.started_at, p_pool, p_payload,
+		   p_requires, s.priority,
+		   CASE WHEN p_timeout_ms > 0
+				THEN clock_timestamp() + p_timeout_ms * interval '1 millisecond' END
+	  FROM wf.step s WHERE s.run_id = p_run_id AND s.step = p_step;
+	PERFORM wf._tasks_ready(p_pool);
+END
+$$;
+
+/* May role caller claim the tasks of pool p_pool? */
+CREATE FUNCTION wf._may_claim(caller oid, p_pool text) RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+	SELECT pg_has_role(caller, 'wf_admin', 'MEMBER')
+		OR EXISTS (SELECT 1 FROM wf.pool_grant g
+					WHERE g.pool = p_pool AND pg_has_role(caller, g.grantee::oid, 'MEMBER'))
+$$;
+
+/* Raises unless caller may grant, pause and resume pools. */
+CREATE FUNCTION wf._check_pool_admin(caller oid, p_pool text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+	IF p_pool IS NULL THEN
+		RAISE EXCEPTION 'pool must not be null' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF NOT pg_has_role(caller, 'wf_admin', 'MEMBER') THEN
+		RAISE EXCEPTION 'permission denied for pool "%"', p_pool
+			USING ERRCODE = 'insufficient_privilege',
+				  HINT = 'Only members of wf_admin manage pools.';
+	END IF;
+END
+$$;
+
+/*
+ * Up to p_max ready tasks of the pool whose requirements p_caps cover,
+ * highest priority first, then oldest; claimed for the caller under a
+ * lease of p_lease.  Tasks whose attempt is no longer the step's running
+ * one (the run was cancelled) are never handed out.
+ */
+CREATE FUNCTION wf._claim(caller oid, caller_path text, p_pool text, p_max int,
+						  p_lease interval, p_agent text, p_caps text[])
+RETURNS TABLE (task_id bigint, run_id bigint, step text, payload jsonb,
+			   attempt int, lease_until timestamptz)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+	v_agent	text := coalesce(p_agent, nullif(current_setting('application_name'), ''),
+							 caller::regrole::text);
+	n		bigint;
+BEGIN
+	IF p_pool IS NULL THEN
+		RAISE EXCEPTION 'pool must not be null' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF p_max IS NULL OR p_max < 1 OR p_max > 1000 THEN
+		RAISE EXCEPTION 'max must be between 1 and 1000' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF p_lease IS NULL OR p_lease <= interval '0' THEN
+		RAISE EXCEPTION 'lease must be positive' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF p_caps IS NULL OR array_position(p_caps, NULL) IS NOT NULL THEN
+		RAISE EXCEPTION 'capabilities must not be null' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF NOT wf._may_claim(caller, p_pool) THEN
+		RAISE EXCEPTION 'permission denied for pool "%"', p_pool
+			USING ERRCODE = 'insufficient_privilege',
+				  HINT = 'A member of wf_admin grants it with wf_grant_pool.';
+	END IF;
+	IF EXISTS (SELECT 1 FROM wf.pool p WHERE p.pool = p_pool AND p.paused) THEN
+		RETURN;
+	END IF;
+	RETURN QUERY
+	WITH c AS (
+		SELECT t.id FROM wf.task t
+		 WHERE t.pool = p_pool AND t.state = 'ready' AND t.requires <@ p_caps
+		   AND EXISTS (SELECT 1 FROM wf.step s
+						WHERE s.run_id = t.run_id AND s.step = t.step
+						  AND s.status = 'running' AND s.attempt = t.attempt
+						  AND s.started_at = t.started_at)
+		 ORDER BY t.priority DESC, t.id
+		 LIMIT p_max
+		   FOR UPDATE OF t SKIP LOCKED
+	), u AS (
+		UPDATE wf.task t
+		   SET state = 'claimed', claimed_by = caller, agent = v_agent,
+			   claimed_at = clock_timestamp(), seen_at = clock_timestamp(),
+			   lease_until = clock_timestamp() + p_lease
+		  FROM c WHERE t.id = c.id
+		RETURNING t.id, t.run_id, t.step, t.payload, t.attempt, t.lease_until, t.priority
+	)
+	SELECT u.id, u.run_id, u.step, u.payload, u.attempt, u.lease_until
+	  FROM u ORDER BY u.priority DESC, u.id;
+	GET DIAGNOSTICS n = ROW_COUNT;
+	IF n > 0 THEN
+		/* The executors' next look at expired leases must come in time. */
+		PERFORM wf._wake();
+	END IF;
+END
+$$;
+
+/* The claim of an agent returns: it is seen now, with its capabilities. */
+CREATE FUNCTION wf._agent_seen(caller oid, caller_path text, p_pool text, p_max int,
+							   p_lease interval, p_agent text, p_caps text[])
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+	INSERT INTO wf.agent AS a (pool, agent, role, capabilities, first_seen, last_seen)
+	VALUES (p_pool, coalesce(p_agent, nullif(current_setting('application_name'), ''),
+							 caller::regrole::text),
+			caller, p_caps, clock_timestamp(), clock_timestamp())
+	ON CONFLICT (pool, agent) DO UPDATE
+	   SET role = EXCLUDED.role, capabilities = EXCLUDED.capabilities,
+		   last_seen = EXCLUDED.last_seen;
+END
+$$;
+
+CREATE FUNCTION @extschema@.wf_claim(pool text, max int DEFAULT 1,
+									 lease interval DEFAULT '5 minutes',
+									 agent text DEFAULT NULL,
+									 capabilities text[] DEFAULT '{}',
+									 wait interval DEFAULT NULL)
+RETURNS TABLE (task_id bigint, run_id bigint, step text, payload jsonb,
+			   attempt int, lease_until timestamptz)
+	LANGUAGE C SET search_path = pg_catalog, pg_temp AS 'MODULE_PATHNAME', 'wf_claim';
+
+/*
+ * The task p_task_id, locked, after checking that caller holds its lease
+ * (or is a member of wf_admin).  A task that was never claimed has no
+ * holder: only wf_admin may touch it.
+ */
+CREATE FUNCTION wf._task_for_update(caller oid, p_task_id bigint) RETURNS wf.task
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	t	wf.task;
+BEGIN
+	IF p_task_id IS NULL THEN
+		RAISE EXCEPTION 'task id must not be null' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	SELECT * INTO t FROM wf.task WHERE id = p_task_id FOR UPDATE;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'task % does not exist', p_task_id USING ERRCODE = 'undefined_object';
+	END IF;
+	IF NOT pg_has_role(caller, 'wf_admin', 'MEMBER')
+	   AND (t.claimed_by IS NULL OR t.claimed_by::oid = 0
+			OR NOT pg_has_role(caller, t.claimed_by::oid, 'MEMBER')) THEN
+		RAISE EXCEPTION 'permission denied for task %', p_task_id
+			USING ERRCODE = 'insufficient_privilege',
+				  HINT = 'Only the role that claimed a task and members of wf_admin may heartbeat, complete or fail it.';
+	END IF;
+	RETURN t;
+END
+$$;
+
+/* Is the lease of t still held (claimed, not expired)? */
+CREATE FUNCTION wf._task_held(t wf.task) RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+	SELECT t.state = 'claimed' AND t.lease_until >= clock_timestamp()
+$$;
+
+CREATE FUNCTION wf._heartbeat(caller oid, caller_path text, p_task_id bigint,
+							  p_lease interval, p_progress jsonb)
+RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	t	wf.task := wf._task_for_update(caller, p_task_id);
+BEGIN
+	IF p_lease IS NULL OR p_lease <= interval '0' THEN
+		RAISE EXCEPTION 'lease must be positive' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF NOT wf._task_held(t) THEN
+		RETURN false;
+	END IF;
+	UPDATE wf.task SET lease_until = clock_timestamp() + p_lease,
+		   seen_at = clock_timestamp(), progress = coalesce(p_progress, progress)
+	 WHERE id = t.id;
+	RETURN true;
+END
+$$;
+
+CREATE FUNCTION @extschema@.wf_heartbeat(task_id bigint, lease interval DEFAULT '5 minutes',
+										 progress jsonb DEFAULT NULL)
+RETURNS boolean
+	LANGUAGE C SET search_path = pg_catalog, pg_temp AS 'MODULE_PATHNAME', 'wf_api_call';
+
+/*
+ * Ends a task whose lease the caller holds: completed with p_output
+ * (p_error NULL) or failed.  False, and nothing changed, when the lease is
+ * not held (ended, expired) or the attempt is no longer the step's.
+ */
+CREATE FUNCTION wf._task_end(caller oid, p_task_id bigint, p_output jsonb,
+							 p_error text, p_retryable boolean)
+RETURNS boolean
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	t	wf.task := wf._task_for_update(caller, p_task_id);
+	ok	boolean;
+BEGIN
+	IF NOT wf._task_held(t) THEN
+		RETURN false;
+	END IF;
+	ok := wf._agent_finish(t.run_id, t.step, t.attempt, t.started_at, p_output,
+						   p_error, p_retryable, false);
+	UPDATE wf.task
+	   SET state = CASE WHEN NOT ok THEN 'cancelled'
+						WHEN p_error IS NULL THEN 'completed' ELSE 'failed' END,
+		   finished_at = clock_timestamp(), seen_at = clock_timestamp()
+	 WHERE id = t.id;
+	RETURN ok;
+END
+$$;
+
+CREATE FUNCTION wf._complete(caller oid, caller_path text, p_task_id bigint, p_output jsonb)
+RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+	RETURN wf._task_end(caller, p_task_id, p_output, NULL, NULL);
+END
+$$;
+
+CREATE FUNCTION @extschema@.wf_complete(task_id bigint, output jsonb DEFAULT NULL)
+RETURNS boolean
+	LANGUAGE C SET search_path = pg_catalog, pg_temp AS 'MODULE_PATHNAME', 'wf_api_call';
+
+CREATE FUNCTION wf._fail(caller oid, caller_path text, p_task_id bigint, p_error text,
+						 p_retryable boolean)
+RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+	IF p_error IS NULL THEN
+		RAISE EXCEPTION 'error must not be null' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	RETURN wf._task_end(caller, p_task_id, NULL, p_error, coalesce(p_retryable, true));
+END
+$$;
+
+CREATE FUNCTION @extschema@.wf_fail(task_id bigint, error text, retryable boolean DEFAULT true)
+RETURNS boolean
+	LANGUAGE C SET search_path = pg_catalog, pg_temp AS 'MODULE_PATHNAME', 'wf_api_call';
+
+/*
+ * Called by every executor's periodic look (with wf._expire_runs): tasks
+ * whose lease or step timeout passed fail their attempt, transiently (if
+ * it is still the step's: wf._agent_finish).  Returns when the next lease
+ * or timeout passes.  One probe of index task_due when none is due.
+ */
+CREATE FUNCTION wf._expire_tasks() RETURNS timestamptz
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	v		wf.task;
+	late	boolean;
+BEGIN
+	FOR v IN SELECT * FROM wf.task o
+			  WHERE o.state IN ('ready', 'claimed')
+				AND LEAST(o.lease_until, o.deadline) < clock_timestamp()
+			  FOR UPDATE SKIP LOCKED LOOP
+		late := coalesce(v.deadline < clock_timestamp(), false);
+		UPDATE wf.task SET state = 'expired', finished_at = clock_timestamp()
+		 WHERE id = v.id;
+		PERFORM wf._agent_finish(v.run_id, v.step, v.attempt, v.started_at, NULL,
+								 CASE WHEN late THEN format('agent step timed out after %s',
+															v.deadline - v.created_at)
+									  ELSE format('lease of task %s by agent "%s" expired',
+												  v.id, v.agent) END,
+								 true, late);
+	END LOOP;
+	RETURN (SELECT LEAST(o.lease_until, o.deadline) FROM wf.task o
+			 WHERE o.state IN ('ready', 'claimed')
+			   AND LEAST(o.lease_until, o.deadline) IS NOT NULL
+			 ORDER BY LEAST(o.lease_until, o.deadline) LIMIT 1);
+END
+$$;
+
+CREATE FUNCTION wf._grant_pool(caller oid, caller_path text, p_pool text, p_role regrole)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+	PERFORM wf._check_pool_admin(caller, p_pool);
+	IF p_role IS NULL THEN
+		RAISE EXCEPTION 'role must not be null' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	INSERT INTO wf.pool_grant (pool, grantee) VALUES (p_pool, p_role)
+	ON CONFLICT DO NOTHING;
+END
+$$;
+
+CREATE FUNCTION @extschema@.wf_grant_pool(pool text, role regrole) RETURNS void
+	LANGUAGE C SET search_path = pg_catalog, pg_temp AS 'MODULE_PATHNAME', 'wf_api_call';
+
+/* Takes a grant back; leases already held run on until they end. */
+CREATE FUNCTION wf._revoke_pool(caller oid, caller_path text, p_pool text, p_role regrole)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+	PERFORM wf._check_pool_admin(caller, p_pool);
+	DELETE FROM wf.pool_grant g WHERE g.pool = p_pool AND g.grantee = p_role;
+END
+$$;
+
+CREATE FUNCTION @extschema@.wf_revoke_pool(pool text, role regrole) RETURNS void
+	LANGUAGE C SET search_path = pg_catalog, pg_temp AS 'MODULE_PATHNAME', 'wf_api_call';
+
+/* Pauses or resumes claims from a pool; true when that changed its state. */
+CREATE FUNCTION wf._pool_set_paused(caller oid, p_pool text, p_paused boolean)
+RETURNS boolean
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	was	boolean;
+BEGIN
+	PERFORM wf._check_pool_admin(caller, p_pool);
+	SELECT p.paused INTO was FROM wf.pool p WHERE p.pool = p_pool FOR UPDATE;
+	IF coalesce(was, false) = p_paused THEN
+		RETURN false;
+	END IF;
+	INSERT INTO wf.pool (pool, paused) VALUES (p_pool, p_paused)
+	ON CONFLICT (pool) DO UPDATE SET paused = EXCLUDED.paused;
+	IF NOT p_paused THEN
+		PERFORM wf._tasks_ready(p_pool);
+	END IF;
+	RETURN true;
+END
+$$;
+
+CREATE FUNCTION wf._pool_pause(caller oid, caller_path text, p_pool text) RETURNS boolean
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+	SELECT wf._pool_set_paused(caller, p_pool, true)
+$$;
+
+CREATE FUNCTION @extschema@.wf_pool_pause(pool text) RETURNS boolean
+	LANGUAGE C SET search_path = pg_catalog, pg_temp AS 'MODULE_PATHNAME', 'wf_api_call';
+
+CREATE FUNCTION wf._pool_resume(caller oid, caller_path text, p_pool text) RETURNS boolean
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+	SELECT wf._pool_set_paused(caller, p_pool, false)
+$$;
+
+CREATE FUNCTION @extschema@.wf_pool_resume(pool text) RETURNS boolean
+	LANGUAGE C SET search_path = pg_catalog, pg_temp AS 'MODULE_PATHNAME', 'wf_api_call';
+
+/*
+ * Each pool's agents, for the roles they claim as and for wf_admin: lost
+ * after pg_workflow.agent_lost_after without a claim or a heartbeat,
+ * active while they hold a lease, idle otherwise.
+ */
+CREATE VIEW wf.agents WITH (security_barrier) AS
+	SELECT a.pool, a.agent, a.role, a.capabilities, a.first_seen,
+		   GREATEST(a.last_seen, f.seen) AS last_seen,
+		   CASE WHEN GREATEST(a.last_seen, f.seen) < pg_catalog.clock_timestamp() -
+					 pg_catalog.current_setting('pg_workflow.agent_lost_after')::interval
+				THEN 'lost'
+				WHEN f.in_flight > 0 THEN 'active'
+				ELSE 'idle' END AS state,
+		   f.in_flight, f.completed, f.failed
+	  FROM wf.agent a
+		   CROSS JOIN LATERAL (
+			SELECT pg_catalog.max(t.seen_at) AS seen,
+				   pg_catalog.count(*) FILTER (WHERE t.state OPERATOR(pg_catalog.=) 'claimed') AS in_flight,
+				   pg_catalog.count(*) FILTER (WHERE t.state OPERATOR(pg_catalog.=) 'completed') AS completed,
+				   pg_catalog.count(*) FILTER (WHERE t.state OPERATOR(pg_catalog.=) ANY ('{failed,expired}')) AS failed
+			  FROM wf.task t
+			 WHERE t.pool OPERATOR(pg_catalog.=) a.pool
+			   AND t.agent OPERATOR(pg_catalog.=) a.agent) f
+	 WHERE pg_catalog.pg_has_role(a.role::oid, 'MEMBER')
+		OR (SELECT pg_catalog.pg_has_role('wf_admin', 'MEMBER'));
+
+GRANT SELECT ON wf.agents TO PUBLIC;
+
+/* ---------------------------------------------------------------------
  * Views
  * ---------------------------------------------------------------------
  */
@@ -3723,3 +4198,12 @@ COMMENT ON FUNCTION @extschema@.wf_graph(bigint, text) IS 'a run''s graph, colou
 COMMENT ON FUNCTION @extschema@.wf_metrics(text, interval) IS 'executions, success and error rates, duration percentiles of a workflow and of each of its steps, and the bottleneck steps';
 COMMENT ON FUNCTION @extschema@.wf_ack_alert(bigint) IS 'an operator acknowledges an alert';
 COMMENT ON VIEW wf.progress IS 'unfinished runs: steps done of total, percent, what runs or waits now, elapsed time and an estimate of the time left';
+COMMENT ON FUNCTION @extschema@.wf_claim(text, int, interval, text, text[], interval) IS 'an agent claims up to max tasks of a pool that its capabilities cover, under a lease; with wait, blocks until one arrives';
+COMMENT ON FUNCTION @extschema@.wf_heartbeat(bigint, interval, jsonb) IS 'extend a claimed task''s lease, optionally with progress';
+COMMENT ON FUNCTION @extschema@.wf_complete(bigint, jsonb) IS 'complete a claimed task: its output is the agent step''s; false if the lease was lost';
+COMMENT ON FUNCTION @extschema@.wf_fail(bigint, text, boolean) IS 'fail a claimed task, retryable (transient) or not (business)';
+COMMENT ON FUNCTION @extschema@.wf_grant_pool(text, regrole) IS 'let a role claim the tasks of an agent pool (wf_admin)';
+COMMENT ON FUNCTION @extschema@.wf_revoke_pool(text, regrole) IS 'take back a role''s right to claim from an agent pool (wf_admin)';
+COMMENT ON FUNCTION @extschema@.wf_pool_pause(text) IS 'stop handing out the tasks of an agent pool (wf_admin)';
+COMMENT ON FUNCTION @extschema@.wf_pool_resume(text) IS 'hand out the tasks of a paused agent pool again (wf_admin)';
+COMMENT ON VIEW wf.agents IS 'the agents of each pool: capabilities, first and last seen, state, tasks in flight, completed and failed';

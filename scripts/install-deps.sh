@@ -24,6 +24,7 @@ PACKAGES=(
 	make
 	gcc
 	python3
+	python3-psycopg
 	perl
 	graphviz
 )

@@ -63,7 +63,7 @@ PG_FUNCTION_INFO_V1(wf_check_executors);
 /*
  * Looks up wf._NAME(oid, text, argtypes...) and prepares to call it.
  */
-static void
+void
 wf_api_lookup(const char *name, int nargs, const Oid *argtypes,
 			  FmgrInfo *finfo, MemoryContext mcxt)
 {
@@ -113,15 +113,16 @@ wf_api_call_internal(FunctionCallInfo inner, MemoryContext oldcxt)
  * prepended to args.
  */
 static Datum
-wf_api_invoke(FmgrInfo *finfo, int nargs, NullableDatum *args, Oid collation,
-			  fmNodePtr resultinfo, bool *isnull)
+wf_api_invoke_rs(FmgrInfo *finfo, int nargs, NullableDatum *args, Oid collation,
+				 ReturnSetInfo *rsinfo, bool *isnull)
 {
 	LOCAL_FCINFO(inner, WF_API_MAX_ARGS + 2);
 	MemoryContext oldcxt = CurrentMemoryContext;
 	Datum		result;
 	int			i;
 
-	InitFunctionCallInfoData(*inner, finfo, nargs + 2, collation, NULL, resultinfo);
+	InitFunctionCallInfoData(*inner, finfo, nargs + 2, collation, NULL,
+							 (fmNodePtr) rsinfo);
 	inner->args[0].value = ObjectIdGetDatum(GetUserId());
 	inner->args[0].isnull = false;
 	inner->args[1].value = CStringGetTextDatum(namespace_search_path);
@@ -132,6 +133,25 @@ wf_api_invoke(FmgrInfo *finfo, int nargs, NullableDatum *args, Oid collation,
 	result = wf_api_call_internal(inner, oldcxt);
 	*isnull = inner->isnull;
 	return result;
+}
+
+/* The same, for a function that returns no set. */
+static Datum
+wf_api_invoke(FmgrInfo *finfo, int nargs, NullableDatum *args, Oid collation,
+			  bool *isnull)
+{
+	return wf_api_invoke_rs(finfo, nargs, args, collation, NULL, isnull);
+}
+
+/*
+ * The same, for a set-returning function in materialize mode: it fills
+ * rsinfo as if the caller's own function had.
+ */
+Datum
+wf_api_invoke_set(FmgrInfo *finfo, int nargs, NullableDatum *args,
+				  ReturnSetInfo *rsinfo, bool *isnull)
+{
+	return wf_api_invoke_rs(finfo, nargs, args, InvalidOid, rsinfo, isnull);
 }
 
 /*
@@ -166,8 +186,8 @@ wf_api_call(PG_FUNCTION_ARGS)
 		fcinfo->flinfo->fn_extra = inner;
 	}
 
-	result = wf_api_invoke(inner, PG_NARGS(), fcinfo->args, PG_GET_COLLATION(),
-						   fcinfo->resultinfo, &isnull);
+	result = wf_api_invoke_rs(inner, PG_NARGS(), fcinfo->args, PG_GET_COLLATION(),
+							  (ReturnSetInfo *) fcinfo->resultinfo, &isnull);
 	if (isnull)
 		PG_RETURN_NULL();
 	return result;
@@ -252,7 +272,7 @@ wf_wait(PG_FUNCTION_ARGS)
 
 			ResetLatch(MyLatch);
 			status = TextDatumGetCString(wf_api_invoke(&status_fn, 1, args,
-													   InvalidOid, NULL, &isnull));
+													   InvalidOid, &isnull));
 			if (wf_api_status_is_final(status))
 				break;
 			if (IsolationUsesXactSnapshot())

@@ -201,7 +201,7 @@ wf_exec_prepare_all(void)
 								   "SELECT wf._step_wait($1, $2, $3, $4)",
 								   4, wait_types);
 	wf_plan_expire = wf_exec_prepare("SELECT LEAST(wf._expire_runs(), wf._fire_schedules(),"
-									 " wf._check_slas())",
+									 " wf._check_slas(), wf._expire_tasks())",
 									 0, NULL);
 	wf_plan_deferred = wf_exec_prepare("SELECT wf._run_deferred()", 0, NULL);
 	wf_plan_solo = wf_exec_prepare("UPDATE wf.step SET solo = true"
@@ -726,7 +726,9 @@ wf_exec_step(WfWorkItem *item, List *queue, MemoryContext batchctx)
 									res->ready == (Datum) 0, batchctx);
 	if (res->outcome == WF_STEP_STARTED)
 	{
-		wf_http_enqueue(res->request);
+		/* An agent step's task was created in the step's subtransaction. */
+		if (res->request != NULL)
+			wf_http_enqueue(res->request);
 		return queue;
 	}
 	if (res->request != NULL)
@@ -1482,4 +1484,97 @@ claim:
 		wf_shmem_wake_one();
 
 	return done;
+}
+
+PG_FUNCTION_INFO_V1(wf_agent_finish);
+
+/*
+ * wf._agent_finish(run_id, step, attempt, started_at, output, error,
+ *					retryable, timed_out) RETURNS boolean
+ *
+ * Checkpoints the attempt of an agent step that an agent completed (error
+ * NULL) or failed, or whose lease or timeout expired, through the same
+ * path as any step: the output's size limit, an {"error": ...} output as
+ * a business error, the successors made ready, or the failure recorded
+ * under the step's retry policy and on_error (transient when retryable,
+ * business otherwise).  False, with nothing changed, when that attempt is
+ * no longer the step's running one (the run was cancelled, retried or
+ * rewound).  An executor is woken at commit for what became ready.
+ */
+Datum
+wf_agent_finish(PG_FUNCTION_ARGS)
+{
+	WfStepExec *ex = palloc0(sizeof(WfStepExec));
+	WfStepResult *res = palloc0(sizeof(WfStepResult));
+	Datum		args[4];
+	char		nulls[4] = {' ', ' ', ' ', ' '};
+	Jsonb	   *defaults;
+	bool		isnull;
+
+	ex->run_id = PG_GETARG_INT64(0);
+	ex->step = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	ex->attempt = PG_GETARG_INT32(2);
+	ex->started_at = PG_GETARG_TIMESTAMPTZ(3);
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	wf_exec_prepare_all();
+	args[0] = Int64GetDatum(ex->run_id);
+	args[1] = PG_GETARG_DATUM(1);
+	args[2] = Int32GetDatum(ex->attempt);
+	args[3] = TimestampTzGetDatum(ex->started_at);
+	if (SPI_execute_plan(wf_plan_resume, args, nulls, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not resume step \"%s\"", ex->step);
+	if (SPI_processed == 0)
+	{
+		SPI_finish();
+		PG_RETURN_BOOL(false);
+	}
+	ex->spec = DatumGetJsonbPCopy(SPI_getbinval(SPI_tuptable->vals[0],
+												SPI_tuptable->tupdesc, 1, &isnull));
+	defaults = DatumGetJsonbPCopy(SPI_getbinval(SPI_tuptable->vals[0],
+												SPI_tuptable->tupdesc, 2, &isnull));
+	SPI_freetuptable(SPI_tuptable);
+
+	if (PG_ARGISNULL(5))
+	{
+		res->outcome = WF_STEP_COMPLETED;
+		res->output = PG_ARGISNULL(4) ? NULL : PG_GETARG_JSONB_P_COPY(4);
+		wf_exec_check_output(res);
+	}
+	else
+	{
+		res->outcome = WF_STEP_FAILED;
+		res->error_message = text_to_cstring(PG_GETARG_TEXT_PP(5));
+		res->error_class = (!PG_ARGISNULL(6) && PG_GETARG_BOOL(6)) ?
+			WF_ERROR_TRANSIENT : WF_ERROR_BUSINESS;
+		res->timed_out = !PG_ARGISNULL(7) && PG_GETARG_BOOL(7);
+	}
+
+	if (res->outcome == WF_STEP_COMPLETED)
+	{
+		Datum		dargs[4];
+		char		dnulls[4] = {' ', ' ', ' ', ' '};
+
+		dargs[0] = args[0];
+		dargs[1] = args[1];
+		dargs[2] = CStringGetTextDatum("completed");
+		dargs[3] = res->output ? JsonbPGetDatum(res->output) : (Datum) 0;
+		dnulls[3] = res->output ? ' ' : 'n';
+		if (SPI_execute_plan(wf_plan_done, dargs, dnulls, false, 0) != SPI_OK_SELECT ||
+			SPI_processed != 1)
+			elog(ERROR, "could not checkpoint step \"%s\"", ex->step);
+		if (!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
+										1, &isnull)))
+		{
+			SPI_finish();
+			PG_RETURN_BOOL(false);
+		}
+	}
+	else
+		(void) wf_exec_record_failure(ex, defaults, res, NIL, CurrentMemoryContext);
+
+	SPI_finish();
+	wf_shmem_wake_at_commit();
+	PG_RETURN_BOOL(true);
 }

@@ -33,6 +33,7 @@ int			wf_guc_long_step_threshold_ms = 500;
 int			wf_guc_max_long_workers = 4;
 int			wf_guc_batch_time_ms = 50;
 int			wf_guc_max_output_size = 1024 * 1024;
+static int	wf_guc_agent_lost_after_s = 60;
 int			wf_guc_max_context_size = 16 * 1024 * 1024;
 int			wf_guc_max_map_items = 100000;
 static int	wf_guc_max_input_size = 1024 * 1024;
@@ -193,6 +194,15 @@ wf_define_settings(void)
 							1024 * 1024, 1024, MaxAllocSize / 2,
 							PGC_SIGHUP,
 							GUC_UNIT_BYTE,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("pg_workflow.agent_lost_after",
+							"Time without a claim or a heartbeat after which wf.agents shows an agent as lost.",
+							NULL,
+							&wf_guc_agent_lost_after_s,
+							60, 1, INT_MAX,
+							PGC_SIGHUP,
+							GUC_UNIT_S,
 							NULL, NULL, NULL);
 
 	DefineCustomIntVariable("pg_workflow.max_input_size",

@@ -21,6 +21,7 @@
 #include "postgres.h"
 
 #include "datatype/timestamp.h"
+#include "fmgr.h"
 #include "nodes/pg_list.h"
 #include "storage/latch.h"
 #include "storage/spin.h"
@@ -84,6 +85,8 @@ typedef struct WfBackendSlot
 {
 	int64		waiting_for;	/* run it waits for in wf_wait, or 0 */
 	int64		interrupting;	/* run it interrupts until its xact ends */
+	uint32		claim_pool;		/* hash of the pool it waits for in
+								 * wf_claim, or 0 */
 	Latch	   *latch;
 } WfBackendSlot;
 
@@ -134,6 +137,9 @@ extern int64 *wf_shmem_interrupted_runs(int *n);
 extern bool wf_shmem_run_is_interrupted(int64 run_id);
 extern void wf_shmem_wake_waiters(int64 *run_ids, int nruns);
 extern void wf_shmem_set_waiting(int64 run_id);
+extern uint32 wf_shmem_pool_hash(const char *pool, int len);
+extern void wf_shmem_set_claim_waiting(uint32 pool_hash);
+extern void wf_shmem_pool_ready_at_commit(uint32 pool_hash);
 extern TimestampTz wf_shmem_fair_at(Oid owner);
 
 /* ----------------------------------------------------------------
@@ -338,6 +344,16 @@ extern char *wf_http_error_message(WfHttpCompletion *c);
 extern char *wf_http_breaker_key(WfHttpCompletion *c);
 extern void wf_http_completion_key(WfHttpCompletion *c, int64 *run_id, char **step,
 								   int *attempt, TimestampTz *started_at);
+
+/* External agents (agent.c) */
+extern void wf_agent_execute(WfStepExec *ex, WfStepResult *res);
+
+/* The caller-passing calls of wf._NAME functions (api.c) */
+struct ReturnSetInfo;
+extern void wf_api_lookup(const char *name, int nargs, const Oid *argtypes,
+						  FmgrInfo *finfo, MemoryContext mcxt);
+extern Datum wf_api_invoke_set(FmgrInfo *finfo, int nargs, NullableDatum *args,
+							   struct ReturnSetInfo *rsinfo, bool *isnull);
 
 /* ----------------------------------------------------------------
  * Templates and secrets (template.c)

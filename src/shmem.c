@@ -21,6 +21,7 @@
 #include <signal.h>
 
 #include "access/xact.h"
+#include "common/hashfn.h"
 #include "miscadmin.h"
 #include "storage/ipc.h"
 #include "storage/lwlock.h"
@@ -43,6 +44,13 @@ static int	wf_n_ended_runs = 0;	/* -1: too many, wake every waiter */
 #define WF_BACKENDS(shared) ((shared)->backends)
 
 static int64 wf_my_interrupt = 0;
+
+/* Pools whose tasks this transaction made claimable (-1: too many). */
+#define WF_MAX_PENDING_POOLS	16
+static uint32 wf_ready_pools[WF_MAX_PENDING_POOLS];
+static int	wf_n_ready_pools = 0;
+
+static void wf_shmem_wake_claimers(void);
 
 static Size
 wf_shmem_size(void)
@@ -163,9 +171,12 @@ wf_shmem_xact_callback(XactEvent event, void *arg)
 				wf_shmem_wake_waiters(wf_ended_runs, wf_n_ended_runs);
 				wf_shmem_recheck_http();
 			}
+			if (wf_n_ready_pools != 0)
+				wf_shmem_wake_claimers();
 			wf_wake_pending = false;
 			wf_deferred_added = false;
 			wf_n_ended_runs = 0;
+			wf_n_ready_pools = 0;
 			break;
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
@@ -173,6 +184,7 @@ wf_shmem_xact_callback(XactEvent event, void *arg)
 			wf_wake_pending = false;
 			wf_deferred_added = false;
 			wf_n_ended_runs = 0;
+			wf_n_ready_pools = 0;
 			break;
 		default:
 			break;
@@ -467,4 +479,91 @@ wf_shmem_fair_at(Oid owner)
 	clock->at = at + WF_FAIR_STEP_US;
 	SpinLockRelease(&wf_shared->mutex);
 	return at;
+}
+
+/* The non-zero hash by which wf_claim waiters of a pool are found. */
+uint32
+wf_shmem_pool_hash(const char *pool, int len)
+{
+	uint32		h = DatumGetUInt32(hash_any((const unsigned char *) pool, len));
+
+	return h == 0 ? 1 : h;
+}
+
+/*
+ * Registers the current backend as waiting in wf_claim for tasks of the
+ * pool of that hash (0: not waiting).
+ */
+void
+wf_shmem_set_claim_waiting(uint32 pool_hash)
+{
+	WfBackendSlot *me;
+
+	if (wf_shared == NULL || MyBackendId <= 0 || MyBackendId >= wf_shared->nbackends)
+		return;
+	me = &WF_BACKENDS(wf_shared)[MyBackendId];
+	SpinLockAcquire(&wf_shared->mutex);
+	me->latch = MyLatch;
+	me->claim_pool = pool_hash;
+	SpinLockRelease(&wf_shared->mutex);
+}
+
+/*
+ * Asks for the backends waiting in wf_claim for the pool of that hash to
+ * be woken when the current transaction commits: it made tasks of the
+ * pool claimable (created them, or resumed the pool).
+ */
+void
+wf_shmem_pool_ready_at_commit(uint32 pool_hash)
+{
+	int			i;
+
+	wf_shmem_register_callback();
+	if (wf_n_ready_pools < 0)
+		return;
+	for (i = 0; i < wf_n_ready_pools; i++)
+		if (wf_ready_pools[i] == pool_hash)
+			return;
+	if (wf_n_ready_pools == WF_MAX_PENDING_POOLS)
+		wf_n_ready_pools = -1;
+	else
+		wf_ready_pools[wf_n_ready_pools++] = pool_hash;
+}
+
+/*
+ * Wakes the backends waiting in wf_claim for the pools of
+ * wf_ready_pools (all of them when there were too many to list).  Each
+ * woken one looks again, and sleeps again if another took the tasks.
+ */
+static void
+wf_shmem_wake_claimers(void)
+{
+	WfBackendSlot *slots;
+	Latch	  **latches;
+	int			n = 0;
+	int			i,
+				j;
+
+	if (wf_shared == NULL)
+		return;
+	slots = WF_BACKENDS(wf_shared);
+	latches = palloc(sizeof(Latch *) * wf_shared->nbackends);
+	SpinLockAcquire(&wf_shared->mutex);
+	for (i = 1; i < wf_shared->nbackends; i++)
+	{
+		if (slots[i].claim_pool == 0)
+			continue;
+		for (j = 0; j < wf_n_ready_pools || wf_n_ready_pools < 0; j++)
+		{
+			if (wf_n_ready_pools < 0 || slots[i].claim_pool == wf_ready_pools[j])
+			{
+				latches[n++] = slots[i].latch;
+				break;
+			}
+		}
+	}
+	SpinLockRelease(&wf_shared->mutex);
+	for (i = 0; i < n; i++)
+		SetLatch(latches[i]);
+	pfree(latches);
 }

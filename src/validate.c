@@ -171,6 +171,7 @@ static const WfvFeature wfv_features[] = {
 
 	/* step keys that go with one action, checked by that action's check */
 	{"payload", WFV_COMPANION, "agent", NULL, true},
+	{"requires", WFV_COMPANION, "agent", NULL, true},
 	{"input", WFV_COMPANION, "workflow", NULL, true},
 	{"then", WFV_COMPANION, "if", NULL, true},
 	{"else", WFV_COMPANION, "if", NULL, true},
@@ -1962,10 +1963,13 @@ wfv_check_circuit_breaker(WfvState *st, WfvObject *o, const char *path,
 
 	/* without a single action, that has been reported already */
 	if (o->action != NULL &&
-		strcmp(wf_kind_base(o->action)->name, "http") != 0 &&
-		strcmp(wf_kind_base(o->action)->name, "agent") != 0)
+		strcmp(wf_kind_base(o->action)->name, "agent") == 0)
+		wfv_problem(st, o->label, ERRCODE_FEATURE_NOT_SUPPORTED,
+					"\"%s\" is not supported on agent steps yet", path);
+	else if (o->action != NULL &&
+			 strcmp(wf_kind_base(o->action)->name, "http") != 0)
 		wfv_problem(st, o->label, ERRCODE_INVALID_PARAMETER_VALUE,
-					"\"%s\" is only allowed on http and agent steps", path);
+					"\"%s\" is only allowed on http steps", path);
 
 	if ((c = wfv_object(st, o->label, path, v)) == NULL)
 		return;
@@ -2112,7 +2116,7 @@ wf_validate_http(WfvState *st, WfvObject *o, const char *path, JsonbValue *v)
 					p);
 }
 
-/* "agent": POOL, with "payload": any JSON */
+/* "agent": POOL, with "payload": any JSON, "requires": [CAPABILITY, ...] */
 void
 wf_validate_agent(WfvState *st, WfvObject *o, const char *path, JsonbValue *v)
 {
@@ -2125,6 +2129,26 @@ wf_validate_agent(WfvState *st, WfvObject *o, const char *path, JsonbValue *v)
 		(void) wfv_check_name(st, o->label, path, pool, true);
 	if ((m = wfv_member(st, o->label, o->obj, "payload", p, false, &jv)))
 		wfv_any_templates(st, o->label, p, m);
+
+	p = wfv_path(o, "requires");
+	if ((m = wfv_member(st, o->label, o->obj, "requires", p, false, &jv)))
+	{
+		bool		ok = wfv_is_array(m);
+
+		if (ok)
+		{
+			JsonbIterator *it = JsonbIteratorInit(m->val.binary.data);
+			JsonbIteratorToken tok;
+			JsonbValue	ev;
+
+			while ((tok = JsonbIteratorNext(&it, &ev, true)) != WJB_DONE)
+				if (tok == WJB_ELEM && (ev.type != jbvString || ev.val.string.len == 0))
+					ok = false;
+		}
+		if (!ok)
+			wfv_problem(st, o->label, ERRCODE_INVALID_PARAMETER_VALUE,
+						"\"%s\" must be an array of non-empty strings", p);
+	}
 }
 
 /* "wait_for": {"signal": NAME} or {"event": NAME, "key": TEMPLATE}, timeout */

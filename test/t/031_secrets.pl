@@ -391,8 +391,8 @@ foreach my $p (@placements)
 is($node->safe_psql('postgres', "SELECT count(*) FROM wf.workflows WHERE name LIKE 'misplaced-%'"),
 	'0', 'wf_define: none of them stored');
 
-# The agent's payload (agent steps are not supported yet: wf_validate
-# reports every problem, the secret's too).
+# The agent's payload (wf_validate reports every problem, the secret's
+# too).
 my $problems = safe_as('alice',
 	'SELECT string_agg(p, E\'\n\') FROM wf_validate('
 	  . wf_sql_quote(wf_json({ steps => [ { name => 's', agent => 'pool', payload => { t => $T } } ] }))

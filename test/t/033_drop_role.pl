@@ -234,7 +234,7 @@ is($notified, 3, 'NOTIFY wf_alerts announced the disabled schedule, secret and s
 $listener->quit;
 
 # Her schedule fires no more, while bob's does.
-sub b_last { $node->safe_psql('postgres', q{SELECT last_run_id FROM wf.schedules WHERE name = 'b_every'}) }
+sub b_last { $node->safe_psql('postgres', q{SELECT coalesce(last_run_id, 0) FROM wf.schedules WHERE name = 'b_every'}) }
 
 sub b_fires
 {

@@ -1,0 +1,251 @@
+/*-------------------------------------------------------------------------
+ *
+ * agent.c
+ *		Steps executed by external agents: the "agent" step kind, which
+ *		turns an attempt into a task of a pool, and wf_claim, through which
+ *		agents take tasks, waiting for them in the server.
+ *
+ * An attempt of an agent step renders its payload (as the run's owner,
+ * without secrets) and inserts a row of wf.task in the step's
+ * subtransaction: the task becomes claimable when the executor's
+ * transaction commits, which wakes the backends waiting in wf_claim for
+ * that pool.  The step stays running until wf_complete or wf_fail (or the
+ * expiry of its lease or timeout, wf._expire_tasks) checkpoints the
+ * attempt through wf._agent_finish (executor.c).  One task is one attempt:
+ * an expired lease is a transient failure of the attempt, and the retry
+ * policy's next attempt is a new task.
+ *
+ * src/agent.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "pg_workflow.h"
+
+#include "access/xact.h"
+#include "access/xlog.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "storage/ipc.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/jsonb.h"
+#include "utils/timestamp.h"
+#include "utils/tuplestore.h"
+
+/* A wf_claim wait this long or longer is no limit at all (100 years). */
+#define WF_CLAIM_FOREVER_USECS	(100.0 * 365.25 * USECS_PER_DAY)
+
+PG_FUNCTION_INFO_V1(wf_claim);
+PG_FUNCTION_INFO_V1(wf_tasks_ready);
+
+/*
+ * The capabilities a task requires: the text[] of the step's "requires".
+ */
+static Datum
+wf_agent_requires(Jsonb *spec)
+{
+	Jsonb	   *req = wf_util_jsonb_get(spec, "requires");
+	List	   *names = NIL;
+	Datum	   *elems;
+	ListCell   *lc;
+	int			i = 0;
+
+	if (req != NULL && JB_ROOT_IS_ARRAY(req))
+	{
+		JsonbIterator *it = JsonbIteratorInit(&req->root);
+		JsonbIteratorToken tok;
+		JsonbValue	v;
+
+		while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+			if (tok == WJB_ELEM && v.type == jbvString)
+				names = lappend(names, pnstrdup(v.val.string.val, v.val.string.len));
+	}
+	elems = palloc(sizeof(Datum) * (list_length(names) + 1));
+	foreach(lc, names)
+		elems[i++] = CStringGetTextDatum((char *) lfirst(lc));
+	return PointerGetDatum(construct_array(elems, i, TEXTOID, -1, false,
+										   TYPALIGN_INT));
+}
+
+/*
+ * Executes an attempt of an agent step: its payload rendered as the run's
+ * owner (secrets never render outside http), and its task created.  The
+ * attempt ends when an agent completes or fails the task.
+ */
+void
+wf_agent_execute(WfStepExec *ex, WfStepResult *res)
+{
+	Jsonb	   *payload = wf_util_jsonb_get(ex->spec, "payload");
+	char	   *pool = wf_util_jsonb_get_text(ex->spec, "agent");
+	WfTemplateCtx tc;
+	Oid			types[6] = {INT8OID, TEXTOID, TEXTOID, JSONBOID, TEXTARRAYOID, INT4OID};
+	Datum		args[6];
+	char		nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
+
+	if (pool == NULL)
+		elog(ERROR, "agent step \"%s\" has no pool", ex->step);
+
+	memset(&tc, 0, sizeof(tc));
+	tc.context = ex->context;
+	tc.owner = ex->owner;
+	if (payload != NULL)
+		payload = wf_template_render_jsonb(&tc, payload);
+
+	args[0] = Int64GetDatum(ex->run_id);
+	args[1] = CStringGetTextDatum(ex->step);
+	args[2] = CStringGetTextDatum(pool);
+	args[3] = payload ? JsonbPGetDatum(payload) : (Datum) 0;
+	nulls[3] = payload ? ' ' : 'n';
+	args[4] = wf_agent_requires(ex->spec);
+	args[5] = Int32GetDatum(ex->timeout_ms);
+	if (SPI_execute_with_args("SELECT wf._task_create($1, $2, $3, $4, $5, $6)",
+							  6, types, args, nulls, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not create the task of step \"%s\"", ex->step);
+	res->outcome = WF_STEP_STARTED;
+}
+
+/*
+ * wf._tasks_ready(pool): wake the backends waiting in wf_claim for the
+ * pool when the current transaction commits.
+ */
+Datum
+wf_tasks_ready(PG_FUNCTION_ARGS)
+{
+	text	   *pool = PG_GETARG_TEXT_PP(0);
+
+	wf_shmem_pool_ready_at_commit(wf_shmem_pool_hash(VARDATA_ANY(pool),
+													 VARSIZE_ANY_EXHDR(pool)));
+	PG_RETURN_VOID();
+}
+
+static void
+wf_claim_stop_waiting(int code, Datum arg)
+{
+	wf_shmem_set_claim_waiting(0);
+}
+
+/*
+ * wf_claim(pool, max, lease, agent, capabilities, wait): the tasks that
+ * wf._claim(caller, ...) hands to the caller.  With wait, and none to
+ * hand, sleeps on the backend's latch until a transaction that makes
+ * tasks of the pool claimable commits (it wakes us), or wait passes, and
+ * looks again; each look is a new statement of wf._claim, with a new
+ * snapshot, and nothing is locked while we sleep.
+ */
+Datum
+wf_claim(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	FmgrInfo	claim_fn;
+	FmgrInfo	seen_fn;
+	NullableDatum args[5];
+	Oid			argtypes[5] = {TEXTOID, INT4OID, INTERVALOID, TEXTOID, TEXTARRAYOID};
+	TimestampTz deadline = 0;
+	bool		waits = false;
+	uint32		pool_hash;
+	bool		isnull;
+	int			i;
+
+	if (rsinfo == NULL || !IsA(rsinfo, ReturnSetInfo) ||
+		(rsinfo->allowedModes & SFRM_Materialize) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("set-valued function called in context that cannot accept a set")));
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("pool must not be null")));
+	if (!PG_ARGISNULL(5))
+	{
+		Interval   *iv = PG_GETARG_INTERVAL_P(5);
+		double		usecs = (double) iv->time + (double) iv->day * USECS_PER_DAY +
+			(double) iv->month * DAYS_PER_MONTH * USECS_PER_DAY;
+
+		if (usecs < 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("wait must not be negative")));
+		waits = usecs > 0;
+		if (usecs < WF_CLAIM_FOREVER_USECS)
+			deadline = GetCurrentTimestamp() + (int64) usecs;
+	}
+	if (waits && wf_worker_slot != NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("wf_claim cannot wait in a step"),
+				 errdetail("A step waiting for a task would hold up its executor.")));
+	if (waits && RecoveryInProgress())
+		ereport(ERROR,
+				(errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
+				 errmsg("wf_claim cannot wait on a standby server"),
+				 errdetail("Tasks are created on the primary server, and a standby is not told when they are.")));
+
+	wf_api_lookup("claim", 5, argtypes, &claim_fn, CurrentMemoryContext);
+	wf_api_lookup("agent_seen", 5, argtypes, &seen_fn, CurrentMemoryContext);
+	for (i = 0; i < 5; i++)
+	{
+		args[i].value = PG_GETARG_DATUM(i);
+		args[i].isnull = PG_ARGISNULL(i);
+	}
+	pool_hash = wf_shmem_pool_hash(VARDATA_ANY(PG_GETARG_TEXT_PP(0)),
+								   VARSIZE_ANY_EXHDR(PG_GETARG_TEXT_PP(0)));
+
+	PG_ENSURE_ERROR_CLEANUP(wf_claim_stop_waiting, (Datum) 0);
+	{
+		/* Registered before the first look: no commit after it is missed. */
+		if (waits)
+			wf_shmem_set_claim_waiting(pool_hash);
+		for (;;)
+		{
+			long		timeout_ms = -1;
+			int			events = WL_LATCH_SET | WL_EXIT_ON_PM_DEATH;
+
+			ResetLatch(MyLatch);
+			rsinfo->setResult = NULL;
+			rsinfo->setDesc = NULL;
+			(void) wf_api_invoke_set(&claim_fn, 5, args, rsinfo, &isnull);
+			if (!waits ||
+				(rsinfo->setResult != NULL &&
+				 tuplestore_tuple_count(rsinfo->setResult) > 0))
+				break;
+			if (IsolationUsesXactSnapshot())
+				ereport(ERROR,
+						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+						 errmsg("wf_claim cannot wait in a REPEATABLE READ or SERIALIZABLE transaction"),
+						 errdetail("The transaction's snapshot would never show a new task."),
+						 errhint("Call wf_claim in a READ COMMITTED transaction.")));
+			if (deadline != 0)
+			{
+				long		secs;
+				int			usecs;
+
+				if (GetCurrentTimestamp() >= deadline)
+					break;
+				TimestampDifference(GetCurrentTimestamp(), deadline, &secs, &usecs);
+				timeout_ms = secs * 1000 + (usecs + 999) / 1000;
+				events |= WL_TIMEOUT;
+			}
+			if (rsinfo->setResult != NULL)
+			{
+				tuplestore_end(rsinfo->setResult);
+				rsinfo->setResult = NULL;
+			}
+			(void) WaitLatch(MyLatch, events, timeout_ms, PG_WAIT_EXTENSION);
+			CHECK_FOR_INTERRUPTS();
+		}
+	}
+	PG_END_ENSURE_ERROR_CLEANUP(wf_claim_stop_waiting, (Datum) 0);
+	wf_shmem_set_claim_waiting(0);
+
+	/*
+	 * The agent is seen now: its row in wf.agent is written, and locked,
+	 * only from here to the end of the transaction, never while it waits.
+	 */
+	(void) wf_api_invoke_set(&seen_fn, 5, args, NULL, &isnull);
+
+	rsinfo->returnMode = SFRM_Materialize;
+	return (Datum) 0;
+}

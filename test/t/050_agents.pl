@@ -1,0 +1,383 @@
+
+# Copyright (c) pg_workflow authors
+
+# External agents: steps of kind "agent" executed by processes outside the
+# database through wf_claim, wf_heartbeat, wf_complete and wf_fail.
+#
+#  - an agent step's payload is rendered and its task claimed, completed,
+#    and the run goes on with the agent's output;
+#  - wf_claim with wait, blocked in the server before the run starts, is
+#    woken by the start and returns the task;
+#  - a lease of 1 second that expires hands the task out again as the
+#    step's next attempt; the late holder can neither heartbeat nor
+#    complete, a second completion returns false;
+#  - capability routing: a task requiring "gpu" goes only to an agent that
+#    declares it;
+#  - a paused pool hands out nothing until resumed;
+#  - wf_fail retryable retries, not retryable fails the run; an {"error"}
+#    output is a business error;
+#  - wf_cancel of a run cancels its task: a later completion returns false;
+#  - a saga step whose undo is an agent action;
+#  - privileges: claiming needs wf_grant_pool; another role cannot claim,
+#    complete or heartbeat the agent's task; the agent role reads no task
+#    table and no other role's runs; only wf_admin manages pools;
+#  - a dropped agent role loses its grants and its lease;
+#  - the example agent examples/agents/agent.py completes and fails tasks,
+#    heartbeating, and stops cleanly on SIGTERM;
+#  - wf.agents: counts, and state "lost" after pg_workflow.agent_lost_after.
+
+use strict;
+use warnings;
+use FindBin;
+use lib "$FindBin::RealBin/../perl";
+
+use IPC::Run;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use PgWorkflowTest;
+use Test::More;
+
+my $node = wf_node('agents', workers => 2);
+
+$node->safe_psql(
+	'postgres', q{
+	CREATE ROLE agent1 LOGIN;
+	CREATE ROLE other LOGIN;
+	SELECT wf_grant_pool('p', 'agent1');
+	SELECT wf_grant_pool('gpu', 'agent1');});
+
+# Runs sql as role; returns (stdout, stderr) with SQLSTATEs in messages.
+sub as_role
+{
+	my ($role, $sql) = @_;
+	my ($ret, $out, $err) = $node->psql('postgres',
+		"\\set VERBOSITY verbose\nSET ROLE $role;\n$sql");
+	return ($out, $err);
+}
+
+# One task claimed by agent1 from pool, waiting for it in the server:
+# "task_id|run_id|step|payload|attempt".
+sub claim
+{
+	my ($pool, %o) = @_;
+	my $caps = $o{caps} // '{}';
+	my $lease = $o{lease} // '5 minutes';
+	my $wait = $o{wait} // "$PostgreSQL::Test::Utils::timeout_default s";
+	my ($out, $err) = as_role('agent1',
+		"SELECT task_id, run_id, step, payload, attempt FROM wf_claim('$pool', lease => '$lease', agent => 'a1', capabilities => '$caps', wait => '$wait')"
+	);
+	diag($err) if $err =~ /ERROR/;
+	return $out;
+}
+
+sub as_agent
+{
+	my ($sql) = @_;
+	my ($out, $err) = as_role('agent1', $sql);
+	diag($err) if $err =~ /ERROR/;
+	return $out;
+}
+
+# -------------------------------------------------------------------------
+# End to end: payload rendered, task claimed and completed, run goes on.
+# -------------------------------------------------------------------------
+wf_define(
+	$node, 'review',
+	{
+		steps => [
+			{
+				name => 'work',
+				agent => 'p',
+				payload => { doc => '{{$.input.doc}}', n => 2 }
+			},
+			{
+				name => 'after',
+				sql => q{SELECT jsonb_build_object('score', ($1->'steps'->'work'->>'score')::int + 1)}
+			}
+		]
+	});
+my $run = wf_start($node, 'review', { doc => 'spec.md' });
+my ($task, $trun, $tstep, $tpayload, $tattempt) = split /\|/, claim('p');
+is("$trun|$tstep|$tpayload|$tattempt", "$run|work|{\"n\": 2, \"doc\": \"spec.md\"}|1",
+	'wf_claim hands out the task with its rendered payload');
+is($node->safe_psql('postgres', "SELECT status FROM wf.steps WHERE run_id = $run AND step = 'work'"),
+	'running', 'the agent step is running while its task is claimed');
+is(as_agent("SELECT wf_heartbeat($task, '5 minutes', '{\"done\": 50}')"), 't',
+	'the holder extends its lease');
+is(as_agent("SELECT wf_complete($task, '{\"score\": 41}')"), 't', 'wf_complete accepts the output');
+is(as_agent("SELECT wf_complete($task, '{\"score\": 0}')"), 'f',
+	'a second completion returns false');
+is(wf_wait($node, $run), 'completed', 'the run completed after the agent step');
+is($node->safe_psql('postgres', "SELECT output FROM wf.runs WHERE id = $run"),
+	'{"score": 42}', 'the next step saw the agent output, and the second completion changed nothing');
+
+# -------------------------------------------------------------------------
+# wf_claim with wait, blocked before the run starts, is woken by its start.
+# -------------------------------------------------------------------------
+wf_define($node, 'quick', { steps => [ { name => 'w', agent => 'p' } ] });
+my $waiter = $node->background_psql('postgres');
+$waiter->query_safe('SET ROLE agent1');
+$waiter->query_until(qr/claiming/,
+	"\\echo claiming\nSELECT 'got', step, attempt FROM wf_claim('p', agent => 'waiter', wait => '5 minutes');\n"
+);
+$node->poll_query_until('postgres',
+	"SELECT count(*) = 1 FROM pg_stat_activity WHERE wait_event_type = 'Extension' AND query LIKE '%wf_claim%'"
+) or die 'the claim never waited';
+$run = wf_start($node, 'quick');
+pump_until($waiter->{run}, $waiter->{timeout}, \$waiter->{stdout}, qr/got\|w\|1/);
+like($waiter->{stdout}, qr/got\|w\|1/, 'the waiting wf_claim returned the task of the run just started');
+$waiter->quit;
+$task = $node->safe_psql('postgres', "SELECT id FROM wf.task WHERE run_id = $run");
+is(as_agent("SELECT wf_complete($task)"), 't', 'its agent completes it');
+is(wf_wait($node, $run), 'completed', 'and the run completes');
+
+# -------------------------------------------------------------------------
+# Lease expiry: the task is handed out again as the next attempt.
+# -------------------------------------------------------------------------
+wf_define(
+	$node, 'leased',
+	{
+		steps => [
+			{
+				name => 'w',
+				agent => 'p',
+				retry => { max_attempts => 5, backoff => 'fixed', initial_interval => '10ms' }
+			}
+		]
+	});
+$run = wf_start($node, 'leased');
+my ($t1, undef, undef, undef, $a1) = split /\|/, claim('p', lease => '1 second');
+is($a1, 1, 'first claim is attempt 1, with a lease of 1 second');
+# Blocks until the expired lease is noticed and the next attempt's task made.
+my ($t2, $r2, undef, undef, $a2) = split /\|/, claim('p');
+is("$r2|$a2", "$run|2", 'after the lease expired, the task was handed out again as attempt 2');
+isnt($t2, $t1, 'as a new task');
+is(as_agent("SELECT wf_heartbeat($t1)"), 'f', 'the expired holder cannot extend its lease');
+is(as_agent("SELECT wf_complete($t1, '{\"late\": true}')"), 'f',
+	'a late completion after re-delivery returns false');
+is(as_agent("SELECT wf_complete($t2, '{\"on_time\": true}')"), 't', 'the new holder completes');
+is(as_agent("SELECT wf_fail($t2, 'too late')"), 'f', 'failing a completed task returns false');
+is(wf_wait($node, $run), 'completed', 'the run completed');
+is( $node->safe_psql(
+		'postgres', "SELECT output, attempt FROM wf.steps WHERE run_id = $run AND step = 'w'"),
+	'{"on_time": true}|2',
+	'with the output of the second holder, in attempt 2');
+like(
+	$node->safe_psql(
+		'postgres', "SELECT detail->>'message' FROM wf.history WHERE run_id = $run AND status = 'retrying' AND step = 'w' ORDER BY id LIMIT 1"
+	),
+	qr/lease of task $t1 by agent "a1" expired/,
+	'the history says why attempt 1 ended');
+
+# -------------------------------------------------------------------------
+# Capability routing.
+# -------------------------------------------------------------------------
+wf_define($node, 'needs_gpu',
+	{ steps => [ { name => 'train', agent => 'gpu', requires => [ 'gpu', 'cuda' ] } ] });
+$run = wf_start($node, 'needs_gpu');
+$node->poll_query_until('postgres',
+	"SELECT count(*) = 1 FROM wf.task WHERE run_id = $run AND state = 'ready'")
+  or die 'no task';
+is(claim('gpu', caps => '{cpu}', wait => '0'), '', 'an agent without the capabilities gets nothing');
+is(claim('gpu', caps => '{gpu}', wait => '0'), '', 'nor one with only some of them');
+($task) = split /\|/, claim('gpu', caps => '{cpu,cuda,gpu}', wait => '0');
+ok($task, 'an agent with all of them gets the task');
+is(as_agent("SELECT wf_complete($task)"), 't', 'and completes it');
+is(wf_wait($node, $run), 'completed', 'the routed run completed');
+like(
+	$node->safe_psql('postgres',
+		"SELECT * FROM wf_validate('{\"steps\": [{\"name\": \"x\", \"agent\": \"p\", \"requires\": \"gpu\"}]}')"),
+	qr/"requires" must be an array of non-empty strings/,
+	'requires must be an array of strings');
+
+# -------------------------------------------------------------------------
+# Pool pause.
+# -------------------------------------------------------------------------
+my ($out, $err) = as_role('agent1', "SELECT wf_pool_pause('p')");
+like($err, qr/ERROR:  42501: permission denied for pool "p"/, 'an agent cannot pause its pool');
+is($node->safe_psql('postgres', "SELECT wf_pool_pause('p')"), 't', 'wf_admin pauses the pool');
+is($node->safe_psql('postgres', "SELECT wf_pool_pause('p')"), 'f', 'pausing twice changes nothing');
+$run = wf_start($node, 'quick');
+$node->poll_query_until('postgres',
+	"SELECT count(*) = 1 FROM wf.task WHERE run_id = $run AND state = 'ready'")
+  or die 'no task';
+is(claim('p', wait => '0'), '', 'a paused pool hands out nothing');
+is($node->safe_psql('postgres', "SELECT wf_pool_resume('p')"), 't', 'the pool is resumed');
+($task) = split /\|/, claim('p', wait => '0');
+ok($task, 'the resumed pool hands the task out');
+is(as_agent("SELECT wf_complete($task)"), 't', 'completed');
+is(wf_wait($node, $run), 'completed', 'the run completed after the pause');
+
+# -------------------------------------------------------------------------
+# wf_fail, business errors, cancel.
+# -------------------------------------------------------------------------
+$run = wf_start($node, 'leased');
+($task) = split /\|/, claim('p');
+is(as_agent("SELECT wf_fail($task, 'flaky backend')"), 't', 'a retryable failure is recorded');
+my ($task2, undef, undef, undef, $att) = split /\|/, claim('p');
+is($att, 2, 'and the step is tried again as attempt 2');
+is(as_agent("SELECT wf_fail($task2, 'bad document', retryable => false)"), 't',
+	'a failure that is not retryable is recorded');
+is(wf_wait($node, $run), 'failed', 'and fails the run at once');
+is( $node->safe_psql(
+		'postgres', "SELECT error->>'message', error->>'class' FROM wf.steps WHERE run_id = $run"),
+	'bad document|business',
+	'as a business error');
+
+$run = wf_start($node, 'leased');
+($task) = split /\|/, claim('p');
+is(as_agent("SELECT wf_complete($task, '{\"error\": \"rejected\"}')"), 't',
+	'an {"error"} output is accepted');
+is(wf_wait($node, $run), 'failed', 'and fails the run as a business error');
+
+$run = wf_start($node, 'quick');
+($task) = split /\|/, claim('p');
+is($node->safe_psql('postgres', "SELECT wf_cancel($run)"), 't', 'the run is cancelled');
+is(as_agent("SELECT wf_complete($task)"), 'f', 'completing its task afterwards returns false');
+is($node->safe_psql('postgres', "SELECT state FROM wf.task WHERE id = $task"),
+	'cancelled', 'the task was cancelled with its run');
+
+# -------------------------------------------------------------------------
+# A saga whose undo is an agent action.
+# -------------------------------------------------------------------------
+wf_define(
+	$node, 'booking',
+	{
+		steps => [
+			{
+				name => 'book',
+				agent => 'p',
+				payload => { do => 'book' },
+				compensate => { agent => 'p', payload => { do => 'cancel {{$.steps.book.ref}}' } }
+			},
+			{ name => 'pay', sql => 'SELECT 1 / 0', on_error => 'compensate' }
+		]
+	});
+$run = wf_start($node, 'booking');
+($task) = split /\|/, claim('p');
+is(as_agent("SELECT wf_complete($task, '{\"ref\": \"R7\"}')"), 't', 'booked by the agent');
+my (undef, undef, $cstep, $cpayload) = split /\|/, claim('p');
+is("$cstep|$cpayload", 'compensate:book|{"do": "cancel R7"}',
+	'the failed payment hands the undo to the agent, with the booking\'s output');
+$task = $node->safe_psql('postgres',
+	"SELECT id FROM wf.task WHERE run_id = $run AND step = 'compensate:book'");
+is(as_agent("SELECT wf_complete($task)"), 't', 'the agent undoes it');
+is(wf_wait($node, $run), 'failed', 'the saga failed');
+is($node->safe_psql('postgres', "SELECT status FROM wf.steps WHERE run_id = $run AND step = 'book'"),
+	'compensated', 'with the booking compensated');
+
+# -------------------------------------------------------------------------
+# Privileges.
+# -------------------------------------------------------------------------
+($out, $err) = as_role('other', "SELECT * FROM wf_claim('p')");
+like($err, qr/ERROR:  42501: permission denied for pool "p"/,
+	'a role without wf_grant_pool cannot claim');
+$run = wf_start($node, 'quick', { secret_input => 'not for agents' });
+($task) = split /\|/, claim('p');
+($out, $err) = as_role('other', "SELECT wf_complete($task, '{\"forged\": true}')");
+like($err, qr/ERROR:  42501: permission denied for task $task/,
+	'another role cannot complete the agent\'s task');
+($out, $err) = as_role('other', "SELECT wf_heartbeat($task)");
+like($err, qr/ERROR:  42501: permission denied for task $task/, 'nor extend its lease');
+($out, $err) = as_role('other', "SELECT wf_fail($task, 'x')");
+like($err, qr/ERROR:  42501: permission denied for task $task/, 'nor fail it');
+($out, $err) = as_role('agent1', 'SELECT * FROM wf.task');
+like($err, qr/ERROR:  42501: permission denied for table task/,
+	'the agent role cannot read the tasks table');
+is(as_agent("SELECT count(*) FROM wf.runs WHERE id = $run"), '0',
+	'nor the run context of the runs it works for');
+($out, $err) = as_role('agent1', "SELECT wf_grant_pool('p', 'other')");
+like($err, qr/ERROR:  42501: permission denied for pool "p"/, 'an agent cannot grant its pool');
+is(as_agent("SELECT wf_complete($task)"), 't', 'the holder completes');
+is(wf_wait($node, $run), 'completed', 'the run completed');
+$node->safe_psql('postgres', "SELECT wf_revoke_pool('p', 'agent1')");
+($out, $err) = as_role('agent1', "SELECT * FROM wf_claim('p')");
+like($err, qr/ERROR:  42501: permission denied for pool "p"/, 'after wf_revoke_pool the agent cannot claim');
+$node->safe_psql('postgres', "SELECT wf_grant_pool('p', 'agent1')");
+
+# A dropped agent role: its grants go, its lease has no holder.
+$node->safe_psql('postgres', "CREATE ROLE agent2 LOGIN; SELECT wf_grant_pool('p', 'agent2')");
+$run = wf_start($node, 'quick');
+$node->poll_query_until('postgres',
+	"SELECT count(*) = 1 FROM wf.task WHERE run_id = $run AND state = 'ready'")
+  or die 'no task';
+($out, $err) = as_role('agent2', "SELECT task_id FROM wf_claim('p', agent => 'a2')");
+$task = $out;
+ok($task, 'agent2 claimed a task');
+$node->safe_psql('postgres', 'DROP ROLE agent2');
+# An executor notices dropped roles at its next transaction.
+$node->safe_psql('postgres', 'SELECT wf._wake()');
+ok( $node->poll_query_until(
+		'postgres', qq{SELECT count(*) = 0 FROM wf.pool_grant WHERE grantee::oid NOT IN (SELECT oid FROM pg_roles)
+		UNION ALL SELECT count(*) = 0 FROM wf.agent WHERE role::oid NOT IN (SELECT oid FROM pg_roles)
+		UNION ALL SELECT count(*) = 0 FROM wf.task WHERE claimed_by::oid NOT IN (SELECT oid FROM pg_roles) AND claimed_by::oid <> 0},
+		"t\nt\nt"),
+	'the dropped agent role\'s grant, registry row and lease holder are gone');
+is($node->safe_psql('postgres', "SELECT wf_complete($task)"), 't', 'wf_admin completes its task');
+is(wf_wait($node, $run), 'completed', 'and the run completes');
+
+# -------------------------------------------------------------------------
+# The example agent (examples/agents/agent.py, python3-psycopg).
+# -------------------------------------------------------------------------
+$node->safe_psql('postgres', "SELECT wf_grant_pool('py', 'agent1')");
+wf_define(
+	$node, 'pyjob',
+	{
+		steps => [
+			{
+				name => 'ocr',
+				agent => 'py',
+				requires => ['ocr'],
+				payload => { page => '{{$.input.page}}', work_s => 0.5 }
+			}
+		]
+	});
+wf_define($node, 'pyfail',
+	{ steps => [ { name => 'ocr', agent => 'py', payload => { fail => 'unreadable' } } ] });
+my $python = -x '/usr/bin/python3' ? '/usr/bin/python3' : 'python3';
+my ($ain, $aout, $aerr) = ('', '', '');
+my $agent_timer = IPC::Run::timeout($PostgreSQL::Test::Utils::timeout_default);
+my $agent = IPC::Run::start(
+	[
+		$python, "$FindBin::RealBin/../../examples/agents/agent.py",
+		'--dsn', $node->connstr('postgres') . ' user=agent1',
+		'--pool', 'py', '--agent', 'py-1', '--capabilities', 'ocr,pdf',
+		'--lease', '10 seconds', '--wait', '2 seconds'
+	],
+	\$ain, \$aout, \$aerr, $agent_timer);
+pump_until($agent, $agent_timer, \$aout, qr/ready/);
+my @py = map { wf_start($node, 'pyjob', { page => $_ }) } 1 .. 3;
+push @py, wf_start($node, 'pyfail');
+is(wf_wait_all($node, @py), 'completed,completed,completed,failed',
+	'the example agent completed three tasks and failed one');
+is( $node->safe_psql('postgres', "SELECT output FROM wf.runs WHERE id = $py[1]"),
+	'{"echo": {"page": 2, "work_s": 0.5}, "agent": "py-1"}',
+	'with the output it computed from the payload');
+is($node->safe_psql('postgres', "SELECT error->>'message' FROM wf.steps WHERE run_id = $py[3]"),
+	'unreadable', 'and its reason for the failure');
+ok( $node->safe_psql(
+		'postgres', "SELECT count(*) FROM wf.task WHERE pool = 'py' AND progress IS NOT NULL") >= 3,
+	'it heartbeated while working');
+$agent->signal('TERM');
+ok($agent->finish, 'the example agent stops cleanly on SIGTERM, with exit status 0');
+like($aout, qr/stopped after 4 tasks/, 'after the tasks it had');
+
+# -------------------------------------------------------------------------
+# wf.agents.
+# -------------------------------------------------------------------------
+claim('gpu', caps => '{cpu,cuda,gpu}', wait => '0');
+is( as_agent(
+		"SELECT pool, agent, capabilities, state, in_flight, completed > 0, failed > 0 FROM wf.agents WHERE agent = 'a1' ORDER BY pool"
+	),
+	"gpu|a1|{cpu,cuda,gpu}|idle|0|t|f\np|a1|{}|idle|0|t|t",
+	'wf.agents shows the agent in each pool, idle, with its counts');
+is((as_role('other', 'SELECT count(*) FROM wf.agents'))[0], '0', 'another role sees no agents');
+$node->append_conf('postgresql.conf', "pg_workflow.agent_lost_after = '1s'");
+$node->reload;
+$node->poll_query_until('postgres',
+	"SELECT state = 'lost' FROM wf.agents WHERE agent = 'a1' AND pool = 'gpu'")
+  or die 'the agent never became lost';
+pass('an agent silent for longer than pg_workflow.agent_lost_after is lost');
+
+$node->stop;
+done_testing();
