@@ -3328,6 +3328,99 @@ CREATE VIEW wf.concurrency WITH (security_barrier) AS
 
 GRANT SELECT ON wf.concurrency TO PUBLIC;
 
+/*
+ * Rate limits.  A step with "rate_limit": {"key", "limit", "per"} takes a
+ * token from the wf.rate_limit row of its key (by default the host of an
+ * http step's url) in its executor's transaction, before its request is
+ * prepared; without a token it is deferred (no attempt burnt) until the
+ * next token, which is where the executors' sleep ends.  The row keeps the
+ * times of the last "limit" grants: a grant is allowed when fewer than
+ * "limit" were made in the last "per", so that no window of that length
+ * ever holds more than "limit" requests, bursts included.  A 429 with
+ * Retry-After empties the bucket until then (wf._rate_block).  Nothing in
+ * it is specific to http: another kind (an agent pool) takes its tokens
+ * the same way, with a key of its own.
+ */
+CREATE TABLE wf.rate_limit (
+	key			text PRIMARY KEY,
+	lim			int NOT NULL,			-- of the latest step that used it
+	per			interval NOT NULL,
+	grants		timestamptz[] NOT NULL,	-- the last lim grants, oldest first
+	blocked_until timestamptz			-- a server's Retry-After
+);
+REVOKE ALL ON wf.rate_limit FROM PUBLIC;
+
+/*
+ * Takes a token of key p_key for a step of run p_run_id: granted_at is the
+ * time of the grant, which becomes the step's started_at (the executor
+ * identifies the attempt by it too); without a token, next_at is when the
+ * next one comes.
+ */
+CREATE FUNCTION wf._rate_take(p_key text, p_limit int, p_per interval,
+							  p_run_id bigint, p_step text,
+							  OUT next_at timestamptz, OUT granted_at timestamptz)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	b	wf.rate_limit;
+	t	timestamptz;
+	w	interval;
+	g	timestamptz[];
+BEGIN
+	INSERT INTO wf.rate_limit AS rl (key, lim, per, grants)
+	VALUES (p_key, p_limit, p_per, '{}')
+	ON CONFLICT (key) DO UPDATE SET lim = excluded.lim, per = excluded.per
+	RETURNING * INTO b;
+	t := clock_timestamp();			-- after the lock: grants are ordered
+	IF b.blocked_until > t THEN
+		next_at := b.blocked_until;
+		RETURN;
+	END IF;
+	/*
+	 * The window is "per" plus a margin (2%, at most a second) for the time
+	 * between a grant and its request leaving (commit, queueing), which
+	 * varies from request to request.
+	 */
+	w := p_per + least(p_per * 0.02, interval '1 second');
+	g := ARRAY(SELECT x FROM unnest(b.grants) x WHERE x > t - w ORDER BY x);
+	IF cardinality(g) >= p_limit THEN
+		next_at := g[cardinality(g) - p_limit + 1] + w;
+		RETURN;
+	END IF;
+	UPDATE wf.rate_limit SET grants = g || t WHERE key = p_key;
+	UPDATE wf.step SET started_at = t WHERE run_id = p_run_id AND step = p_step;
+	granted_at := t;
+END
+$$;
+
+/* A server answered 429 with Retry-After: no token for that key until then. */
+CREATE FUNCTION wf._rate_block(p_key text, p_until timestamptz) RETURNS void
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+	UPDATE wf.rate_limit SET blocked_until = greatest(blocked_until, p_until)
+	 WHERE key = p_key;
+$$;
+
+/*
+ * The rate limits in use.  Keys may be rendered from runs' inputs and are
+ * not tied to an owner: members of wf_admin only.
+ */
+CREATE VIEW wf.rate_limits WITH (security_barrier) AS
+	SELECT b.key, b.lim AS "limit", b.per,
+		   greatest(b.lim - (SELECT count(*) FROM unnest(b.grants) x
+							  WHERE x > pg_catalog.clock_timestamp() - (b.per + LEAST(b.per * 0.02, interval '1 second'))), 0)::int
+		   * (coalesce(b.blocked_until, '-infinity') <= pg_catalog.clock_timestamp())::int AS tokens,
+		   CASE WHEN b.blocked_until > pg_catalog.clock_timestamp() THEN b.blocked_until
+				WHEN (SELECT count(*) FROM unnest(b.grants) x
+					   WHERE x > pg_catalog.clock_timestamp() - (b.per + LEAST(b.per * 0.02, interval '1 second'))) >= b.lim
+				THEN (SELECT x FROM unnest(b.grants) x
+					   WHERE x > pg_catalog.clock_timestamp() - (b.per + LEAST(b.per * 0.02, interval '1 second'))
+					   ORDER BY x DESC OFFSET b.lim - 1 LIMIT 1) + (b.per + LEAST(b.per * 0.02, interval '1 second'))
+		   END AS next_token_at,
+		   b.blocked_until
+	  FROM wf.rate_limit b
+	 WHERE (SELECT pg_catalog.pg_has_role('wf_admin', 'MEMBER'));
+
+GRANT SELECT ON wf.rate_limits TO PUBLIC;
+
 /* Internal functions are the owner's; the wf_* shims call them. */
 DO $$
 DECLARE

@@ -9,6 +9,11 @@
 # priority, then start order; a cancelled waiting run leaves the queue; runs
 # waiting on a key survive a restart and start when the slot frees.
 #
+# Rate limits: 15 http steps under a limit of 5 per 2 s never take more
+# than 5 tokens within any 2 s (the grant times are the steps' started_at),
+# every request is sent once, with no attempt burnt by waiting; a 429 with
+# Retry-After empties the bucket until then.
+#
 # Debounce and throttle: a ticket table whose row is updated ten times in a
 # row by separate transactions starts one run through wf_start_trigger,
 # with the latest row; the replaced inputs are in the run's history.
@@ -22,6 +27,7 @@ use lib "$FindBin::RealBin/../perl";
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use PgWorkflowTest;
+use HttpTestServer;
 use Test::More;
 
 my $node = wf_node('flow_control', workers => 4);
@@ -168,6 +174,86 @@ is($node->safe_psql('postgres', q{SELECT count(*) FROM wf.concurrency WHERE key 
 	'0', 'a failed run holds no slot');
 $node->safe_psql('postgres', "SELECT wf_retry($f)");
 is(wf_wait($node, $f), 'completed', 'the retried run completes');
+
+# ---- rate limits of http steps -------------------------------------------
+
+($ret, $out, $err) = $node->psql('postgres',
+	q{SELECT wf_define('bad', '{"steps": [{"name": "a", "sql": "SELECT 1", "rate_limit": {"limit": 1, "per": "1 s"}}]}')});
+like($err, qr/"a\.rate_limit" is only allowed on http steps|"rate_limit" is only allowed on http steps/,
+	'a rate limit on an sql step is rejected');
+($ret, $out, $err) = $node->psql('postgres',
+	q{SELECT wf_define('bad', '{"steps": [{"name": "a", "http": {"url": "http://localhost/"}, "rate_limit": {"limit": 0, "per": "1 s"}}]}')});
+like($err, qr/rate_limit\.limit/, 'a rate limit of 0 is rejected, naming its path');
+($ret, $out, $err) = $node->psql('postgres',
+	q{SELECT wf_define('bad', '{"steps": [{"name": "a", "http": {"url": "http://localhost/"}, "rate_limit": {"limit": 1}}]}')});
+like($err, qr/rate_limit\.per/, 'a rate limit without "per" is rejected');
+
+my $srv = HttpTestServer->new(name => 'flow');
+wf_define($node, 'rl',
+	{
+		steps => [
+			{
+				name => 'call',
+				http => { url => $srv->url('/echo?i={{$.input.i}}') },
+				rate_limit => { limit => 5, per => '2 seconds' }
+			}
+		]
+	});
+my @rl = wf_start_many($node, 'rl', 15);
+is(wf_wait_all($node, @rl), join(',', ('completed') x 15), 'the 15 rate-limited runs complete');
+my $rl_list = join(',', @rl);
+is(scalar($srv->requests(sub { $_[0]{path} eq '/echo' })), 15, 'each request was sent once');
+is($node->safe_psql('postgres',
+		"SELECT count(*) FROM wf.steps WHERE run_id IN ($rl_list) AND attempt = 1"),
+	'15', 'waiting for a token burnt no attempt');
+is($node->safe_psql('postgres', qq{
+	SELECT max(n) FROM (
+		SELECT (SELECT count(*) FROM wf.steps b
+				 WHERE b.run_id IN ($rl_list)
+				   AND b.started_at >= a.started_at
+				   AND b.started_at < a.started_at + interval '2 seconds') n
+		  FROM wf.steps a WHERE a.run_id IN ($rl_list)) s}),
+	'5', 'never more than 5 requests within any 2 seconds');
+my @at = sort { $a <=> $b } map { $_->{at} } $srv->requests(sub { $_[0]{path} eq '/echo' });
+my $srv_max = 0;
+for my $i (0 .. $#at)
+{
+	my $n = grep { $_ >= $at[$i] && $_ < $at[$i] + 2 } @at;
+	$srv_max = $n if $n > $srv_max;
+}
+cmp_ok($srv_max, '<=', 5, "never more than 5 requests within any 2 s by the server's clock ($srv_max)");
+is($node->safe_psql('postgres',
+		q{SELECT key || ' ' || "limit" || ' ' || per FROM wf.rate_limits}),
+	$srv->host . ' 5 00:00:02', 'wf.rate_limits shows the bucket of the host');
+
+# a 429 with Retry-After empties the bucket until then
+wf_define($node, 'rl429',
+	{
+		retry => { max_attempts => 3, initial_interval => '1s' },
+		steps => [
+			{
+				name => 'call',
+				http => { url => $srv->url('/flaky?key={{$.input.k}}&fail={{$.input.fail}}&code=429&retry_after=3') },
+				rate_limit => { key => 'api-token-1', limit => 100, per => '1 minute' }
+			}
+		]
+	});
+my $r429 = wf_start($node, 'rl429', { k => 'a', fail => 1 });
+$node->poll_query_until('postgres',
+	"SELECT count(*) > 0 FROM wf.history WHERE run_id = $r429 AND status = 'retrying'")
+  or die 'the 429 was not recorded';
+my $after = wf_start($node, 'rl429', { k => 'b', fail => 0 });
+is(wf_wait($node, $after), 'completed', 'a step of the same key completes');
+is(wf_wait($node, $r429), 'completed', 'the step that got the 429 completes');
+is($node->safe_psql('postgres', qq{
+	SELECT s.started_at >= b.blocked_until AND b.blocked_until >= h.at + interval '2 seconds'
+	  FROM wf.steps s, wf.history h, wf.rate_limits b
+	 WHERE s.run_id = $after AND h.run_id = $r429 AND h.status = 'retrying'
+	   AND b.key = 'api-token-1'}),
+	't', 'no token was taken until the Retry-After (3 s) of the 429 had passed');
+is($node->safe_psql('postgres', "SELECT attempt FROM wf.steps WHERE run_id = $after"),
+	'1', 'the step that waited for the bucket burnt no attempt');
+$srv->stop;
 
 # ---- debounce from a trigger ---------------------------------------------
 
