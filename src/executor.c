@@ -925,6 +925,19 @@ wf_exec_completion(WfHttpCompletion *c, List *queue, MemoryContext batchctx)
 								  4, btypes, bargs, NULL, false, 0) != SPI_OK_SELECT)
 			elog(ERROR, "could not record on the circuit breaker");
 	}
+	/* A 429 with Retry-After: the rate limit has no token until then. */
+	if (c->status == 429 && c->retry_after_s > 0 && wf_http_rate_key(c) != NULL)
+	{
+		Oid			rtypes[2] = {TEXTOID, TIMESTAMPTZOID};
+		Datum		rargs[2];
+
+		rargs[0] = CStringGetTextDatum(wf_http_rate_key(c));
+		rargs[1] = TimestampTzGetDatum(TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+																   (int64) c->retry_after_s * 1000));
+		if (SPI_execute_with_args("SELECT wf._rate_block($1, $2)", 2, rtypes, rargs,
+								  NULL, false, 0) != SPI_OK_SELECT)
+			elog(ERROR, "could not record a Retry-After on the rate limit");
+	}
 
 	if (c->error == NULL &&
 		wf_exec_http_status_ok(wf_util_jsonb_get(wf_util_jsonb_get(ex->spec, "http"),

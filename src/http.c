@@ -82,6 +82,7 @@ struct WfHttpRequest
 	List	   *body_secrets;	/* WfTemplateSecret * the body carried */
 	char	   *refusal;		/* a redirect we would not follow, or NULL */
 	char	   *breaker_key;	/* host, when the step has a circuit breaker */
+	char	   *rate_key;		/* the key of the step's rate limit, or NULL */
 
 	/* transfer state */
 	CURL	   *easy;
@@ -476,6 +477,38 @@ wf_http_breaker_admit(const char *host, Jsonb *breaker)
 }
 
 /*
+ * Takes a token of rate limit "key" for the step (wf._rate_take); returns 0
+ * if one was taken (the grant's time is then the attempt's started_at, in
+ * ex and in wf.step), else the time of the next token.
+ */
+static TimestampTz
+wf_http_rate_take(const char *key, Jsonb *rate, WfStepExec *ex)
+{
+	Oid			types[5] = {TEXTOID, INT4OID, TEXTOID, INT8OID, TEXTOID};
+	Datum		args[5];
+	bool		isnull;
+	Datum		d;
+
+	args[0] = CStringGetTextDatum(key);
+	args[1] = Int32GetDatum((int32) wf_util_jsonb_get_number(rate, "limit", 1));
+	args[2] = CStringGetTextDatum(wf_util_jsonb_get_text(rate, "per"));
+	args[3] = Int64GetDatum(ex->run_id);
+	args[4] = CStringGetTextDatum(ex->step);
+	if (SPI_execute_with_args("SELECT * FROM wf._rate_take($1, $2, $3::interval, $4, $5)",
+							  5, types, args, NULL, false, 1) != SPI_OK_SELECT ||
+		SPI_processed != 1)
+		elog(ERROR, "could not take a token of rate limit \"%s\"", key);
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	if (!isnull)
+		return DatumGetTimestampTz(d);
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
+	if (isnull)
+		elog(ERROR, "rate limit \"%s\" neither granted a token nor said when", key);
+	ex->started_at = DatumGetTimestampTz(d);
+	return 0;
+}
+
+/*
  * The "http" kind's execute: renders and checks the request, and leaves it
  * in res->request for the executor to queue once the step is checkpointed
  * as running.
@@ -501,6 +534,8 @@ wf_http_execute(WfStepExec *ex, WfStepResult *res)
 	ListCell   *lc;
 	char	   *host;
 	Jsonb	   *breaker;
+	Jsonb	   *rate;
+	char	   *rate_key = NULL;
 	List	   *secrets = NIL;	/* every secret the request carries */
 	List	   *secret_hdrs = NIL;	/* the headers that carry one */
 	List	   *body_secrets = NIL;
@@ -528,6 +563,33 @@ wf_http_execute(WfStepExec *ex, WfStepResult *res)
 			res->outcome = WF_STEP_DEFERRED;
 			res->defer_until = until;
 			res->defer_key = psprintf("breaker:%s", host);
+			return;
+		}
+	}
+
+	/* No token of its rate limit: wait for the next one, no attempt burnt. */
+	rate = wf_util_jsonb_get(ex->spec, "rate_limit");
+	if (rate != NULL)
+	{
+		WfTemplateCtx rtc;
+		TimestampTz until;
+
+		memset(&rtc, 0, sizeof(rtc));
+		rtc.context = ex->context;
+		rtc.owner = ex->owner;
+		rate_key = wf_util_jsonb_get_text(rate, "key");
+		rate_key = rate_key ? wf_template_render_string(&rtc, rate_key, false) :
+			pstrdup(host);
+		if (rate_key[0] == '\0' || strlen(rate_key) > 1000)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("rate limit key of step \"%s\" must have 1 to 1000 bytes",
+							ex->step)));
+		until = wf_http_rate_take(rate_key, rate, ex);
+		if (until != 0)
+		{
+			res->outcome = WF_STEP_DEFERRED;
+			res->defer_until = until;
 			return;
 		}
 	}
@@ -654,6 +716,7 @@ wf_http_execute(WfStepExec *ex, WfStepResult *res)
 		(timeout ? wf_util_interval_ms(timeout) : wf_guc_http_timeout_ms);
 	req->redirects_left = 5;
 	req->breaker_key = breaker ? pstrdup(host) : NULL;
+	req->rate_key = rate_key ? pstrdup(rate_key) : NULL;
 	foreach(lc, tc.secret_values)
 		req->secret_values = lappend(req->secret_values, pstrdup(lfirst(lc)));
 	initStringInfo(&req->response);
@@ -1355,6 +1418,13 @@ wf_http_error_message(WfHttpCompletion *c)
 					   len > 0 ? ": " : "", len > 0 ? excerpt : "");
 	}
 	return wf_template_redact(&tc, msg);
+}
+
+/* The key of the rate limit this completion's step took a token of, or NULL. */
+char *
+wf_http_rate_key(WfHttpCompletion *c)
+{
+	return c->request->rate_key;
 }
 
 /* The host whose circuit breaker counts this completion, or NULL. */

@@ -342,6 +342,7 @@ extern bool wf_http_hosts_valid(const char *patterns, char **problem);
 extern Jsonb *wf_http_output(WfHttpCompletion *c);
 extern char *wf_http_error_message(WfHttpCompletion *c);
 extern char *wf_http_breaker_key(WfHttpCompletion *c);
+extern char *wf_http_rate_key(WfHttpCompletion *c);
 extern void wf_http_completion_key(WfHttpCompletion *c, int64 *run_id, char **step,
 								   int *attempt, TimestampTz *started_at);
 

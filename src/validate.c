@@ -154,6 +154,10 @@ static void wfv_check_compensate(WfvState *st, WfvObject *o, const char *path,
 								 JsonbValue *v);
 static void wfv_check_circuit_breaker(WfvState *st, WfvObject *o,
 									  const char *path, JsonbValue *v);
+static void wfv_check_concurrency(WfvState *st, WfvObject *o,
+								  const char *path, JsonbValue *v);
+static void wfv_check_rate_limit(WfvState *st, WfvObject *o,
+								 const char *path, JsonbValue *v);
 
 /*
  * Everything a definition may contain besides the step actions (which are
@@ -168,6 +172,7 @@ static const WfvFeature wfv_features[] = {
 	{"retry", WFV_DOCUMENT, NULL, wfv_check_retry, true},
 	{"on_error", WFV_DOCUMENT, NULL, wfv_check_on_error, true},
 	{"steps", WFV_DOCUMENT, NULL, wfv_check_top_steps, true},
+	{"concurrency", WFV_DOCUMENT, NULL, wfv_check_concurrency, true},
 
 	/* step keys that go with one action, checked by that action's check */
 	{"payload", WFV_COMPANION, "agent", NULL, true},
@@ -185,6 +190,7 @@ static const WfvFeature wfv_features[] = {
 	{"on_error", WFV_POLICY, NULL, wfv_check_on_error, true},
 	{"compensate", WFV_POLICY, NULL, wfv_check_compensate, true},
 	{"circuit_breaker", WFV_POLICY, NULL, wfv_check_circuit_breaker, true},
+	{"rate_limit", WFV_POLICY, NULL, wfv_check_rate_limit, true},
 
 	/* strategies of "on_error" */
 	{"retry", WFV_STRATEGY, NULL, NULL, true},
@@ -1981,6 +1987,73 @@ wfv_check_circuit_breaker(WfvState *st, WfvObject *o, const char *path,
 
 	p = wfv_sub(path, "reset_after");
 	if ((m = wfv_member(st, o->label, c, "reset_after", p, true, &jv)))
+		(void) wfv_interval(st, o->label, p, m);
+}
+
+/*
+ * The workflow's "concurrency": {"key": TEMPLATE, "limit": N}; the key is
+ * rendered from the run's input (see wf._flow_admit).
+ */
+static void
+wfv_check_concurrency(WfvState *st, WfvObject *o, const char *path,
+					  JsonbValue *v)
+{
+	static const char *const keys[] = {"key", "limit", NULL};
+	JsonbContainer *c;
+	JsonbValue	jv;
+	JsonbValue *m;
+	char	   *p;
+
+	if ((c = wfv_object(st, o->label, path, v)) == NULL)
+		return;
+	wfv_unknown_keys(st, o->label, c, keys, 0, path);
+
+	p = wfv_sub(path, "key");
+	if ((m = wfv_member(st, o->label, c, "key", p, false, &jv)) &&
+		wfv_string(st, o->label, p, m, true) != NULL)
+		(void) wfv_template(st, o->label, p, m);
+
+	p = wfv_sub(path, "limit");
+	if ((m = wfv_member(st, o->label, c, "limit", p, true, &jv)))
+		(void) wfv_integer(st, o->label, p, m, 1, PG_INT32_MAX);
+}
+
+/*
+ * "rate_limit": {"key": TEMPLATE, "limit": N, "per": INTERVAL} of an http
+ * step (the key defaults to the url's host).  The limit is at most 10,000:
+ * the bucket keeps the time of each grant within "per".
+ */
+static void
+wfv_check_rate_limit(WfvState *st, WfvObject *o, const char *path,
+					 JsonbValue *v)
+{
+	static const char *const keys[] = {"key", "limit", "per", NULL};
+	JsonbContainer *c;
+	JsonbValue	jv;
+	JsonbValue *m;
+	char	   *p;
+
+	/* without a single action, that has been reported already */
+	if (o->action != NULL &&
+		strcmp(wf_kind_base(o->action)->name, "http") != 0)
+		wfv_problem(st, o->label, ERRCODE_INVALID_PARAMETER_VALUE,
+					"\"%s\" is only allowed on http steps", path);
+
+	if ((c = wfv_object(st, o->label, path, v)) == NULL)
+		return;
+	wfv_unknown_keys(st, o->label, c, keys, 0, path);
+
+	p = wfv_sub(path, "key");
+	if ((m = wfv_member(st, o->label, c, "key", p, false, &jv)) &&
+		wfv_string(st, o->label, p, m, true) != NULL)
+		(void) wfv_template(st, o->label, p, m);
+
+	p = wfv_sub(path, "limit");
+	if ((m = wfv_member(st, o->label, c, "limit", p, true, &jv)))
+		(void) wfv_integer(st, o->label, p, m, 1, 10000);
+
+	p = wfv_sub(path, "per");
+	if ((m = wfv_member(st, o->label, c, "per", p, true, &jv)))
 		(void) wfv_interval(st, o->label, p, m);
 }
 
