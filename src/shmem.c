@@ -402,40 +402,63 @@ wf_shmem_set_waiting(int64 run_id)
 }
 
 /*
- * Wakes the backends waiting in wf_wait for any of the given runs
- * (nruns < 0: every waiting backend).
+ * Sets the latch of every backend whose slot matches: the latches are
+ * collected under the spinlock and set after it.
  */
-void
-wf_shmem_wake_waiters(int64 *run_ids, int nruns)
+static void
+wf_shmem_wake_backends(bool (*match) (WfBackendSlot *slot, void *arg), void *arg)
 {
 	WfBackendSlot *slots;
 	Latch	  **latches;
 	int			n = 0;
-	int			i,
-				j;
+	int			i;
 
-	if (wf_shared == NULL || nruns == 0)
+	if (wf_shared == NULL)
 		return;
 	slots = WF_BACKENDS(wf_shared);
 	latches = palloc(sizeof(Latch *) * wf_shared->nbackends);
 	SpinLockAcquire(&wf_shared->mutex);
 	for (i = 1; i < wf_shared->nbackends; i++)
-	{
-		if (slots[i].waiting_for == 0)
-			continue;
-		for (j = 0; j < nruns || nruns < 0; j++)
-		{
-			if (nruns < 0 || slots[i].waiting_for == run_ids[j])
-			{
-				latches[n++] = slots[i].latch;
-				break;
-			}
-		}
-	}
+		if (match(&slots[i], arg))
+			latches[n++] = slots[i].latch;
 	SpinLockRelease(&wf_shared->mutex);
 	for (i = 0; i < n; i++)
 		SetLatch(latches[i]);
 	pfree(latches);
+}
+
+/*
+ * Wakes the backends waiting in wf_wait for any of the given runs
+ * (nruns < 0: every waiting backend).
+ */
+/* wf_shmem_wake_waiters' test of a backend slot. */
+typedef struct WfRunList
+{
+	int64	   *runs;
+	int			n;				/* < 0: every waiting backend */
+} WfRunList;
+
+static bool
+wf_shmem_waits_for_run(WfBackendSlot *slot, void *arg)
+{
+	WfRunList  *list = (WfRunList *) arg;
+	int			j;
+
+	if (slot->waiting_for == 0)
+		return false;
+	for (j = 0; j < list->n; j++)
+		if (slot->waiting_for == list->runs[j])
+			return true;
+	return list->n < 0;
+}
+
+void
+wf_shmem_wake_waiters(int64 *run_ids, int nruns)
+{
+	WfRunList	list = {run_ids, nruns};
+
+	if (nruns != 0)
+		wf_shmem_wake_backends(wf_shmem_waits_for_run, &list);
 }
 
 /*
@@ -535,35 +558,22 @@ wf_shmem_pool_ready_at_commit(uint32 pool_hash)
  * wf_ready_pools (all of them when there were too many to list).  Each
  * woken one looks again, and sleeps again if another took the tasks.
  */
+/* wf_shmem_wake_claimers' test of a backend slot. */
+static bool
+wf_shmem_claims_ready_pool(WfBackendSlot *slot, void *arg)
+{
+	int			j;
+
+	if (slot->claim_pool == 0)
+		return false;
+	for (j = 0; j < wf_n_ready_pools; j++)
+		if (slot->claim_pool == wf_ready_pools[j])
+			return true;
+	return wf_n_ready_pools < 0;
+}
+
 static void
 wf_shmem_wake_claimers(void)
 {
-	WfBackendSlot *slots;
-	Latch	  **latches;
-	int			n = 0;
-	int			i,
-				j;
-
-	if (wf_shared == NULL)
-		return;
-	slots = WF_BACKENDS(wf_shared);
-	latches = palloc(sizeof(Latch *) * wf_shared->nbackends);
-	SpinLockAcquire(&wf_shared->mutex);
-	for (i = 1; i < wf_shared->nbackends; i++)
-	{
-		if (slots[i].claim_pool == 0)
-			continue;
-		for (j = 0; j < wf_n_ready_pools || wf_n_ready_pools < 0; j++)
-		{
-			if (wf_n_ready_pools < 0 || slots[i].claim_pool == wf_ready_pools[j])
-			{
-				latches[n++] = slots[i].latch;
-				break;
-			}
-		}
-	}
-	SpinLockRelease(&wf_shared->mutex);
-	for (i = 0; i < n; i++)
-		SetLatch(latches[i]);
-	pfree(latches);
+	wf_shmem_wake_backends(wf_shmem_claims_ready_pool, NULL);
 }
