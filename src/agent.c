@@ -219,13 +219,9 @@ wf_claim(PG_FUNCTION_ARGS)
 						 errhint("Call wf_claim in a READ COMMITTED transaction.")));
 			if (deadline != 0)
 			{
-				long		secs;
-				int			usecs;
-
 				if (GetCurrentTimestamp() >= deadline)
 					break;
-				TimestampDifference(GetCurrentTimestamp(), deadline, &secs, &usecs);
-				timeout_ms = secs * 1000 + (usecs + 999) / 1000;
+				timeout_ms = wf_util_ms_until(deadline);
 				events |= WL_TIMEOUT;
 			}
 			if (rsinfo->setResult != NULL)

@@ -283,13 +283,9 @@ wf_wait(PG_FUNCTION_ARGS)
 						 errhint("Call wf_wait in a READ COMMITTED transaction.")));
 			if (deadline != 0)
 			{
-				long		secs;
-				int			usecs;
-
 				if (GetCurrentTimestamp() >= deadline)
 					break;
-				TimestampDifference(GetCurrentTimestamp(), deadline, &secs, &usecs);
-				timeout_ms = secs * 1000 + (usecs + 999) / 1000;
+				timeout_ms = wf_util_ms_until(deadline);
 				events |= WL_TIMEOUT;
 			}
 			(void) WaitLatch(MyLatch, events, timeout_ms, PG_WAIT_EXTENSION);

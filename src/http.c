@@ -1258,12 +1258,8 @@ wf_http_wait(long timeout_ms)
 	/* libcurl's timer shortens the wait. */
 	if (wf_http_timer_at != 0)
 	{
-		long		secs;
-		int			usecs;
-		long		curl_ms;
+		long		curl_ms = wf_util_ms_until(wf_http_timer_at);
 
-		TimestampDifference(GetCurrentTimestamp(), wf_http_timer_at, &secs, &usecs);
-		curl_ms = secs * 1000 + (usecs + 999) / 1000;
 		if (timeout_ms < 0 || curl_ms < timeout_ms)
 			timeout_ms = curl_ms;
 	}

@@ -462,6 +462,7 @@ extern char *wf_util_jsonb_get_text(Jsonb *obj, const char *key);
 extern Jsonb *wf_util_jsonb_get(Jsonb *obj, const char *key);
 extern bool wf_util_extension_ready(void);
 extern char *wf_util_extension_version(Oid extoid);
+extern long wf_util_ms_until(TimestampTz when);
 extern WfErrorClass wf_util_classify_sqlstate(int sqlerrcode);
 struct _SPI_plan;				/* executor/spi.h's SPIPlanPtr */
 extern ErrorData *wf_util_try_spi(struct _SPI_plan *plan, const char *sql, int nargs,

@@ -289,3 +289,17 @@ wf_util_try_spi(SPIPlanPtr plan, const char *sql, int nargs, Oid *argtypes,
 	CurrentResourceOwner = oldowner;
 	return edata;
 }
+
+/*
+ * Milliseconds from now until when, rounded up, for a latch wait; 0 once
+ * it has passed.
+ */
+long
+wf_util_ms_until(TimestampTz when)
+{
+	long		secs;
+	int			usecs;
+
+	TimestampDifference(GetCurrentTimestamp(), when, &secs, &usecs);
+	return secs * 1000 + (usecs + 999) / 1000;
+}

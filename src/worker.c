@@ -331,13 +331,7 @@ wf_worker_main(Datum main_arg)
 		if (next_sweep != 0 && (next_due == 0 || next_sweep < next_due))
 			next_due = next_sweep;
 		if (next_due != 0)
-		{
-			long		secs;
-			int			usecs;
-
-			TimestampDifference(GetCurrentTimestamp(), next_due, &secs, &usecs);
-			timeout_ms = secs * 1000 + (usecs + 999) / 1000;
-		}
+			timeout_ms = wf_util_ms_until(next_due);
 		/* About to sleep: flush our statistics first. */
 		pgstat_report_stat(true);
 
