@@ -368,17 +368,6 @@ sampler() {
 	done
 }
 
-# Sum over pids of /proc/PID/schedstat: "ns on CPU, ns waiting for a CPU".
-sched_of() {
-	local pid cpu wait sum_cpu=0 sum_wait=0
-	for pid in "$@"; do
-		read -r cpu wait _ <"/proc/$pid/schedstat" 2>/dev/null || continue
-		sum_cpu=$((sum_cpu + cpu))
-		sum_wait=$((sum_wait + wait))
-	done
-	echo "$sum_cpu $sum_wait"
-}
-
 sampler_start() {
 	sampler "${EXEC_PIDS[@]}" >"$WORK/mem.round$1" 2>/dev/null &
 	SAMPLER_PID=$!

@@ -1,7 +1,8 @@
 # shellcheck shell=bash
-# bench/lib.sh -- functions shared by bench/run.sh and bench/http.sh: the
-# throwaway server (initdb, start, stop, cleanup at exit), psql, the
-# executors, perf, and the parts of the report that both print.
+# bench/lib.sh -- functions shared by the benchmarks (run.sh, http.sh,
+# fairness.sh, scale.sh): the throwaway server (initdb, start, stop, cleanup
+# at exit), psql and pgbench, the executors, perf, CPU counters, and the
+# parts of the report that they all print.
 #
 # Sourced, not run. The sourcing script defines:
 #   LOG_TAG      message prefix: "[LOG_TAG] ..." on fd 9 (the script's stderr)
@@ -11,12 +12,14 @@
 #   ROW_WIDTHS   array: widths of the first three columns of the summary
 #   PORT, WORKERS, KEEP, QUICK, PERF  as set by its options
 #   TAG          optional: comment appended to the queries on wf.run
+#   WAIT_LIMIT_S for wait_for_runs: longest wait for a range of runs
 # and may redefine, after sourcing, the hooks that cleanup calls:
 #   cleanup_children  end the script's own background processes
 #   cleanup_kept      more messages when --keep leaves the server running
 #   cleanup_stop      stop what the script started besides the server
-# It opens fd 9 on stderr and sets BINDIR, PKGLIB, WORK, DATA, SERVER_STARTED
-# and PERF_PID.
+# It opens fd 9 on stderr and sets BINDIR, PKGLIB, WORK, DATA, SERVER_STARTED,
+# PERF_PID and CHILD_PID.  The default cleanup_children ends run_child's
+# command; a script that redefines it calls stop_pid TERM "$CHILD_PID" too.
 
 # State.
 BINDIR=
@@ -25,6 +28,7 @@ WORK=
 DATA=
 SERVER_STARTED=0
 PERF_PID=
+CHILD_PID=
 
 # Messages go to the script's own stderr (fd 9), even from inside redirections.
 exec 9>&2
@@ -67,10 +71,35 @@ as_pg() {
 	fi
 }
 
-# psql to database postgres (or to $PSQL_DB), unaligned, tuples only.
+# psql to database postgres (or to $PSQL_DB) as role postgres (or
+# $PSQL_USER), unaligned, tuples only.
 q() {
 	"$BINDIR/psql" -X -q -At -v ON_ERROR_STOP=1 -h "$WORK" -p "$PORT" \
-		-U postgres -d "${PSQL_DB:-postgres}" "$@"
+		-U "${PSQL_USER:-postgres}" -d "${PSQL_DB:-postgres}" "$@"
+}
+
+# q_as ROLE ARGS...: q as another role (which must have LOGIN).
+q_as() {
+	local role=$1
+	shift
+	PSQL_USER=$role q "$@"
+}
+
+# pgbench on database postgres, as role postgres (or $PGB_USER).
+pgbench_run() {
+	"$BINDIR/pgbench" -h "$WORK" -p "$PORT" -U "${PGB_USER:-postgres}" "$@" postgres
+}
+
+# Runs a long command in the background and waits for it, so that INT and
+# TERM are acted on at once (bash defers traps until a foreground command
+# ends); cleanup() then ends the command.
+run_child() {
+	local rc=0
+	"$@" &
+	CHILD_PID=$!
+	wait "$CHILD_PID" || rc=$?
+	CHILD_PID=
+	return "$rc"
 }
 
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
@@ -105,11 +134,14 @@ start_server() {
 		>>"$DATA/postgresql.conf"
 
 	log "starting the server (port $PORT, socket and log in $WORK)"
-	if ! as_pg "$BINDIR/pg_ctl" -D "$DATA" -l "$WORK/server.log" -w -t 60 start >/dev/null; then
+	# Set first: an interrupt during the start still stops the server.
+	SERVER_STARTED=1
+	# Without fd 9: a server kept running (--keep) must not hold the
+	# script's stderr open.
+	if ! (exec 9>&- && as_pg "$BINDIR/pg_ctl" -D "$DATA" -l "$WORK/server.log" -w -t 60 start >/dev/null); then
 		tail -n 30 "$WORK/server.log" >&2 || true
 		die "the server did not start (is pg_workflow installed?)"
 	fi
-	SERVER_STARTED=1
 }
 
 stop_server() {
@@ -130,7 +162,7 @@ stop_pid() {
 }
 
 # Hooks of cleanup; the script may redefine them.
-cleanup_children() { :; }
+cleanup_children() { stop_pid TERM "$CHILD_PID"; }
 cleanup_kept() { :; }
 cleanup_stop() { :; }
 
@@ -188,6 +220,20 @@ executor_pids() {
 	q -c "SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_workflow executor' ORDER BY pid"
 }
 
+# Waits until every run with lo < id <= hi has ended (at most WAIT_LIMIT_S).
+wait_for_runs() {
+	local lo=$1 hi=$2 next deadline
+	deadline=$(($(date +%s) + WAIT_LIMIT_S))
+	run_child q -c "SELECT wf_wait($hi, '$WAIT_LIMIT_S seconds')${TAG:+ /* $TAG */}" >/dev/null
+	while :; do
+		next=$(q -c "SELECT min(id) FROM wf.run WHERE id > $lo AND id <= $hi
+					  AND status IN ('pending', 'running', 'waiting')${TAG:+ /* $TAG */}")
+		[[ -z "$next" ]] && return 0
+		(($(date +%s) < deadline)) || die "runs $((lo + 1))..$hi not finished after $WAIT_LIMIT_S s"
+		run_child q -c "SELECT wf_wait($next, '10 seconds')${TAG:+ /* $TAG */}" >/dev/null
+	done
+}
+
 max_run_id() { q -c "SELECT coalesce(max(id), 0) FROM wf.run${TAG:+ /* $TAG */}"; }
 
 # check_completed LO HI WHAT: dies unless every run with LO < id <= HI completed.
@@ -199,6 +245,36 @@ check_completed() {
 			   AND status <> 'completed' ORDER BY id LIMIT 5" >&2
 		die "$bad $what runs did not complete"
 	fi
+}
+
+# ---------------------------------------------------------------------------
+# CPU counters
+# ---------------------------------------------------------------------------
+
+# Sum over pids of /proc/PID/schedstat: "ns on CPU, ns waiting for a CPU".
+sched_of() {
+	local pid cpu wait sum_cpu=0 sum_wait=0
+	for pid in "$@"; do
+		read -r cpu wait _ <"/proc/$pid/schedstat" 2>/dev/null || continue
+		sum_cpu=$((sum_cpu + cpu))
+		sum_wait=$((sum_wait + wait))
+	done
+	echo "$sum_cpu $sum_wait"
+}
+
+# The whole machine's CPU time from /proc/stat, in ticks: "busy total"
+# (busy: everything but idle and iowait).
+machine_ticks() {
+	awk '$1 == "cpu" { t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t; exit }' /proc/stat
+}
+
+# busy_pct "BUSY0 TOTAL0" "BUSY1 TOTAL1": the machine's busy share between
+# two machine_ticks readings, in % of all its CPUs.
+busy_pct() {
+	local b0 t0 b1 t1
+	read -r b0 t0 <<<"$1"
+	read -r b1 t1 <<<"$2"
+	awk -v b=$((b1 - b0)) -v t=$((t1 - t0)) 'BEGIN { printf "%.0f", (t > 0 ? 100 * b / t : 0) }'
 }
 
 # ---------------------------------------------------------------------------

@@ -67,9 +67,6 @@ WAIT_LIMIT_S=600
 OBS_DB=pgwf_bench_obs		# the observer's database, for the idle test
 TAG=pgwf-bench				# marks our own statements in pg_stat_statements
 
-# State (lib.sh has the server's).
-CHILD_PID=
-
 # Results.
 declare -A R=()
 
@@ -140,25 +137,6 @@ parse_args() {
 # psql to the observer's database.
 qobs() { PSQL_DB=$OBS_DB q "$@"; }
 
-pgbench_run() {
-	"$BINDIR/pgbench" -h "$WORK" -p "$PORT" -U postgres "$@" postgres
-}
-
-# Runs a long command in the background and waits for it, so that INT and
-# TERM are acted on at once (bash defers traps until a foreground command
-# ends); cleanup() then ends the command.
-run_child() {
-	local rc=0
-	"$@" &
-	CHILD_PID=$!
-	wait "$CHILD_PID" || rc=$?
-	CHILD_PID=
-	return "$rc"
-}
-
-# cleanup hook: ends run_child's command.
-cleanup_children() { stop_pid TERM "$CHILD_PID"; }
-
 # ---------------------------------------------------------------------------
 # Server
 # ---------------------------------------------------------------------------
@@ -168,20 +146,6 @@ setup_database() {
 	q -f "$BENCH_DIR/setup.sql" >/dev/null
 	q -c "CREATE DATABASE $OBS_DB" >/dev/null
 	qobs -c "CREATE EXTENSION pg_stat_statements" >/dev/null
-}
-
-# Waits until every run with lo < id <= hi has ended.
-wait_for_runs() {
-	local lo=$1 hi=$2 next deadline
-	deadline=$(($(date +%s) + WAIT_LIMIT_S))
-	run_child q -c "SELECT wf_wait($hi, '$WAIT_LIMIT_S seconds') /* $TAG */" >/dev/null
-	while :; do
-		next=$(q -c "SELECT min(id) FROM wf.run WHERE id > $lo AND id <= $hi
-					  AND status IN ('pending', 'running', 'waiting') /* $TAG */")
-		[[ -z "$next" ]] && return 0
-		(($(date +%s) < deadline)) || die "runs $((lo + 1))..$hi not finished after $WAIT_LIMIT_S s"
-		run_child q -c "SELECT wf_wait($next, '10 seconds') /* $TAG */" >/dev/null
-	done
 }
 
 # ---------------------------------------------------------------------------
