@@ -136,7 +136,7 @@ wf_kind_of_step(Jsonb *spec, bool compensate)
  *
  * The action key of a step's object, which is its kind; NULL when the
  * object is not a step the engine can run (no action, several actions, a
- * kind not implemented) or, with compensate, not a step that may undo
+ * kind the engine does not run) or, with compensate, not a step that may undo
  * another.  Planning, expansion and compensation call it, so that every
  * step row gets its kind from the table above.
  */

@@ -16,7 +16,7 @@
  * What the engine accepts is decided by the table wfv_features[] (keys and
  * strategies) and by the table of step kinds, wf_step_kinds[] (kinds.c),
  * which the executor and the SQL planning use too: a key, action or
- * strategy that is specified but not implemented yet has "supported" set
+ * strategy that is specified but not supported yet has "supported" set
  * to false and is rejected with FEATURE_NOT_SUPPORTED.  The structural
  * check of every entry is written already and runs as soon as the flag is
  * set.
