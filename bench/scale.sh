@@ -24,7 +24,7 @@
 #                   (default: map,cliff,history)
 #   --sizes LIST    map sizes (default 100,1000,10000,100000)
 #   --map-cap S     stop a map after S seconds and report the rate reached
-#                   (default 60)
+#                   (default 30)
 #   --levels LIST   finished runs in the tables (default 0,1000,100000,1000000)
 #   --runs N        runs per measurement of the flat and history parts
 #                   (default 2000)
@@ -62,7 +62,7 @@ QUICK=0
 PERF=0
 PARTS=map,cliff,history
 SIZES=100,1000,10000,100000
-MAP_CAP=60
+MAP_CAP=30
 LEVELS=0,1000,100000,1000000
 RUNS=2000
 CLIFF_RUNS=1250
@@ -338,6 +338,11 @@ measure_map() {
 	printf '    %-42s %s runs, p50 %s ms, max %s ms (%s not completed)\n' \
 		"bob's trivial runs meanwhile (${TRICKLE_RATE}/s)" "${R[map${n}_bob_n]}" \
 		"${R[map${n}_bob_p50]}" "${R[map${n}_bob_max]}" "${R[map${n}_bob_bad]}"
+	if [[ "${R[map${n}_bob_bad]}" != 0 ]]; then
+		q -F ' ' -c "SELECT 'run', id, status, created_at, finished_at FROM wf.run
+					  WHERE id > $lo AND owner::oid = 'bob'::regrole::oid AND status <> 'completed'
+					  ORDER BY id LIMIT 5 /* $TAG */" | sed 's/^/      not completed: /'
+	fi
 	printf '    top statements (pg_stat_statements, all levels):\n'
 	top_statements 8
 }
@@ -424,7 +429,7 @@ part_history() {
 		((level == 0)) || printf '    made in %s ms; VACUUM ANALYZE and CHECKPOINT %s ms\n' "$((t1 - t0))" "$((t2 - t1))"
 		print_runs "hist$level" "  $RUNS runs"
 		printf '    top statements:\n'
-		top_statements 4
+		top_statements 8
 		first=${first:-$level}
 		R[hist${level}_cpu_ratio]=$(fmt '%.2f' "$(awk -v a="${R[hist${level}_cpu_us]}" \
 			-v b="${R[hist${first}_cpu_us]}" 'BEGIN { print a / b }')")
