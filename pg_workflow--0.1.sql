@@ -3500,33 +3500,52 @@ CREATE TRIGGER step_sla BEFORE UPDATE OF status, started_at ON wf.step
 CREATE FUNCTION wf._check_slas() RETURNS timestamptz
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-	r	record;
+	r		record;
+	v_wf	text;
+	v_sla	text;
+	/*
+	 * Called before every batch: the loops read only the (nearly empty)
+	 * partial indexes run_sla and step_sla, with a value rather than
+	 * clock_timestamp() and no join, so that no plan ever scans wf.run or
+	 * wf.step; what an alert needs is looked up for the rare row due.
+	 */
+	t		timestamptz := clock_timestamp();
+	next_run	timestamptz := (SELECT min(sla_at) FROM wf.run WHERE sla_at < 'infinity');
+	next_step	timestamptz := (SELECT min(sla_at) FROM wf.step WHERE sla_at < 'infinity');
 BEGIN
-	FOR r IN SELECT u.id, u.workflow, u.sla_at, d.definition->>'sla' AS sla
-			   FROM wf.run u
-			   JOIN wf.workflow_def d ON d.name = u.workflow AND d.version = u.version
-			  WHERE u.sla_at <= clock_timestamp()
-			  FOR UPDATE OF u SKIP LOCKED LOOP
+	/* min() reads the first entry of its index: this is all a batch pays. */
+	IF next_run <= t THEN
+	FOR r IN SELECT u.id, u.workflow, u.version, u.sla_at FROM wf.run u
+			  WHERE u.sla_at <= t
+			  ORDER BY u.sla_at LIMIT 1000
+			  FOR UPDATE SKIP LOCKED LOOP
+		SELECT d.definition->>'sla' INTO v_sla FROM wf.workflow_def d
+		 WHERE d.name = r.workflow AND d.version = r.version;
 		UPDATE wf.run SET sla_at = 'infinity' WHERE id = r.id;
 		PERFORM wf._alert(r.id, NULL, 'sla',
 						  format('run %s of workflow "%s" has not ended within its SLA of %s',
-								 r.id, r.workflow, r.sla),
-						  jsonb_build_object('workflow', r.workflow, 'sla', r.sla,
+								 r.id, r.workflow, v_sla),
+						  jsonb_build_object('workflow', r.workflow, 'sla', v_sla,
 											 'due', r.sla_at));
 	END LOOP;
-	FOR r IN SELECT s.run_id, s.step, s.sla_at, s.spec->>'sla' AS sla, u.workflow
-			   FROM wf.step s JOIN wf.run u ON u.id = s.run_id
-			  WHERE s.sla_at <= clock_timestamp()
-			  FOR UPDATE OF s SKIP LOCKED LOOP
+	next_run := (SELECT min(sla_at) FROM wf.run WHERE sla_at < 'infinity');
+	END IF;
+	IF next_step <= t THEN
+	FOR r IN SELECT s.run_id, s.step, s.sla_at, s.spec->>'sla' AS sla FROM wf.step s
+			  WHERE s.sla_at <= t
+			  ORDER BY s.sla_at LIMIT 1000
+			  FOR UPDATE SKIP LOCKED LOOP
+		SELECT u.workflow INTO v_wf FROM wf.run u WHERE u.id = r.run_id;
 		UPDATE wf.step SET sla_at = 'infinity' WHERE run_id = r.run_id AND step = r.step;
 		PERFORM wf._alert(r.run_id, r.step, 'sla',
 						  format('step "%s" of run %s of workflow "%s" has not ended within its SLA of %s',
-								 r.step, r.run_id, r.workflow, r.sla),
-						  jsonb_build_object('workflow', r.workflow, 'sla', r.sla,
+								 r.step, r.run_id, v_wf, r.sla),
+						  jsonb_build_object('workflow', v_wf, 'sla', r.sla,
 											 'due', r.sla_at));
 	END LOOP;
-	RETURN LEAST((SELECT min(sla_at) FROM wf.run WHERE sla_at < 'infinity'),
-				 (SELECT min(sla_at) FROM wf.step WHERE sla_at < 'infinity'));
+	next_step := (SELECT min(sla_at) FROM wf.step WHERE sla_at < 'infinity');
+	END IF;
+	RETURN LEAST(next_run, next_step);
 END
 $$;
 
