@@ -292,7 +292,9 @@ measure_map() {
 	fi
 	stop_pid TERM "$BOB_PID"
 	BOB_PID=
-	# Once bob's session has gone, every run it started is committed.
+	# Its session may still be in wf_wait (for up to 30 s): end it. Once it
+	# has gone, every run it started is committed.
+	q -c "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE usename = 'bob'" >/dev/null
 	for ((i = 0; i < 600; i++)); do
 		[[ "$(q -c "SELECT count(*) FROM pg_stat_activity WHERE usename = 'bob'")" == 0 ]] && break
 		sleep 0.1
