@@ -1687,23 +1687,42 @@ $$;
  * Fails the runs whose workflow timeout has passed; returns the next
  * deadline of an unfinished run, for the executors' sleep.
  */
+/* The earliest deadline of an unfinished run, from index run_deadline. */
+CREATE FUNCTION wf._next_deadline() RETURNS timestamptz
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+	SELECT deadline FROM wf.run
+	 WHERE status IN ('pending', 'running', 'waiting') AND deadline IS NOT NULL
+	 ORDER BY deadline LIMIT 1
+$$;
+
 CREATE FUNCTION wf._expire_runs() RETURNS timestamptz
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-	r	wf.run;
+	r		wf.run;
+	/*
+	 * Called before every batch, as wf._check_slas: a value rather than
+	 * clock_timestamp(), and the order of index run_deadline, so that this
+	 * reads the first entry of that index, never every unfinished run.
+	 */
+	t		timestamptz := clock_timestamp();
+	next_at	timestamptz;
 BEGIN
-	FOR r IN SELECT * FROM wf.run
-			  WHERE status IN ('pending', 'running', 'waiting')
-				AND deadline <= clock_timestamp()
-			  FOR UPDATE SKIP LOCKED LOOP
-		PERFORM wf._finish_run(r, 'failed',
-			jsonb_build_object('message', format('workflow timed out after %s',
-												 r.deadline - r.started_at),
-							   'class', 'transient', 'timeout', true),
-			r.owner);
-	END LOOP;
-	RETURN (SELECT min(deadline) FROM wf.run
-			 WHERE status IN ('pending', 'running', 'waiting') AND deadline IS NOT NULL);
+	next_at := wf._next_deadline();
+	IF next_at <= t THEN
+		FOR r IN SELECT * FROM wf.run
+				  WHERE status IN ('pending', 'running', 'waiting')
+					AND deadline IS NOT NULL AND deadline <= t
+				  ORDER BY deadline LIMIT 1000
+				  FOR UPDATE SKIP LOCKED LOOP
+			PERFORM wf._finish_run(r, 'failed',
+				jsonb_build_object('message', format('workflow timed out after %s',
+													 r.deadline - r.started_at),
+								   'class', 'transient', 'timeout', true),
+				r.owner);
+		END LOOP;
+		next_at := wf._next_deadline();
+	END IF;
+	RETURN next_at;
 END
 $$;
 
