@@ -8,6 +8,7 @@ OBJS = \
 	src/longstep.o \
 	src/executor.o \
 	src/kinds.o \
+	src/context.o \
 	src/step_sql.o \
 	src/step_wait.o \
 	src/step_flow.o \

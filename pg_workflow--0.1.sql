@@ -1069,7 +1069,7 @@ $$;
  */
 CREATE FUNCTION wf._step_load(p_run_id bigint, p_step text, p_worker int,
 	OUT kind text, OUT spec jsonb, OUT owner oid, OUT search_path text,
-	OUT attempt int, OUT context jsonb, OUT defaults jsonb,
+	OUT attempt int, OUT defaults jsonb,
 	OUT started_at timestamptz, OUT resuming boolean, OUT payload jsonb,
 	OUT wait_key text, OUT escalated_at timestamptz, OUT parent_run bigint)
 RETURNS SETOF record
@@ -1128,8 +1128,12 @@ BEGIN
 		  INTO kind, spec, attempt, started_at, payload, wait_key, escalated_at
 		  FROM wf.step s WHERE s.run_id = p_run_id AND s.step = p_step;
 	ELSE
+		/*
+		 * Nothing indexed changes (fair_at stays the step's place in the
+		 * claim order, should it be retried): a HOT update, which leaves no
+		 * entry in step_ready for the claims to step over.
+		 */
 		UPDATE wf.step s SET attempt = s.attempt + 1, started_at = clock_timestamp(),
-			   fair_at = NULL,
 			   status = CASE WHEN s.kind IN ('http', 'agent') THEN 'running' ELSE s.status END,
 			   running_by = CASE WHEN s.kind = 'http' THEN p_worker END,
 			   wait_snapshot = CASE WHEN s.kind = 'wait_for' THEN pg_current_snapshot() END
@@ -1149,17 +1153,7 @@ BEGIN
 	parent_run := r.parent_run;
 	SELECT d.defaults INTO defaults FROM wf.workflow_def d
 	 WHERE d.name = r.workflow AND d.version = r.version;
-	context := jsonb_build_object(
-		'input', r.input,
-		'steps', coalesce((SELECT jsonb_object_agg(s.label, s.output)
-							 FROM wf.step s
-							WHERE s.run_id = p_run_id AND s.label IS NOT NULL
-							  AND s.status IN ('completed', 'skipped')), '{}'),
-		'run', jsonb_build_object('id', r.id, 'workflow', r.workflow,
-								  'version', r.version, 'attempt', attempt));
-	/* A map item (and what it holds) also sees its item and index. */
-	context := context || coalesce((SELECT s.item FROM wf.step s
-									  WHERE s.run_id = p_run_id AND s.step = p_step), '{}');
+	/* Its run context is built by the executor (context.c). */
 	RETURN NEXT;
 END
 $$;
@@ -1171,7 +1165,8 @@ $$;
  * (the caller then rolls the step back).
  */
 CREATE FUNCTION wf._step_done(p_run_id bigint, p_step text, p_status text,
-							  p_output jsonb, OUT ok boolean, OUT ready text[])
+							  p_output jsonb, p_defer boolean DEFAULT false,
+							  OUT ok boolean, OUT ready text[], OUT done_in text)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	r			wf.run;
@@ -1233,6 +1228,12 @@ BEGIN
 	END IF;
 
 	IF v_parent IS NOT NULL THEN
+		IF p_defer AND (SELECT p.kind = 'map' FROM wf.step p
+						 WHERE p.run_id = p_run_id AND p.step = v_parent) THEN
+			/* A map item: the executor counts it done when its batch ends. */
+			done_in := v_parent;
+			RETURN;
+		END IF;
 		/* The last child done completes its container. */
 		UPDATE wf.step SET children_left = children_left - 1
 		 WHERE run_id = p_run_id AND step = v_parent
@@ -1274,6 +1275,35 @@ BEGIN
 		PERFORM wf._run_ended(p_run_id);
 		PERFORM wf._child_ended(p_run_id);
 	END IF;
+END
+$$;
+
+/*
+ * n items of map p_step are done, counted by an executor at the end of its
+ * batch (see wf._step_done's p_defer): the map completes with its last.
+ * Returns the steps that became ready, or nothing when the run has ended
+ * since (in the same batch).
+ */
+CREATE FUNCTION wf._children_done(p_run_id bigint, p_step text, n int) RETURNS text[]
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	pst		wf.step;
+	d		record;
+BEGIN
+	PERFORM FROM wf.run WHERE id = p_run_id AND status IN ('pending', 'running', 'waiting')
+	   FOR NO KEY UPDATE;
+	IF NOT FOUND THEN
+		RETURN NULL;
+	END IF;
+	UPDATE wf.step SET children_left = children_left - n
+	 WHERE run_id = p_run_id AND step = p_step AND status = 'running'
+	RETURNING * INTO pst;
+	IF NOT FOUND OR pst.children_left > 0 THEN
+		RETURN NULL;
+	END IF;
+	SELECT * INTO d FROM wf._step_done(p_run_id, p_step, 'completed',
+									   wf._container_output(p_run_id, pst));
+	RETURN d.ready;
 END
 $$;
 

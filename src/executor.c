@@ -69,8 +69,8 @@ static volatile sig_atomic_t wf_exec_timed_out = false;
 /* The timer armed is pg_workflow.long_step_threshold, not the timeout. */
 static bool wf_exec_soft_armed = false;
 
-/* This batch handed a step over to a long-step worker. */
-static bool wf_exec_offloaded = false;
+/* Steps this batch handed over to long-step workers. */
+static int	wf_exec_offloaded = 0;
 
 /* Prepared statements, kept for the life of the process. */
 /*
@@ -93,6 +93,22 @@ static SPIPlanPtr wf_plan_claim = NULL;
 static SPIPlanPtr wf_plan_next_due = NULL;
 static SPIPlanPtr wf_plan_load = NULL;
 static SPIPlanPtr wf_plan_done = NULL;
+static SPIPlanPtr wf_plan_done_defer = NULL;
+static SPIPlanPtr wf_plan_children_done = NULL;
+
+/*
+ * The map items this batch completed, by map: the map's row is updated once
+ * a batch (wf._children_done), not once an item, which would make its row a
+ * chain of versions that every item walks.
+ */
+typedef struct WfMapDone
+{
+	int64		run_id;
+	char	   *map;
+	int			n;
+} WfMapDone;
+
+static List *wf_exec_maps_done = NIL;
 static SPIPlanPtr wf_plan_failed = NULL;
 static SPIPlanPtr wf_plan_resume = NULL;
 static SPIPlanPtr wf_plan_requeue = NULL;
@@ -101,6 +117,7 @@ static SPIPlanPtr wf_plan_expire = NULL;
 static SPIPlanPtr wf_plan_deferred = NULL;
 static SPIPlanPtr wf_plan_solo = NULL;
 static SPIPlanPtr wf_plan_solo_due = NULL;
+static SPIPlanPtr wf_plan_solo_alike = NULL;
 static SPIPlanPtr wf_plan_prune = NULL;
 
 /*
@@ -122,6 +139,8 @@ static bool wf_exec_requeued = false;
 static List *wf_exec_record_failure(WfStepExec *ex, Jsonb *defaults,
 									WfStepResult *res, List *queue,
 									MemoryContext batchctx);
+static void wf_exec_set_item(int64 run_id, const char *step);
+static void wf_exec_checkpoint(WfStepExec *ex, WfStepResult *res);
 
 static SPIPlanPtr
 wf_exec_prepare(const char *sql, int nargs, Oid *argtypes)
@@ -145,6 +164,8 @@ wf_exec_prepare_all(void)
 	Oid			wait_types[4] = {INT8OID, TEXTOID, TIMESTAMPTZOID, TEXTOID};
 	Oid			key_types[3] = {INT8OID, TEXTOID, INT4OID};
 	Oid			done_types[4] = {INT8OID, TEXTOID, TEXTOID, JSONBOID};
+	Oid			children_types[3] = {INT8OID, TEXTOID, INT4OID};
+	Oid			alike_types[3] = {INT8OID, JSONBOID, TEXTOID};
 	Oid			failed_types[9] = {INT8OID, TEXTOID, JSONBOID, TIMESTAMPTZOID,
 	BOOLOID, BOOLOID, BOOLOID, BOOLOID, TEXTOID};
 	Oid			prune_types[2] = {INT4OID, INT4OID};
@@ -156,12 +177,25 @@ wf_exec_prepare_all(void)
 	 * Due steps in the order of index step_ready (the CTE, so that the plan
 	 * reads the index in order and stops at the limit), skipping those
 	 * another executor holds and those of runs that wf_cancel, wf_retry or
-	 * wf_rewind are interrupting ($2), or whose parent run they are.  The KEY SHARE lock on the run orders
-	 * our locks as theirs are ordered, run first: they lock the run FOR
-	 * UPDATE, which waits for our transaction, before they touch its steps.
+	 * wf_rewind are interrupting ($2), or whose parent run they are.  The
+	 * lock on the run orders our locks as theirs are ordered, run first:
+	 * they lock the run FOR UPDATE, which waits for our transaction, before
+	 * they touch its steps.  An executor takes it NO KEY UPDATE, the mode in
+	 * which a checkpoint locks it, in the batch's transaction rather than in
+	 * each step's subtransaction:
+	 *	- a run's steps are claimed by one executor at a time: another one
+	 *	  skips them (it would only wait for our commit to checkpoint them);
+	 *	- a lock of a subtransaction over the batch's, or of one
+	 *	  subtransaction over another's, would make the row's xmax a
+	 *	  MultiXactId, whose members every later read of the row must look up
+	 *	  (flat runs spent a third more executor time per step).
+	 * A batch lasts pg_workflow.batch_time, or until its step outlasts
+	 * pg_workflow.long_step_threshold.  A long-step worker's transaction
+	 * lasts as long as its step: it takes KEY SHARE, so that the run's
+	 * other steps go on meanwhile.
 	 */
-	wf_plan_claim = wf_exec_prepare(
-									"WITH c AS ("
+	wf_plan_claim = wf_exec_prepare(psprintf(
+											 "WITH c AS ("
 									" SELECT s.run_id, s.step, s.kind = 'http' AND s.status = 'ready' AS http"
 									" FROM wf.step s"
 									" WHERE s.status IN ('ready', 'waiting')"
@@ -173,21 +207,34 @@ wf_exec_prepare_all(void)
 									" FOR UPDATE OF s SKIP LOCKED)"
 									" SELECT c.run_id, c.step, c.http FROM c JOIN wf.run r ON r.id = c.run_id"
 									" WHERE $2 IS NULL OR r.parent_run IS NULL OR r.parent_run <> ALL ($2)"
-									" FOR KEY SHARE OF r SKIP LOCKED",
+											 " FOR %s OF r SKIP LOCKED",
+											 wf_long_am_worker ? "KEY SHARE" : "NO KEY UPDATE"),
 									5, claim_types);
+	/*
+	 * statement_timestamp(), not clock_timestamp(): a stable bound, which the
+	 * index scan starts from, rather than a filter on every due step (a map
+	 * of 100,000 ready items made this 6 ms).  A step due between the two
+	 * only wakes us at once.
+	 */
 	wf_plan_next_due = wf_exec_prepare(
 									   "SELECT pg_catalog.min(ready_at) FROM wf.step"
 									   " WHERE status IN ('ready', 'waiting')"
-									   " AND ready_at > pg_catalog.clock_timestamp()",
+									   " AND ready_at > pg_catalog.statement_timestamp()",
 									   0, NULL);
 	wf_plan_load = wf_exec_prepare(
-								   "SELECT kind, spec, owner, search_path, attempt, context, defaults, started_at,"
+								   "SELECT kind, spec, owner, search_path, attempt, defaults, started_at,"
 								   " resuming, payload, wait_key, escalated_at, parent_run"
 								   " FROM wf._step_load($1, $2, $3)",
 								   3, key_types);
 	wf_plan_done = wf_exec_prepare(
 								   "SELECT ok, ready FROM wf._step_done($1, $2, $3, $4)",
 								   4, done_types);
+	wf_plan_done_defer = wf_exec_prepare(
+										 "SELECT ok, ready, done_in FROM wf._step_done($1, $2, $3, $4, true)",
+										 4, done_types);
+	wf_plan_children_done = wf_exec_prepare(
+											"SELECT wf._children_done($1, $2, $3)",
+											3, children_types);
 	wf_plan_failed = wf_exec_prepare(
 									 "SELECT ready FROM wf._step_failed($1, $2, $3, $4, $5, $6, $7, $8, $9)",
 									 9, failed_types);
@@ -207,6 +254,27 @@ wf_exec_prepare_all(void)
 	wf_plan_solo = wf_exec_prepare("UPDATE wf.step SET solo = true"
 								   " WHERE run_id = $1 AND step = $2",
 								   2, key_types);
+	/*
+	 * The ready sql steps with the same definition (but for the name, which
+	 * numbers a map's items) as step $2 of run $1 among the next 1,000 in
+	 * the claim order, skipping those other executors hold.
+	 */
+	wf_plan_solo_alike = wf_exec_prepare("WITH w AS ("
+										 " SELECT run_id, step FROM wf.step"
+										 " WHERE status IN ('ready', 'waiting')"
+										 " ORDER BY priority DESC, coalesce(fair_at, ready_at)"
+										 " LIMIT 1000),"
+										 " l AS ("
+										 " SELECT s.run_id, s.step FROM wf.step s JOIN w"
+										 " ON s.run_id = w.run_id AND s.step = w.step"
+										 " WHERE s.status = 'ready' AND NOT s.solo AND s.kind = 'sql'"
+										 " AND (s.spec OPERATOR(pg_catalog.-) 'name'::text)"
+										 " OPERATOR(pg_catalog.=) ($2 OPERATOR(pg_catalog.-) 'name'::text)"
+										 " AND NOT (s.run_id = $1 AND s.step = $3)"
+										 " FOR UPDATE OF s SKIP LOCKED)"
+										 " UPDATE wf.step s SET solo = true FROM l"
+										 " WHERE s.run_id = l.run_id AND s.step = l.step",
+										 3, alike_types);
 	/* Solo steps due that no long-step worker holds. */
 	wf_plan_solo_due = wf_exec_prepare("SELECT FROM wf.step"
 									   " WHERE solo AND status = 'ready'"
@@ -503,8 +571,6 @@ wf_exec_attempt(WfStepExec *ex, WfStepResult *res)
 	const char *status = "completed";
 	Datum		args[4];
 	char		nulls[4] = {' ', ' ', ' ', ' '};
-	bool		isnull;
-	Datum		ready;
 
 	/* Any cancel still pending was meant for an earlier step. */
 	QueryCancelPending = false;
@@ -549,18 +615,52 @@ wf_exec_attempt(WfStepExec *ex, WfStepResult *res)
 	/* An asynchronous attempt was marked running when it was loaded. */
 	if (res->outcome != WF_STEP_COMPLETED)
 		return;
+	res->done_status = status;
+	if (wf_long_am_worker)
+		wf_exec_checkpoint(ex, res);
+}
+
+/*
+ * Checkpoints a completed (or skipped) step: wf._step_done.
+ *
+ * An executor does it in the batch's transaction, after the step's
+ * subtransaction: the batch claimed the step's row, and a row locked by a
+ * transaction and then updated by its subtransaction gets a MultiXactId
+ * for xmax.  Such a row version is never known to be dead without a look
+ * into pg_multixact, so its entry in the index of due steps is never marked
+ * dead, and every claim stepped over those of all the steps done lately (a
+ * map of 100,000 items spent nine tenths of its time there).  It can do so
+ * because the batch also holds its run's row locked (see the claim): no
+ * one else can end the run before the batch commits, so that the
+ * checkpoint, which refuses a step whose run has ended, does not refuse it
+ * then; should it, the batch is rolled back with an error.
+ *
+ * A long-step worker holds the run's row less strongly (so that the run's
+ * other steps go on during a long one): it checkpoints in the step's
+ * subtransaction, which a refusal rolls back.
+ */
+static void
+wf_exec_checkpoint(WfStepExec *ex, WfStepResult *res)
+{
+	Datum		args[4];
+	char		nulls[4] = {' ', ' ', ' ', ' '};
+	bool		isnull;
+	Datum		ready;
 
 	args[0] = Int64GetDatum(ex->run_id);
 	args[1] = CStringGetTextDatum(ex->step);
-	args[2] = CStringGetTextDatum(status);
+	args[2] = CStringGetTextDatum(res->done_status);
 	args[3] = res->output ? JsonbPGetDatum(res->output) : (Datum) 0;
 	nulls[3] = res->output ? ' ' : 'n';
-	if (SPI_execute_plan(wf_plan_done, args, nulls, false, 0) != SPI_OK_SELECT ||
+	if (SPI_execute_plan(wf_plan_done_defer, args, nulls, false, 0) != SPI_OK_SELECT ||
 		SPI_processed != 1)
 		elog(ERROR, "could not checkpoint step \"%s\"", ex->step);
 	if (!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
 									1, &isnull)))
 	{
+		if (!wf_long_am_worker)
+			elog(ERROR, "run " INT64_FORMAT " of step \"%s\" ended while the step was checkpointed",
+				 ex->run_id, ex->step);
 		/* The run ended meanwhile: the attempt must leave no trace. */
 		res->outcome = WF_STEP_INTERRUPTED;
 		return;
@@ -568,7 +668,69 @@ wf_exec_attempt(WfStepExec *ex, WfStepResult *res)
 	ready = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
 	if (!isnull)
 		res->ready = PointerGetDatum(PG_DETOAST_DATUM_COPY(ready));
+	ready = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull);
+	if (!isnull)
+		res->done_in = TextDatumGetCString(ready);
 	SPI_freetuptable(SPI_tuptable);
+}
+
+/* Counts a map item done, for wf_exec_maps_checkpoint() (in batchctx). */
+static void
+wf_exec_map_item_done(int64 run_id, const char *map, MemoryContext batchctx)
+{
+	ListCell   *lc;
+	WfMapDone  *m;
+	MemoryContext old;
+
+	foreach(lc, wf_exec_maps_done)
+	{
+		m = (WfMapDone *) lfirst(lc);
+		if (m->run_id == run_id && strcmp(m->map, map) == 0)
+		{
+			m->n++;
+			return;
+		}
+	}
+	old = MemoryContextSwitchTo(batchctx);
+	m = palloc(sizeof(WfMapDone));
+	m->run_id = run_id;
+	m->map = pstrdup(map);
+	m->n = 1;
+	wf_exec_maps_done = lappend(wf_exec_maps_done, m);
+	MemoryContextSwitchTo(old);
+}
+
+/*
+ * Before the batch commits: each map counts the items it completed, and
+ * completes when none is left.  Returns whether steps became ready (for
+ * the next batch).
+ */
+static bool
+wf_exec_maps_checkpoint(void)
+{
+	ListCell   *lc;
+	bool		ready = false;
+
+	foreach(lc, wf_exec_maps_done)
+	{
+		WfMapDone  *m = (WfMapDone *) lfirst(lc);
+		Datum		args[3];
+		bool		isnull;
+
+		wf_exec_set_item(m->run_id, m->map);
+		args[0] = Int64GetDatum(m->run_id);
+		args[1] = CStringGetTextDatum(m->map);
+		args[2] = Int32GetDatum(m->n);
+		if (SPI_execute_plan(wf_plan_children_done, args, NULL, false, 0) != SPI_OK_SELECT ||
+			SPI_processed != 1)
+			elog(ERROR, "could not count the items of map step \"%s\" done", m->map);
+		(void) SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+		if (!isnull)
+			ready = true;
+		SPI_freetuptable(SPI_tuptable);
+	}
+	wf_exec_maps_done = NIL;
+	return ready;
 }
 
 /*
@@ -611,19 +773,19 @@ wf_exec_step(WfWorkItem *item, List *queue, MemoryContext batchctx)
 	ex->owner = DatumGetObjectId(SPI_getbinval(tuple, tupdesc, 3, &isnull));
 	ex->search_path = TextDatumGetCString(SPI_getbinval(tuple, tupdesc, 4, &isnull));
 	ex->attempt = DatumGetInt32(SPI_getbinval(tuple, tupdesc, 5, &isnull));
-	ex->context = DatumGetJsonbPCopy(SPI_getbinval(tuple, tupdesc, 6, &isnull));
-	defaults = DatumGetJsonbPCopy(SPI_getbinval(tuple, tupdesc, 7, &isnull));
-	ex->started_at = DatumGetTimestampTz(SPI_getbinval(tuple, tupdesc, 8, &isnull));
-	ex->resuming = DatumGetBool(SPI_getbinval(tuple, tupdesc, 9, &isnull));
-	d = SPI_getbinval(tuple, tupdesc, 10, &isnull);
+	defaults = DatumGetJsonbPCopy(SPI_getbinval(tuple, tupdesc, 6, &isnull));
+	ex->started_at = DatumGetTimestampTz(SPI_getbinval(tuple, tupdesc, 7, &isnull));
+	ex->resuming = DatumGetBool(SPI_getbinval(tuple, tupdesc, 8, &isnull));
+	d = SPI_getbinval(tuple, tupdesc, 9, &isnull);
 	ex->payload = isnull ? NULL : DatumGetJsonbPCopy(d);
-	d = SPI_getbinval(tuple, tupdesc, 11, &isnull);
+	d = SPI_getbinval(tuple, tupdesc, 10, &isnull);
 	ex->wait_key = isnull ? NULL : TextDatumGetCString(d);
-	d = SPI_getbinval(tuple, tupdesc, 12, &isnull);
+	d = SPI_getbinval(tuple, tupdesc, 11, &isnull);
 	ex->escalated_at = isnull ? 0 : DatumGetTimestampTz(d);
-	d = SPI_getbinval(tuple, tupdesc, 13, &isnull);
+	d = SPI_getbinval(tuple, tupdesc, 12, &isnull);
 	ex->parent_run = isnull ? 0 : DatumGetInt64(d);
 	SPI_freetuptable(SPI_tuptable);
+	ex->context = wf_ctx_build(ex->run_id, ex->step, ex->attempt);
 
 	if (VARSIZE(ex->context) > wf_guc_max_context_size)
 	{
@@ -717,8 +879,14 @@ wf_exec_step(WfWorkItem *item, List *queue, MemoryContext batchctx)
 	QueryCancelPending = false;
 
 	if (res->outcome == WF_STEP_COMPLETED)
+	{
+		if (!wf_long_am_worker)
+			wf_exec_checkpoint(ex, res);
+		if (res->done_in != NULL)
+			wf_exec_map_item_done(ex->run_id, res->done_in, batchctx);
 		return wf_exec_append_ready(queue, ex->run_id, res->ready,
 									res->ready == (Datum) 0, batchctx);
+	}
 	if (res->outcome == WF_STEP_WAITING)
 		return queue;
 	if (res->outcome == WF_STEP_EXPANDED)
@@ -740,16 +908,28 @@ wf_exec_step(WfWorkItem *item, List *queue, MemoryContext batchctx)
 	queue = wf_exec_record_failure(ex, defaults, res, queue, batchctx);
 	if (res->offload)
 	{
-		Datum		sargs[2];
+		Datum		sargs[3];
 
 		sargs[0] = Int64GetDatum(ex->run_id);
 		sargs[1] = CStringGetTextDatum(ex->step);
+		sargs[2] = sargs[1];
 		if (SPI_execute_plan(wf_plan_solo, sargs, NULL, false, 0) != SPI_OK_UPDATE)
 			elog(ERROR, "could not hand step \"%s\" over", ex->step);
 		ereport(DEBUG1,
 				(errmsg("step \"%s\" of run " INT64_FORMAT " outlasted pg_workflow.long_step_threshold: handed to a long-step worker",
 						ex->step, ex->run_id)));
-		wf_exec_offloaded = true;
+		wf_exec_offloaded++;
+
+		/*
+		 * The same step of other runs (or the other items of its map) due
+		 * soon will most likely take as long: they go to long-step workers
+		 * at once, rather than each holding up an executor for the
+		 * threshold first.
+		 */
+		sargs[1] = JsonbPGetDatum(ex->spec);
+		if (SPI_execute_plan(wf_plan_solo_alike, sargs, NULL, false, 0) != SPI_OK_UPDATE)
+			elog(ERROR, "could not hand the steps like \"%s\" over", ex->step);
+		wf_exec_offloaded += (int) Min(SPI_processed, INT_MAX / 2);
 	}
 	return queue;
 }
@@ -1265,10 +1445,14 @@ wf_exec_batch(int max_steps, TimestampTz *next_due)
 	bool		isnull;
 	bool		deferred_held = false;
 	bool		solo_due = false;
+	bool		maps_ready = false;
+	int			nlaunch;
 
 	*next_due = 0;
 	wf_exec_timers_set = false;
-	wf_exec_offloaded = false;
+	wf_exec_offloaded = 0;
+	wf_ctx_batch(batchctx);
+	wf_exec_maps_done = NIL;
 
 	if (wf_exec_suspect_errors >= WF_EXEC_ITEM_TRIES)
 		wf_exec_fail_suspect();
@@ -1456,12 +1640,16 @@ claim:
 		done++;
 
 		/* A step handed over took its time: commit what is done. */
-		if (done >= budget || wf_exec_offloaded ||
+		if (done >= budget || wf_exec_offloaded > 0 ||
 			TimestampDifferenceExceeds(start, GetCurrentTimestamp(),
 									   wf_guc_batch_time_ms))
 			break;
 	}
+	/* The maps done make their successors ready: someone should claim them. */
+	if (wf_exec_maps_done != NIL && wf_exec_maps_checkpoint())
+		maps_ready = true;
 	wf_exec_set_item(0, NULL);
+	wf_ctx_batch(NULL);
 	SPI_finish();
 	PopActiveSnapshot();
 	CommitTransactionCommand();
@@ -1481,8 +1669,10 @@ claim:
 		if (done == 0)
 			*next_due = retry;
 	}
-	if (wf_exec_offloaded)
-		(void) wf_long_launch();
+	/* A worker for each step handed over, as far as there are slots. */
+	for (nlaunch = 0; nlaunch < Min(wf_exec_offloaded, wf_guc_max_long_workers); nlaunch++)
+		if (!wf_long_launch())
+			break;
 	if (!wf_long_am_worker)
 		wf_http_submit();
 	foreach(lc, completions)
@@ -1493,7 +1683,7 @@ claim:
 	 * an executor asleep looks again and sleeps until the earliest, so that
 	 * it does not depend on us, who may be busy with a long step then.
 	 */
-	if (queue != NIL || wf_exec_timers_set)
+	if (queue != NIL || wf_exec_timers_set || maps_ready)
 		wf_shmem_wake_one();
 
 	return done;

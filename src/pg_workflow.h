@@ -218,6 +218,8 @@ typedef struct WfStepResult
 	char		sqlstate[6];
 	bool		timed_out;
 	Datum		ready;			/* text[] of steps made ready, or 0 */
+	const char *done_status;	/* WF_STEP_COMPLETED: "completed" or "skipped" */
+	char	   *done_in;		/* a map item: its map, to count it done in */
 	WfHttpRequest *request;		/* WF_STEP_STARTED by the http kind */
 	int			retry_after_s;	/* the server asked to wait this long */
 	int			http_status;	/* the response's status, for the record */
@@ -257,9 +259,6 @@ struct WfStepKind
 	WfKindCheck check;			/* checks the action's value (validate.c) */
 };
 
-extern TimeoutId wf_exec_timeout_id;
-extern int	wf_exec_arm_timeout(WfStepExec *ex);
-extern void wf_exec_init(void);
 /* kinds.c */
 extern const WfStepKind wf_step_kinds[];
 extern const int wf_step_nkinds;
@@ -268,14 +267,20 @@ extern const WfStepKind *wf_kind_base(const WfStepKind *kind);
 extern const WfStepKind *wf_kind_of_step(Jsonb *spec, bool compensate);
 extern const WfStepKind *wf_exec_find_kind(const char *name);
 
+/* executor.c */
 extern TimeoutId wf_exec_timeout_id;
 extern TimestampTz wf_exec_next_prune;
 extern void wf_exec_init(void);
+extern int	wf_exec_arm_timeout(WfStepExec *ex);
 extern bool wf_exec_predicate(Jsonb *context, const char *path);
 extern Jsonb *wf_exec_path_first(Jsonb *target, const char *path);
 extern int	wf_exec_batch(int max_steps, TimestampTz *next_due);
 extern void wf_exec_note_error(void);
 extern bool wf_exec_solo_due(void);
+
+/* context.c */
+extern void wf_ctx_batch(MemoryContext cxt);
+extern Jsonb *wf_ctx_build(int64 run_id, const char *step, int attempt);
 
 /* step_sql.c */
 extern void wf_sql_execute(WfStepExec *ex, WfStepResult *res);

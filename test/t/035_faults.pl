@@ -68,9 +68,10 @@ for my $poison ('poison-load', 'poison-checkpoint', 'poison-failure')
 			'postgres',
 			"SELECT error->>'class' || ': ' || (error->>'message' LIKE '%injected fault%')::text
 			   FROM wf.steps WHERE run_id = $run{$poison}"),
-		# A checkpoint runs in the attempt's own subtransaction: its failure
-		# is the attempt's.  The others escape it and are internal errors.
-		$poison eq 'poison-checkpoint' ? 'permanent: true' : 'internal: true',
+		# Each happens in the engine's handling of the step, outside the
+		# attempt's subtransaction (an executor checkpoints in its batch's
+		# transaction, see wf_exec_checkpoint): an internal error.
+		'internal: true',
 		"$poison: the step records the error");
 	is( $node->safe_psql(
 			'postgres',

@@ -1,0 +1,401 @@
+/*-------------------------------------------------------------------------
+ *
+ * context.c
+ *		Builds the run context a step is given: {"input", "steps", "run"}
+ *		and, in a map item, its "item" and "index".
+ *
+ * The context holds the outputs of the run's named steps, which may be
+ * large: a map over a step's 100,000-item output gives each item a context
+ * holding that output.  Built with jsonb_object_agg() and
+ * jsonb_build_object(), every item would decompress the output and walk it
+ * value by value twice, so that an item cost grew with the size of its
+ * map.  Here the context is assembled from the binary containers as they
+ * are: a container moves into the new value with one copy of its bytes
+ * (jsonb's binary format is position independent once aligned to 4 bytes,
+ * see utils/jsonb.h), and each toasted value is fetched and decompressed
+ * once per executor batch, then taken from a cache keyed by its toast
+ * pointer, which names one immutable value for as long as it exists.  The
+ * cache lives in the batch's memory context and is forgotten with it.
+ *
+ * src/context.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "pg_workflow.h"
+
+#include "access/detoast.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "utils/builtins.h"
+#include "utils/jsonb.h"
+#include "utils/memutils.h"
+#include "utils/numeric.h"
+
+/* One key and value of an object being built. */
+typedef struct WfCtxPair
+{
+	const char *key;
+	int			keylen;
+	int			order;			/* among equal keys, the highest wins */
+	JsonbValue	value;			/* a scalar, or jbvBinary */
+} WfCtxPair;
+
+/* A toasted value fetched in this batch. */
+typedef struct WfCtxCached
+{
+	Oid			toastrelid;
+	Oid			valueid;
+	Jsonb	   *value;
+} WfCtxCached;
+
+/* Values larger than this together are fetched anew for each step. */
+#define WF_CTX_CACHE_BYTES	(64 * 1024 * 1024)
+
+static MemoryContext wf_ctx_cachectx = NULL;
+static List *wf_ctx_cache = NIL;
+static Size wf_ctx_cached_bytes = 0;
+
+static SPIPlanPtr wf_ctx_plan = NULL;
+
+/*
+ * A batch begins (cxt: its memory, reset when it ends) or ends (NULL): the
+ * cache starts empty.
+ */
+void
+wf_ctx_batch(MemoryContext cxt)
+{
+	wf_ctx_cachectx = cxt;
+	wf_ctx_cache = NIL;
+	wf_ctx_cached_bytes = 0;
+}
+
+/*
+ * The jsonb value of a datum that SPI returned, detoasted: a value stored
+ * out of line comes from the cache, or is fetched into it.
+ */
+static Jsonb *
+wf_ctx_detoast(Datum d)
+{
+	struct varlena *v = (struct varlena *) DatumGetPointer(d);
+	struct varatt_external ext;
+	WfCtxCached *c;
+	MemoryContext old;
+	ListCell   *lc;
+
+	if (!VARATT_IS_EXTERNAL_ONDISK(v) || wf_ctx_cachectx == NULL)
+		return DatumGetJsonbP(d);
+
+	VARATT_EXTERNAL_GET_POINTER(ext, v);
+	foreach(lc, wf_ctx_cache)
+	{
+		c = (WfCtxCached *) lfirst(lc);
+		if (c->valueid == ext.va_valueid && c->toastrelid == ext.va_toastrelid)
+			return c->value;
+	}
+	if (wf_ctx_cached_bytes + VARATT_EXTERNAL_GET_EXTSIZE(ext) > WF_CTX_CACHE_BYTES)
+		return DatumGetJsonbP(d);
+
+	old = MemoryContextSwitchTo(wf_ctx_cachectx);
+	c = palloc(sizeof(WfCtxCached));
+	c->toastrelid = ext.va_toastrelid;
+	c->valueid = ext.va_valueid;
+	c->value = (Jsonb *) detoast_attr(v);
+	wf_ctx_cache = lappend(wf_ctx_cache, c);
+	MemoryContextSwitchTo(old);
+	wf_ctx_cached_bytes += VARSIZE(c->value);
+	return c->value;
+}
+
+/* v: a jsonb document as a value of a container (scalar or jbvBinary). */
+static void
+wf_ctx_value(Jsonb *jb, JsonbValue *v)
+{
+	if (JB_ROOT_IS_SCALAR(jb))
+	{
+		if (!JsonbExtractScalar(&jb->root, v))
+			elog(ERROR, "could not read a jsonb scalar");
+	}
+	else
+	{
+		v->type = jbvBinary;
+		v->val.binary.data = &jb->root;
+		v->val.binary.len = VARSIZE(jb) - VARHDRSZ;
+	}
+}
+
+/* How many bytes v takes at most in a container. */
+static Size
+wf_ctx_value_size(JsonbValue *v)
+{
+	switch (v->type)
+	{
+		case jbvString:
+			return v->val.string.len;
+		case jbvNumeric:
+			return VARSIZE_ANY(v->val.numeric) + 3;
+		case jbvBinary:
+			return v->val.binary.len + 3;
+		default:
+			return 0;
+	}
+}
+
+/* Pads buf to a multiple of 4 bytes; returns the padding. */
+static int
+wf_ctx_pad(StringInfo buf)
+{
+	int			pad = INTALIGN(buf->len) - buf->len;
+
+	if (pad > 0)
+		appendBinaryStringInfo(buf, "\0\0\0", pad);
+	return pad;
+}
+
+/* Appends the data of v to buf; returns its JEntry (type and length). */
+static JEntry
+wf_ctx_put_value(StringInfo buf, JsonbValue *v)
+{
+	int			pad;
+
+	switch (v->type)
+	{
+		case jbvNull:
+			return JENTRY_ISNULL;
+		case jbvBool:
+			return v->val.boolean ? JENTRY_ISBOOL_TRUE : JENTRY_ISBOOL_FALSE;
+		case jbvString:
+			appendBinaryStringInfo(buf, v->val.string.val, v->val.string.len);
+			return (JEntry) v->val.string.len;
+		case jbvNumeric:
+			pad = wf_ctx_pad(buf);
+			appendBinaryStringInfo(buf, (char *) v->val.numeric,
+								   VARSIZE_ANY(v->val.numeric));
+			return JENTRY_ISNUMERIC | (pad + VARSIZE_ANY(v->val.numeric));
+		case jbvBinary:
+			pad = wf_ctx_pad(buf);
+			appendBinaryStringInfo(buf, (char *) v->val.binary.data,
+								   v->val.binary.len);
+			return JENTRY_ISCONTAINER | (pad + v->val.binary.len);
+		default:
+			elog(ERROR, "unexpected jsonb value type %d", (int) v->type);
+	}
+	return 0;					/* keep compiler quiet */
+}
+
+/* jsonb's key order: shorter first, then bytewise; the later pair first. */
+static int
+wf_ctx_pair_cmp(const void *a, const void *b)
+{
+	const WfCtxPair *pa = (const WfCtxPair *) a;
+	const WfCtxPair *pb = (const WfCtxPair *) b;
+
+	if (pa->keylen != pb->keylen)
+		return pa->keylen > pb->keylen ? 1 : -1;
+	if (pa->keylen > 0)
+	{
+		int			r = memcmp(pa->key, pb->key, pa->keylen);
+
+		if (r != 0)
+			return r;
+	}
+	return pa->order > pb->order ? -1 : (pa->order < pb->order ? 1 : 0);
+}
+
+/*
+ * Builds a jsonb object of the pairs (sorted here; of equal keys, the one
+ * with the highest order is kept), as convertJsonbObject() would.
+ */
+static Jsonb *
+wf_ctx_object(WfCtxPair *pairs, int n)
+{
+	StringInfoData buf;
+	Size		size = VARHDRSZ + sizeof(uint32);
+	uint32		header;
+	int			jentries;
+	int			totallen = 0;
+	int			i,
+				j;
+
+	if (n > 1)
+		qsort(pairs, n, sizeof(WfCtxPair), wf_ctx_pair_cmp);
+	for (i = 0, j = 0; i < n; i++)
+	{
+		/* Of equal keys, sorted highest order first, the first stays. */
+		if (j > 0 && pairs[i].keylen == pairs[j - 1].keylen &&
+			memcmp(pairs[i].key, pairs[j - 1].key, pairs[i].keylen) == 0)
+			continue;
+		pairs[j++] = pairs[i];
+	}
+	n = j;
+
+	for (i = 0; i < n; i++)
+		size += 2 * sizeof(JEntry) + pairs[i].keylen + wf_ctx_value_size(&pairs[i].value);
+	if (size > MaxAllocSize)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("run context of %zu bytes is too large", size)));
+
+	initStringInfo(&buf);
+	enlargeStringInfo(&buf, (int) size);
+	buf.len = VARHDRSZ;
+	header = (uint32) n | JB_FOBJECT;
+	appendBinaryStringInfo(&buf, (char *) &header, sizeof(uint32));
+	jentries = buf.len;
+	buf.len += 2 * n * sizeof(JEntry);
+
+	for (i = 0; i < 2 * n; i++)
+	{
+		JEntry		meta;
+
+		if (i < n)
+		{
+			appendBinaryStringInfo(&buf, pairs[i].key, pairs[i].keylen);
+			meta = (JEntry) pairs[i].keylen;
+		}
+		else
+			meta = wf_ctx_put_value(&buf, &pairs[i - n].value);
+		totallen += JBE_OFFLENFLD(meta);
+		if (totallen > JENTRY_OFFLENMASK)
+			ereport(ERROR,
+					(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+					 errmsg("total size of jsonb object elements exceeds the maximum of %u bytes",
+							JENTRY_OFFLENMASK)));
+		if (i % JB_OFFSET_STRIDE == 0)
+			meta = (meta & JENTRY_TYPEMASK) | totallen | JENTRY_HAS_OFF;
+		memcpy(buf.data + jentries + i * sizeof(JEntry), &meta, sizeof(JEntry));
+	}
+	SET_VARSIZE(buf.data, buf.len);
+	return (Jsonb *) buf.data;
+}
+
+static void
+wf_ctx_set_key(WfCtxPair *p, const char *key, int order)
+{
+	p->key = key;
+	p->keylen = strlen(key);
+	p->order = order;
+}
+
+/*
+ * The run context of step `step` of run `run_id`, at its attempt
+ * `attempt`.  Must be called inside the executor's SPI connection.
+ */
+Jsonb *
+wf_ctx_build(int64 run_id, const char *step, int attempt)
+{
+	Datum		args[2];
+	WfCtxPair  *steps;
+	WfCtxPair	top[8];
+	WfCtxPair	run[4];
+	int			nsteps = 0;
+	int			ntop = 0;
+	Jsonb	   *input = NULL;
+	Jsonb	   *item = NULL;
+	char	   *workflow = NULL;
+	int32		version = 0;
+	uint64		i;
+
+	if (wf_ctx_plan == NULL)
+	{
+		Oid			types[2] = {INT8OID, TEXTOID};
+
+		/*
+		 * The run's input, the step's item and the outputs of the named
+		 * steps done, as stored: out-of-line values stay toast pointers.
+		 */
+		wf_ctx_plan = SPI_prepare("SELECT 0, r.workflow, r.input, r.version FROM wf.run r"
+								  " WHERE r.id = $1"
+								  " UNION ALL"
+								  " SELECT 1, NULL, s.item, NULL FROM wf.step s"
+								  " WHERE s.run_id = $1 AND s.step = $2 AND s.item IS NOT NULL"
+								  " UNION ALL"
+								  " SELECT 2, s.label, s.output, s.ord FROM wf.step s"
+								  " WHERE s.run_id = $1 AND s.label IS NOT NULL"
+								  " AND s.status IN ('completed', 'skipped')",
+								  2, types);
+		if (wf_ctx_plan == NULL || SPI_keepplan(wf_ctx_plan) != 0)
+			elog(ERROR, "could not prepare the run context's query");
+	}
+	args[0] = Int64GetDatum(run_id);
+	args[1] = CStringGetTextDatum(step);
+	if (SPI_execute_plan(wf_ctx_plan, args, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read the run context of run " INT64_FORMAT, run_id);
+
+	steps = palloc(sizeof(WfCtxPair) * Max(SPI_processed, 1));
+	for (i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tuple = SPI_tuptable->vals[i];
+		TupleDesc	tupdesc = SPI_tuptable->tupdesc;
+		bool		isnull;
+		int32		k = DatumGetInt32(SPI_getbinval(tuple, tupdesc, 1, &isnull));
+		Datum		value = SPI_getbinval(tuple, tupdesc, 3, &isnull);
+		Jsonb	   *jb = isnull ? NULL : wf_ctx_detoast(value);
+
+		if (k == 0)
+		{
+			workflow = TextDatumGetCString(SPI_getbinval(tuple, tupdesc, 2, &isnull));
+			version = DatumGetInt32(SPI_getbinval(tuple, tupdesc, 4, &isnull));
+			input = jb;
+		}
+		else if (k == 1)
+			item = jb;
+		else
+		{
+			WfCtxPair  *p = &steps[nsteps++];
+
+			wf_ctx_set_key(p, TextDatumGetCString(SPI_getbinval(tuple, tupdesc, 2, &isnull)),
+						   DatumGetInt32(SPI_getbinval(tuple, tupdesc, 4, &isnull)));
+			if (jb == NULL)
+				p->value.type = jbvNull;
+			else
+				wf_ctx_value(jb, &p->value);
+		}
+	}
+	if (workflow == NULL)
+		elog(ERROR, "run " INT64_FORMAT " does not exist", run_id);
+
+	/* "run": {"id", "workflow", "version", "attempt"} */
+	wf_ctx_set_key(&run[0], "id", 0);
+	run[0].value.type = jbvNumeric;
+	run[0].value.val.numeric = int64_to_numeric(run_id);
+	wf_ctx_set_key(&run[1], "workflow", 0);
+	run[1].value.type = jbvString;
+	run[1].value.val.string.val = workflow;
+	run[1].value.val.string.len = strlen(workflow);
+	wf_ctx_set_key(&run[2], "version", 0);
+	run[2].value.type = jbvNumeric;
+	run[2].value.val.numeric = int64_to_numeric(version);
+	wf_ctx_set_key(&run[3], "attempt", 0);
+	run[3].value.type = jbvNumeric;
+	run[3].value.val.numeric = int64_to_numeric(attempt);
+
+	wf_ctx_set_key(&top[ntop], "input", 0);
+	wf_ctx_value(input, &top[ntop++].value);
+	wf_ctx_set_key(&top[ntop], "steps", 0);
+	wf_ctx_value(wf_ctx_object(steps, nsteps), &top[ntop++].value);
+	wf_ctx_set_key(&top[ntop], "run", 0);
+	wf_ctx_value(wf_ctx_object(run, 4), &top[ntop++].value);
+
+	/* A map item's {"item", "index"}, over anything of the same name. */
+	if (item != NULL && JB_ROOT_IS_OBJECT(item))
+	{
+		JsonbIterator *it = JsonbIteratorInit(&item->root);
+		JsonbIteratorToken tok;
+		JsonbValue	v;
+
+		while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+		{
+			if (tok != WJB_KEY)
+				continue;
+			if (ntop == lengthof(top))
+				elog(ERROR, "map item of step \"%s\" has too many keys", step);
+			top[ntop].key = pnstrdup(v.val.string.val, v.val.string.len);
+			top[ntop].keylen = v.val.string.len;
+			top[ntop].order = 1;
+			if (JsonbIteratorNext(&it, &top[ntop].value, true) != WJB_VALUE)
+				elog(ERROR, "could not read the map item of step \"%s\"", step);
+			ntop++;
+		}
+	}
+	return wf_ctx_object(top, ntop);
+}
