@@ -3684,12 +3684,17 @@ CREATE INDEX task_open ON wf.task (run_id) WHERE state IN ('ready', 'claimed');
 CREATE INDEX task_due ON wf.task ((LEAST(lease_until, deadline)))
 	WHERE state IN ('ready', 'claimed');
 CREATE INDEX task_run ON wf.task (run_id, step);
-CREATE INDEX task_agent ON wf.task (pool, agent);
+/* An agent's tasks, its last contact first (wf.agents, lost agents). */
+CREATE INDEX task_agent ON wf.task (pool, agent, seen_at);
+/* Tasks in flight: per pool for its limit, by last contact for lost agents. */
+CREATE INDEX task_in_flight ON wf.task (pool) WHERE state = 'claimed';
+CREATE INDEX task_seen ON wf.task (seen_at) WHERE state = 'claimed';
 
-/* Pools an operator paused (a pool needs no row to exist). */
+/* Pools an operator paused or limited (a pool needs no row to exist). */
 CREATE TABLE wf.pool (
 	pool		text PRIMARY KEY,
-	paused		boolean NOT NULL DEFAULT false
+	paused		boolean NOT NULL DEFAULT false,
+	max_in_flight int CHECK (max_in_flight > 0)	-- NULL: no limit
 );
 
 /* Roles that may claim the tasks of a pool. */
@@ -3791,7 +3796,10 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	v_agent	text := coalesce(p_agent, nullif(current_setting('application_name'), ''),
 							 caller::regrole::text);
-	n		bigint;
+	v_limit	int;
+	v_max	int := p_max;
+	v_over	bigint;
+	v_ids	bigint[];
 BEGIN
 	IF p_pool IS NULL THEN
 		RAISE EXCEPTION 'pool must not be null' USING ERRCODE = 'null_value_not_allowed';
@@ -3810,10 +3818,18 @@ BEGIN
 			USING ERRCODE = 'insufficient_privilege',
 				  HINT = 'A member of wf_admin grants it with wf_grant_pool.';
 	END IF;
-	IF EXISTS (SELECT 1 FROM wf.pool p WHERE p.pool = p_pool AND p.paused) THEN
+	SELECT p.max_in_flight INTO v_limit FROM wf.pool p WHERE p.pool = p_pool AND NOT p.paused;
+	IF NOT FOUND AND EXISTS (SELECT 1 FROM wf.pool p WHERE p.pool = p_pool AND p.paused) THEN
 		RETURN;
 	END IF;
-	RETURN QUERY
+	IF v_limit IS NOT NULL THEN
+		/* No lock yet: a claim that finds no room locks nothing. */
+		v_max := LEAST(p_max, v_limit - (SELECT count(*) FROM wf.task t
+										  WHERE t.pool = p_pool AND t.state = 'claimed'));
+		IF v_max <= 0 THEN
+			RETURN;
+		END IF;
+	END IF;
 	WITH c AS (
 		SELECT t.id FROM wf.task t
 		 WHERE t.pool = p_pool AND t.state = 'ready' AND t.requires <@ p_caps
@@ -3822,7 +3838,7 @@ BEGIN
 						  AND s.status = 'running' AND s.attempt = t.attempt
 						  AND s.started_at = t.started_at)
 		 ORDER BY t.priority DESC, t.id
-		 LIMIT p_max
+		 LIMIT v_max
 		   FOR UPDATE OF t SKIP LOCKED
 	), u AS (
 		UPDATE wf.task t
@@ -3830,15 +3846,41 @@ BEGIN
 			   claimed_at = clock_timestamp(), seen_at = clock_timestamp(),
 			   lease_until = clock_timestamp() + p_lease
 		  FROM c WHERE t.id = c.id
-		RETURNING t.id, t.run_id, t.step, t.payload, t.attempt, t.lease_until, t.priority
+		RETURNING t.id, t.priority
 	)
-	SELECT u.id, u.run_id, u.step, u.payload, u.attempt, u.lease_until
-	  FROM u ORDER BY u.priority DESC, u.id;
-	GET DIAGNOSTICS n = ROW_COUNT;
-	IF n > 0 THEN
-		/* The executors' next look at expired leases must come in time. */
-		PERFORM wf._wake();
+	SELECT array_agg(u.id ORDER BY u.priority DESC, u.id) INTO v_ids FROM u;
+	IF v_ids IS NULL THEN
+		RETURN;
 	END IF;
+	IF v_limit IS NOT NULL THEN
+		/*
+		 * The claims of a limited pool that found room take turns here, each
+		 * counting again once the one before has committed: what is over
+		 * the limit (the lowest in the order) goes back.  Only a claim that
+		 * returns tasks holds the pool's row, never one that waits.
+		 */
+		PERFORM FROM wf.pool p WHERE p.pool = p_pool FOR UPDATE;
+		SELECT count(*) - coalesce(max(p.max_in_flight), count(*)) INTO v_over
+		  FROM wf.task t LEFT JOIN wf.pool p ON p.pool = t.pool
+		 WHERE t.pool = p_pool AND t.state = 'claimed';
+		v_over := LEAST(v_over, cardinality(v_ids));
+		IF v_over > 0 THEN
+			UPDATE wf.task t
+			   SET state = 'ready', claimed_by = NULL, agent = NULL, claimed_at = NULL,
+				   seen_at = NULL, lease_until = NULL
+			 WHERE t.id = ANY (v_ids[cardinality(v_ids) - v_over + 1:]);
+			v_ids := v_ids[1:cardinality(v_ids) - v_over];
+			IF cardinality(v_ids) = 0 THEN
+				RETURN;
+			END IF;
+		END IF;
+	END IF;
+	/* The executors' next look at expired leases must come in time. */
+	PERFORM wf._wake();
+	RETURN QUERY
+	SELECT t.id, t.run_id, t.step, t.payload, t.attempt, t.lease_until
+	  FROM wf.task t WHERE t.id = ANY (v_ids)
+	 ORDER BY t.priority DESC, t.id;
 END
 $$;
 
@@ -3949,6 +3991,7 @@ BEGIN
 						WHEN p_error IS NULL THEN 'completed' ELSE 'failed' END,
 		   finished_at = clock_timestamp(), seen_at = clock_timestamp()
 	 WHERE id = t.id;
+	PERFORM wf._pool_room(t.pool);
 	RETURN ok;
 END
 $$;
@@ -3992,6 +4035,7 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	v		wf.task;
 	late	boolean;
+	lost	interval := current_setting('pg_workflow.agent_lost_after')::interval;
 BEGIN
 	FOR v IN SELECT * FROM wf.task o
 			  WHERE o.state IN ('ready', 'claimed')
@@ -4000,6 +4044,7 @@ BEGIN
 		late := coalesce(v.deadline < clock_timestamp(), false);
 		UPDATE wf.task SET state = 'expired', finished_at = clock_timestamp()
 		 WHERE id = v.id;
+		PERFORM wf._pool_room(v.pool);
 		PERFORM wf._agent_finish(v.run_id, v.step, v.attempt, v.started_at, NULL,
 								 CASE WHEN late THEN format('agent step timed out after %s',
 															v.deadline - v.created_at)
@@ -4007,10 +4052,44 @@ BEGIN
 												  v.id, v.agent) END,
 								 true, late);
 	END LOOP;
-	RETURN (SELECT LEAST(o.lease_until, o.deadline) FROM wf.task o
-			 WHERE o.state IN ('ready', 'claimed')
-			   AND LEAST(o.lease_until, o.deadline) IS NOT NULL
-			 ORDER BY LEAST(o.lease_until, o.deadline) LIMIT 1);
+	/*
+	 * The tasks of a lost agent (no claim, heartbeat or end of any of its
+	 * tasks for pg_workflow.agent_lost_after) go back at once, not when
+	 * their leases expire.
+	 */
+	FOR v IN SELECT * FROM wf.task o
+			  WHERE o.state = 'claimed' AND o.seen_at < clock_timestamp() - lost
+				AND NOT EXISTS (SELECT 1 FROM wf.agent a
+								 WHERE a.pool = o.pool AND a.agent = o.agent
+								   AND a.last_seen >= clock_timestamp() - lost)
+				AND NOT EXISTS (SELECT 1 FROM wf.task t
+								 WHERE t.pool = o.pool AND t.agent = o.agent
+								   AND t.seen_at >= clock_timestamp() - lost)
+			  FOR UPDATE OF o SKIP LOCKED LOOP
+		UPDATE wf.task SET state = 'expired', finished_at = clock_timestamp()
+		 WHERE id = v.id;
+		PERFORM wf._pool_room(v.pool);
+		PERFORM wf._agent_finish(v.run_id, v.step, v.attempt, v.started_at, NULL,
+								 format('agent "%s" holding task %s was lost (nothing heard from it for %s)',
+										v.agent, v.id, lost),
+								 true, false);
+	END LOOP;
+	RETURN LEAST((SELECT LEAST(o.lease_until, o.deadline) FROM wf.task o
+				   WHERE o.state IN ('ready', 'claimed')
+					 AND LEAST(o.lease_until, o.deadline) IS NOT NULL
+				   ORDER BY LEAST(o.lease_until, o.deadline) LIMIT 1),
+				 (SELECT o.seen_at + lost FROM wf.task o
+				   WHERE o.state = 'claimed' ORDER BY o.seen_at LIMIT 1));
+END
+$$;
+
+/* A task of a limited pool left flight: claims waiting for room look again. */
+CREATE FUNCTION wf._pool_room(p_pool text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+	IF EXISTS (SELECT 1 FROM wf.pool p WHERE p.pool = p_pool AND p.max_in_flight IS NOT NULL) THEN
+		PERFORM wf._tasks_ready(p_pool);
+	END IF;
 END
 $$;
 
@@ -4080,6 +4159,26 @@ $$;
 CREATE FUNCTION @extschema@.wf_pool_resume(pool text) RETURNS boolean
 	LANGUAGE C SET search_path = pg_catalog, pg_temp AS 'MODULE_PATHNAME', 'wf_api_call';
 
+/* At most p_max tasks of the pool in flight across all its agents (NULL: no limit). */
+CREATE FUNCTION wf._pool_limit(caller oid, caller_path text, p_pool text, p_max int)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+	PERFORM wf._check_pool_admin(caller, p_pool);
+	IF p_max IS NOT NULL AND p_max < 1 THEN
+		RAISE EXCEPTION 'max_in_flight must be at least 1' USING ERRCODE = 'invalid_parameter_value',
+			HINT = 'Pause the pool with wf_pool_pause to hand out nothing.';
+	END IF;
+	INSERT INTO wf.pool (pool, max_in_flight) VALUES (p_pool, p_max)
+	ON CONFLICT (pool) DO UPDATE SET max_in_flight = EXCLUDED.max_in_flight;
+	/* A limit raised or removed: claims waiting for room look again. */
+	PERFORM wf._tasks_ready(p_pool);
+END
+$$;
+
+CREATE FUNCTION @extschema@.wf_pool_limit(pool text, max_in_flight int) RETURNS void
+	LANGUAGE C SET search_path = pg_catalog, pg_temp AS 'MODULE_PATHNAME', 'wf_api_call';
+
 /*
  * Each pool's agents, for the roles they claim as and for wf_admin: lost
  * after pg_workflow.agent_lost_after without a claim or a heartbeat,
@@ -4093,7 +4192,9 @@ CREATE VIEW wf.agents WITH (security_barrier) AS
 				THEN 'lost'
 				WHEN f.in_flight > 0 THEN 'active'
 				ELSE 'idle' END AS state,
-		   f.in_flight, f.completed, f.failed
+		   f.in_flight, f.completed, f.failed,
+		   h.per_minute AS completed_last_minute, h.per_hour AS completed_last_hour,
+		   h.p50 AS p50_duration, h.p95 AS p95_duration
 	  FROM wf.agent a
 		   CROSS JOIN LATERAL (
 			SELECT pg_catalog.max(t.seen_at) AS seen,
@@ -4103,6 +4204,22 @@ CREATE VIEW wf.agents WITH (security_barrier) AS
 			  FROM wf.task t
 			 WHERE t.pool OPERATOR(pg_catalog.=) a.pool
 			   AND t.agent OPERATOR(pg_catalog.=) a.agent) f
+		   /* The tasks it completed in the last hour: claim to completion. */
+		   CROSS JOIN LATERAL (
+			SELECT pg_catalog.count(*) FILTER (
+					 WHERE t.finished_at OPERATOR(pg_catalog.>=)
+						   (pg_catalog.clock_timestamp() OPERATOR(pg_catalog.-) interval '1 minute')) AS per_minute,
+				   pg_catalog.count(*) AS per_hour,
+				   pg_catalog.percentile_cont(0.5) WITHIN GROUP (
+					 ORDER BY t.finished_at OPERATOR(pg_catalog.-) t.claimed_at) AS p50,
+				   pg_catalog.percentile_cont(0.95) WITHIN GROUP (
+					 ORDER BY t.finished_at OPERATOR(pg_catalog.-) t.claimed_at) AS p95
+			  FROM wf.task t
+			 WHERE t.pool OPERATOR(pg_catalog.=) a.pool
+			   AND t.agent OPERATOR(pg_catalog.=) a.agent
+			   AND t.seen_at OPERATOR(pg_catalog.>=)
+				   (pg_catalog.clock_timestamp() OPERATOR(pg_catalog.-) interval '1 hour')
+			   AND t.state OPERATOR(pg_catalog.=) 'completed') h
 	 WHERE pg_catalog.pg_has_role(a.role::oid, 'MEMBER')
 		OR (SELECT pg_catalog.pg_has_role('wf_admin', 'MEMBER'));
 
@@ -4752,6 +4869,7 @@ COMMENT ON FUNCTION @extschema@.wf_grant_pool(text, regrole) IS 'let a role clai
 COMMENT ON FUNCTION @extschema@.wf_revoke_pool(text, regrole) IS 'take back a role''s right to claim from an agent pool (wf_admin)';
 COMMENT ON FUNCTION @extschema@.wf_pool_pause(text) IS 'stop handing out the tasks of an agent pool (wf_admin)';
 COMMENT ON FUNCTION @extschema@.wf_pool_resume(text) IS 'hand out the tasks of a paused agent pool again (wf_admin)';
-COMMENT ON VIEW wf.agents IS 'the agents of each pool: capabilities, first and last seen, state, tasks in flight, completed and failed';
+COMMENT ON FUNCTION @extschema@.wf_pool_limit(text, int) IS 'at most max_in_flight tasks of an agent pool claimed at once, across its agents; NULL: no limit (wf_admin)';
+COMMENT ON VIEW wf.agents IS 'the agents of each pool: capabilities, first and last seen, state, tasks in flight, completed and failed, completed in the last minute and hour, p50 and p95 task duration';
 COMMENT ON VIEW wf.concurrency IS 'concurrency keys in use: limit, runs active and waiting';
 COMMENT ON VIEW wf.rate_limits IS 'rate limits of http steps: limit, tokens left, next token (wf_admin)';

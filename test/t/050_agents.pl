@@ -24,7 +24,11 @@
 #  - a dropped agent role loses its grants and its lease;
 #  - the example agent examples/agents/agent.py completes and fails tasks,
 #    heartbeating, and stops cleanly on SIGTERM;
-#  - wf.agents: counts, and state "lost" after pg_workflow.agent_lost_after.
+#  - wf.agents: counts, throughput and durations, and state "lost" after
+#    pg_workflow.agent_lost_after, when the lost agent's task, leased for
+#    an hour, goes back at once;
+#  - wf_pool_limit: at most N tasks of a pool in flight, also for claims
+#    made at once from several sessions.
 
 use strict;
 use warnings;
@@ -372,12 +376,81 @@ is( as_agent(
 	"gpu|a1|{cpu,cuda,gpu}|idle|0|t|f\np|a1|{}|idle|0|t|t",
 	'wf.agents shows the agent in each pool, idle, with its counts');
 is((as_role('other', 'SELECT count(*) FROM wf.agents'))[0], '0', 'another role sees no agents');
+is( as_agent(
+		"SELECT completed_last_hour > 0, completed_last_minute > 0, p50_duration IS NOT NULL, p95_duration >= p50_duration FROM wf.agents WHERE agent = 'a1' AND pool = 'p'"
+	),
+	't|t|t|t',
+	'and its tasks completed in the last minute and hour, with their p50 and p95 durations');
+
+# -------------------------------------------------------------------------
+# A pool's limit: at most N tasks in flight across all its agents.
+# -------------------------------------------------------------------------
+$node->safe_psql('postgres', "SELECT wf_grant_pool('lim', 'agent1')");
+wf_define($node, 'limited', { steps => [ { name => 'w', agent => 'lim' } ] });
+my ($lout, $lerr) = as_role('agent1', "SELECT wf_pool_limit('lim', 2)");
+like($lerr, qr/42501/, 'only wf_admin limits a pool');
+(undef, $lout, $lerr) = $node->psql('postgres', "\\set VERBOSITY verbose\nSELECT wf_pool_limit('lim', 0)");
+like($lerr, qr/22023.*max_in_flight must be at least 1/, 'a limit below 1 is refused');
+$node->safe_psql('postgres', "SELECT wf_pool_limit('lim', 2)");
+my @lim = wf_start_many($node, 'limited', 5);
+$node->poll_query_until('postgres', "SELECT count(*) = 5 FROM wf.task WHERE pool = 'lim' AND state = 'ready'")
+  or die 'the limited tasks never became ready';
+sub claim_n
+{
+	my ($n, $agent) = @_;
+	return as_agent("SELECT count(*) FROM wf_claim('lim', $n, agent => '$agent')");
+}
+is(claim_n(10, 'l1'), '2', 'a claim of 10 gets the 2 the limit allows');
+is(claim_n(10, 'l2'), '0', 'another agent gets none while 2 are in flight');
+is($node->safe_psql('postgres', "SELECT wf_complete(id) FROM wf.task WHERE pool = 'lim' AND state = 'claimed' ORDER BY id LIMIT 1"),
+	't', 'one of them completes');
+is(claim_n(10, 'l2'), '1', 'which makes room for one more');
+
+# Claims at once from 4 sessions never get more than the limit together.
+$node->safe_psql('postgres', "SELECT wf_pool_limit('lim', 3)");
+my (@h, @cout);
+for my $i (0 .. 3)
+{
+	$cout[$i] = '';
+	push @h,
+	  IPC::Run::start(
+		[
+			'psql', '-XAtq', '-d', $node->connstr('postgres'), '-c',
+			"SET ROLE agent1; SELECT count(*) FROM wf_claim('lim', 5, agent => 'b$i')"
+		],
+		'>', \$cout[$i], '2>', \my $cerr);
+}
+$_->finish for @h;
+my $got = 0;
+$got += $_ for @cout;
+is($got, 1, 'four claims at once get the one task the raised limit (3) makes room for');
+is($node->safe_psql('postgres', "SELECT count(*) FROM wf.task WHERE pool = 'lim' AND state = 'claimed'"),
+	'3', 'three in flight');
+$node->safe_psql('postgres', "SELECT wf_pool_limit('lim', NULL)");
+is(claim_n(10, 'l3'), '1', 'no limit: the last task is handed out');
+
+# -------------------------------------------------------------------------
+# A lost agent: wf.agents says so, and its tasks go back at once.
+# -------------------------------------------------------------------------
+wf_define($node, 'held', { steps => [ { name => 'w', agent => 'gpu', retry => { max_attempts => 3, initial_interval => '10ms' } } ] });
+my $held = wf_start($node, 'held');
+my ($held_task) = split /\|/, claim('gpu', lease => '1 hour');
 $node->append_conf('postgresql.conf', "pg_workflow.agent_lost_after = '1s'");
 $node->reload;
 $node->poll_query_until('postgres',
 	"SELECT state = 'lost' FROM wf.agents WHERE agent = 'a1' AND pool = 'gpu'")
   or die 'the agent never became lost';
 pass('an agent silent for longer than pg_workflow.agent_lost_after is lost');
+ok( $node->poll_query_until(
+		'postgres', "SELECT state = 'expired' FROM wf.task WHERE id = $held_task"),
+	'its task, leased for an hour, goes back at once');
+like( $node->safe_psql('postgres',
+		"SELECT string_agg(detail::text, ' ') FROM wf.history WHERE run_id = $held AND step = 'w'"),
+	qr/agent \\"a1\\" holding task $held_task was lost/,
+	'with the reason in the history');
+is(as_agent("SELECT wf_complete($held_task)"), 'f', 'the lost agent can no longer complete it');
+my $again = claim('gpu');
+like($again, qr/^\d+\|$held\|w\|\|2$/, 'the next attempt is handed out to another claim');
 
 $node->stop;
 done_testing();
