@@ -3746,6 +3746,8 @@ CREATE FUNCTION wf._task_create(p_run_id bigint, p_step text, p_pool text,
 								p_payload jsonb, p_requires text[], p_timeout_ms int)
 RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	v_id	bigint;
 BEGIN
 	INSERT INTO wf.task (run_id, step, attempt, started_at, pool, payload,
 						 requires, priority, deadline)
@@ -3753,9 +3755,26 @@ BEGIN
 		   p_requires, s.priority,
 		   CASE WHEN p_timeout_ms > 0
 				THEN clock_timestamp() + p_timeout_ms * interval '1 millisecond' END
-	  FROM wf.step s WHERE s.run_id = p_run_id AND s.step = p_step;
+	  FROM wf.step s WHERE s.run_id = p_run_id AND s.step = p_step
+	RETURNING id INTO v_id;
 	PERFORM wf._tasks_ready(p_pool);
+	/* A pool that had nothing to claim has a task now. */
+	IF NOT EXISTS (SELECT 1 FROM wf.task t
+					WHERE t.pool = p_pool AND t.state = 'ready' AND t.id <> v_id) THEN
+		PERFORM wf._pool_notify(p_pool);
+	END IF;
 END
+$$;
+
+/*
+ * NOTIFY wf_pool_<pool>, payload the pool's name: for agents that LISTEN
+ * rather than wait in wf_claim.  PostgreSQL sends one such notification
+ * per transaction however often it is asked to.
+ */
+CREATE FUNCTION wf._pool_notify(p_pool text) RETURNS void
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+	SELECT pg_notify('wf_pool_' || p_pool, p_pool)
+	 WHERE octet_length('wf_pool_' || p_pool) < 64
 $$;
 
 /* May role caller claim the tasks of pool p_pool? */
@@ -4089,6 +4108,8 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
 	IF EXISTS (SELECT 1 FROM wf.pool p WHERE p.pool = p_pool AND p.max_in_flight IS NOT NULL) THEN
 		PERFORM wf._tasks_ready(p_pool);
+		PERFORM wf._pool_notify(p_pool)
+		  WHERE EXISTS (SELECT 1 FROM wf.task t WHERE t.pool = p_pool AND t.state = 'ready');
 	END IF;
 END
 $$;
@@ -4138,6 +4159,8 @@ BEGIN
 	ON CONFLICT (pool) DO UPDATE SET paused = EXCLUDED.paused;
 	IF NOT p_paused THEN
 		PERFORM wf._tasks_ready(p_pool);
+		PERFORM wf._pool_notify(p_pool)
+		  WHERE EXISTS (SELECT 1 FROM wf.task t WHERE t.pool = p_pool AND t.state = 'ready');
 	END IF;
 	RETURN true;
 END
@@ -4173,6 +4196,8 @@ BEGIN
 	ON CONFLICT (pool) DO UPDATE SET max_in_flight = EXCLUDED.max_in_flight;
 	/* A limit raised or removed: claims waiting for room look again. */
 	PERFORM wf._tasks_ready(p_pool);
+	PERFORM wf._pool_notify(p_pool)
+	  WHERE EXISTS (SELECT 1 FROM wf.task t WHERE t.pool = p_pool AND t.state = 'ready');
 END
 $$;
 

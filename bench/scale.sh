@@ -13,6 +13,10 @@
 #   history  -- steps/s and executor CPU per step of 2,000 runs of 3 no-op
 #               steps with 0, 1,000, 100,000 and 1,000,000 finished runs
 #               in the tables (copies of a finished run, made with SQL);
+#   flow     -- the hot-path cost of flow control: 2,000 runs of 3 no-op
+#               steps with a workflow concurrency key (100 keys, limit
+#               10,000: never reached) against the same without, three
+#               times each, alternated;
 # prints a report with each figure beside its target, and stops the servers
 # (also on failure or interrupt). See bench/README.md.
 #
@@ -20,8 +24,8 @@
 #                       [--levels LIST] [--runs N] [--cliff-runs N]
 #                       [--workers N] [--port P] [--keep]
 #   --quick         small counts, for smoke tests (not for figures)
-#   --part LIST     parts to run, comma-separated: map, cliff, history
-#                   (default: map,cliff,history)
+#   --part LIST     parts to run, comma-separated: map, cliff, history, flow
+#                   (default: map,cliff,history,flow)
 #   --sizes LIST    map sizes (default 100,1000,10000,100000)
 #   --map-cap S     stop a map after S seconds and report the rate reached
 #                   (default 30)
@@ -60,7 +64,7 @@ WORKERS=2
 KEEP=0
 QUICK=0
 PERF=0
-PARTS=map,cliff,history
+PARTS=map,cliff,history,flow
 SIZES=100,1000,10000,100000
 MAP_CAP=30
 LEVELS=0,1000,100000,1000000
@@ -134,7 +138,8 @@ parse_args() {
 	PARTS=${OPT[part]:-$PARTS}
 	[[ "$SIZES" =~ ^[1-9][0-9]*(,[1-9][0-9]*)*$ ]] || die "--sizes must be a list of positive integers"
 	[[ "$LEVELS" =~ ^[0-9]+(,[0-9]+)*$ ]] || die "--levels must be a list of integers"
-	[[ "$PARTS" =~ ^(map|cliff|history)(,(map|cliff|history))*$ ]] || die "--part must list map, cliff, history"
+	[[ "$PARTS" =~ ^(map|cliff|history|flow)(,(map|cliff|history|flow))*$ ]] ||
+		die "--part must list map, cliff, history, flow"
 	PORT=${OPT[port]:-$PORT}
 	if ! [[ "$PORT" =~ ^[0-9]+$ ]] || ((PORT < 1024 || PORT > 65535)); then
 		die "--port must be in 1024..65535"
@@ -214,18 +219,21 @@ print_machine() {
 # Flat runs: N runs of noop3 started in one transaction
 # ---------------------------------------------------------------------------
 
-# measure_runs KEY N: sets R[KEY_steps_s], R[KEY_cpu_us] (executor CPU per
-# step), R[KEY_wait_us] (executor time waiting for a CPU, per step),
-# R[KEY_wall_ms], R[KEY_start_us] (client-side cost of a wf_start),
-# R[KEY_busy] (machine CPU busy, %).
+# measure_runs KEY N [WORKFLOW [INPUT]]: N runs of WORKFLOW (default noop3)
+# with input INPUT (an SQL expression of g, 1..N; default none); sets
+# R[KEY_steps_s], R[KEY_cpu_us] (executor CPU per step), R[KEY_wait_us]
+# (executor time waiting for a CPU, per step), R[KEY_wall_ms],
+# R[KEY_start_us] (client-side cost of a wf_start), R[KEY_busy] (machine
+# CPU busy, %).
 measure_runs() {
-	local key=$1 n=$2 lo hi t0 t1 c0 c1 w0 w1 m0 m1 line steps window
+	local key=$1 n=$2 wf=${3:-noop3} input=${4:-"'{}'::jsonb"}
+	local lo hi t0 t1 c0 c1 w0 w1 m0 m1 line steps window
 	q -c "SELECT pg_stat_statements_reset()" >/dev/null
 	m0=$(machine_ticks)
 	read -r c0 w0 <<<"$(executor_cpu)"
 	lo=$(max_run_id)
 	t0=$(now_ms)
-	q -c "SELECT count(wf_start('noop3')) FROM generate_series(1, $n)" >/dev/null
+	q -c "SELECT count(wf_start('$wf', $input)) FROM generate_series(1, $n) g" >/dev/null
 	t1=$(now_ms)
 	hi=$(max_run_id)
 	((hi - lo == n)) || die "expected $n new runs, found $((hi - lo))"
@@ -396,6 +404,36 @@ part_cliff() {
 }
 
 # ---------------------------------------------------------------------------
+# Part "flow"
+# ---------------------------------------------------------------------------
+
+part_flow() {
+	local i k plain=() keyed=()
+	section "Flow control: $RUNS runs of noop3 with a concurrency key (limit never reached) and without"
+	new_cluster flow
+	((R[machine_printed])) || print_machine
+	R[machine_printed]=1
+	for i in 1 2 3; do
+		for k in plain keyed; do
+			log "flow, $k, round $i: $RUNS runs"
+			if [[ $k == plain ]]; then
+				measure_runs "flow_${k}$i" "$RUNS" noop3 "jsonb_build_object('k', g % 100)"
+				plain+=("${R[flow_${k}${i}_cpu_us]}")
+			else
+				measure_runs "flow_${k}$i" "$RUNS" noop3k "jsonb_build_object('k', g % 100)"
+				keyed+=("${R[flow_${k}${i}_cpu_us]}")
+			fi
+			print_runs "flow_${k}$i" "$k, round $i"
+		done
+	done
+	R[flow_plain_cpu_us]=$(printf '%s\n' "${plain[@]}" | sort -n | sed -n 2p)
+	R[flow_keyed_cpu_us]=$(printf '%s\n' "${keyed[@]}" | sort -n | sed -n 2p)
+	R[flow_ratio]=$(fmt '%.2f' "$(awk -v a="${R[flow_keyed_cpu_us]}" -v b="${R[flow_plain_cpu_us]}" \
+		'BEGIN { print a / b }')")
+	printf '  %-44s %s\n' "executor CPU/step, keyed / plain (medians)" "${R[flow_ratio]}"
+}
+
+# ---------------------------------------------------------------------------
 # Part "history"
 # ---------------------------------------------------------------------------
 
@@ -502,6 +540,12 @@ print_summary() {
 			fi
 		done
 	fi
+	if part flow; then
+		row "flow: executor CPU/step, plain (us)" "${R[flow_plain_cpu_us]}" "" -
+		row "flow: executor CPU/step, concurrency key (us)" "${R[flow_keyed_cpu_us]}" "" -
+		row "flow: keyed / plain" "${R[flow_ratio]}" "<= 1.10" \
+			"$(awk -v a="${R[flow_ratio]}" 'BEGIN { print (a <= 1.10) }')"
+	fi
 	print_load_end
 	printf '  uptime at the end: %s\n' "$(uptime)"
 }
@@ -523,6 +567,7 @@ main() {
 	fi
 	part cliff && part_cliff
 	part history && part_history
+	part flow && part_flow
 	print_summary
 }
 

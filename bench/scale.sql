@@ -87,3 +87,17 @@ BEGIN
 	TRUNCATE wf.run, wf.step, wf.history_log, wf.signal, wf.alert, wf.deferred;
 END
 $$;
+
+/*
+ * Flow control: noop3 with a workflow concurrency key (input.k, 100 keys in
+ * the benchmark) and a limit it never reaches: what the admission and the
+ * release of a slot cost each run.
+ */
+SELECT wf_define('noop3k', '{
+  "description": "benchmark: three no-op steps, a concurrency key",
+  "concurrency": {"key": "{{$.input.k}}", "limit": 10000},
+  "steps": [
+    {"name": "a", "sql": "SELECT 1"},
+    {"name": "b", "sql": "SELECT 2"},
+    {"name": "c", "sql": "SELECT 3"}
+  ]}') AS noop3k_version;

@@ -88,6 +88,10 @@ wf_agent_execute(WfStepExec *ex, WfStepResult *res)
 	if (pool == NULL)
 		elog(ERROR, "agent step \"%s\" has no pool", ex->step);
 
+	/* No token of its rate limit (by pool by default): no task yet. */
+	if (!wf_http_rate_admit(ex, res, pool, NULL))
+		return;
+
 	memset(&tc, 0, sizeof(tc));
 	tc.context = ex->context;
 	tc.owner = ex->owner;

@@ -509,6 +509,47 @@ wf_http_rate_take(const char *key, Jsonb *rate, WfStepExec *ex)
 }
 
 /*
+ * May the step go now under its "rate_limit", if it has one?  True when it
+ * has none or a token was taken (*key_out: the bucket's key, rendered as
+ * the run's owner, default_key when the definition names none); false when
+ * there was no token: the step is deferred until the next one, without an
+ * attempt burnt.  Used by the http and agent kinds.
+ */
+bool
+wf_http_rate_admit(WfStepExec *ex, WfStepResult *res, const char *default_key,
+				   char **key_out)
+{
+	Jsonb	   *rate = wf_util_jsonb_get(ex->spec, "rate_limit");
+	WfTemplateCtx rtc;
+	TimestampTz until;
+	char	   *rate_key;
+
+	if (key_out != NULL)
+		*key_out = NULL;
+	if (rate == NULL)
+		return true;
+	memset(&rtc, 0, sizeof(rtc));
+	rtc.context = ex->context;
+	rtc.owner = ex->owner;
+	rate_key = wf_util_jsonb_get_text(rate, "key");
+	rate_key = rate_key ? wf_template_render_string(&rtc, rate_key, false) :
+		pstrdup(default_key);
+	if (rate_key[0] == '\0' || strlen(rate_key) > 1000)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("rate limit key of step \"%s\" must have 1 to 1000 bytes",
+						ex->step)));
+	if (key_out != NULL)
+		*key_out = rate_key;
+	until = wf_http_rate_take(rate_key, rate, ex);
+	if (until == 0)
+		return true;
+	res->outcome = WF_STEP_DEFERRED;
+	res->defer_until = until;
+	return false;
+}
+
+/*
  * The "http" kind's execute: renders and checks the request, and leaves it
  * in res->request for the executor to queue once the step is checkpointed
  * as running.
@@ -534,8 +575,7 @@ wf_http_execute(WfStepExec *ex, WfStepResult *res)
 	ListCell   *lc;
 	char	   *host;
 	Jsonb	   *breaker;
-	Jsonb	   *rate;
-	char	   *rate_key = NULL;
+	char	   *rate_key;
 	List	   *secrets = NIL;	/* every secret the request carries */
 	List	   *secret_hdrs = NIL;	/* the headers that carry one */
 	List	   *body_secrets = NIL;
@@ -568,31 +608,8 @@ wf_http_execute(WfStepExec *ex, WfStepResult *res)
 	}
 
 	/* No token of its rate limit: wait for the next one, no attempt burnt. */
-	rate = wf_util_jsonb_get(ex->spec, "rate_limit");
-	if (rate != NULL)
-	{
-		WfTemplateCtx rtc;
-		TimestampTz until;
-
-		memset(&rtc, 0, sizeof(rtc));
-		rtc.context = ex->context;
-		rtc.owner = ex->owner;
-		rate_key = wf_util_jsonb_get_text(rate, "key");
-		rate_key = rate_key ? wf_template_render_string(&rtc, rate_key, false) :
-			pstrdup(host);
-		if (rate_key[0] == '\0' || strlen(rate_key) > 1000)
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("rate limit key of step \"%s\" must have 1 to 1000 bytes",
-							ex->step)));
-		until = wf_http_rate_take(rate_key, rate, ex);
-		if (until != 0)
-		{
-			res->outcome = WF_STEP_DEFERRED;
-			res->defer_until = until;
-			return;
-		}
-	}
+	if (!wf_http_rate_admit(ex, res, host, &rate_key))
+		return;
 
 	if (headers != NULL && JB_ROOT_IS_OBJECT(headers))
 	{

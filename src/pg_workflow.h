@@ -330,6 +330,8 @@ extern char *wf_guc_http_ca_file;
 
 extern void wf_http_init(void);
 extern void wf_http_execute(WfStepExec *ex, WfStepResult *res);
+extern bool wf_http_rate_admit(WfStepExec *ex, WfStepResult *res,
+							   const char *default_key, char **key_out);
 extern void wf_http_enqueue(WfHttpRequest *req);
 extern void wf_http_forget(WfHttpRequest *req);
 extern void wf_http_submit(void);

@@ -55,6 +55,8 @@
 
 /* Longest step, branch, agent pool or workflow name, in bytes. */
 #define WFV_MAX_NAME		63
+/* An agent pool's: its NOTIFY channel, wf_pool_<pool>, is a name too. */
+#define WFV_MAX_POOL_NAME	(WFV_MAX_NAME - 8)
 /* Most steps in one definition, nested steps included. */
 #define WFV_MAX_STEPS		1000
 /* Deepest nesting of step lists; the top-level list is level 1. */
@@ -2020,7 +2022,7 @@ wfv_check_concurrency(WfvState *st, WfvObject *o, const char *path,
 
 /*
  * "rate_limit": {"key": TEMPLATE, "limit": N, "per": INTERVAL} of an http
- * step (the key defaults to the url's host).  The limit is at most 10,000:
+ * step (the key defaults to the url's host) or an agent step (its pool).  The limit is at most 10,000:
  * the bucket keeps the time of each grant within "per".
  */
 static void
@@ -2035,9 +2037,10 @@ wfv_check_rate_limit(WfvState *st, WfvObject *o, const char *path,
 
 	/* without a single action, that has been reported already */
 	if (o->action != NULL &&
-		strcmp(wf_kind_base(o->action)->name, "http") != 0)
+		strcmp(wf_kind_base(o->action)->name, "http") != 0 &&
+		strcmp(wf_kind_base(o->action)->name, "agent") != 0)
 		wfv_problem(st, o->label, ERRCODE_INVALID_PARAMETER_VALUE,
-					"\"%s\" is only allowed on http steps", path);
+					"\"%s\" is only allowed on http and agent steps", path);
 
 	if ((c = wfv_object(st, o->label, path, v)) == NULL)
 		return;
@@ -2198,8 +2201,10 @@ wf_validate_agent(WfvState *st, WfvObject *o, const char *path, JsonbValue *v)
 	JsonbValue *m;
 	const char *p = wfv_path(o, "payload");
 
-	if (pool != NULL)
-		(void) wfv_check_name(st, o->label, path, pool, true);
+	if (pool != NULL && wfv_check_name(st, o->label, path, pool, true) &&
+		strlen(pool) > WFV_MAX_POOL_NAME)
+		wfv_problem(st, o->label, ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+					"\"%s\" is longer than %d bytes", path, WFV_MAX_POOL_NAME);
 	if ((m = wfv_member(st, o->label, o->obj, "payload", p, false, &jv)))
 		wfv_any_templates(st, o->label, p, m);
 

@@ -28,7 +28,8 @@
 #    pg_workflow.agent_lost_after, when the lost agent's task, leased for
 #    an hour, goes back at once;
 #  - wf_pool_limit: at most N tasks of a pool in flight, also for claims
-#    made at once from several sessions.
+#    made at once from several sessions;
+#  - NOTIFY wf_pool_<pool> when a pool with nothing to claim gets a task.
 
 use strict;
 use warnings;
@@ -428,6 +429,28 @@ is($node->safe_psql('postgres', "SELECT count(*) FROM wf.task WHERE pool = 'lim'
 	'3', 'three in flight');
 $node->safe_psql('postgres', "SELECT wf_pool_limit('lim', NULL)");
 is(claim_n(10, 'l3'), '1', 'no limit: the last task is handed out');
+
+# -------------------------------------------------------------------------
+# NOTIFY wf_pool_<pool> when a pool with nothing to claim gets a task.
+# -------------------------------------------------------------------------
+my $listener = $node->background_psql('postgres');
+$listener->query_safe('LISTEN wf_pool_n');
+wf_define($node, 'notified', { steps => [ { name => 'w', agent => 'n' } ] });
+my $n1 = wf_start($node, 'notified');
+$node->poll_query_until('postgres', "SELECT count(*) = 1 FROM wf.task WHERE pool = 'n' AND state = 'ready'")
+  or die 'no task in pool n';
+like($listener->query_safe('SELECT 1'),
+	qr/Asynchronous notification "wf_pool_n" with payload "n" received/,
+	'a listener is told when the idle pool gets a task');
+my $n2 = wf_start($node, 'notified');
+$node->poll_query_until('postgres', "SELECT count(*) = 2 FROM wf.task WHERE pool = 'n' AND state = 'ready'")
+  or die 'no second task in pool n';
+unlike($listener->query_safe('SELECT 1'), qr/Asynchronous notification/,
+	'but not again while a task of it is still to be claimed');
+$listener->quit;
+my (undef, undef, $perr) = $node->psql('postgres',
+	"\\set VERBOSITY verbose\nSELECT wf_define('long-pool', '{\"steps\": [{\"name\": \"w\", \"agent\": \"" . ('x' x 56) . "\"}]}')");
+like($perr, qr/54000.*longer than 55 bytes/, 'a pool name too long for its channel is refused');
 
 # -------------------------------------------------------------------------
 # A lost agent: wf.agents says so, and its tasks go back at once.

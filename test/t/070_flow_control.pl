@@ -179,7 +179,7 @@ is(wf_wait($node, $f), 'completed', 'the retried run completes');
 
 ($ret, $out, $err) = $node->psql('postgres',
 	q{SELECT wf_define('bad', '{"steps": [{"name": "a", "sql": "SELECT 1", "rate_limit": {"limit": 1, "per": "1 s"}}]}')});
-like($err, qr/"a\.rate_limit" is only allowed on http steps|"rate_limit" is only allowed on http steps/,
+like($err, qr/"a\.rate_limit" is only allowed on http and agent steps|"rate_limit" is only allowed on http and agent steps/,
 	'a rate limit on an sql step is rejected');
 ($ret, $out, $err) = $node->psql('postgres',
 	q{SELECT wf_define('bad', '{"steps": [{"name": "a", "http": {"url": "http://localhost/"}, "rate_limit": {"limit": 0, "per": "1 s"}}]}')});
@@ -254,6 +254,25 @@ is($node->safe_psql('postgres', qq{
 is($node->safe_psql('postgres', "SELECT attempt FROM wf.steps WHERE run_id = $after"),
 	'1', 'the step that waited for the bucket burnt no attempt');
 $srv->stop;
+
+# ---- rate limits of agent steps: by pool, no task without a token --------
+
+wf_define($node, 'rl-agent',
+	{ steps => [ { name => 'work', agent => 'rl-pool', rate_limit => { limit => 2, per => '1 hour' } } ] });
+my @ra = wf_start_many($node, 'rl-agent', 3);
+my $ra_list = join(',', @ra);
+ok( $node->poll_query_until('postgres',
+		"SELECT count(*) = 2 FROM wf.task WHERE pool = 'rl-pool'"),
+	'two of three agent steps under a limit of 2 an hour get their task');
+ok( $node->poll_query_until('postgres', qq{
+	SELECT count(*) = 1 FROM wf.step s
+	 WHERE s.run_id IN ($ra_list) AND s.status = 'ready' AND s.attempt = 0
+	   AND s.ready_at > now() + interval '50 minutes'
+	   AND NOT EXISTS (SELECT 1 FROM wf.task t WHERE t.run_id = s.run_id)}),
+	'the third waits for the next token, with no task and no attempt burnt');
+is($node->safe_psql('postgres',
+		q{SELECT "limit" || ' ' || per FROM wf.rate_limits WHERE key = 'rl-pool'}),
+	'2 01:00:00', 'wf.rate_limits shows the bucket of the pool');
 
 # ---- debounce from a trigger ---------------------------------------------
 
