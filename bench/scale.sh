@@ -408,7 +408,7 @@ part_cliff() {
 # ---------------------------------------------------------------------------
 
 part_flow() {
-	local i k plain=() keyed=()
+	local i k plain=() keyed=() plain_start=() keyed_start=()
 	section "Flow control: $RUNS runs of noop3 with a concurrency key (limit never reached) and without"
 	new_cluster flow
 	((R[machine_printed])) || print_machine
@@ -419,9 +419,11 @@ part_flow() {
 			if [[ $k == plain ]]; then
 				measure_runs "flow_${k}$i" "$RUNS" noop3 "jsonb_build_object('k', g % 100)"
 				plain+=("${R[flow_${k}${i}_cpu_us]}")
+				plain_start+=("${R[flow_${k}${i}_start_us]}")
 			else
 				measure_runs "flow_${k}$i" "$RUNS" noop3k "jsonb_build_object('k', g % 100)"
 				keyed+=("${R[flow_${k}${i}_cpu_us]}")
+				keyed_start+=("${R[flow_${k}${i}_start_us]}")
 			fi
 			print_runs "flow_${k}$i" "$k, round $i"
 		done
@@ -430,6 +432,9 @@ part_flow() {
 	R[flow_keyed_cpu_us]=$(printf '%s\n' "${keyed[@]}" | sort -n | sed -n 2p)
 	R[flow_ratio]=$(fmt '%.2f' "$(awk -v a="${R[flow_keyed_cpu_us]}" -v b="${R[flow_plain_cpu_us]}" \
 		'BEGIN { print a / b }')")
+	# The admission is in wf_start, the release at the run's end.
+	R[flow_plain_start_us]=$(printf '%s\n' "${plain_start[@]}" | sort -n | sed -n 2p)
+	R[flow_keyed_start_us]=$(printf '%s\n' "${keyed_start[@]}" | sort -n | sed -n 2p)
 	printf '  %-44s %s\n' "executor CPU/step, keyed / plain (medians)" "${R[flow_ratio]}"
 }
 
@@ -545,6 +550,7 @@ print_summary() {
 		row "flow: executor CPU/step, concurrency key (us)" "${R[flow_keyed_cpu_us]}" "" -
 		row "flow: keyed / plain" "${R[flow_ratio]}" "<= 1.10" \
 			"$(awk -v a="${R[flow_ratio]}" 'BEGIN { print (a <= 1.10) }')"
+		row "flow: wf_start, plain / keyed (us)" "${R[flow_plain_start_us]} / ${R[flow_keyed_start_us]}" "" -
 	fi
 	print_load_end
 	printf '  uptime at the end: %s\n' "$(uptime)"
