@@ -4269,6 +4269,46 @@ CREATE VIEW wf.runs WITH (security_barrier) AS
 	 WHERE r.owner = (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user)
 		OR (SELECT pg_catalog.pg_has_role('wf_admin', 'MEMBER'));
 
+/*
+ * wf.metrics: every workflow's figures of the last hour, one row per
+ * workflow and measure, for a Prometheus SQL exporter (measure names in
+ * its style; durations in seconds).  The runs that ended are those
+ * wf_metrics(workflow, '1 hour') counts, so the caller sees its own runs'
+ * (every role's for wf_admin); the unfinished runs are counted from
+ * wf.runs, by the same rule.  Measures without a value (no run ended) are
+ * left out.
+ */
+CREATE VIEW wf.metrics AS
+	SELECT w.name AS workflow, m.measure, m.value
+	  FROM (SELECT DISTINCT d.name FROM wf.workflow_def d) w
+		   CROSS JOIN LATERAL (
+			SELECT * FROM @extschema@.wf_metrics(w.name, interval '1 hour') x
+			 WHERE x.scope OPERATOR(pg_catalog.=) 'run') r
+		   CROSS JOIN LATERAL (
+			VALUES ('runs_ended_total', r.executions::float8),
+				   ('runs_completed_total', r.completed::float8),
+				   ('runs_failed_total', r.failed::float8),
+				   ('runs_cancelled_total', r.cancelled::float8),
+				   ('run_success_ratio', r.success_rate::float8),
+				   ('run_error_ratio', r.error_rate::float8),
+				   ('run_duration_mean_seconds', pg_catalog.date_part('epoch', r.mean)),
+				   ('run_duration_p50_seconds', pg_catalog.date_part('epoch', r.p50)),
+				   ('run_duration_p95_seconds', pg_catalog.date_part('epoch', r.p95)),
+				   ('run_duration_p99_seconds', pg_catalog.date_part('epoch', r.p99)),
+				   ('runs_pending', (SELECT pg_catalog.count(*) FROM wf.runs u
+									  WHERE u.workflow OPERATOR(pg_catalog.=) w.name
+										AND u.status OPERATOR(pg_catalog.=) 'pending')::float8),
+				   ('runs_running', (SELECT pg_catalog.count(*) FROM wf.runs u
+									  WHERE u.workflow OPERATOR(pg_catalog.=) w.name
+										AND u.status OPERATOR(pg_catalog.=) 'running')::float8),
+				   ('runs_waiting', (SELECT pg_catalog.count(*) FROM wf.runs u
+									  WHERE u.workflow OPERATOR(pg_catalog.=) w.name
+										AND u.status OPERATOR(pg_catalog.=) 'waiting')::float8)
+		   ) m (measure, value)
+	 WHERE m.value IS NOT NULL;
+
+GRANT SELECT ON wf.metrics TO PUBLIC;
+
 CREATE VIEW wf.steps WITH (security_barrier) AS
 	SELECT s.run_id, s.step, s.kind, s.status, s.attempt, s.output, s.error,
 		   CASE WHEN s.status IN ('ready', 'waiting') THEN s.ready_at END AS ready_at,
@@ -4885,6 +4925,7 @@ COMMENT ON FUNCTION @extschema@.wf_graph(text, text) IS 'a workflow as a Mermaid
 COMMENT ON FUNCTION @extschema@.wf_graph(bigint, text) IS 'a run''s graph, coloured by step status, with durations and attempts';
 COMMENT ON FUNCTION @extschema@.wf_metrics(text, interval) IS 'executions, success and error rates, duration percentiles of a workflow and of each of its steps, and the bottleneck steps';
 COMMENT ON FUNCTION @extschema@.wf_ack_alert(bigint) IS 'an operator acknowledges an alert';
+COMMENT ON VIEW wf.metrics IS 'every workflow''s figures of the last hour, one row per workflow and measure (for a Prometheus SQL exporter): runs ended, completed, failed, cancelled, success and error ratios, run duration mean and percentiles in seconds, runs pending, running and waiting now';
 COMMENT ON VIEW wf.progress IS 'unfinished runs: steps done of total, percent, what runs or waits now, elapsed time and an estimate of the time left';
 COMMENT ON FUNCTION @extschema@.wf_claim(text, int, interval, text, text[], interval) IS 'an agent claims up to max tasks of a pool that its capabilities cover, under a lease; with wait, blocks until one arrives';
 COMMENT ON FUNCTION @extschema@.wf_heartbeat(bigint, interval, jsonb) IS 'extend a claimed task''s lease, optionally with progress';

@@ -459,6 +459,28 @@ is( $node->safe_psql('postgres',
 		"SELECT executions FROM wf_metrics('mon', '0 seconds') WHERE scope = 'run'"),
 	'0', 'no runs ended in no time');
 
+# wf.metrics: the last hour's figures of every workflow, one row per measure.
+is( $node->safe_psql('postgres', q{
+	SELECT string_agg(measure || '=' || round(value::numeric, 6), ' ' ORDER BY measure)
+	  FROM wf.metrics WHERE workflow = 'mon' AND measure NOT LIKE 'run_duration%'}),
+	'run_error_ratio=0.333000 run_success_ratio=0.667000 runs_cancelled_total=0.000000 runs_completed_total=4.000000 runs_ended_total=6.000000 runs_failed_total=2.000000 runs_pending=0.000000 runs_running=0.000000 runs_waiting=0.000000',
+	'wf.metrics: the counts and ratios of wf_metrics, and none unfinished');
+is( $node->safe_psql('postgres', q{
+	SELECT bool_and(abs(m.value - extract(epoch FROM
+			CASE m.measure WHEN 'run_duration_mean_seconds' THEN x.mean
+						   WHEN 'run_duration_p50_seconds' THEN x.p50
+						   WHEN 'run_duration_p95_seconds' THEN x.p95
+						   ELSE x.p99 END)) < 1e-6) AND count(*) = 4
+	  FROM wf.metrics m, wf_metrics('mon', '1 hour') x
+	 WHERE m.workflow = 'mon' AND m.measure LIKE 'run_duration%' AND x.scope = 'run'}),
+	't', 'and its run durations, in seconds');
+foreach my $r ([ 'alice', '2' ], [ 'bob', '' ], [ 'carol', '2' ])
+{
+	($out, $err) = as_role($r->[0],
+		"SELECT value FROM wf.metrics WHERE workflow = 'slow' AND measure = 'runs_ended_total'");
+	is($out, $r->[1] eq '' ? '0' : $r->[1], "wf.metrics of 'slow' as $r->[0]");
+}
+
 # -------------------------------------------------------------------------
 # SLAs: one alert per run and step still unfinished past its SLA, resolved
 # when it ends; wf_ack_alert
