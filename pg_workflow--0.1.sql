@@ -130,7 +130,7 @@ CREATE TABLE wf.step (
 	solo		boolean NOT NULL DEFAULT false,	-- run by long-step workers only
 	fair_at		timestamptz,		-- a first step's place in the claim order
 	PRIMARY KEY (run_id, step)
-);
+) WITH (fillfactor = 80);	/* room on each page for the updates of its rows (HOT) */
 /*
  * The executors' queue: ready steps, and waiting steps whose timer is set
  * (ready_at), in the order they are claimed.

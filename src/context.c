@@ -15,7 +15,8 @@
  * see utils/jsonb.h), and each toasted value is fetched and decompressed
  * once per executor batch, then taken from a cache keyed by its toast
  * pointer, which names one immutable value for as long as it exists.  The
- * cache lives in the batch's memory context and is forgotten with it.
+ * cache lives in the batch's memory context and is forgotten with it; the
+ * context is written in one buffer kept from step to step.
  *
  * src/context.c
  *
@@ -37,7 +38,9 @@ typedef struct WfCtxPair
 	const char *key;
 	int			keylen;
 	int			order;			/* among equal keys, the highest wins */
-	JsonbValue	value;			/* a scalar, or jbvBinary */
+	JsonbValue	value;			/* a scalar, or jbvBinary ... */
+	struct WfCtxPair *sub;		/* ... unless this is not NULL: an object */
+	int			nsub;			/* of these pairs */
 } WfCtxPair;
 
 /* A toasted value fetched in this batch. */
@@ -58,6 +61,15 @@ static Size wf_ctx_cached_bytes = 0;
 static SPIPlanPtr wf_ctx_plan = NULL;
 
 /*
+ * The buffer the context is written in, kept from one step to the next: a
+ * large context allocated anew for each step would be new pages for the
+ * kernel to fault in each time.  Given back at the end of a batch when it
+ * has grown past this.
+ */
+#define WF_CTX_KEEP_BYTES	(1024 * 1024)
+static StringInfoData wf_ctx_out = {NULL, 0, 0, 0};
+
+/*
  * A batch begins (cxt: its memory, reset when it ends) or ends (NULL): the
  * cache starts empty.
  */
@@ -67,6 +79,11 @@ wf_ctx_batch(MemoryContext cxt)
 	wf_ctx_cachectx = cxt;
 	wf_ctx_cache = NIL;
 	wf_ctx_cached_bytes = 0;
+	if (cxt == NULL && wf_ctx_out.data != NULL && wf_ctx_out.maxlen > WF_CTX_KEEP_BYTES)
+	{
+		pfree(wf_ctx_out.data);
+		wf_ctx_out.data = NULL;
+	}
 }
 
 /*
@@ -201,18 +218,10 @@ wf_ctx_pair_cmp(const void *a, const void *b)
 	return pa->order > pb->order ? -1 : (pa->order < pb->order ? 1 : 0);
 }
 
-/*
- * Builds a jsonb object of the pairs (sorted here; of equal keys, the one
- * with the highest order is kept), as convertJsonbObject() would.
- */
-static Jsonb *
-wf_ctx_object(WfCtxPair *pairs, int n)
+/* Sorts the pairs in jsonb's key order; of equal keys, keeps the highest order. */
+static int
+wf_ctx_sort(WfCtxPair *pairs, int n)
 {
-	StringInfoData buf;
-	Size		size = VARHDRSZ + sizeof(uint32);
-	uint32		header;
-	int			jentries;
-	int			totallen = 0;
 	int			i,
 				j;
 
@@ -226,22 +235,42 @@ wf_ctx_object(WfCtxPair *pairs, int n)
 			continue;
 		pairs[j++] = pairs[i];
 	}
-	n = j;
+	return j;
+}
+
+/* How many bytes an object of the (sorted) pairs takes at most. */
+static Size
+wf_ctx_object_size(WfCtxPair *pairs, int n)
+{
+	Size		size = 3 + sizeof(uint32);
+	int			i;
 
 	for (i = 0; i < n; i++)
-		size += 2 * sizeof(JEntry) + pairs[i].keylen + wf_ctx_value_size(&pairs[i].value);
-	if (size > MaxAllocSize)
-		ereport(ERROR,
-				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-				 errmsg("run context of %zu bytes is too large", size)));
+		size += 2 * sizeof(JEntry) + pairs[i].keylen +
+			(pairs[i].sub != NULL ? wf_ctx_object_size(pairs[i].sub, pairs[i].nsub) :
+			 wf_ctx_value_size(&pairs[i].value));
+	return size;
+}
 
-	initStringInfo(&buf);
-	enlargeStringInfo(&buf, (int) size);
-	buf.len = VARHDRSZ;
+/*
+ * Appends an object of the (sorted) pairs to buf, as convertJsonbObject()
+ * would; returns its JEntry (the padding before it counts in its length).
+ */
+static JEntry
+wf_ctx_put_object(StringInfo buf, WfCtxPair *pairs, int n)
+{
+	int			base = buf->len;
+	uint32		header;
+	int			jentries;
+	int			totallen = 0;
+	int			i;
+
+	wf_ctx_pad(buf);
 	header = (uint32) n | JB_FOBJECT;
-	appendBinaryStringInfo(&buf, (char *) &header, sizeof(uint32));
-	jentries = buf.len;
-	buf.len += 2 * n * sizeof(JEntry);
+	appendBinaryStringInfo(buf, (char *) &header, sizeof(uint32));
+	jentries = buf->len;
+	enlargeStringInfo(buf, 2 * n * sizeof(JEntry));
+	buf->len += 2 * n * sizeof(JEntry);
 
 	for (i = 0; i < 2 * n; i++)
 	{
@@ -249,11 +278,13 @@ wf_ctx_object(WfCtxPair *pairs, int n)
 
 		if (i < n)
 		{
-			appendBinaryStringInfo(&buf, pairs[i].key, pairs[i].keylen);
+			appendBinaryStringInfo(buf, pairs[i].key, pairs[i].keylen);
 			meta = (JEntry) pairs[i].keylen;
 		}
+		else if (pairs[i - n].sub != NULL)
+			meta = wf_ctx_put_object(buf, pairs[i - n].sub, pairs[i - n].nsub);
 		else
-			meta = wf_ctx_put_value(&buf, &pairs[i - n].value);
+			meta = wf_ctx_put_value(buf, &pairs[i - n].value);
 		totallen += JBE_OFFLENFLD(meta);
 		if (totallen > JENTRY_OFFLENMASK)
 			ereport(ERROR,
@@ -262,10 +293,14 @@ wf_ctx_object(WfCtxPair *pairs, int n)
 							JENTRY_OFFLENMASK)));
 		if (i % JB_OFFSET_STRIDE == 0)
 			meta = (meta & JENTRY_TYPEMASK) | totallen | JENTRY_HAS_OFF;
-		memcpy(buf.data + jentries + i * sizeof(JEntry), &meta, sizeof(JEntry));
+		memcpy(buf->data + jentries + i * sizeof(JEntry), &meta, sizeof(JEntry));
 	}
-	SET_VARSIZE(buf.data, buf.len);
-	return (Jsonb *) buf.data;
+	if (buf->len - base > JENTRY_OFFLENMASK)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("total size of jsonb object elements exceeds the maximum of %u bytes",
+						JENTRY_OFFLENMASK)));
+	return JENTRY_ISCONTAINER | (buf->len - base);
 }
 
 static void
@@ -278,7 +313,9 @@ wf_ctx_set_key(WfCtxPair *p, const char *key, int order)
 
 /*
  * The run context of step `step` of run `run_id`, at its attempt
- * `attempt`.  Must be called inside the executor's SPI connection.
+ * `attempt`.  Must be called inside the executor's SPI connection.  The
+ * value returned lives until the next call (it is the buffer reused from
+ * step to step): the step being handled is its only user.
  */
 Jsonb *
 wf_ctx_build(int64 run_id, const char *step, int attempt)
@@ -289,6 +326,7 @@ wf_ctx_build(int64 run_id, const char *step, int attempt)
 	WfCtxPair	run[4];
 	int			nsteps = 0;
 	int			ntop = 0;
+	Size		size;
 	Jsonb	   *input = NULL;
 	Jsonb	   *item = NULL;
 	char	   *workflow = NULL;
@@ -303,7 +341,13 @@ wf_ctx_build(int64 run_id, const char *step, int attempt)
 		 * The run's input, the step's item and the outputs of the named
 		 * steps done, as stored: out-of-line values stay toast pointers.
 		 */
-		wf_ctx_plan = SPI_prepare("SELECT 0, r.workflow, r.input, r.version FROM wf.run r"
+		/*
+		 * A fast-start plan: an index scan, which marks the entries of dead
+		 * versions as such as it meets them (a bitmap scan does not), so
+		 * that a container's row, updated often, does not leave a trail
+		 * that every later context reads.
+		 */
+		wf_ctx_plan = SPI_prepare_cursor("SELECT 0, r.workflow, r.input, r.version FROM wf.run r"
 								  " WHERE r.id = $1"
 								  " UNION ALL"
 								  " SELECT 1, NULL, s.item, NULL FROM wf.step s"
@@ -312,7 +356,7 @@ wf_ctx_build(int64 run_id, const char *step, int attempt)
 								  " SELECT 2, s.label, s.output, s.ord FROM wf.step s"
 								  " WHERE s.run_id = $1 AND s.label IS NOT NULL"
 								  " AND s.status IN ('completed', 'skipped')",
-								  2, types);
+								  2, types, CURSOR_OPT_FAST_PLAN);
 		if (wf_ctx_plan == NULL || SPI_keepplan(wf_ctx_plan) != 0)
 			elog(ERROR, "could not prepare the run context's query");
 	}
@@ -321,7 +365,9 @@ wf_ctx_build(int64 run_id, const char *step, int attempt)
 	if (SPI_execute_plan(wf_ctx_plan, args, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read the run context of run " INT64_FORMAT, run_id);
 
-	steps = palloc(sizeof(WfCtxPair) * Max(SPI_processed, 1));
+	steps = palloc0(sizeof(WfCtxPair) * Max(SPI_processed, 1));
+	memset(top, 0, sizeof(top));
+	memset(run, 0, sizeof(run));
 	for (i = 0; i < SPI_processed; i++)
 	{
 		HeapTuple	tuple = SPI_tuptable->vals[i];
@@ -372,9 +418,11 @@ wf_ctx_build(int64 run_id, const char *step, int attempt)
 	wf_ctx_set_key(&top[ntop], "input", 0);
 	wf_ctx_value(input, &top[ntop++].value);
 	wf_ctx_set_key(&top[ntop], "steps", 0);
-	wf_ctx_value(wf_ctx_object(steps, nsteps), &top[ntop++].value);
+	top[ntop].sub = steps;
+	top[ntop++].nsub = wf_ctx_sort(steps, nsteps);
 	wf_ctx_set_key(&top[ntop], "run", 0);
-	wf_ctx_value(wf_ctx_object(run, 4), &top[ntop++].value);
+	top[ntop].sub = run;
+	top[ntop++].nsub = wf_ctx_sort(run, 4);
 
 	/* A map item's {"item", "index"}, over anything of the same name. */
 	if (item != NULL && JB_ROOT_IS_OBJECT(item))
@@ -392,10 +440,31 @@ wf_ctx_build(int64 run_id, const char *step, int attempt)
 			top[ntop].key = pnstrdup(v.val.string.val, v.val.string.len);
 			top[ntop].keylen = v.val.string.len;
 			top[ntop].order = 1;
+			top[ntop].sub = NULL;
 			if (JsonbIteratorNext(&it, &top[ntop].value, true) != WJB_VALUE)
 				elog(ERROR, "could not read the map item of step \"%s\"", step);
 			ntop++;
 		}
 	}
-	return wf_ctx_object(top, ntop);
+	ntop = wf_ctx_sort(top, ntop);
+
+	/* Written in the buffer kept from the step before. */
+	size = VARHDRSZ + wf_ctx_object_size(top, ntop);
+	if (size > MaxAllocSize)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("run context of %zu bytes is too large", size)));
+	if (wf_ctx_out.data == NULL)
+	{
+		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+
+		initStringInfo(&wf_ctx_out);
+		MemoryContextSwitchTo(old);
+	}
+	resetStringInfo(&wf_ctx_out);
+	enlargeStringInfo(&wf_ctx_out, (int) size);
+	wf_ctx_out.len = VARHDRSZ;
+	(void) wf_ctx_put_object(&wf_ctx_out, top, ntop);
+	SET_VARSIZE(wf_ctx_out.data, wf_ctx_out.len);
+	return (Jsonb *) wf_ctx_out.data;
 }
