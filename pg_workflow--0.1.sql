@@ -3807,7 +3807,7 @@ $$;
  * one (the run was cancelled) are never handed out.
  */
 CREATE FUNCTION wf._claim(caller oid, caller_path text, p_pool text, p_max int,
-						  p_lease interval, p_agent text, p_caps text[])
+						  p_lease interval, p_agent text, p_caps text[], p_capacity int)
 RETURNS TABLE (task_id bigint, run_id bigint, step text, payload jsonb,
 			   attempt int, lease_until timestamptz)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
@@ -3832,6 +3832,9 @@ BEGIN
 	IF p_caps IS NULL OR array_position(p_caps, NULL) IS NOT NULL THEN
 		RAISE EXCEPTION 'capabilities must not be null' USING ERRCODE = 'null_value_not_allowed';
 	END IF;
+	IF p_capacity IS NOT NULL AND p_capacity < 1 THEN
+		RAISE EXCEPTION 'capacity must be at least 1' USING ERRCODE = 'invalid_parameter_value';
+	END IF;
 	IF NOT wf._may_claim(caller, p_pool) THEN
 		RAISE EXCEPTION 'permission denied for pool "%"', p_pool
 			USING ERRCODE = 'insufficient_privilege',
@@ -3841,9 +3844,18 @@ BEGIN
 	IF NOT FOUND AND EXISTS (SELECT 1 FROM wf.pool p WHERE p.pool = p_pool AND p.paused) THEN
 		RETURN;
 	END IF;
+	IF p_capacity IS NOT NULL THEN
+		/* An agent holds at most the capacity it declares. */
+		v_max := LEAST(v_max, p_capacity - (SELECT count(*) FROM wf.task t
+											 WHERE t.pool = p_pool AND t.agent = v_agent
+											   AND t.state = 'claimed'));
+		IF v_max <= 0 THEN
+			RETURN;
+		END IF;
+	END IF;
 	IF v_limit IS NOT NULL THEN
 		/* No lock yet: a claim that finds no room locks nothing. */
-		v_max := LEAST(p_max, v_limit - (SELECT count(*) FROM wf.task t
+		v_max := LEAST(v_max, v_limit - (SELECT count(*) FROM wf.task t
 										  WHERE t.pool = p_pool AND t.state = 'claimed'));
 		IF v_max <= 0 THEN
 			RETURN;
@@ -3903,6 +3915,23 @@ BEGIN
 END
 $$;
 
+/*
+ * The load of an agent about to wait in wf_claim: its tasks in flight in
+ * the pool over the capacity it declared (by default, the max it claims).
+ * Of the agents waiting, a commit that makes tasks ready wakes the least
+ * loaded first.
+ */
+CREATE FUNCTION wf._agent_load(caller oid, caller_path text, p_pool text, p_max int,
+							   p_lease interval, p_agent text, p_caps text[], p_capacity int)
+RETURNS float4
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+	SELECT (count(*) / coalesce(p_capacity, greatest(p_max, 1))::float8)::float4
+	  FROM wf.task t
+	 WHERE t.pool = p_pool AND t.state = 'claimed'
+	   AND t.agent = coalesce(p_agent, nullif(current_setting('application_name'), ''),
+							  caller::regrole::text)
+$$;
+
 /* The claim of an agent returns: it is seen now, with its capabilities. */
 CREATE FUNCTION wf._agent_seen(caller oid, caller_path text, p_pool text, p_max int,
 							   p_lease interval, p_agent text, p_caps text[])
@@ -3923,7 +3952,8 @@ CREATE FUNCTION @extschema@.wf_claim(pool text, max int DEFAULT 1,
 									 lease interval DEFAULT '5 minutes',
 									 agent text DEFAULT NULL,
 									 capabilities text[] DEFAULT '{}',
-									 wait interval DEFAULT NULL)
+									 wait interval DEFAULT NULL,
+									 capacity int DEFAULT NULL)
 RETURNS TABLE (task_id bigint, run_id bigint, step text, payload jsonb,
 			   attempt int, lease_until timestamptz)
 	LANGUAGE C SET search_path = pg_catalog, pg_temp AS 'MODULE_PATHNAME', 'wf_claim';
@@ -4927,7 +4957,7 @@ COMMENT ON FUNCTION @extschema@.wf_metrics(text, interval) IS 'executions, succe
 COMMENT ON FUNCTION @extschema@.wf_ack_alert(bigint) IS 'an operator acknowledges an alert';
 COMMENT ON VIEW wf.metrics IS 'every workflow''s figures of the last hour, one row per workflow and measure (for a Prometheus SQL exporter): runs ended, completed, failed, cancelled, success and error ratios, run duration mean and percentiles in seconds, runs pending, running and waiting now';
 COMMENT ON VIEW wf.progress IS 'unfinished runs: steps done of total, percent, what runs or waits now, elapsed time and an estimate of the time left';
-COMMENT ON FUNCTION @extschema@.wf_claim(text, int, interval, text, text[], interval) IS 'an agent claims up to max tasks of a pool that its capabilities cover, under a lease; with wait, blocks until one arrives';
+COMMENT ON FUNCTION @extschema@.wf_claim(text, int, interval, text, text[], interval, int) IS 'an agent claims up to max tasks of a pool that its capabilities cover (and its capacity leaves room for), under a lease; with wait, blocks until one arrives, the least loaded waiters woken first';
 COMMENT ON FUNCTION @extschema@.wf_heartbeat(bigint, interval, jsonb) IS 'extend a claimed task''s lease, optionally with progress';
 COMMENT ON FUNCTION @extschema@.wf_complete(bigint, jsonb) IS 'complete a claimed task: its output is the agent step''s; false if the lease was lost';
 COMMENT ON FUNCTION @extschema@.wf_fail(bigint, text, boolean) IS 'fail a claimed task, retryable (transient) or not (business)';

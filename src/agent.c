@@ -128,16 +128,21 @@ wf_tasks_ready(PG_FUNCTION_ARGS)
 static void
 wf_claim_stop_waiting(int code, Datum arg)
 {
-	wf_shmem_set_claim_waiting(0);
+	wf_shmem_set_claim_waiting(0, 0);
 }
 
 /*
- * wf_claim(pool, max, lease, agent, capabilities, wait): the tasks that
- * wf._claim(caller, ...) hands to the caller.  With wait, and none to
- * hand, sleeps on the backend's latch until a transaction that makes
- * tasks of the pool claimable commits (it wakes us), or wait passes, and
- * looks again; each look is a new statement of wf._claim, with a new
+ * wf_claim(pool, max, lease, agent, capabilities, wait, capacity): the
+ * tasks that wf._claim(caller, ...) hands to the caller.  With wait, and
+ * none to hand, sleeps on the backend's latch until a transaction that
+ * makes tasks of the pool claimable commits (it wakes us), or wait passes,
+ * and looks again; each look is a new statement of wf._claim, with a new
  * snapshot, and nothing is locked while we sleep.
+ *
+ * Load balancing: a commit that makes n tasks of a pool ready wakes n of
+ * its waiters, the least loaded first (tasks in flight over the capacity
+ * each declared); one woken for tasks it then does not get (they require
+ * capabilities it lacks, or another took them) wakes the next one.
  */
 Datum
 wf_claim(PG_FUNCTION_ARGS)
@@ -145,12 +150,14 @@ wf_claim(PG_FUNCTION_ARGS)
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	FmgrInfo	claim_fn;
 	FmgrInfo	seen_fn;
-	NullableDatum args[5];
-	Oid			argtypes[5] = {TEXTOID, INT4OID, INTERVALOID, TEXTOID, TEXTARRAYOID};
+	FmgrInfo	load_fn;
+	NullableDatum args[6];
+	Oid			argtypes[6] = {TEXTOID, INT4OID, INTERVALOID, TEXTOID, TEXTARRAYOID, INT4OID};
 	TimestampTz deadline = 0;
 	bool		waits = false;
 	uint32		pool_hash;
 	bool		isnull;
+	bool		woken = false;
 	int			i;
 
 	if (rsinfo == NULL || !IsA(rsinfo, ReturnSetInfo) ||
@@ -187,34 +194,51 @@ wf_claim(PG_FUNCTION_ARGS)
 				 errmsg("wf_claim cannot wait on a standby server"),
 				 errdetail("Tasks are created on the primary server, and a standby is not told when they are.")));
 
-	wf_api_lookup("claim", 5, argtypes, &claim_fn, CurrentMemoryContext);
+	wf_api_lookup("claim", 6, argtypes, &claim_fn, CurrentMemoryContext);
 	wf_api_lookup("agent_seen", 5, argtypes, &seen_fn, CurrentMemoryContext);
+	wf_api_lookup("agent_load", 6, argtypes, &load_fn, CurrentMemoryContext);
 	for (i = 0; i < 5; i++)
 	{
 		args[i].value = PG_GETARG_DATUM(i);
 		args[i].isnull = PG_ARGISNULL(i);
 	}
+	/* Argument 5 is wait, 6 the capacity: the internal functions' 6th. */
+	args[5].value = PG_GETARG_DATUM(6);
+	args[5].isnull = PG_ARGISNULL(6);
 	pool_hash = wf_shmem_pool_hash(VARDATA_ANY(PG_GETARG_TEXT_PP(0)),
 								   VARSIZE_ANY_EXHDR(PG_GETARG_TEXT_PP(0)));
 
 	PG_ENSURE_ERROR_CLEANUP(wf_claim_stop_waiting, (Datum) 0);
 	{
-		/* Registered before the first look: no commit after it is missed. */
+		/*
+		 * Registered before the first look: no commit after it is missed.
+		 * Its load orders the waiters that a commit wakes: it is looked up
+		 * again after each look that found nothing.
+		 */
 		if (waits)
-			wf_shmem_set_claim_waiting(pool_hash);
+			wf_shmem_set_claim_waiting(pool_hash,
+									   DatumGetFloat4(wf_api_invoke_set(&load_fn, 6, args,
+																		NULL, &isnull)));
 		for (;;)
 		{
 			long		timeout_ms = -1;
 			int			events = WL_LATCH_SET | WL_EXIT_ON_PM_DEATH;
+			int			rc;
 
 			ResetLatch(MyLatch);
 			rsinfo->setResult = NULL;
 			rsinfo->setDesc = NULL;
-			(void) wf_api_invoke_set(&claim_fn, 5, args, rsinfo, &isnull);
+			(void) wf_api_invoke_set(&claim_fn, 6, args, rsinfo, &isnull);
 			if (!waits ||
 				(rsinfo->setResult != NULL &&
 				 tuplestore_tuple_count(rsinfo->setResult) > 0))
 				break;
+			if (woken)
+			{
+				/* Woken for tasks it did not get: the next waiter's turn. */
+				wf_shmem_claim_pass_on(pool_hash);
+				woken = false;
+			}
 			if (IsolationUsesXactSnapshot())
 				ereport(ERROR,
 						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
@@ -233,12 +257,13 @@ wf_claim(PG_FUNCTION_ARGS)
 				tuplestore_end(rsinfo->setResult);
 				rsinfo->setResult = NULL;
 			}
-			(void) WaitLatch(MyLatch, events, timeout_ms, PG_WAIT_EXTENSION);
+			rc = WaitLatch(MyLatch, events, timeout_ms, PG_WAIT_EXTENSION);
+			woken = (rc & WL_LATCH_SET) != 0;
 			CHECK_FOR_INTERRUPTS();
 		}
 	}
 	PG_END_ENSURE_ERROR_CLEANUP(wf_claim_stop_waiting, (Datum) 0);
-	wf_shmem_set_claim_waiting(0);
+	wf_shmem_set_claim_waiting(0, 0);
 
 	/*
 	 * The agent is seen now: its row in wf.agent is written, and locked,

@@ -87,6 +87,8 @@ typedef struct WfBackendSlot
 	int64		interrupting;	/* run it interrupts until its xact ends */
 	uint32		claim_pool;		/* hash of the pool it waits for in
 								 * wf_claim, or 0 */
+	float4		claim_load;		/* then its tasks in flight / its capacity */
+	uint64		claim_seq;		/* and when it began to wait, in order */
 	Latch	   *latch;
 } WfBackendSlot;
 
@@ -116,6 +118,7 @@ typedef struct WfShared
 	bool		deferred;		/* wf.deferred may have changes to make */
 	WfOwnerClock clocks[WF_FAIR_OWNERS];
 	bool		db_missing_told;	/* the log said pg_workflow.database is missing */
+	uint64		claim_seq;		/* the last wf_claim waiter's claim_seq */
 	/* One entry per backend id: wf_wait and interrupt requests. */
 	int			nbackends;
 	WfBackendSlot backends[FLEXIBLE_ARRAY_MEMBER];
@@ -138,7 +141,8 @@ extern bool wf_shmem_run_is_interrupted(int64 run_id);
 extern void wf_shmem_wake_waiters(int64 *run_ids, int nruns);
 extern void wf_shmem_set_waiting(int64 run_id);
 extern uint32 wf_shmem_pool_hash(const char *pool, int len);
-extern void wf_shmem_set_claim_waiting(uint32 pool_hash);
+extern void wf_shmem_set_claim_waiting(uint32 pool_hash, float4 load);
+extern void wf_shmem_claim_pass_on(uint32 pool_hash);
 extern void wf_shmem_pool_ready_at_commit(uint32 pool_hash);
 extern TimestampTz wf_shmem_fair_at(Oid owner);
 

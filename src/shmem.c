@@ -48,6 +48,7 @@ static int64 wf_my_interrupt = 0;
 /* Pools whose tasks this transaction made claimable (-1: too many). */
 #define WF_MAX_PENDING_POOLS	16
 static uint32 wf_ready_pools[WF_MAX_PENDING_POOLS];
+static int	wf_ready_counts[WF_MAX_PENDING_POOLS];	/* tasks made ready in each */
 static int	wf_n_ready_pools = 0;
 
 static void wf_shmem_wake_claimers(void);
@@ -515,10 +516,11 @@ wf_shmem_pool_hash(const char *pool, int len)
 
 /*
  * Registers the current backend as waiting in wf_claim for tasks of the
- * pool of that hash (0: not waiting).
+ * pool of that hash (0: not waiting), with load = its tasks in flight over
+ * the capacity it declared: the least loaded waiters are woken first.
  */
 void
-wf_shmem_set_claim_waiting(uint32 pool_hash)
+wf_shmem_set_claim_waiting(uint32 pool_hash, float4 load)
 {
 	WfBackendSlot *me;
 
@@ -528,7 +530,86 @@ wf_shmem_set_claim_waiting(uint32 pool_hash)
 	SpinLockAcquire(&wf_shared->mutex);
 	me->latch = MyLatch;
 	me->claim_pool = pool_hash;
+	me->claim_load = load;
+	me->claim_seq = ++wf_shared->claim_seq;
 	SpinLockRelease(&wf_shared->mutex);
+}
+
+/* A wf_claim waiter, as wf_shmem_wake_claimers orders them. */
+typedef struct WfClaimer
+{
+	uint32		pool;
+	float4		load;
+	uint64		seq;
+	Latch	   *latch;
+} WfClaimer;
+
+/* Least loaded first; of equal loads, the one waiting longest. */
+static int
+wf_shmem_claimer_cmp(const void *a, const void *b)
+{
+	const WfClaimer *x = (const WfClaimer *) a;
+	const WfClaimer *y = (const WfClaimer *) b;
+
+	if (x->load != y->load)
+		return x->load < y->load ? -1 : 1;
+	return x->seq < y->seq ? -1 : (x->seq > y->seq ? 1 : 0);
+}
+
+/* The wf_claim waiters of pools (all pools: pool_hash 0), in wake order. */
+static WfClaimer *
+wf_shmem_claimers(uint32 pool_hash, int *n)
+{
+	WfBackendSlot *slots = WF_BACKENDS(wf_shared);
+	WfClaimer  *c = palloc(sizeof(WfClaimer) * wf_shared->nbackends);
+	int			i;
+
+	*n = 0;
+	SpinLockAcquire(&wf_shared->mutex);
+	for (i = 1; i < wf_shared->nbackends; i++)
+		if (slots[i].claim_pool != 0 &&
+			(pool_hash == 0 || slots[i].claim_pool == pool_hash))
+		{
+			c[*n].pool = slots[i].claim_pool;
+			c[*n].load = slots[i].claim_load;
+			c[*n].seq = slots[i].claim_seq;
+			c[*n].latch = slots[i].latch;
+			(*n)++;
+		}
+	SpinLockRelease(&wf_shared->mutex);
+	qsort(c, *n, sizeof(WfClaimer), wf_shmem_claimer_cmp);
+	return c;
+}
+
+/*
+ * A waiter woken for tasks it could not take (they require capabilities it
+ * lacks, or others took them) wakes the next one in order, so that a task
+ * reaches every waiter that might take it, least loaded first.
+ */
+void
+wf_shmem_claim_pass_on(uint32 pool_hash)
+{
+	WfBackendSlot *me;
+	WfClaimer	self;
+	WfClaimer  *c;
+	int			n;
+	int			i;
+
+	if (wf_shared == NULL || MyBackendId <= 0 || MyBackendId >= wf_shared->nbackends)
+		return;
+	me = &WF_BACKENDS(wf_shared)[MyBackendId];
+	SpinLockAcquire(&wf_shared->mutex);
+	self.load = me->claim_load;
+	self.seq = me->claim_seq;
+	SpinLockRelease(&wf_shared->mutex);
+	c = wf_shmem_claimers(pool_hash, &n);
+	for (i = 0; i < n; i++)
+		if (wf_shmem_claimer_cmp(&c[i], &self) > 0)
+		{
+			SetLatch(c[i].latch);
+			break;
+		}
+	pfree(c);
 }
 
 /*
@@ -546,34 +627,46 @@ wf_shmem_pool_ready_at_commit(uint32 pool_hash)
 		return;
 	for (i = 0; i < wf_n_ready_pools; i++)
 		if (wf_ready_pools[i] == pool_hash)
+		{
+			wf_ready_counts[i]++;
 			return;
+		}
 	if (wf_n_ready_pools == WF_MAX_PENDING_POOLS)
 		wf_n_ready_pools = -1;
 	else
+	{
+		wf_ready_counts[wf_n_ready_pools] = 1;
 		wf_ready_pools[wf_n_ready_pools++] = pool_hash;
+	}
 }
 
 /*
- * Wakes the backends waiting in wf_claim for the pools of
- * wf_ready_pools (all of them when there were too many to list).  Each
- * woken one looks again, and sleeps again if another took the tasks.
+ * Wakes the backends waiting in wf_claim for the pools of wf_ready_pools:
+ * as many as tasks were made ready, least loaded first (each woken one
+ * that takes nothing passes the wake on); all of them when there were too
+ * many pools to list.
  */
-/* wf_shmem_wake_claimers' test of a backend slot. */
-static bool
-wf_shmem_claims_ready_pool(WfBackendSlot *slot, void *arg)
-{
-	int			j;
-
-	if (slot->claim_pool == 0)
-		return false;
-	for (j = 0; j < wf_n_ready_pools; j++)
-		if (slot->claim_pool == wf_ready_pools[j])
-			return true;
-	return wf_n_ready_pools < 0;
-}
-
 static void
 wf_shmem_wake_claimers(void)
 {
-	wf_shmem_wake_backends(wf_shmem_claims_ready_pool, NULL);
+	WfClaimer  *c;
+	int			n;
+	int			i,
+				j;
+
+	if (wf_shared == NULL)
+		return;
+	c = wf_shmem_claimers(0, &n);
+	for (j = 0; j < (wf_n_ready_pools < 0 ? 1 : wf_n_ready_pools); j++)
+	{
+		int			left = wf_n_ready_pools < 0 ? n : wf_ready_counts[j];
+
+		for (i = 0; i < n && left > 0; i++)
+			if (wf_n_ready_pools < 0 || c[i].pool == wf_ready_pools[j])
+			{
+				SetLatch(c[i].latch);
+				left--;
+			}
+	}
+	pfree(c);
 }

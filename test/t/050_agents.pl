@@ -29,7 +29,9 @@
 #    an hour, goes back at once;
 #  - wf_pool_limit: at most N tasks of a pool in flight, also for claims
 #    made at once from several sessions;
-#  - NOTIFY wf_pool_<pool> when a pool with nothing to claim gets a task.
+#  - NOTIFY wf_pool_<pool> when a pool with nothing to claim gets a task;
+#  - load balancing: a task goes to the least loaded waiting agent, and
+#    past one that cannot take it.
 
 use strict;
 use warnings;
@@ -451,6 +453,77 @@ $listener->quit;
 my (undef, undef, $perr) = $node->psql('postgres',
 	"\\set VERBOSITY verbose\nSELECT wf_define('long-pool', '{\"steps\": [{\"name\": \"w\", \"agent\": \"" . ('x' x 56) . "\"}]}')");
 like($perr, qr/54000.*longer than 55 bytes/, 'a pool name too long for its channel is refused');
+
+# -------------------------------------------------------------------------
+# Load balancing: a task goes to the least loaded waiting agent (tasks in
+# flight over the capacity it declared); one that cannot take it passes
+# the wake-up on.
+# -------------------------------------------------------------------------
+$node->safe_psql('postgres', "SELECT wf_grant_pool('lb', 'agent1')");
+wf_define($node, 'lb', { steps => [ { name => 'w', agent => 'lb', requires => [] } ] });
+wf_define($node, 'lb-gpu', { steps => [ { name => 'w', agent => 'lb', requires => ['gpu'] } ] });
+my @lb_held = wf_start_many($node, 'lb', 2);
+$node->poll_query_until('postgres', "SELECT count(*) = 2 FROM wf.task WHERE pool = 'lb' AND state = 'ready'")
+  or die 'no tasks in pool lb';
+is(as_agent("SELECT count(*) FROM wf_claim('lb', 2, agent => 'big', capacity => 4)"), '2',
+	'agent big (capacity 4) holds two tasks');
+($out, $err) = as_role('agent1', "SELECT count(*) FROM wf_claim('lb', 1, agent => 'x', capacity => 0)");
+like($err, qr/22023.*capacity must be at least 1/, 'a capacity below 1 is refused');
+
+# Starts a psql waiting in wf_claim for agent name with capacity and caps.
+my %waiter;
+sub start_waiter
+{
+	my ($name, $capacity, $caps) = @_;
+	my $o = '';
+	$waiter{$name} = {
+		out => \$o,
+		h => IPC::Run::start(
+			[
+				'psql', '-XAtq', '-d', $node->connstr('postgres'), '-c',
+				"SET ROLE agent1; SELECT run_id FROM wf_claim('lb', 1, agent => '$name', capacity => $capacity, capabilities => '$caps', wait => '300 s')"
+			],
+			'>', \$o, '2>', \my $e)
+	};
+	$node->poll_query_until('postgres',
+		"SELECT count(*) = 1 FROM pg_stat_activity WHERE wait_event = 'Extension' AND query LIKE '%agent => ''$name''%'")
+	  or die "agent $name is not waiting";
+}
+
+sub waiter_done
+{
+	my ($name) = @_;
+	$waiter{$name}{h}->finish;
+	my $o = ${ $waiter{$name}{out} };
+	chomp $o;
+	return $o;
+}
+
+start_waiter('big', 4, '{}');      # load 2/4
+start_waiter('small', 2, '{}');    # load 0/2
+my $lb1 = wf_start($node, 'lb');
+is(waiter_done('small'), $lb1, 'a new task goes to the least loaded waiting agent (0 of 2 rather than 2 of 4)');
+is($node->safe_psql('postgres',
+		"SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'Extension' AND query LIKE '%agent => ''big''%'"),
+	'1', 'the more loaded one still waits');
+my $lb2 = wf_start($node, 'lb');
+is(waiter_done('big'), $lb2, 'the next task goes to the one waiting');
+
+# gpu is loaded 1 of 2, nogpu 0 of 4: nogpu is woken first for a task that
+# requires gpu, cannot take it, and passes the wake-up on.
+my $lb3 = wf_start($node, 'lb');
+$node->poll_query_until('postgres', "SELECT count(*) = 1 FROM wf.task WHERE run_id = $lb3 AND state = 'ready'")
+  or die 'no task for run lb3';
+is(as_agent("SELECT run_id FROM wf_claim('lb', 1, agent => 'gpu', capacity => 2, capabilities => '{gpu}')"),
+	$lb3, 'agent gpu (capacity 2) holds one task');
+start_waiter('nogpu', 4, '{}');
+start_waiter('gpu', 2, '{gpu}');
+my $lb4 = wf_start($node, 'lb-gpu');
+is(waiter_done('gpu'), $lb4,
+	'a task requiring gpu reaches the agent that has it, though the one woken first could not take it');
+$waiter{nogpu}{h}->kill_kill;
+$node->safe_psql('postgres',
+	"SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE query LIKE '%agent => ''nogpu''%' AND pid <> pg_backend_pid()");
 
 # -------------------------------------------------------------------------
 # A lost agent: wf.agents says so, and its tasks go back at once.
