@@ -1777,12 +1777,14 @@ DECLARE
 							 THEN make_interval(secs => p_event_retention_s) END;
 	ids		bigint[];
 	nevents	int := 0;
+	/* A variable, not clock_timestamp() in the queries: an index bound. */
+	t		timestamptz := clock_timestamp();
 BEGIN
 	IF keep IS NOT NULL THEN
 		SELECT array_agg(o.id) INTO ids
 		  FROM (SELECT r.id FROM wf.run r
 				 WHERE r.status IN ('completed', 'failed', 'cancelled')
-				   AND r.finished_at < clock_timestamp() - keep
+				   AND r.finished_at < t - keep
 				 ORDER BY r.finished_at LIMIT 1000
 				   FOR UPDATE SKIP LOCKED) o;
 		IF ids IS NOT NULL THEN
@@ -1800,7 +1802,7 @@ BEGIN
 	IF keep_ev IS NOT NULL THEN
 		DELETE FROM wf.event
 		 WHERE id IN (SELECT e.id FROM wf.event e
-					   WHERE e.emitted_at < clock_timestamp() - keep_ev
+					   WHERE e.emitted_at < t - keep_ev
 					   ORDER BY e.emitted_at LIMIT 5000
 						 FOR UPDATE SKIP LOCKED);
 		GET DIAGNOSTICS nevents = ROW_COUNT;
@@ -3686,8 +3688,12 @@ CREATE INDEX task_due ON wf.task ((LEAST(lease_until, deadline)))
 CREATE INDEX task_run ON wf.task (run_id, step);
 /* An agent's tasks, its last contact first (wf.agents, lost agents). */
 CREATE INDEX task_agent ON wf.task (pool, agent, seen_at);
-/* Tasks in flight: per pool for its limit, by last contact for lost agents. */
-CREATE INDEX task_in_flight ON wf.task (pool) WHERE state = 'claimed';
+/*
+ * Tasks in flight: per pool for its limit, per agent for its load (not
+ * through task_agent, which holds all its tasks ever), by last contact for
+ * lost agents.
+ */
+CREATE INDEX task_in_flight ON wf.task (pool, agent) WHERE state = 'claimed';
 CREATE INDEX task_seen ON wf.task (seen_at) WHERE state = 'claimed';
 
 /* Pools an operator paused or limited (a pool needs no row to exist). */
@@ -4085,10 +4091,12 @@ DECLARE
 	v		wf.task;
 	late	boolean;
 	lost	interval := current_setting('pg_workflow.agent_lost_after')::interval;
+	/* A variable, not clock_timestamp() in the queries: an index bound. */
+	t		timestamptz := clock_timestamp();
 BEGIN
 	FOR v IN SELECT * FROM wf.task o
 			  WHERE o.state IN ('ready', 'claimed')
-				AND LEAST(o.lease_until, o.deadline) < clock_timestamp()
+				AND LEAST(o.lease_until, o.deadline) < t
 			  FOR UPDATE SKIP LOCKED LOOP
 		late := coalesce(v.deadline < clock_timestamp(), false);
 		UPDATE wf.task SET state = 'expired', finished_at = clock_timestamp()
@@ -4107,13 +4115,13 @@ BEGIN
 	 * their leases expire.
 	 */
 	FOR v IN SELECT * FROM wf.task o
-			  WHERE o.state = 'claimed' AND o.seen_at < clock_timestamp() - lost
+			  WHERE o.state = 'claimed' AND o.seen_at < t - lost
 				AND NOT EXISTS (SELECT 1 FROM wf.agent a
 								 WHERE a.pool = o.pool AND a.agent = o.agent
-								   AND a.last_seen >= clock_timestamp() - lost)
-				AND NOT EXISTS (SELECT 1 FROM wf.task t
-								 WHERE t.pool = o.pool AND t.agent = o.agent
-								   AND t.seen_at >= clock_timestamp() - lost)
+								   AND a.last_seen >= t - lost)
+				AND NOT EXISTS (SELECT 1 FROM wf.task x
+								 WHERE x.pool = o.pool AND x.agent = o.agent
+								   AND x.seen_at >= t - lost)
 			  FOR UPDATE OF o SKIP LOCKED LOOP
 		UPDATE wf.task SET state = 'expired', finished_at = clock_timestamp()
 		 WHERE id = v.id;

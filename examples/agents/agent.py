@@ -54,9 +54,9 @@ def main():
         while not stopping and (args.tasks == 0 or done < args.tasks):
             rows = conn.execute(
                 "SELECT task_id, payload FROM wf_claim(%s, 1, %s::interval, %s,"
-                " %s::text[], %s::interval)",
+                " %s::text[], %s::interval, %s)",
                 (args.pool, args.lease, args.agent, args.capabilities,
-                 args.wait)).fetchall()
+                 args.wait, args.capacity)).fetchall()
             for task_id, payload in rows:
                 try:
                     output = work(conn, task_id, payload, args.lease)
@@ -84,6 +84,8 @@ parser.add_argument("--wait", default="5 seconds",
                     help="how long one wf_claim waits in the server")
 parser.add_argument("--tasks", type=int, default=0,
                     help="stop after this many tasks (0: never)")
+parser.add_argument("--capacity", type=int, default=None,
+                    help="tasks the agent (all processes of this name) holds at most")
 args = parser.parse_args()
 
 if __name__ == "__main__":
