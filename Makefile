@@ -9,6 +9,7 @@ OBJS = \
 	src/executor.o \
 	src/kinds.o \
 	src/context.o \
+	src/snapwait.o \
 	src/step_sql.o \
 	src/step_wait.o \
 	src/step_flow.o \

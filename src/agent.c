@@ -257,6 +257,7 @@ wf_claim(PG_FUNCTION_ARGS)
 				tuplestore_end(rsinfo->setResult);
 				rsinfo->setResult = NULL;
 			}
+			wf_snap_release_for_wait(fcinfo->flinfo->fn_oid);
 			rc = WaitLatch(MyLatch, events, timeout_ms, PG_WAIT_EXTENSION);
 			woken = (rc & WL_LATCH_SET) != 0;
 			CHECK_FOR_INTERRUPTS();

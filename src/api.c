@@ -288,6 +288,7 @@ wf_wait(PG_FUNCTION_ARGS)
 				timeout_ms = wf_util_ms_until(deadline);
 				events |= WL_TIMEOUT;
 			}
+			wf_snap_release_for_wait(fcinfo->flinfo->fn_oid);
 			(void) WaitLatch(MyLatch, events, timeout_ms, PG_WAIT_EXTENSION);
 			CHECK_FOR_INTERRUPTS();
 		}

@@ -282,6 +282,9 @@ extern int	wf_exec_batch(int max_steps, TimestampTz *next_due);
 extern void wf_exec_note_error(void);
 extern bool wf_exec_solo_due(void);
 
+/* snapwait.c */
+extern void wf_snap_release_for_wait(Oid fn);
+
 /* context.c */
 extern void wf_ctx_batch(MemoryContext cxt);
 extern Jsonb *wf_ctx_build(int64 run_id, const char *step, int attempt);

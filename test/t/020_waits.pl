@@ -28,6 +28,7 @@ use warnings;
 use FindBin;
 use lib "$FindBin::RealBin/../perl";
 
+use IPC::Run;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use PgWorkflowTest;
@@ -420,6 +421,40 @@ is( $node->safe_psql(
 	 WHERE r.workflow = 'race' AND s.step = 'go' AND s.attempt > 1}),
 	'0',
 	'no wait_for step attempt failed with a deadlock');
+
+# -------------------------------------------------------------------------
+# A statement waiting in wf_wait that reads no table holds back no cleanup
+# (no backend_xmin while it sleeps); one that does keeps its snapshot.
+# -------------------------------------------------------------------------
+wf_define($node, 'held-open',
+	{ steps => [ { name => 'go', wait_for => { signal => 'go' } } ] });
+my $ho = wf_start($node, 'held-open');
+my ($ho_out1, $ho_out2, $ho_err) = ('', '', '');
+my $w1 = IPC::Run::start(
+	[ 'psql', '-XAtq', '-d', $node->connstr('postgres'), '-c', "SELECT wf_wait($ho, '300 s') /* w1 */" ],
+	'>', \$ho_out1, '2>', \$ho_err);
+my $w2 = IPC::Run::start(
+	[
+		'psql', '-XAtq', '-d', $node->connstr('postgres'), '-c',
+		"SELECT wf_wait(r.id, '300 s') FROM wf.runs r WHERE r.id = $ho /* w2 */"
+	],
+	'>', \$ho_out2, '2>', \$ho_err);
+ok( $node->poll_query_until(
+		'postgres', q{
+	SELECT count(*) = 2 FROM pg_stat_activity
+	 WHERE wait_event = 'Extension' AND query LIKE '%wf_wait%/* w_ */'}),
+	'two statements wait in wf_wait');
+is( $node->safe_psql(
+		'postgres', q{
+	SELECT string_agg(substring(query from '/\* (w.) \*/') || '=' || (backend_xmin IS NULL), ',' ORDER BY query)
+	  FROM pg_stat_activity WHERE wait_event = 'Extension' AND query LIKE '%wf_wait%/* w_ */'}),
+	'w1=true,w2=false',
+	'SELECT wf_wait(...) alone holds no xmin while it sleeps; one reading wf.runs keeps it');
+$node->safe_psql('postgres', "SELECT wf_signal($ho, 'go')");
+$w1->finish;
+$w2->finish;
+chomp($ho_out1, $ho_out2);
+is("$ho_out1|$ho_out2", 'completed|completed', 'both see the run end');
 
 $node->stop;
 done_testing();
