@@ -525,6 +525,23 @@ $waiter{nogpu}{h}->kill_kill;
 $node->safe_psql('postgres',
 	"SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE query LIKE '%agent => ''nogpu''%' AND pid <> pg_backend_pid()");
 
+# A claim waiting alone in its statement holds back no cleanup.
+my ($xo, $xe) = ('', '');
+my $xw = IPC::Run::start(
+	[
+		'psql', '-XAtq', '-d', $node->connstr('postgres') . ' user=agent1', '-c',
+		"SELECT count(*) FROM wf_claim('lb', 1, agent => 'xmin', wait => '300 s')"
+	],
+	'>', \$xo, '2>', \$xe);
+ok( $node->poll_query_until(
+		'postgres', q{
+	SELECT backend_xmin IS NULL FROM pg_stat_activity
+	 WHERE wait_event = 'Extension' AND query LIKE '%agent => ''xmin''%'}),
+	'a lone SELECT waiting in wf_claim holds no xmin while it sleeps');
+$node->safe_psql('postgres',
+	"SELECT count(pg_cancel_backend(pid)) FROM pg_stat_activity WHERE query LIKE '%agent => ''xmin''%' AND pid <> pg_backend_pid()");
+$xw->finish;
+
 # -------------------------------------------------------------------------
 # A lost agent: wf.agents says so, and its tasks go back at once.
 # -------------------------------------------------------------------------
