@@ -3806,6 +3806,20 @@ BEGIN
 END
 $$;
 
+/* The name an agent claims under: its own, the session's application_name, or its role's. */
+CREATE FUNCTION wf._agent_name(caller oid, p_agent text) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+	SELECT coalesce(p_agent, nullif(current_setting('application_name'), ''),
+					caller::regrole::text)
+$$;
+
+/* The tasks of the pool that the agent holds now (index task_in_flight). */
+CREATE FUNCTION wf._agent_in_flight(p_pool text, p_agent text) RETURNS bigint
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+	SELECT count(*) FROM wf.task t
+	 WHERE t.pool = p_pool AND t.agent = p_agent AND t.state = 'claimed'
+$$;
+
 /*
  * Up to p_max ready tasks of the pool whose requirements p_caps cover,
  * highest priority first, then oldest; claimed for the caller under a
@@ -3819,8 +3833,8 @@ RETURNS TABLE (task_id bigint, run_id bigint, step text, payload jsonb,
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
-	v_agent	text := coalesce(p_agent, nullif(current_setting('application_name'), ''),
-							 caller::regrole::text);
+	v_agent	text := wf._agent_name(caller, p_agent);
+	v_paused boolean;
 	v_limit	int;
 	v_max	int := p_max;
 	v_over	bigint;
@@ -3846,15 +3860,13 @@ BEGIN
 			USING ERRCODE = 'insufficient_privilege',
 				  HINT = 'A member of wf_admin grants it with wf_grant_pool.';
 	END IF;
-	SELECT p.max_in_flight INTO v_limit FROM wf.pool p WHERE p.pool = p_pool AND NOT p.paused;
-	IF NOT FOUND AND EXISTS (SELECT 1 FROM wf.pool p WHERE p.pool = p_pool AND p.paused) THEN
+	SELECT p.paused, p.max_in_flight INTO v_paused, v_limit FROM wf.pool p WHERE p.pool = p_pool;
+	IF v_paused THEN
 		RETURN;
 	END IF;
 	IF p_capacity IS NOT NULL THEN
 		/* An agent holds at most the capacity it declares. */
-		v_max := LEAST(v_max, p_capacity - (SELECT count(*) FROM wf.task t
-											 WHERE t.pool = p_pool AND t.agent = v_agent
-											   AND t.state = 'claimed'));
+		v_max := LEAST(v_max, p_capacity - wf._agent_in_flight(p_pool, v_agent));
 		IF v_max <= 0 THEN
 			RETURN;
 		END IF;
@@ -3896,11 +3908,13 @@ BEGIN
 		 * the limit (the lowest in the order) goes back.  Only a claim that
 		 * returns tasks holds the pool's row, never one that waits.
 		 */
-		PERFORM FROM wf.pool p WHERE p.pool = p_pool FOR UPDATE;
-		SELECT count(*) - coalesce(max(p.max_in_flight), count(*)) INTO v_over
-		  FROM wf.task t LEFT JOIN wf.pool p ON p.pool = t.pool
-		 WHERE t.pool = p_pool AND t.state = 'claimed';
-		v_over := LEAST(v_over, cardinality(v_ids));
+		SELECT p.max_in_flight INTO v_limit FROM wf.pool p WHERE p.pool = p_pool FOR UPDATE;
+		v_over := LEAST((SELECT count(*) FROM wf.task t
+						  WHERE t.pool = p_pool AND t.state = 'claimed') - coalesce(v_limit, 0),
+						cardinality(v_ids));
+		IF v_limit IS NULL THEN
+			v_over := 0;		/* the limit was removed meanwhile */
+		END IF;
 		IF v_over > 0 THEN
 			UPDATE wf.task t
 			   SET state = 'ready', claimed_by = NULL, agent = NULL, claimed_at = NULL,
@@ -3931,11 +3945,8 @@ CREATE FUNCTION wf._agent_load(caller oid, caller_path text, p_pool text, p_max 
 							   p_lease interval, p_agent text, p_caps text[], p_capacity int)
 RETURNS float4
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-	SELECT (count(*) / coalesce(p_capacity, greatest(p_max, 1))::float8)::float4
-	  FROM wf.task t
-	 WHERE t.pool = p_pool AND t.state = 'claimed'
-	   AND t.agent = coalesce(p_agent, nullif(current_setting('application_name'), ''),
-							  caller::regrole::text)
+	SELECT (wf._agent_in_flight(p_pool, wf._agent_name(caller, p_agent))
+			/ coalesce(p_capacity, greatest(p_max, 1))::float8)::float4
 $$;
 
 /* The claim of an agent returns: it is seen now, with its capabilities. */
@@ -3945,8 +3956,7 @@ RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
 	INSERT INTO wf.agent AS a (pool, agent, role, capabilities, first_seen, last_seen)
-	VALUES (p_pool, coalesce(p_agent, nullif(current_setting('application_name'), ''),
-							 caller::regrole::text),
+	VALUES (p_pool, wf._agent_name(caller, p_agent),
 			caller, p_caps, clock_timestamp(), clock_timestamp())
 	ON CONFLICT (pool, agent) DO UPDATE
 	   SET role = EXCLUDED.role, capabilities = EXCLUDED.capabilities,
@@ -4140,6 +4150,26 @@ BEGIN
 END
 $$;
 
+/*
+ * A pool resumed, or its limit raised: as many claims waiting as it has
+ * tasks ready (up to 1,000) look again, and its listeners are told.
+ */
+CREATE FUNCTION wf._pool_opened(p_pool text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	n	int;
+BEGIN
+	SELECT count(*) INTO n
+	  FROM (SELECT 1 FROM wf.task t WHERE t.pool = p_pool AND t.state = 'ready' LIMIT 1000) x;
+	FOR i IN 1 .. n LOOP
+		PERFORM wf._tasks_ready(p_pool);
+	END LOOP;
+	IF n > 0 THEN
+		PERFORM wf._pool_notify(p_pool);
+	END IF;
+END
+$$;
+
 /* A task of a limited pool left flight: claims waiting for room look again. */
 CREATE FUNCTION wf._pool_room(p_pool text) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -4196,9 +4226,7 @@ BEGIN
 	INSERT INTO wf.pool (pool, paused) VALUES (p_pool, p_paused)
 	ON CONFLICT (pool) DO UPDATE SET paused = EXCLUDED.paused;
 	IF NOT p_paused THEN
-		PERFORM wf._tasks_ready(p_pool);
-		PERFORM wf._pool_notify(p_pool)
-		  WHERE EXISTS (SELECT 1 FROM wf.task t WHERE t.pool = p_pool AND t.state = 'ready');
+		PERFORM wf._pool_opened(p_pool);
 	END IF;
 	RETURN true;
 END
@@ -4233,9 +4261,7 @@ BEGIN
 	INSERT INTO wf.pool (pool, max_in_flight) VALUES (p_pool, p_max)
 	ON CONFLICT (pool) DO UPDATE SET max_in_flight = EXCLUDED.max_in_flight;
 	/* A limit raised or removed: claims waiting for room look again. */
-	PERFORM wf._tasks_ready(p_pool);
-	PERFORM wf._pool_notify(p_pool)
-	  WHERE EXISTS (SELECT 1 FROM wf.task t WHERE t.pool = p_pool AND t.state = 'ready');
+	PERFORM wf._pool_opened(p_pool);
 END
 $$;
 

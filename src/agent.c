@@ -212,8 +212,8 @@ wf_claim(PG_FUNCTION_ARGS)
 	{
 		/*
 		 * Registered before the first look: no commit after it is missed.
-		 * Its load orders the waiters that a commit wakes: it is looked up
-		 * again after each look that found nothing.
+		 * Its load orders the waiters that a commit wakes; it does not
+		 * change while we wait (only our own claims and ends change it).
 		 */
 		if (waits)
 			wf_shmem_set_claim_waiting(pool_hash,

@@ -313,12 +313,15 @@ wf_ctx_set_key(WfCtxPair *p, const char *key, int order)
 
 /*
  * The run context of step `step` of run `run_id`, at its attempt
- * `attempt`.  Must be called inside the executor's SPI connection.  The
- * value returned lives until the next call (it is the buffer reused from
- * step to step): the step being handled is its only user.
+ * `attempt`, or NULL when it would take more than
+ * pg_workflow.max_context_size (*size: the bytes it takes, or would take at
+ * most): it is then not even written.  Must be called inside the
+ * executor's SPI connection.  The value returned lives until the next call
+ * (it is the buffer reused from step to step): the step being handled is
+ * its only user.
  */
 Jsonb *
-wf_ctx_build(int64 run_id, const char *step, int attempt)
+wf_ctx_build(int64 run_id, const char *step, int attempt, Size *size)
 {
 	Datum		args[2];
 	WfCtxPair  *steps;
@@ -326,7 +329,6 @@ wf_ctx_build(int64 run_id, const char *step, int attempt)
 	WfCtxPair	run[4];
 	int			nsteps = 0;
 	int			ntop = 0;
-	Size		size;
 	Jsonb	   *input = NULL;
 	Jsonb	   *item = NULL;
 	char	   *workflow = NULL;
@@ -340,8 +342,6 @@ wf_ctx_build(int64 run_id, const char *step, int attempt)
 		/*
 		 * The run's input, the step's item and the outputs of the named
 		 * steps done, as stored: out-of-line values stay toast pointers.
-		 */
-		/*
 		 * A fast-start plan: an index scan, which marks the entries of dead
 		 * versions as such as it meets them (a bitmap scan does not), so
 		 * that a container's row, updated often, does not leave a trail
@@ -440,7 +440,6 @@ wf_ctx_build(int64 run_id, const char *step, int attempt)
 			top[ntop].key = pnstrdup(v.val.string.val, v.val.string.len);
 			top[ntop].keylen = v.val.string.len;
 			top[ntop].order = 1;
-			top[ntop].sub = NULL;
 			if (JsonbIteratorNext(&it, &top[ntop].value, true) != WJB_VALUE)
 				elog(ERROR, "could not read the map item of step \"%s\"", step);
 			ntop++;
@@ -449,11 +448,9 @@ wf_ctx_build(int64 run_id, const char *step, int attempt)
 	ntop = wf_ctx_sort(top, ntop);
 
 	/* Written in the buffer kept from the step before. */
-	size = VARHDRSZ + wf_ctx_object_size(top, ntop);
-	if (size > MaxAllocSize)
-		ereport(ERROR,
-				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-				 errmsg("run context of %zu bytes is too large", size)));
+	*size = VARHDRSZ + wf_ctx_object_size(top, ntop);
+	if (*size > (Size) wf_guc_max_context_size)
+		return NULL;
 	if (wf_ctx_out.data == NULL)
 	{
 		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
@@ -462,9 +459,10 @@ wf_ctx_build(int64 run_id, const char *step, int attempt)
 		MemoryContextSwitchTo(old);
 	}
 	resetStringInfo(&wf_ctx_out);
-	enlargeStringInfo(&wf_ctx_out, (int) size);
+	enlargeStringInfo(&wf_ctx_out, (int) *size);
 	wf_ctx_out.len = VARHDRSZ;
 	(void) wf_ctx_put_object(&wf_ctx_out, top, ntop);
 	SET_VARSIZE(wf_ctx_out.data, wf_ctx_out.len);
+	*size = wf_ctx_out.len;
 	return (Jsonb *) wf_ctx_out.data;
 }

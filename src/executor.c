@@ -95,6 +95,16 @@ static SPIPlanPtr wf_plan_load = NULL;
 static SPIPlanPtr wf_plan_done = NULL;
 static SPIPlanPtr wf_plan_done_defer = NULL;
 static SPIPlanPtr wf_plan_children_done = NULL;
+static SPIPlanPtr wf_plan_failed = NULL;
+static SPIPlanPtr wf_plan_resume = NULL;
+static SPIPlanPtr wf_plan_requeue = NULL;
+static SPIPlanPtr wf_plan_wait = NULL;
+static SPIPlanPtr wf_plan_expire = NULL;
+static SPIPlanPtr wf_plan_deferred = NULL;
+static SPIPlanPtr wf_plan_solo = NULL;
+static SPIPlanPtr wf_plan_solo_due = NULL;
+static SPIPlanPtr wf_plan_solo_alike = NULL;
+static SPIPlanPtr wf_plan_prune = NULL;
 
 /*
  * The map items this batch completed, by map: the map's row is updated once
@@ -109,16 +119,6 @@ typedef struct WfMapDone
 } WfMapDone;
 
 static List *wf_exec_maps_done = NIL;
-static SPIPlanPtr wf_plan_failed = NULL;
-static SPIPlanPtr wf_plan_resume = NULL;
-static SPIPlanPtr wf_plan_requeue = NULL;
-static SPIPlanPtr wf_plan_wait = NULL;
-static SPIPlanPtr wf_plan_expire = NULL;
-static SPIPlanPtr wf_plan_deferred = NULL;
-static SPIPlanPtr wf_plan_solo = NULL;
-static SPIPlanPtr wf_plan_solo_due = NULL;
-static SPIPlanPtr wf_plan_solo_alike = NULL;
-static SPIPlanPtr wf_plan_prune = NULL;
 
 /*
  * When wf._prune() is next worth calling (0: at once, DT_NOEND: never, until
@@ -165,7 +165,7 @@ wf_exec_prepare_all(void)
 	Oid			key_types[3] = {INT8OID, TEXTOID, INT4OID};
 	Oid			done_types[4] = {INT8OID, TEXTOID, TEXTOID, JSONBOID};
 	Oid			children_types[3] = {INT8OID, TEXTOID, INT4OID};
-	Oid			alike_types[3] = {INT8OID, JSONBOID, TEXTOID};
+	Oid			alike_types[1] = {JSONBOID};
 	Oid			failed_types[9] = {INT8OID, TEXTOID, JSONBOID, TIMESTAMPTZOID,
 	BOOLOID, BOOLOID, BOOLOID, BOOLOID, TEXTOID};
 	Oid			prune_types[2] = {INT4OID, INT4OID};
@@ -255,9 +255,9 @@ wf_exec_prepare_all(void)
 								   " WHERE run_id = $1 AND step = $2",
 								   2, key_types);
 	/*
-	 * The ready sql steps with the same definition (but for the name, which
-	 * numbers a map's items) as step $2 of run $1 among the next 1,000 in
-	 * the claim order, skipping those other executors hold.
+	 * The ready sql steps not yet solo with the definition $1 (but for the
+	 * name, which numbers a map's items) among the next 1,000 in the claim
+	 * order, skipping those other executors hold.
 	 */
 	wf_plan_solo_alike = wf_exec_prepare("WITH w AS ("
 										 " SELECT run_id, step FROM wf.step"
@@ -269,12 +269,11 @@ wf_exec_prepare_all(void)
 										 " ON s.run_id = w.run_id AND s.step = w.step"
 										 " WHERE s.status = 'ready' AND NOT s.solo AND s.kind = 'sql'"
 										 " AND (s.spec OPERATOR(pg_catalog.-) 'name'::text)"
-										 " OPERATOR(pg_catalog.=) ($2 OPERATOR(pg_catalog.-) 'name'::text)"
-										 " AND NOT (s.run_id = $1 AND s.step = $3)"
+										 " OPERATOR(pg_catalog.=) ($1 OPERATOR(pg_catalog.-) 'name'::text)"
 										 " FOR UPDATE OF s SKIP LOCKED)"
 										 " UPDATE wf.step s SET solo = true FROM l"
 										 " WHERE s.run_id = l.run_id AND s.step = l.step",
-										 3, alike_types);
+										 1, alike_types);
 	/* Solo steps due that no long-step worker holds. */
 	wf_plan_solo_due = wf_exec_prepare("SELECT FROM wf.step"
 									   " WHERE solo AND status = 'ready'"
@@ -751,6 +750,7 @@ wf_exec_step(WfWorkItem *item, List *queue, MemoryContext batchctx)
 	HeapTuple	tuple;
 	Datum		d;
 	MemoryContext stepctx = CurrentMemoryContext;
+	Size		ctx_size;
 	ResourceOwner oldowner = CurrentResourceOwner;
 	int			holdoff = QueryCancelHoldoffCount;
 
@@ -785,15 +785,15 @@ wf_exec_step(WfWorkItem *item, List *queue, MemoryContext batchctx)
 	d = SPI_getbinval(tuple, tupdesc, 12, &isnull);
 	ex->parent_run = isnull ? 0 : DatumGetInt64(d);
 	SPI_freetuptable(SPI_tuptable);
-	ex->context = wf_ctx_build(ex->run_id, ex->step, ex->attempt);
+	ex->context = wf_ctx_build(ex->run_id, ex->step, ex->attempt, &ctx_size);
 
-	if (VARSIZE(ex->context) > wf_guc_max_context_size)
+	if (ex->context == NULL)
 	{
 		/* Not even loaded into the step: it fails as if it had run. */
 		res->outcome = WF_STEP_FAILED;
 		res->error_class = WF_ERROR_PERMANENT;
 		res->error_message = psprintf("run context of %zu bytes exceeds pg_workflow.max_context_size (%d bytes)",
-									  (size_t) VARSIZE(ex->context), wf_guc_max_context_size);
+									  ctx_size, wf_guc_max_context_size);
 		strlcpy(res->sqlstate, "54000", sizeof(res->sqlstate));
 		return wf_exec_record_failure(ex, defaults, res, queue, batchctx);
 	}
@@ -908,11 +908,10 @@ wf_exec_step(WfWorkItem *item, List *queue, MemoryContext batchctx)
 	queue = wf_exec_record_failure(ex, defaults, res, queue, batchctx);
 	if (res->offload)
 	{
-		Datum		sargs[3];
+		Datum		sargs[2];
 
 		sargs[0] = Int64GetDatum(ex->run_id);
 		sargs[1] = CStringGetTextDatum(ex->step);
-		sargs[2] = sargs[1];
 		if (SPI_execute_plan(wf_plan_solo, sargs, NULL, false, 0) != SPI_OK_UPDATE)
 			elog(ERROR, "could not hand step \"%s\" over", ex->step);
 		ereport(DEBUG1,
@@ -924,9 +923,9 @@ wf_exec_step(WfWorkItem *item, List *queue, MemoryContext batchctx)
 		 * The same step of other runs (or the other items of its map) due
 		 * soon will most likely take as long: they go to long-step workers
 		 * at once, rather than each holding up an executor for the
-		 * threshold first.
+		 * threshold first.  (This one is solo already.)
 		 */
-		sargs[1] = JsonbPGetDatum(ex->spec);
+		sargs[0] = JsonbPGetDatum(ex->spec);
 		if (SPI_execute_plan(wf_plan_solo_alike, sargs, NULL, false, 0) != SPI_OK_UPDATE)
 			elog(ERROR, "could not hand the steps like \"%s\" over", ex->step);
 		wf_exec_offloaded += (int) Min(SPI_processed, INT_MAX / 2);

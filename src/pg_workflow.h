@@ -287,7 +287,7 @@ extern void wf_snap_release_for_wait(Oid fn);
 
 /* context.c */
 extern void wf_ctx_batch(MemoryContext cxt);
-extern Jsonb *wf_ctx_build(int64 run_id, const char *step, int attempt);
+extern Jsonb *wf_ctx_build(int64 run_id, const char *step, int attempt, Size *size);
 
 /* step_sql.c */
 extern void wf_sql_execute(WfStepExec *ex, WfStepResult *res);

@@ -44,8 +44,12 @@
 #include "utils/snapmgr.h"
 #include "utils/syscache.h"
 
-/* The waiting function, whose snapshot handling we know. */
-static Oid	wf_snap_self = InvalidOid;
+/* What the walkers allow: the waiting function, the engine's namespace. */
+typedef struct WfSnapOk
+{
+	Oid			self;
+	Oid			own_namespace;
+} WfSnapOk;
 
 /*
  * May the function be called by a statement whose snapshot we let go?
@@ -55,13 +59,13 @@ static Oid	wf_snap_self = InvalidOid;
  * SQL or PL/pgSQL reads with the caller's snapshot.
  */
 static bool
-wf_snap_fn_ok(Oid fn, Oid own_namespace)
+wf_snap_fn_ok(Oid fn, WfSnapOk *ok)
 {
 	HeapTuple	tp;
 	Oid			lang;
 	char	   *name;
 
-	if (fn == wf_snap_self)
+	if (fn == ok->self)
 		return true;
 	if (fn < FirstGenbkiObjectId)
 	{
@@ -72,35 +76,34 @@ wf_snap_fn_ok(Oid fn, Oid own_namespace)
 		ReleaseSysCache(tp);
 		return lang == INTERNALlanguageId || lang == ClanguageId;
 	}
-	if (get_func_namespace(fn) != own_namespace)
+	if (get_func_namespace(fn) != ok->own_namespace)
 		return false;
 	name = get_func_name(fn);
 	return name != NULL && strcmp(name, "wf_start") == 0;
 }
 
+/* Is there anything in the expression that we do not allow? */
 static bool
 wf_snap_expr_walker(Node *node, void *context)
 {
-	Oid			own_namespace = *(Oid *) context;
+	WfSnapOk   *ok = (WfSnapOk *) context;
+	Oid			fn = InvalidOid;
 
 	if (node == NULL)
 		return false;
 	switch (nodeTag(node))
 	{
 		case T_FuncExpr:
-			if (!wf_snap_fn_ok(((FuncExpr *) node)->funcid, own_namespace))
-				return true;
+			fn = ((FuncExpr *) node)->funcid;
 			break;
 		case T_OpExpr:
 		case T_DistinctExpr:
 		case T_NullIfExpr:
 			set_opfuncid((OpExpr *) node);
-			if (!wf_snap_fn_ok(((OpExpr *) node)->opfuncid, own_namespace))
-				return true;
+			fn = ((OpExpr *) node)->opfuncid;
 			break;
 		case T_Aggref:
-			if (!wf_snap_fn_ok(((Aggref *) node)->aggfnoid, own_namespace))
-				return true;
+			fn = ((Aggref *) node)->aggfnoid;
 			break;
 		case T_SubPlan:
 		case T_AlternativeSubPlan:
@@ -114,12 +117,14 @@ wf_snap_expr_walker(Node *node, void *context)
 		default:
 			break;
 	}
+	if (OidIsValid(fn) && !wf_snap_fn_ok(fn, ok))
+		return true;
 	return expression_tree_walker(node, wf_snap_expr_walker, context);
 }
 
 /* Does no node of the plan read a table, or call a function of another's? */
 static bool
-wf_snap_plan_ok(Plan *plan, Oid own_namespace)
+wf_snap_plan_ok(Plan *plan, WfSnapOk *ok)
 {
 	if (plan == NULL)
 		return true;
@@ -132,21 +137,20 @@ wf_snap_plan_ok(Plan *plan, Oid own_namespace)
 		case T_Limit:
 			break;
 		case T_FunctionScan:
-			if (wf_snap_expr_walker((Node *) ((FunctionScan *) plan)->functions,
-									&own_namespace))
+			if (wf_snap_expr_walker((Node *) ((FunctionScan *) plan)->functions, ok))
 				return false;
 			break;
 		default:
 			return false;
 	}
-	if (wf_snap_expr_walker((Node *) plan->targetlist, &own_namespace) ||
-		wf_snap_expr_walker((Node *) plan->qual, &own_namespace))
+	if (wf_snap_expr_walker((Node *) plan->targetlist, ok) ||
+		wf_snap_expr_walker((Node *) plan->qual, ok))
 		return false;
 	if (IsA(plan, Result) &&
-		wf_snap_expr_walker(((Result *) plan)->resconstantqual, &own_namespace))
+		wf_snap_expr_walker(((Result *) plan)->resconstantqual, ok))
 		return false;
-	return wf_snap_plan_ok(plan->lefttree, own_namespace) &&
-		wf_snap_plan_ok(plan->righttree, own_namespace);
+	return wf_snap_plan_ok(plan->lefttree, ok) &&
+		wf_snap_plan_ok(plan->righttree, ok);
 }
 
 /*
@@ -159,10 +163,15 @@ wf_snap_release_for_wait(Oid fn)
 {
 	PlannedStmt *stmt;
 	ListCell   *lc;
-	Oid			own_namespace;
+	WfSnapOk	ok;
 
+	/*
+	 * Alone in its transaction: no cursor, no suspended portal of the
+	 * extended protocol, that reads with an older snapshot later.
+	 */
 	if (ActivePortal == NULL || list_length(ActivePortal->stmts) != 1 ||
-		IsTransactionBlock() || IsolationUsesXactSnapshot())
+		IsTransactionBlock() || IsolationUsesXactSnapshot() ||
+		!ThereAreNoReadyPortals())
 		return;
 	stmt = linitial_node(PlannedStmt, ActivePortal->stmts);
 	if (stmt->commandType != CMD_SELECT || stmt->utilityStmt != NULL ||
@@ -175,9 +184,9 @@ wf_snap_release_for_wait(Oid fn)
 		if (rte->rtekind != RTE_FUNCTION && rte->rtekind != RTE_RESULT)
 			return;
 	}
-	own_namespace = get_func_namespace(fn);
-	wf_snap_self = fn;
-	if (!wf_snap_plan_ok(stmt->planTree, own_namespace))
+	ok.self = fn;
+	ok.own_namespace = get_func_namespace(fn);
+	if (!wf_snap_plan_ok(stmt->planTree, &ok))
 		return;
 
 	InvalidateCatalogSnapshot();

@@ -7,7 +7,9 @@
 #  - 50 trivial runs all complete, though every long step is still blocked;
 #  - wf_cancel interrupts a step running in a long-step worker;
 # and once the lock is released every long run completes, its step's effect
-# made once and its attempt counted once.
+# made once and its attempt counted once.  At a handover the same step of
+# the other runs goes to long-step workers too: there are fewer handovers
+# than long steps.
 
 use strict;
 use warnings;
@@ -22,7 +24,8 @@ use Test::More;
 
 my $node = wf_node('long', workers => 2,
 	conf => "pg_workflow.long_step_threshold = '200ms'\n"
-	  . "pg_workflow.max_long_workers = 4\n");
+	  . "pg_workflow.max_long_workers = 4\n"
+	  . "log_min_messages = debug1\n");	# each handover is logged at DEBUG1
 
 $node->safe_psql('postgres', 'CREATE TABLE effects (run_id bigint)');
 wf_define(
@@ -57,6 +60,9 @@ ok( $node->poll_query_until(
 ok( $node->poll_query_until(
 		'postgres', q{SELECT count(*) FROM wf.step WHERE solo AND step = 'wait'}, '6'),
 	'all six long steps were handed over');
+my $handovers = () = slurp_file($node->logfile) =~ /outlasted pg_workflow\.long_step_threshold: handed to a long-step worker/g;
+cmp_ok($handovers, '<=', 3,
+	"the steps like one handed over went to long-step workers without outlasting the threshold in an executor first ($handovers handovers for six steps)");
 
 my @quick = wf_start_many($node, 'quick', 50);
 is(wf_wait_all($node, @quick), join(',', ('completed') x 50),

@@ -429,6 +429,26 @@ $got += $_ for @cout;
 is($got, 1, 'four claims at once get the one task the raised limit (3) makes room for');
 is($node->safe_psql('postgres', "SELECT count(*) FROM wf.task WHERE pool = 'lim' AND state = 'claimed'"),
 	'3', 'three in flight');
+# A claim waiting on the full pool is woken when a task leaves flight.
+my ($lw_out, $lw_err) = ('', '');
+my $lw = IPC::Run::start(
+	[
+		'psql', '-XAtq', '-d', $node->connstr('postgres') . ' user=agent1', '-c',
+		"SELECT count(*) FROM wf_claim('lim', 5, agent => 'lw', wait => '300 s')"
+	],
+	'>', \$lw_out, '2>', \$lw_err);
+$node->poll_query_until('postgres',
+	"SELECT count(*) = 1 FROM pg_stat_activity WHERE wait_event = 'Extension' AND query LIKE '%agent => ''lw''%'")
+  or die 'the claim on the full pool is not waiting';
+$node->safe_psql('postgres',
+	"SELECT wf_complete(id) FROM wf.task WHERE pool = 'lim' AND state = 'claimed' ORDER BY id LIMIT 1");
+$lw->finish;
+chomp $lw_out;
+is($lw_out, '1', 'a claim waiting on the full pool gets the room a completed task leaves');
+my $lim_more = wf_start($node, 'limited');
+$node->poll_query_until('postgres', "SELECT count(*) = 1 FROM wf.task WHERE run_id = $lim_more AND state = 'ready'")
+  or die 'no task for the last limited run';
+is(claim_n(10, 'l3'), '0', 'with 3 in flight again, a new task waits');
 $node->safe_psql('postgres', "SELECT wf_pool_limit('lim', NULL)");
 is(claim_n(10, 'l3'), '1', 'no limit: the last task is handed out');
 
