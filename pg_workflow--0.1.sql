@@ -1171,9 +1171,7 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	r			wf.run;
 	st			wf.step;
-	pst			wf.step;
 	v_parent	text;
-	d			record;
 BEGIN
 	SELECT * INTO r FROM wf.run
 	 WHERE id = p_run_id AND status IN ('pending', 'running', 'waiting')
@@ -1235,14 +1233,7 @@ BEGIN
 			RETURN;
 		END IF;
 		/* The last child done completes its container. */
-		UPDATE wf.step SET children_left = children_left - 1
-		 WHERE run_id = p_run_id AND step = v_parent
-		RETURNING * INTO pst;
-		IF pst.children_left = 0 THEN
-			SELECT * INTO d FROM wf._step_done(p_run_id, v_parent, 'completed',
-											   wf._container_output(p_run_id, pst));
-			ready := coalesce(ready, '{}') || coalesce(d.ready, '{}');
-		END IF;
+		ready := coalesce(ready, '{}') || coalesce(wf._children_done(p_run_id, v_parent, 1), '{}');
 		RETURN;
 	END IF;
 
@@ -1279,8 +1270,9 @@ END
 $$;
 
 /*
- * n items of map p_step are done, counted by an executor at the end of its
- * batch (see wf._step_done's p_defer): the map completes with its last.
+ * n children of container p_step are done: one as it ends (wf._step_done),
+ * or the items of a map counted by an executor at the end of its batch
+ * (see wf._step_done's p_defer).  The container completes with its last.
  * Returns the steps that became ready, or nothing when the run has ended
  * since (in the same batch).
  */
@@ -1296,7 +1288,7 @@ BEGIN
 		RETURN NULL;
 	END IF;
 	UPDATE wf.step SET children_left = children_left - n
-	 WHERE run_id = p_run_id AND step = p_step AND status = 'running'
+	 WHERE run_id = p_run_id AND step = p_step
 	RETURNING * INTO pst;
 	IF NOT FOUND OR pst.children_left > 0 THEN
 		RETURN NULL;
