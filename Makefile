@@ -24,11 +24,22 @@ OBJS = \
 	src/util.o
 
 EXTENSION = pg_workflow
-DATA = pg_workflow--0.1.sql
+# The version is the control file's default_version, and only there: the
+# install script, the upgrade script and the library (WF_VERSION_STR) take it
+# from it.
+EXTVERSION := $(shell sed -n "s/^default_version = '\(.*\)'/\1/p" $(dir $(firstword $(MAKEFILE_LIST)))pg_workflow.control)
+
+# The install script of the current version is assembled from its parts,
+# one concern each, in name order; those of earlier versions are kept as
+# released, with a script from each to the next (its own changes, then what
+# every script ends with: 99_finish.sql).
+SQL_PARTS = $(sort $(wildcard $(srcdir)/src/sql/[0-9]*.sql))
+DATA = src/sql/released/pg_workflow--0.1.sql
+DATA_built = pg_workflow--$(EXTVERSION).sql pg_workflow--0.1--0.2.sql
 PGFILEDESC = "pg_workflow - durable workflow engine"
 
 SHLIB_LINK = -lcurl
-PG_CPPFLAGS = -I$(srcdir)/src
+PG_CPPFLAGS = -I$(srcdir)/src -DWF_VERSION_STR='"$(EXTVERSION)"'
 PG_CFLAGS = -Wall -Wmissing-prototypes -Wpointer-arith -Werror=vla
 
 # The temporary instance preloads the library and its workers connect to
@@ -47,3 +58,12 @@ include $(PGXS)
 
 # After pgxs.mk, which sets its own test database name.
 CONTRIB_TESTDB = postgres
+
+pg_workflow--$(EXTVERSION).sql: $(SQL_PARTS)
+	cat $^ > $@
+
+pg_workflow--0.1--0.2.sql: $(srcdir)/src/sql/upgrade/pg_workflow--0.1--0.2.sql $(srcdir)/src/sql/99_finish.sql
+	cat $^ > $@
+
+# The library says its version (executors, User-Agent): rebuilt with it.
+src/util.o src/http.o: $(srcdir)/pg_workflow.control

@@ -4,7 +4,7 @@
 # Unix socket only, default pg_workflow settings: 2 executors) it measures:
 #   1. throughput -- 2,000 runs of 3 agent steps (pool "bench") started in
 #                    one transaction, worked by 4 processes of the example
-#                    agent (examples/agents/agent.py: claim with wait,
+#                    agent (examples/agents/agent.py or agent.js: claim with wait,
 #                    complete): steps/s, claim -> complete p50/p99, and the
 #                    CPU of the server's processes per step;
 #   2. balance    -- tasks of 50 ms started at 40 per second for 10 s,
@@ -15,6 +15,8 @@
 # Usage: bench/agents.sh [--quick] [--runs N] [--port P] [--keep]
 #   --quick   200 runs, 3 s of balance: a smoke test, not figures
 #   --runs N  runs of the throughput part (default 2000)
+#   --lang L  the example agent: py (agent.py, default) or js (agent.js;
+#             run npm ci in examples/agents first)
 #   --port P  server port (default 5494)
 #   --keep    leave the server running at the end
 #
@@ -34,8 +36,10 @@ SERVER_CONF=(
 	"track_commit_timestamp = on"
 )
 ROW_WIDTHS=(46 16 20)
-AGENT=$BENCH_DIR/../examples/agents/agent.py
+AGENTS_DIR=$BENCH_DIR/../examples/agents
 PY=${PYTHON:-/usr/bin/python3}
+NODE=${NODE:-node}
+LANG_AGENT=py
 
 PORT=5494
 WORKERS=2
@@ -54,6 +58,7 @@ while (($# > 0)); do
 	--quick) QUICK=1 ;;
 	--keep) KEEP=1 ;;
 	--runs) RUNS=$2; shift ;;
+	--lang) LANG_AGENT=$2; shift ;;
 	--port) PORT=$2; shift ;;
 	-h | --help) usage; exit 0 ;;
 	*) usage >&2; die "unknown option '$1'" ;;
@@ -77,8 +82,13 @@ cleanup_children() {
 
 # start_agent NAME [CAPACITY]: one process of the example agent.
 start_agent() {
-	local dsn="host=$WORK port=$PORT dbname=postgres user=bench_agent"
-	"$PY" "$AGENT" --dsn "$dsn" --pool bench --agent "$1" ${2:+--capacity "$2"} \
+	local -a cmd
+	if [[ "$LANG_AGENT" == js ]]; then
+		cmd=("$NODE" "$AGENTS_DIR/agent.js" --dsn "postgresql://bench_agent@/postgres?host=$WORK&port=$PORT")
+	else
+		cmd=("$PY" "$AGENTS_DIR/agent.py" --dsn "host=$WORK port=$PORT dbname=postgres user=bench_agent")
+	fi
+	"${cmd[@]}" --pool bench --agent "$1" ${2:+--capacity "$2"} \
 		--wait '2 seconds' --lease '1 minute' >>"$WORK/agent.$1.log" 2>&1 &
 	AGENT_PIDS+=($!)
 }
@@ -149,7 +159,11 @@ part_balance() {
 
 main() {
 	find_bindir initdb pg_ctl psql pgbench
-	"$PY" -c 'import psycopg' 2>/dev/null || die "$PY has no psycopg (apt-get install python3-psycopg)"
+	if [[ "$LANG_AGENT" == js ]]; then
+		[[ -d "$AGENTS_DIR/node_modules/pg" ]] || die "examples/agents has no node_modules/pg (npm ci there)"
+	else
+		"$PY" -c 'import psycopg' 2>/dev/null || die "$PY has no psycopg (apt-get install python3-psycopg)"
+	fi
 	set_traps
 	printf 'pg_workflow agents benchmark -- %s\n' "$(date -u '+%Y-%m-%d %H:%M:%S UTC')"
 	start_server

@@ -2,7 +2,8 @@
 # install-deps.sh -- install the Debian 12 packages needed to build and test
 # pg_workflow (PostgreSQL 15 server + headers, libcurl, the TAP test modules'
 # IPC::Run, a C toolchain, python3, perl, and graphviz for the monitor test
-# that renders wf_graph's DOT).
+# that renders wf_graph's DOT; Node.js and npm for the Node example agent;
+# valgrind for the memcheck pass).
 #
 # Usage (as root): bash scripts/install-deps.sh [--force]
 #
@@ -27,7 +28,11 @@ PACKAGES=(
 	python3-psycopg
 	perl
 	graphviz
+	valgrind
 )
+# Node.js and npm for the Node example agent (examples/agents/agent.js) and
+# its one npm package, pg: Debian's, unless a node is installed already.
+command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || PACKAGES+=(nodejs npm)
 CREATECLUSTER_DIR=/etc/postgresql-common/createcluster.d
 CREATECLUSTER_DROPIN="$CREATECLUSTER_DIR/50-pg_workflow-no-main-cluster.conf"
 CREATECLUSTER_CONF=/etc/postgresql-common/createcluster.conf

@@ -10,11 +10,17 @@
 #                                          init creates the extension: regress init runs)
 #   scripts/run-tests.sh tap [TEST...]     TAP only; TEST is t/001_x.pl
 #                                          (relative to test/), test/t/001_x.pl or 001_x
+#   scripts/run-tests.sh valgrind [TEST...] TAP tests (default: 001, 024, 050)
+#                                          with their servers under valgrind memcheck;
+#                                          "all" ends with this pass
 #   scripts/run-tests.sh build             install deps, build and install only
 #
 # The last line printed is "N passed, N failed" (pg_regress tests plus TAP
 # test files; tests that could not run, e.g. after a failed build, count as
 # failed). The exit status is 0 only when nothing failed.
+#
+# The TAP phase first builds release 0.1 from the git history for the upgrade
+# test (scripts/build-release.sh).
 #
 # Environment: PGWF_SKIP_DEPS=1 skips scripts/install-deps.sh; PGWF_KEEP_TMP=1
 # keeps the scratch copy (it is always kept after a failure);
@@ -63,7 +69,7 @@ record() {
 as_pg() {
 	local -a pass=()
 	local var
-	for var in CI PG_TEST_EXTRA PG_TEST_TIMEOUT_DEFAULT PG_TEST_NOCLEAN; do
+	for var in CI PG_TEST_EXTRA PG_TEST_TIMEOUT_DEFAULT PG_TEST_NOCLEAN PGWF_RELEASE_0_1 PGWF_VALGRIND; do
 		if [[ -n "${!var:-}" ]]; then
 			pass+=("$var=${!var}")
 		fi
@@ -147,6 +153,13 @@ copy_tree() {
 		--exclude=./results --exclude=./log --exclude=./bench/out \
 		--exclude=./regression.diffs --exclude=./regression.out \
 		-cf - . | tar -C "$SRC" --no-same-owner -xf -
+	# The Node example agent's package (pg), from the npm registry unless
+	# the tree has it already.
+	if [[ ! -d "$SRC/examples/agents/node_modules" ]]; then
+		log "npm ci in examples/agents (the Node example agent's pg package)"
+		(cd "$SRC/examples/agents" && HOME="$WORK" npm ci --no-audit --no-fund --loglevel=error) ||
+			log "npm ci failed: the Node example agent's tests will fail"
+	fi
 	chown -R postgres:postgres "$WORK"
 }
 
@@ -160,6 +173,24 @@ build_and_install() {
 	section "make install"
 	(cd "$SRC" && make install PG_CONFIG="$PG_CONFIG") || return 1
 	chown -R postgres:postgres "$WORK"
+}
+
+# The previous release, built from the git history for the upgrade test
+# (044_upgrade): its installation's root in PGWF_RELEASE_0_1.  Without the
+# history (a shallow clone, a tree without .git) the test says it skips
+# that half.
+build_release() {
+	local dest="$WORK/release-0.1" path rc=0
+	section "release 0.1, for the upgrade test"
+	path=$(PG_CONFIG="$PG_CONFIG" bash "$SCRIPTS/build-release.sh" 0.1 "$dest") || rc=$?
+	if ((rc == 3)); then
+		log "release 0.1 not built: 044_upgrade runs without it"
+		return 0
+	fi
+	((rc == 0)) || return 1
+	chown -R postgres:postgres "$dest"
+	export PGWF_RELEASE_0_1="$path"
+	log "release 0.1 installed in $path"
 }
 
 # The value of a variable of the Makefile (e.g. REGRESS), as make sees it.
@@ -253,13 +284,14 @@ run_regress() {
 run_tap() {
 	resolve_tap_files "$@"
 	local -a files=("${TAP_FILES[@]}")
-	section "TAP (prove): ${files[*]:-(none)}"
+	local phase=${TAP_PHASE:-tap}
+	section "TAP (prove${PGWF_VALGRIND:+, server under valgrind}): ${files[*]:-(none)}"
 	if ((${#files[@]} == 0)); then
 		log "no TAP tests in test/t"
-		record tap 0 0 "none"
+		record "$phase" 0 0 "none"
 		return 0
 	fi
-	local out="$WORK/tap.out" rc=0
+	local out="$WORK/$phase.out" rc=0
 	as_pg timeout -k 30 "$TAP_TIMEOUT" \
 		make installcheck REGRESS= PROVE_TESTS="${files[*]}" PROVE_FLAGS="$PROVE_FLAGS" \
 		PG_CONFIG="$PG_CONFIG" 2>&1 |
@@ -294,7 +326,7 @@ run_tap() {
 		failed=1
 		note="${note:-make installcheck exited with status $rc}"
 	fi
-	record tap "$passed" "$failed" "$note"
+	record "$phase" "$passed" "$failed" "$note"
 
 	if ((failed > 0)); then
 		section "TAP failed: logs (tmp_check/log)"
@@ -311,11 +343,44 @@ run_tap() {
 	fi
 }
 
+# The valgrind pass: TAP tests whose servers run under memcheck
+# (scripts/valgrind-install.sh), then every process's report read: an error
+# that test/valgrind.supp does not suppress fails the phase.
+VALGRIND_TESTS=(001_basic 024_context 050_agents)
+run_valgrind() {
+	local vg="$WORK/valgrind" logs="$WORK/valgrind-logs" f n=0 bad=0
+	as_pg bash "$SRC/scripts/valgrind-install.sh" "$vg" "$logs" >/dev/null || {
+		record valgrind 0 1 "scripts/valgrind-install.sh failed"
+		return 0
+	}
+	local -a tests=("$@")
+	((${#tests[@]} > 0)) || tests=("${VALGRIND_TESTS[@]}")
+	PGWF_VALGRIND="$vg" PG_TEST_TIMEOUT_DEFAULT=${PG_TEST_TIMEOUT_DEFAULT:-900} TAP_PHASE=valgrind \
+		run_tap "${tests[@]}"
+	section "valgrind reports ($logs)"
+	for f in "$logs"/*.log; do
+		[[ -e "$f" ]] || continue
+		n=$((n + 1))
+		if grep -q '<insert_a_suppression_name_here>' "$f"; then
+			bad=$((bad + 1))
+			((bad > 3)) || { log "errors in $f:"; head -n 80 "$f"; }
+		fi
+	done
+	log "$n server processes ran under memcheck; $bad reported an error"
+	if ((n == 0)); then
+		record valgrind-log 0 1 "no process ran under valgrind"
+	elif ((bad > 0)); then
+		record valgrind-log 0 1 "$bad processes reported memcheck errors"
+	else
+		record valgrind-log 1 0 "$n processes, no error"
+	fi
+}
+
 # Fail fast on a misspelt test name, before the build.
 check_test_names() {
 	local t
 	case "$MODE" in
-	tap) resolve_tap_files "$@" ;;
+	tap | valgrind) resolve_tap_files "$@" ;;
 	regress)
 		for t in "$@"; do
 			[[ -f "$SRC/sql/$t.sql" ]] || die "no such pg_regress test: sql/$t.sql"
@@ -346,7 +411,7 @@ main() {
 	(($# == 0)) || shift
 	case "$MODE" in
 	all | build) (($# == 0)) || die "'$MODE' takes no arguments" ;;
-	regress | tap) ;;
+	regress | tap | valgrind) ;;
 	-h | --help | help) usage; exit 0 ;;
 	*) usage >&2; die "unknown mode '$MODE'" ;;
 	esac
@@ -367,8 +432,14 @@ main() {
 		log "pg_workflow built and installed into $("$PG_CONFIG" --pkglibdir) and $("$PG_CONFIG" --sharedir)/extension"
 		return 0
 	else
-		[[ "$MODE" == tap ]] || run_regress "$@"
-		[[ "$MODE" == regress ]] || run_tap "$@"
+		[[ "$MODE" == tap || "$MODE" == valgrind ]] || run_regress "$@"
+		if [[ "$MODE" == all || "$MODE" == tap ]]; then
+			build_release || record build-release 0 1 "release 0.1 could not be built"
+			run_tap "$@"
+		fi
+		if [[ "$MODE" == all || "$MODE" == valgrind ]]; then
+			run_valgrind "$@"
+		fi
 	fi
 
 	finish "$FAILURE"

@@ -20,7 +20,7 @@
  *	  them at its next transaction.  It then runs, in a transaction of its
  *	  own, wf._sweep_dropped_roles(), which fails the unfinished runs of the
  *	  roles that no longer exist and disables their schedules and
- *	  subscriptions, with an alert each (see pg_workflow--0.1.sql).  It also
+ *	  subscriptions, with an alert each (see src/sql/07_dropped_roles.sql).  It also
  *	  runs it once when it starts, for the roles dropped while it was down;
  *	- until that sweep is complete, the executor checks the owner of every
  *	  step before executing it, and a step whose owner is gone fails its run

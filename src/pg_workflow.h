@@ -28,7 +28,10 @@
 #include "utils/jsonb.h"
 #include "utils/timeout.h"
 
-#define WF_VERSION_STR		"0.1"
+/* The control file's default_version, passed by the Makefile. */
+#ifndef WF_VERSION_STR
+#error "WF_VERSION_STR must be defined (by the Makefile, from pg_workflow.control)"
+#endif
 #define WF_EXTENSION_NAME	"pg_workflow"
 #define WF_SCHEMA_NAME		"wf"
 

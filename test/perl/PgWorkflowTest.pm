@@ -56,7 +56,8 @@ my $json = JSON::PP->new->canonical(1);
 
 A started node with shared_preload_libraries = 'pg_workflow',
 pg_workflow.workers = N (default 2) and, unless create => 0, the extension
-created in database postgres.
+created in database postgres. With PGWF_VALGRIND set (the valgrind pass of
+scripts/run-tests.sh), its server runs under valgrind.
 
 =cut
 
@@ -64,7 +65,12 @@ sub wf_node
 {
 	my ($name, %params) = @_;
 	my $workers = $params{workers} // 2;
-	my $node = PostgreSQL::Test::Cluster->new($name);
+	# The valgrind pass (scripts/run-tests.sh valgrind) runs the server of
+	# another installation: the installed one, under memcheck.
+	my $node =
+	  $ENV{PGWF_VALGRIND}
+	  ? PostgreSQL::Test::Cluster->new($name, install_path => $ENV{PGWF_VALGRIND})
+	  : PostgreSQL::Test::Cluster->new($name);
 
 	$node->init;
 	$node->append_conf('postgresql.conf',

@@ -1,0 +1,455 @@
+/*
+ * 13_flow_control.sql: flow control across runs: concurrency keys, rate limits, debounce.
+ *
+ * A part of the install script, which the Makefile assembles from
+ * src/sql/[0-9]*.sql in name order.
+ */
+
+/* ---------------------------------------------------------------------
+ * Flow control
+ *
+ * Concurrency keys.  A workflow with "concurrency": {"key", "limit"} runs
+ * at most "limit" runs with the same rendered key at once (without a key,
+ * the key is the workflow's name).  wf.concurrency_slot has a row per key
+ * in use: the count of runs holding it.  Every admission (wf._flow_admit,
+ * from wf._start, wf._retry and wf._rewind) and every release
+ * (wf._flow_release, from the end of a run) locks that row first, so that
+ * the count and the runs waiting for the key change under one lock, by
+ * any number of starters and executors: a row lock rather than an advisory
+ * lock, because it is taken by the same statement that creates the row,
+ * is released at commit or rollback with the rest, and the row is the
+ * state that the lock protects.  A run that finds every slot taken is
+ * admitted but held: it stays pending with its first steps pending (they
+ * are not in the executors' queue at all), listed in wf.concurrency_hold;
+ * the release that frees a slot passes it to the next waiting run,
+ * highest priority first, then in start order, makes that run's steps
+ * ready and wakes the executors at its commit.  No one polls.
+ *
+ * Lock order: a run's end holds its run (and step) rows, then the key's
+ * slot row, then the next run's hold row and steps; a waiting run that is
+ * cancelled deletes its own hold row without taking the slot row, so that
+ * the two cannot wait for each other.
+ *
+ * Debounce and throttle.  wf._flow_gate decides, under the lock of the
+ * wf.start_gate row of (workflow, owner, key, mode), whether a wf_start
+ * makes a new run or is folded into the last one.
+ * ---------------------------------------------------------------------
+ */
+
+CREATE TABLE wf.concurrency_slot (
+	key			text PRIMARY KEY,
+	lim			int NOT NULL,			-- the limit of the latest admission
+	active		int NOT NULL			-- runs holding a slot
+);
+
+/* The runs of a concurrency key: those holding a slot, and those waiting. */
+CREATE TABLE wf.concurrency_hold (
+	run_id		bigint PRIMARY KEY,
+	key			text NOT NULL,
+	priority	int NOT NULL,
+	waiting		boolean NOT NULL,
+	held_steps	text[]					-- a waiting run's steps to make ready
+);
+CREATE INDEX concurrency_hold_waiting ON wf.concurrency_hold (key, priority DESC, run_id)
+	WHERE waiting;
+
+/* The last run started through debounce or throttle, per key. */
+CREATE TABLE wf.start_gate (
+	workflow	text NOT NULL,
+	owner		regrole NOT NULL,
+	key			text NOT NULL,
+	mode		text NOT NULL CHECK (mode IN ('debounce', 'throttle')),
+	run_id		bigint,
+	until		timestamptz NOT NULL,	-- debounce: the run's start; throttle: the next start
+	PRIMARY KEY (workflow, owner, key, mode)
+);
+CREATE INDEX start_gate_run ON wf.start_gate (run_id);
+
+REVOKE ALL ON wf.concurrency_slot, wf.concurrency_hold, wf.start_gate FROM PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('wf.concurrency_slot', '');
+SELECT pg_catalog.pg_extension_config_dump('wf.concurrency_hold', '');
+SELECT pg_catalog.pg_extension_config_dump('wf.start_gate', '');
+
+/*
+ * A flow-control key: the template rendered from a run's input, each
+ * "{{ PATH }}" replaced by the first match of the JSON path in
+ * {"input": ...} (a string by its text, any other value by its JSON text),
+ * as step templates are rendered.  Paths are evaluated by jsonpath alone,
+ * which reaches no user code.  The key must come out non-empty and short
+ * enough for an index.
+ */
+CREATE FUNCTION wf._flow_key(p_template text, p_input jsonb, p_what text) RETURNS text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	ctx		jsonb := jsonb_build_object('input', p_input);
+	rest	text := p_template;
+	k		text := '';
+	i		int;
+	j		int;
+	expr	text;
+	v		jsonb;
+BEGIN
+	LOOP
+		i := position('{{' IN rest);
+		EXIT WHEN i = 0;
+		j := position('}}' IN substr(rest, i + 2));
+		IF j = 0 THEN
+			RAISE EXCEPTION 'invalid % template "%"', p_what, p_template
+				USING ERRCODE = 'invalid_parameter_value',
+					  DETAIL = '"{{" is not closed by "}}".';
+		END IF;
+		expr := btrim(substr(rest, i + 2, j - 1));
+		BEGIN
+			v := jsonb_path_query_first(ctx, expr::jsonpath);
+		EXCEPTION WHEN syntax_error OR data_exception THEN
+			RAISE EXCEPTION 'invalid % template "{{%}}"', p_what, expr
+				USING ERRCODE = 'invalid_parameter_value',
+					  DETAIL = 'A key may use JSON paths into the run''s input ($.input), nothing else.';
+		END;
+		IF v IS NULL THEN
+			RAISE EXCEPTION '% template "{{%}}" matched nothing in the run''s input', p_what, expr
+				USING ERRCODE = 'invalid_parameter_value';
+		END IF;
+		k := k || substr(rest, 1, i - 1)
+			   || CASE WHEN jsonb_typeof(v) = 'string' THEN v #>> '{}' ELSE v::text END;
+		rest := substr(rest, i + 2 + j + 1);
+	END LOOP;
+	k := k || rest;
+	IF k = '' THEN
+		RAISE EXCEPTION '% is empty', p_what
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = format('The template "%s" rendered an empty string from the run''s input.',
+								  p_template);
+	END IF;
+	IF octet_length(k) > 1000 THEN
+		RAISE EXCEPTION '% is too long', p_what
+			USING ERRCODE = 'program_limit_exceeded',
+				  DETAIL = format('It has %s bytes; the limit is 1000.', octet_length(k));
+	END IF;
+	RETURN k;
+END
+$$;
+
+/*
+ * Admits a run to its workflow's concurrency key (p_conc, the definition's
+ * "concurrency"), after its ready steps are in place: it takes a slot, or
+ * its ready top-level steps are held (made pending) until a slot is passed
+ * to it.  A run that holds a slot already keeps it; one that waits already
+ * holds the steps that became ready meanwhile (wf_rewind) as well.
+ */
+CREATE FUNCTION wf._flow_admit(p_run_id bigint, p_workflow text, p_conc jsonb,
+							   p_input jsonb, p_priority int)
+RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	h	wf.concurrency_hold;
+	s	wf.concurrency_slot;
+	k	text;
+BEGIN
+	IF p_conc IS NULL THEN
+		RETURN;
+	END IF;
+	SELECT * INTO h FROM wf.concurrency_hold WHERE run_id = p_run_id FOR UPDATE;
+	IF FOUND THEN
+		IF h.waiting THEN
+			WITH held AS (
+				UPDATE wf.step SET status = 'pending', ready_at = NULL, fair_at = NULL
+				 WHERE run_id = p_run_id AND status = 'ready' AND parent IS NULL
+				RETURNING step
+			)
+			UPDATE wf.concurrency_hold
+			   SET held_steps = coalesce(held_steps, '{}') || ARRAY(SELECT step FROM held)
+			 WHERE run_id = p_run_id;
+		END IF;
+		RETURN;
+	END IF;
+	k := CASE WHEN p_conc ? 'key'
+			  THEN wf._flow_key(p_conc->>'key', p_input, 'concurrency key')
+			  ELSE p_workflow END;
+	INSERT INTO wf.concurrency_slot AS c (key, lim, active)
+	VALUES (k, (p_conc->>'limit')::int, 0)
+	ON CONFLICT (key) DO UPDATE SET lim = excluded.lim
+	RETURNING * INTO s;
+	IF s.active < s.lim THEN
+		UPDATE wf.concurrency_slot SET active = active + 1 WHERE key = k;
+		INSERT INTO wf.concurrency_hold (run_id, key, priority, waiting)
+		VALUES (p_run_id, k, p_priority, false);
+		RETURN;
+	END IF;
+	WITH held AS (
+		UPDATE wf.step SET status = 'pending', ready_at = NULL, fair_at = NULL
+		 WHERE run_id = p_run_id AND status = 'ready' AND parent IS NULL
+		RETURNING step
+	)
+	INSERT INTO wf.concurrency_hold (run_id, key, priority, waiting, held_steps)
+	SELECT p_run_id, k, p_priority, true, ARRAY(SELECT step FROM held);
+	INSERT INTO wf.history_log (run_id, status, detail, actor)
+	SELECT p_run_id, 'pending', jsonb_build_object('waiting_for', k, 'limit', s.lim), r.owner
+	  FROM wf.run r WHERE r.id = p_run_id;
+END
+$$;
+
+/* wf._flow_admit for a run made active again (wf_retry, wf_rewind). */
+CREATE FUNCTION wf._flow_readmit(p_run_id bigint) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	v	record;
+BEGIN
+	SELECT x.workflow, x.input, x.priority, d.definition->'concurrency' AS conc INTO v
+	  FROM wf.run x JOIN wf.workflow_def d ON d.name = x.workflow AND d.version = x.version
+	 WHERE x.id = p_run_id;
+	IF v.conc IS NOT NULL THEN
+		PERFORM wf._flow_admit(p_run_id, v.workflow, v.conc, v.input, v.priority);
+	END IF;
+END
+$$;
+
+/*
+ * A run ends: it leaves its concurrency key, and the slot it held goes to
+ * the next waiting run, whose steps become ready (and the executors are
+ * woken) when this transaction commits.
+ */
+CREATE FUNCTION wf._flow_release(p_run_id bigint) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	h		wf.concurrency_hold;
+	nxt		wf.concurrency_hold;
+	r		wf.run;
+	n		int;
+BEGIN
+	DELETE FROM wf.concurrency_hold WHERE run_id = p_run_id RETURNING * INTO h;
+	IF NOT FOUND OR h.waiting THEN
+		RETURN;
+	END IF;
+	PERFORM 1 FROM wf.concurrency_slot WHERE key = h.key FOR UPDATE;
+	/*
+	 * The first waiting run; one being cancelled meanwhile is skipped once
+	 * its cancellation commits (a locking SELECT with LIMIT then finds no
+	 * row, hence the loop).
+	 */
+	LOOP
+		SELECT * INTO nxt FROM wf.concurrency_hold
+		 WHERE key = h.key AND waiting
+		 ORDER BY priority DESC, run_id LIMIT 1 FOR UPDATE;
+		EXIT WHEN FOUND OR NOT EXISTS (SELECT 1 FROM wf.concurrency_hold
+										WHERE key = h.key AND waiting);
+	END LOOP;
+	IF nxt.run_id IS NULL THEN
+		UPDATE wf.concurrency_slot SET active = active - 1 WHERE key = h.key
+		RETURNING active INTO n;
+		IF n <= 0 THEN
+			DELETE FROM wf.concurrency_slot WHERE key = h.key;
+		END IF;
+		RETURN;
+	END IF;
+	UPDATE wf.concurrency_hold SET waiting = false, held_steps = NULL
+	 WHERE run_id = nxt.run_id;
+	SELECT * INTO r FROM wf.run WHERE id = nxt.run_id;
+	UPDATE wf.step
+	   SET status = 'ready',
+		   ready_at = greatest(coalesce(r.start_at, '-infinity'), clock_timestamp()),
+		   fair_at = greatest(coalesce(r.start_at, '-infinity'), wf._fair_at(r.owner))
+	 WHERE run_id = nxt.run_id AND step = ANY (nxt.held_steps) AND status = 'pending';
+	INSERT INTO wf.history_log (run_id, status, detail, actor)
+	VALUES (nxt.run_id, 'pending', jsonb_build_object('admitted', h.key, 'after', p_run_id),
+			r.owner);
+	PERFORM wf._wake();
+END
+$$;
+
+/*
+ * Debounce and throttle of wf._start: returns {"run": id} when this start
+ * is folded into an existing run (whose id wf_start returns), otherwise
+ * what the new run needs ({"mode", "key", "until", "start_at"}); the gate
+ * row stays locked until commit, so that concurrent starts with the same
+ * key are decided one after the other.
+ *
+ * debounce: a run not started yet takes the latest input and starts a
+ * quiet interval after this start; the input it replaces is kept in its
+ * history ("debounced").  throttle: a start within the interval after the
+ * last run's start returns that run; its input is kept in that run's
+ * history ("throttled").
+ */
+CREATE FUNCTION wf._flow_gate(caller oid, p_workflow text, p_input jsonb, p_options jsonb)
+RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	v_mode	text;
+	ivl		interval;
+	k		text;
+	g		wf.start_gate;
+	r		wf.run;
+	t		timestamptz := clock_timestamp();
+BEGIN
+	IF p_options ? 'debounce' AND p_options ? 'throttle' THEN
+		RAISE EXCEPTION 'options debounce and throttle cannot be combined'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	v_mode := CASE WHEN p_options ? 'debounce' THEN 'debounce' ELSE 'throttle' END;
+	BEGIN
+		ivl := (p_options->>v_mode)::interval;
+	EXCEPTION WHEN data_exception OR syntax_error THEN
+		RAISE EXCEPTION 'invalid options: % is not an interval: %', v_mode, p_options->>v_mode
+			USING ERRCODE = 'invalid_parameter_value';
+	END;
+	IF ivl <= interval '0' THEN
+		RAISE EXCEPTION 'invalid options: % must be a positive interval, not %', v_mode, p_options->>v_mode
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	k := wf._flow_key(coalesce(p_options->>'debounce_key', p_options->>'idempotency_key', p_workflow),
+					  p_input, 'debounce key');
+	INSERT INTO wf.start_gate AS sg (workflow, owner, key, mode, until)
+	VALUES (p_workflow, caller, k, v_mode, '-infinity')
+	ON CONFLICT (workflow, owner, key, mode) DO UPDATE SET until = sg.until
+	RETURNING * INTO g;
+
+	IF v_mode = 'throttle' THEN
+		IF g.run_id IS NOT NULL AND g.until > t THEN
+			INSERT INTO wf.history_log (run_id, status, detail, actor)
+			VALUES (g.run_id, 'throttled', jsonb_build_object('input', p_input), caller);
+			RETURN jsonb_build_object('run', g.run_id);
+		END IF;
+		RETURN jsonb_build_object('mode', v_mode, 'key', k, 'until', t + ivl);
+	END IF;
+
+	IF g.run_id IS NOT NULL THEN
+		/* Its first steps first: an executor claiming one holds it. */
+		PERFORM 1 FROM wf.step WHERE run_id = g.run_id AND deps = '{}' AND parent IS NULL
+		 ORDER BY step FOR UPDATE;
+		SELECT * INTO r FROM wf.run WHERE id = g.run_id FOR UPDATE;
+		IF FOUND AND r.status = 'pending'
+		   AND NOT EXISTS (SELECT 1 FROM wf.step WHERE run_id = r.id AND attempt > 0) THEN
+			UPDATE wf.run SET input = p_input, start_at = t + ivl WHERE id = r.id;
+			UPDATE wf.step
+			   SET ready_at = t + ivl, fair_at = greatest(t + ivl, wf._fair_at(r.owner))
+			 WHERE run_id = r.id AND status = 'ready';
+			UPDATE wf.start_gate SET until = t + ivl
+			 WHERE workflow = g.workflow AND owner = g.owner AND key = g.key AND mode = g.mode;
+			INSERT INTO wf.history_log (run_id, status, detail, actor)
+			VALUES (r.id, 'debounced',
+					jsonb_build_object('replaced_input', r.input, 'start_at', t + ivl), caller);
+			RETURN jsonb_build_object('run', r.id);
+		END IF;
+	END IF;
+	RETURN jsonb_build_object('mode', v_mode, 'key', k, 'until', t + ivl, 'start_at', t + ivl);
+END
+$$;
+
+/* The run that a start through wf._flow_gate made. */
+CREATE FUNCTION wf._flow_gate_set(caller oid, p_workflow text, p_gate jsonb, p_run_id bigint)
+RETURNS void
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+	UPDATE wf.start_gate SET run_id = p_run_id, until = (p_gate->>'until')::timestamptz
+	 WHERE workflow = p_workflow AND owner = caller AND key = p_gate->>'key'
+	   AND mode = p_gate->>'mode';
+$$;
+
+/*
+ * The concurrency keys in use: a role sees the keys its runs hold or wait
+ * for (a key is rendered from a run's input), wf_admin all of them.
+ */
+CREATE VIEW wf.concurrency WITH (security_barrier) AS
+	SELECT c.key, c.lim AS "limit", c.active,
+		   (SELECT count(*) FROM wf.concurrency_hold h
+			 WHERE h.key OPERATOR(pg_catalog.=) c.key AND h.waiting)::int AS waiting
+	  FROM wf.concurrency_slot c
+	 WHERE (SELECT pg_catalog.pg_has_role('wf_admin', 'MEMBER'))
+		OR EXISTS (SELECT 1 FROM wf.concurrency_hold h JOIN wf.run r ON r.id OPERATOR(pg_catalog.=) h.run_id
+					WHERE h.key OPERATOR(pg_catalog.=) c.key
+					  AND r.owner OPERATOR(pg_catalog.=) (SELECT oid FROM pg_catalog.pg_roles
+														   WHERE rolname OPERATOR(pg_catalog.=) current_user));
+
+GRANT SELECT ON wf.concurrency TO PUBLIC;
+
+/*
+ * Rate limits.  A step with "rate_limit": {"key", "limit", "per"} takes a
+ * token from the wf.rate_limit row of its key (by default the host of an
+ * http step's url) in its executor's transaction, before its request is
+ * prepared; without a token it is deferred (no attempt burnt) until the
+ * next token, which is where the executors' sleep ends.  The row keeps the
+ * times of the last "limit" grants: a grant is allowed when fewer than
+ * "limit" were made in the last "per", so that no window of that length
+ * ever holds more than "limit" requests, bursts included.  A 429 with
+ * Retry-After empties the bucket until then (wf._rate_block).  Nothing in
+ * it is specific to http: another kind (an agent pool) takes its tokens
+ * the same way, with a key of its own.
+ */
+CREATE TABLE wf.rate_limit (
+	key			text PRIMARY KEY,
+	lim			int NOT NULL,			-- of the latest step that used it
+	per			interval NOT NULL,
+	grants		timestamptz[] NOT NULL,	-- the last lim grants, oldest first
+	blocked_until timestamptz			-- a server's Retry-After
+);
+REVOKE ALL ON wf.rate_limit FROM PUBLIC;
+
+/*
+ * Takes a token of key p_key for a step of run p_run_id: granted_at is the
+ * time of the grant, which becomes the step's started_at (the executor
+ * identifies the attempt by it too); without a token, next_at is when the
+ * next one comes.
+ */
+CREATE FUNCTION wf._rate_take(p_key text, p_limit int, p_per interval,
+							  p_run_id bigint, p_step text,
+							  OUT next_at timestamptz, OUT granted_at timestamptz)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	b	wf.rate_limit;
+	t	timestamptz;
+	w	interval;
+	g	timestamptz[];
+BEGIN
+	INSERT INTO wf.rate_limit AS rl (key, lim, per, grants)
+	VALUES (p_key, p_limit, p_per, '{}')
+	ON CONFLICT (key) DO UPDATE SET lim = excluded.lim, per = excluded.per
+	RETURNING * INTO b;
+	t := clock_timestamp();			-- after the lock: grants are ordered
+	IF b.blocked_until > t THEN
+		next_at := b.blocked_until;
+		RETURN;
+	END IF;
+	/*
+	 * The window is "per" plus a margin (2%, at most a second) for the time
+	 * between a grant and its request leaving (commit, queueing), which
+	 * varies from request to request.
+	 */
+	w := p_per + least(p_per * 0.02, interval '1 second');
+	g := ARRAY(SELECT x FROM unnest(b.grants) x WHERE x > t - w ORDER BY x);
+	IF cardinality(g) >= p_limit THEN
+		next_at := g[cardinality(g) - p_limit + 1] + w;
+		RETURN;
+	END IF;
+	UPDATE wf.rate_limit SET grants = g || t WHERE key = p_key;
+	UPDATE wf.step SET started_at = t WHERE run_id = p_run_id AND step = p_step;
+	granted_at := t;
+END
+$$;
+
+/* A server answered 429 with Retry-After: no token for that key until then. */
+CREATE FUNCTION wf._rate_block(p_key text, p_until timestamptz) RETURNS void
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+	UPDATE wf.rate_limit SET blocked_until = greatest(blocked_until, p_until)
+	 WHERE key = p_key;
+$$;
+
+/*
+ * The rate limits in use.  Keys may be rendered from runs' inputs and are
+ * not tied to an owner: members of wf_admin only.
+ */
+CREATE VIEW wf.rate_limits WITH (security_barrier) AS
+	SELECT b.key, b.lim AS "limit", b.per,
+		   greatest(b.lim - (SELECT count(*) FROM unnest(b.grants) x
+							  WHERE x > pg_catalog.clock_timestamp() - (b.per + LEAST(b.per * 0.02, interval '1 second'))), 0)::int
+		   * (coalesce(b.blocked_until, '-infinity') <= pg_catalog.clock_timestamp())::int AS tokens,
+		   CASE WHEN b.blocked_until > pg_catalog.clock_timestamp() THEN b.blocked_until
+				WHEN (SELECT count(*) FROM unnest(b.grants) x
+					   WHERE x > pg_catalog.clock_timestamp() - (b.per + LEAST(b.per * 0.02, interval '1 second'))) >= b.lim
+				THEN (SELECT x FROM unnest(b.grants) x
+					   WHERE x > pg_catalog.clock_timestamp() - (b.per + LEAST(b.per * 0.02, interval '1 second'))
+					   ORDER BY x DESC OFFSET b.lim - 1 LIMIT 1) + (b.per + LEAST(b.per * 0.02, interval '1 second'))
+		   END AS next_token_at,
+		   b.blocked_until
+	  FROM wf.rate_limit b
+	 WHERE (SELECT pg_catalog.pg_has_role('wf_admin', 'MEMBER'));
+
+GRANT SELECT ON wf.rate_limits TO PUBLIC;
