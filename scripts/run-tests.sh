@@ -10,7 +10,7 @@
 #                                          init creates the extension: regress init runs)
 #   scripts/run-tests.sh tap [TEST...]     TAP only; TEST is t/001_x.pl
 #                                          (relative to test/), test/t/001_x.pl or 001_x
-#   scripts/run-tests.sh valgrind [TEST...] TAP tests (default: 001, 024, 050)
+#   scripts/run-tests.sh valgrind [TEST...] TAP tests (default: 001, 024)
 #                                          with their servers under valgrind memcheck;
 #                                          "all" ends with this pass
 #   scripts/run-tests.sh build             install deps, build and install only
@@ -346,7 +346,7 @@ run_tap() {
 # The valgrind pass: TAP tests whose servers run under memcheck
 # (scripts/valgrind-install.sh), then every process's report read: an error
 # that test/valgrind.supp does not suppress fails the phase.
-VALGRIND_TESTS=(001_basic 024_context 050_agents)
+VALGRIND_TESTS=(001_basic 024_context)
 run_valgrind() {
 	local vg="$WORK/valgrind" logs="$WORK/valgrind-logs" f n=0 bad=0
 	as_pg bash "$SRC/scripts/valgrind-install.sh" "$vg" "$logs" >/dev/null || {

@@ -130,6 +130,18 @@ TimestampTz wf_exec_next_prune = 0;
 #define WF_PRUNE_BUSY_MS		1000
 #define WF_PRUNE_INTERVAL_MS	10000
 
+/*
+ * The housekeeping done before a batch (wf._expire_runs, _fire_schedules,
+ * _check_slas, _expire_tasks: about 0.5 ms) is done when what it last
+ * returned is due, and otherwise at most once every WF_HOUSEKEEPING_MS: a
+ * stream of small batches (agent steps arrive one at a time) does not pay
+ * it each time.  A batch that skipped it bounds the next sleep to the end
+ * of that interval, so that a deadline made meanwhile is seen then.
+ */
+static TimestampTz wf_exec_housekeeping_at = 0;
+static TimestampTz wf_exec_housekeeping_due = 0;	/* 0: nothing due */
+#define WF_HOUSEKEEPING_MS		100
+
 /* All the plans above are prepared (a failure half-way starts over). */
 static bool wf_exec_plans_ready = false;
 
@@ -1504,11 +1516,30 @@ wf_exec_batch(int max_steps, TimestampTz *next_due)
 	 * old runs and events go; the next deadline, schedule or removal bounds
 	 * our sleep.
 	 */
-	if (SPI_execute_plan(wf_plan_expire, NULL, NULL, false, 1) != SPI_OK_SELECT ||
-		SPI_processed != 1)
-		elog(ERROR, "could not expire runs");
-	next_deadline = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-	next_deadline = isnull ? 0 : DatumGetTimestampTz(next_deadline);
+	start = GetCurrentTimestamp();
+	if (wf_exec_housekeeping_at == 0 ||
+		TimestampDifferenceExceeds(wf_exec_housekeeping_at, start, WF_HOUSEKEEPING_MS) ||
+		(wf_exec_housekeeping_due != 0 && wf_exec_housekeeping_due <= start))
+	{
+		Datum		due;
+
+		if (SPI_execute_plan(wf_plan_expire, NULL, NULL, false, 1) != SPI_OK_SELECT ||
+			SPI_processed != 1)
+			elog(ERROR, "could not expire runs");
+		due = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+		wf_exec_housekeeping_due = isnull ? 0 : DatumGetTimestampTz(due);
+		wf_exec_housekeeping_at = start;
+		next_deadline = wf_exec_housekeeping_due;
+	}
+	else
+	{
+		TimestampTz bound = TimestampTzPlusMilliseconds(wf_exec_housekeeping_at,
+														WF_HOUSEKEEPING_MS);
+
+		next_deadline = wf_exec_housekeeping_due;
+		if (next_deadline == 0 || bound < (TimestampTz) next_deadline)
+			next_deadline = bound;
+	}
 	wf_exec_prune();
 	if (wf_exec_next_prune != 0 && wf_exec_next_prune != DT_NOEND &&
 		(next_deadline == 0 || wf_exec_next_prune < next_deadline))

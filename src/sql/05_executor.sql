@@ -662,10 +662,12 @@ $$;
  */
 /* The earliest deadline of an unfinished run, from index run_deadline. */
 CREATE FUNCTION wf._next_deadline() RETURNS timestamptz
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-	SELECT deadline FROM wf.run
-	 WHERE status IN ('pending', 'running', 'waiting') AND deadline IS NOT NULL
-	 ORDER BY deadline LIMIT 1
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+	RETURN (SELECT deadline FROM wf.run
+			 WHERE status IN ('pending', 'running', 'waiting') AND deadline IS NOT NULL
+			 ORDER BY deadline LIMIT 1);
+END
 $$;
 
 CREATE FUNCTION wf._expire_runs() RETURNS timestamptz

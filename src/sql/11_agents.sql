@@ -144,10 +144,12 @@ $$;
 
 /* May role caller claim the tasks of pool p_pool? */
 CREATE FUNCTION wf._may_claim(caller oid, p_pool text) RETURNS boolean
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-	SELECT pg_has_role(caller, 'wf_admin', 'MEMBER')
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+	RETURN pg_has_role(caller, 'wf_admin', 'MEMBER')
 		OR EXISTS (SELECT 1 FROM wf.pool_grant g
-					WHERE g.pool = p_pool AND pg_has_role(caller, g.grantee::oid, 'MEMBER'))
+					WHERE g.pool = p_pool AND pg_has_role(caller, g.grantee::oid, 'MEMBER'));
+END
 $$;
 
 /* Raises unless caller may grant, pause and resume pools. */
@@ -167,16 +169,20 @@ $$;
 
 /* The name an agent claims under: its own, the session's application_name, or its role's. */
 CREATE FUNCTION wf._agent_name(caller oid, p_agent text) RETURNS text
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-	SELECT coalesce(p_agent, nullif(current_setting('application_name'), ''),
-					caller::regrole::text)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+	RETURN coalesce(p_agent, nullif(current_setting('application_name'), ''),
+					caller::regrole::text);
+END
 $$;
 
 /* The tasks of the pool that the agent holds now (index task_in_flight). */
 CREATE FUNCTION wf._agent_in_flight(p_pool text, p_agent text) RETURNS bigint
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-	SELECT count(*) FROM wf.task t
-	 WHERE t.pool = p_pool AND t.agent = p_agent AND t.state = 'claimed'
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+	RETURN (SELECT count(*) FROM wf.task t
+			 WHERE t.pool = p_pool AND t.agent = p_agent AND t.state = 'claimed');
+END
 $$;
 
 /*
@@ -303,9 +309,11 @@ $$;
 CREATE FUNCTION wf._agent_load(caller oid, caller_path text, p_pool text, p_max int,
 							   p_lease interval, p_agent text, p_caps text[], p_capacity int)
 RETURNS float4
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-	SELECT (wf._agent_in_flight(p_pool, wf._agent_name(caller, p_agent))
-			/ coalesce(p_capacity, greatest(p_max, 1))::float8)::float4
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+	RETURN (wf._agent_in_flight(p_pool, wf._agent_name(caller, p_agent))
+			/ coalesce(p_capacity, greatest(p_max, 1))::float8)::float4;
+END
 $$;
 
 /* The claim of an agent returns: it is seen now, with its capabilities. */
@@ -363,8 +371,10 @@ $$;
 
 /* Is the lease of t still held (claimed, not expired)? */
 CREATE FUNCTION wf._task_held(t wf.task) RETURNS boolean
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-	SELECT t.state = 'claimed' AND t.lease_until >= clock_timestamp()
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+	RETURN t.state = 'claimed' AND t.lease_until >= clock_timestamp();
+END
 $$;
 
 CREATE FUNCTION wf._heartbeat(caller oid, caller_path text, p_task_id bigint,
