@@ -1453,6 +1453,7 @@ wf_exec_batch(int max_steps, TimestampTz *next_due)
 	int			done = 0;
 	int			budget;
 	TimestampTz start;
+	TimestampTz now;
 	bool		isnull;
 	bool		deferred_held = false;
 	bool		solo_due = false;
@@ -1516,10 +1517,10 @@ wf_exec_batch(int max_steps, TimestampTz *next_due)
 	 * old runs and events go; the next deadline, schedule or removal bounds
 	 * our sleep.
 	 */
-	start = GetCurrentTimestamp();
+	now = GetCurrentTimestamp();
 	if (wf_exec_housekeeping_at == 0 ||
-		TimestampDifferenceExceeds(wf_exec_housekeeping_at, start, WF_HOUSEKEEPING_MS) ||
-		(wf_exec_housekeeping_due != 0 && wf_exec_housekeeping_due <= start))
+		TimestampDifferenceExceeds(wf_exec_housekeeping_at, now, WF_HOUSEKEEPING_MS) ||
+		(wf_exec_housekeeping_due != 0 && wf_exec_housekeeping_due <= now))
 	{
 		Datum		due;
 
@@ -1528,7 +1529,7 @@ wf_exec_batch(int max_steps, TimestampTz *next_due)
 			elog(ERROR, "could not expire runs");
 		due = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 		wf_exec_housekeeping_due = isnull ? 0 : DatumGetTimestampTz(due);
-		wf_exec_housekeeping_at = start;
+		wf_exec_housekeeping_at = now;
 		next_deadline = wf_exec_housekeeping_due;
 	}
 	else

@@ -7,6 +7,8 @@
 #
 #  - the Node agent completes and fails tasks, heartbeating, and stops
 #    cleanly on SIGTERM;
+#  - a lease of 1 second taken just after a batch, on an executor with
+#    nothing else to wake it, expires and its task is handed out again;
 #  - kill -9 of an agent mid-task: its task is handed out again as the
 #    step's next attempt and completed by another agent; nothing is lost;
 #  - an immediate shutdown of the server with tasks claimed: after the
@@ -38,8 +40,6 @@ $node->safe_psql('postgres', q{
 	CREATE ROLE agent1 LOGIN;
 	SELECT wf_grant_pool('p', 'agent1');});
 
-my @agents;		# [name, IPC::Run handle, \stdout, \stderr]
-
 # Starts an example agent (lang: py or js) as agent1, of pool p unless
 # the options say --pool.
 sub start_agent
@@ -61,12 +61,11 @@ sub start_agent
 	}
 	push @cmd, '--pool', 'p', '--agent', $name, @opts;	# a later --pool wins
 	my $h = IPC::Run::start(\@cmd, \$in, \$out, \$err);
-	my $agent = [ $name, $h, \$out, \$err ];
+	my $agent = [ $name, $h, \$out, \$err ];	# name, handle, stdout, stderr
 	my $timer = IPC::Run::timer($PostgreSQL::Test::Utils::timeout_default);
 	$timer->start;
 	$h->pump until $out =~ /ready/ || $timer->is_expired || !$h->pumpable;
 	die "agent $name did not start: $err" unless $out =~ /ready/;
-	push @agents, $agent;
 	return $agent;
 }
 
@@ -102,6 +101,38 @@ is( $node->safe_psql('postgres',
 	'3', 'it heartbeated while working');
 ok(stop_agent($js), 'the Node agent stops cleanly on SIGTERM, with exit status 0');
 like(${ $js->[2] }, qr/stopped after 4 tasks/, 'after the tasks it had');
+
+# -------------------------------------------------------------------------
+# A lease taken just after a batch, whose housekeeping the executor then
+# skips for up to 100 ms: it still learns when the lease expires, with
+# nothing else happening.  One executor (another would do its own
+# housekeeping when woken) and no retention (whose removals would wake it
+# every few seconds); start and claim in one session, a few ms apart.
+# -------------------------------------------------------------------------
+my $lone = wf_node('agents_lone', workers => 1,
+	conf => "pg_workflow.retention = 0\npg_workflow.event_retention = 0\n");
+$lone->safe_psql('postgres', q{
+	CREATE ROLE agent1 LOGIN;
+	SELECT wf_grant_pool('p', 'agent1');});
+wf_define($lone, 'brief', { steps => [ { name => 'b', agent => 'p',
+	retry => { max_attempts => 3, backoff => 'fixed', initial_interval => '10ms' } } ] });
+my ($brief_run, $brief_task) = split /\n/, $lone->safe_psql('postgres', qq{
+	SELECT wf_start('brief');
+	SET ROLE agent1;
+	SELECT task_id FROM wf_claim('p', lease => '1 second', agent => 'brief',
+		wait => '$PostgreSQL::Test::Utils::timeout_default s');});
+ok($brief_task, 'a task claimed at once, under a lease of 1 second');
+my ($again_task, $again) = split /\|/, $lone->safe_psql('postgres', qq{
+	SET ROLE agent1;
+	SELECT task_id || '|' || run_id || ':' || attempt FROM wf_claim('p', lease => '1 minute',
+		agent => 'brief', wait => '$PostgreSQL::Test::Utils::timeout_default s')});
+is($again, "$brief_run:2", 'its lease expires and it is handed out again');
+is($lone->safe_psql('postgres', "SET ROLE agent1; SELECT wf_complete($brief_task)"), 'f',
+	'not to the holder of the lapsed lease');
+is($lone->safe_psql('postgres', "SET ROLE agent1; SELECT wf_complete($again_task)"), 't',
+	'to the new one');
+is(wf_wait($lone, $brief_run), 'completed', 'and the run completes');
+$lone->stop;
 
 # -------------------------------------------------------------------------
 # kill -9 of an agent mid-task.
@@ -168,7 +199,6 @@ is(wf_wait_all($node, $kept->[1], $lapsed->[1]), 'completed,completed', 'both ru
 # -------------------------------------------------------------------------
 # 8 agents, 8,000 tasks.
 # -------------------------------------------------------------------------
-@agents = ();
 $node->safe_psql('postgres', "SELECT wf_grant_pool('crowd', 'agent1')");
 wf_define($node, 'many', { steps => [ { name => 't', agent => 'crowd', payload => { i => '{{$.input.i}}' } } ] });
 my @crowd = map {
