@@ -19,6 +19,7 @@ OBJS = \
 	src/api.o \
 	src/agent.o \
 	src/owners.o \
+	src/slots.o \
 	src/validate.o \
 	src/sandbox.o \
 	src/util.o

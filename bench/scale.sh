@@ -15,8 +15,9 @@
 #               in the tables (copies of a finished run, made with SQL);
 #   flow     -- the hot-path cost of flow control: 2,000 runs of 3 no-op
 #               steps with a workflow concurrency key (100 keys, limit
-#               10,000: never reached) against the same without, three
-#               times each, alternated;
+#               10,000: never reached), and with a step concurrency key on
+#               the middle step, against the same without, three times
+#               each, in rotated order;
 # prints a report with each figure beside its target, and stops the servers
 # (also on failure or interrupt). See bench/README.md.
 #
@@ -416,34 +417,44 @@ part_cliff() {
 # ---------------------------------------------------------------------------
 
 part_flow() {
-	local i k plain=() keyed=() plain_start=() keyed_start=()
+	local i k plain=() keyed=() stepkeyed=() plain_start=() keyed_start=()
 	section "Flow control: $RUNS runs of noop3 with a concurrency key (limit never reached) and without"
 	new_cluster flow
 	((R[machine_printed])) || print_machine
 	R[machine_printed]=1
+	# Each variant goes first, second and last once: the tables grow by
+	# every round, and what comes later pays for a larger history.
+	local -a order=("plain keyed stepkeyed" "keyed stepkeyed plain" "stepkeyed plain keyed")
 	for i in 1 2 3; do
-		for k in plain keyed; do
+		for k in ${order[i - 1]}; do
 			log "flow, $k, round $i: $RUNS runs"
 			if [[ $k == plain ]]; then
 				measure_runs "flow_${k}$i" "$RUNS" noop3 "jsonb_build_object('k', g % 100)"
 				plain+=("${R[flow_${k}${i}_cpu_us]}")
 				plain_start+=("${R[flow_${k}${i}_start_us]}")
-			else
+			elif [[ $k == keyed ]]; then
 				measure_runs "flow_${k}$i" "$RUNS" noop3k "jsonb_build_object('k', g % 100)"
 				keyed+=("${R[flow_${k}${i}_cpu_us]}")
 				keyed_start+=("${R[flow_${k}${i}_start_us]}")
+			else
+				measure_runs "flow_${k}$i" "$RUNS" noop3s "jsonb_build_object('k', g % 100)"
+				stepkeyed+=("${R[flow_${k}${i}_cpu_us]}")
 			fi
 			print_runs "flow_${k}$i" "$k, round $i"
 		done
 	done
 	R[flow_plain_cpu_us]=$(printf '%s\n' "${plain[@]}" | sort -n | sed -n 2p)
 	R[flow_keyed_cpu_us]=$(printf '%s\n' "${keyed[@]}" | sort -n | sed -n 2p)
+	R[flow_stepkeyed_cpu_us]=$(printf '%s\n' "${stepkeyed[@]}" | sort -n | sed -n 2p)
 	R[flow_ratio]=$(fmt '%.2f' "$(awk -v a="${R[flow_keyed_cpu_us]}" -v b="${R[flow_plain_cpu_us]}" \
+		'BEGIN { print a / b }')")
+	R[flow_step_ratio]=$(fmt '%.2f' "$(awk -v a="${R[flow_stepkeyed_cpu_us]}" -v b="${R[flow_plain_cpu_us]}" \
 		'BEGIN { print a / b }')")
 	# The admission is in wf_start, the release at the run's end.
 	R[flow_plain_start_us]=$(printf '%s\n' "${plain_start[@]}" | sort -n | sed -n 2p)
 	R[flow_keyed_start_us]=$(printf '%s\n' "${keyed_start[@]}" | sort -n | sed -n 2p)
 	printf '  %-44s %s\n' "executor CPU/step, keyed / plain (medians)" "${R[flow_ratio]}"
+	printf '  %-44s %s\n' "executor CPU/step, step key / plain (medians)" "${R[flow_step_ratio]}"
 }
 
 # ---------------------------------------------------------------------------
@@ -559,6 +570,9 @@ print_summary() {
 		row "flow: keyed / plain" "${R[flow_ratio]}" "<= 1.10" \
 			"$(awk -v a="${R[flow_ratio]}" 'BEGIN { print (a <= 1.10) }')"
 		row "flow: wf_start, plain / keyed (us)" "${R[flow_plain_start_us]} / ${R[flow_keyed_start_us]}" "" -
+		row "flow: executor CPU/step, step key on 1 of 3 (us)" "${R[flow_stepkeyed_cpu_us]}" "" -
+		row "flow: step key / plain" "${R[flow_step_ratio]}" "<= 1.25" \
+			"$(awk -v a="${R[flow_step_ratio]}" 'BEGIN { print (a <= 1.25) }')"
 	fi
 	print_load_end
 	printf '  uptime at the end: %s\n' "$(uptime)"

@@ -101,3 +101,16 @@ SELECT wf_define('noop3k', '{
     {"name": "b", "sql": "SELECT 2"},
     {"name": "c", "sql": "SELECT 3"}
   ]}') AS noop3k_version;
+
+/*
+ * The same with a step concurrency key on its middle step instead: what
+ * taking a slot (one transaction of its own and a claim more) and
+ * releasing it cost each step.
+ */
+SELECT wf_define('noop3s', '{
+  "description": "benchmark: three no-op steps, the middle one with a step concurrency key",
+  "steps": [
+    {"name": "a", "sql": "SELECT 1"},
+    {"name": "b", "sql": "SELECT 2", "concurrency": {"key": "{{$.input.k}}", "limit": 10000}},
+    {"name": "c", "sql": "SELECT 3"}
+  ]}') AS noop3s_version;

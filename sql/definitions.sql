@@ -175,6 +175,15 @@ ROLLBACK TO SAVEPOINT s;
 SELECT * FROM wf_validate('{"steps": [{"name": "a", "sql": "SELECT 1", "when": "$$"}]}');
 COMMIT;
 
+-- step concurrency keys: every problem of a step's "concurrency" at once
+SELECT * FROM wf_validate('{"steps": [
+  {"name": "a", "sql": "SELECT 1", "concurrency": {"key": "t-{{$.input.id}}", "limit": 2}},
+  {"name": "b", "sql": "SELECT 1", "concurrency": {"limit": 1}},
+  {"name": "c", "sql": "SELECT 1", "concurrency": {"key": "", "limit": 0, "max": 1}},
+  {"name": "d", "sql": "SELECT 1", "concurrency": {"key": "{{$.input.x", "limit": 1.5}},
+  {"name": "e", "sql": "SELECT 1", "concurrency": 3},
+  {"name": "f", "sql": "SELECT 1", "concurrency": {"key": 7}}]}');
+
 -- wf_define: the same checks, and nothing is stored when they fail
 SELECT count(*) AS defs_before FROM wf.workflows \gset
 SELECT wf_define('bad', '{"steps": [{"name": "a", "sql": "SELEC 1"}]}');

@@ -151,7 +151,6 @@ static bool wf_exec_requeued = false;
 static List *wf_exec_record_failure(WfStepExec *ex, Jsonb *defaults,
 									WfStepResult *res, List *queue,
 									MemoryContext batchctx);
-static void wf_exec_set_item(int64 run_id, const char *step);
 static void wf_exec_checkpoint(WfStepExec *ex, WfStepResult *res);
 
 static SPIPlanPtr
@@ -235,7 +234,8 @@ wf_exec_prepare_all(void)
 									   0, NULL);
 	wf_plan_load = wf_exec_prepare(
 								   "SELECT kind, spec, owner, search_path, attempt, defaults, started_at,"
-								   " resuming, payload, wait_key, escalated_at, parent_run"
+								   " resuming, payload, wait_key, escalated_at, parent_run,"
+								   " slot_wanted, slot_error"
 								   " FROM wf._step_load($1, $2, $3)",
 								   3, key_types);
 	wf_plan_done = wf_exec_prepare(
@@ -765,6 +765,7 @@ wf_exec_step(WfWorkItem *item, List *queue, MemoryContext batchctx)
 	Size		ctx_size;
 	ResourceOwner oldowner = CurrentResourceOwner;
 	int			holdoff = QueryCancelHoldoffCount;
+	char	   *slot_error;
 
 	/* Load the step, its run context and the workflow's defaults. */
 	args[0] = Int64GetDatum(item->run_id);
@@ -778,6 +779,16 @@ wf_exec_step(WfWorkItem *item, List *queue, MemoryContext batchctx)
 
 	tupdesc = SPI_tuptable->tupdesc;
 	tuple = SPI_tuptable->vals[0];
+
+	/* It needs a slot of its step concurrency key first (slots.c). */
+	d = SPI_getbinval(tuple, tupdesc, 13, &isnull);
+	if (!isnull)
+	{
+		wf_slots_want(item->run_id, item->step, TextDatumGetCString(d));
+		SPI_freetuptable(SPI_tuptable);
+		return queue;
+	}
+
 	ex->run_id = item->run_id;
 	ex->step = item->step;
 	ex->kind = TextDatumGetCString(SPI_getbinval(tuple, tupdesc, 1, &isnull));
@@ -796,7 +807,20 @@ wf_exec_step(WfWorkItem *item, List *queue, MemoryContext batchctx)
 	ex->escalated_at = isnull ? 0 : DatumGetTimestampTz(d);
 	d = SPI_getbinval(tuple, tupdesc, 12, &isnull);
 	ex->parent_run = isnull ? 0 : DatumGetInt64(d);
+	d = SPI_getbinval(tuple, tupdesc, 14, &isnull);
+	slot_error = isnull ? NULL : TextDatumGetCString(d);
 	SPI_freetuptable(SPI_tuptable);
+
+	if (slot_error != NULL)
+	{
+		/* Its concurrency key could not be rendered: the attempt fails. */
+		res->outcome = WF_STEP_FAILED;
+		res->error_class = WF_ERROR_PERMANENT;
+		res->error_message = slot_error;
+		strlcpy(res->sqlstate, "22023", sizeof(res->sqlstate));
+		return wf_exec_record_failure(ex, defaults, res, queue, batchctx);
+	}
+
 	ex->context = wf_ctx_build(ex->run_id, ex->step, ex->attempt, &ctx_size);
 
 	if (ex->context == NULL)
@@ -1292,7 +1316,8 @@ static char wf_exec_suspect_sqlstate[6];
 static int64 wf_exec_excluded[WF_EXEC_MAX_EXCLUDED];
 static int	wf_exec_nexcluded = 0;
 
-static void
+/* The step being handled, to which an error escaping now belongs. */
+void
 wf_exec_set_item(int64 run_id, const char *step)
 {
 	if (wf_exec_item_step != NULL)
@@ -1472,9 +1497,11 @@ wf_exec_batch(int max_steps, TimestampTz *next_due)
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
+	wf_slots_defer_begin();
 
 	if (!wf_util_extension_ready())
 	{
+		wf_slots_release_all();	/* none: nothing ran */
 		PopActiveSnapshot();
 		CommitTransactionCommand();
 		MemoryContextSwitchTo(batchctx);
@@ -1586,6 +1613,7 @@ claim:
 		}
 		if (next_deadline != 0 && (*next_due == 0 || next_deadline < *next_due))
 			*next_due = next_deadline;
+		wf_slots_release_all();
 		SPI_finish();
 		PopActiveSnapshot();
 		CommitTransactionCommand();
@@ -1681,6 +1709,7 @@ claim:
 		maps_ready = true;
 	wf_exec_set_item(0, NULL);
 	wf_ctx_batch(NULL);
+	wf_slots_release_all();
 	SPI_finish();
 	PopActiveSnapshot();
 	CommitTransactionCommand();
@@ -1708,6 +1737,11 @@ claim:
 		wf_http_submit();
 	foreach(lc, completions)
 		wf_http_release((WfHttpCompletion *) lfirst(lc));
+	if (wf_slots_pending())
+	{
+		wf_slots_take();
+		MemoryContextSwitchTo(batchctx);
+	}
 
 	/*
 	 * Work left for others: some of it may be a parallel branch.  New timers:

@@ -176,6 +176,7 @@ wf_long_main(Datum main_arg)
 		AbortCurrentTransaction();
 		MemoryContextSwitchTo(TopMemoryContext);
 		FlushErrorState();
+		wf_slots_forget();
 		wf_worker_slot->current_run = 0;
 		wf_worker_slot->current_parent = 0;
 		RESUME_INTERRUPTS();

@@ -283,6 +283,15 @@ extern bool wf_exec_predicate(Jsonb *context, const char *path);
 extern Jsonb *wf_exec_path_first(Jsonb *target, const char *path);
 extern int	wf_exec_batch(int max_steps, TimestampTz *next_due);
 extern void wf_exec_note_error(void);
+extern void wf_exec_set_item(int64 run_id, const char *step);
+
+/* slots.c */
+extern void wf_slots_want(int64 run_id, const char *step, const char *key);
+extern bool wf_slots_pending(void);
+extern void wf_slots_take(void);
+extern void wf_slots_forget(void);
+extern void wf_slots_defer_begin(void);
+extern void wf_slots_release_all(void);
 extern bool wf_exec_solo_due(void);
 
 /* snapwait.c */

@@ -193,6 +193,7 @@ static const WfvFeature wfv_features[] = {
 	{"compensate", WFV_POLICY, NULL, wfv_check_compensate, true},
 	{"circuit_breaker", WFV_POLICY, NULL, wfv_check_circuit_breaker, true},
 	{"rate_limit", WFV_POLICY, NULL, wfv_check_rate_limit, true},
+	{"concurrency", WFV_POLICY, NULL, wfv_check_concurrency, true},
 
 	/* strategies of "on_error" */
 	{"retry", WFV_STRATEGY, NULL, NULL, true},
@@ -1993,8 +1994,9 @@ wfv_check_circuit_breaker(WfvState *st, WfvObject *o, const char *path,
 }
 
 /*
- * The workflow's "concurrency": {"key": TEMPLATE, "limit": N}; the key is
- * rendered from the run's input (see wf._flow_admit).
+ * "concurrency": {"key": TEMPLATE, "limit": N} of the workflow or of a
+ * step; the key is rendered from the run's input (see wf._flow_admit), and
+ * a step's also from its map item (wf._step_slot_key).
  */
 static void
 wfv_check_concurrency(WfvState *st, WfvObject *o, const char *path,

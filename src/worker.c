@@ -198,6 +198,7 @@ wf_worker_recover(MemoryContext iterctx, int *consecutive_errors)
 	FlushErrorState();
 	MemoryContextReset(iterctx);
 	wf_http_discard();
+	wf_slots_forget();
 	SpinLockAcquire(&wf_shared->mutex);
 	wf_worker_slot->current_run = 0;
 	wf_worker_slot->current_parent = 0;

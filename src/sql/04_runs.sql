@@ -358,7 +358,7 @@ BEGIN
 		 WHERE s.run_id = p_run_id
 	)
 	UPDATE wf.step s SET status = 'pending', attempt = 0, output = NULL,
-		   error = NULL, started_at = NULL, finished_at = NULL
+		   error = NULL, started_at = NULL, finished_at = NULL, wait_key = NULL
 	  FROM down d
 	 WHERE s.run_id = p_run_id AND s.step = d.step;
 	PERFORM wf._recompute(p_run_id);

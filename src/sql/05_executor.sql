@@ -22,12 +22,16 @@ CREATE FUNCTION wf._step_load(p_run_id bigint, p_step text, p_worker int,
 	OUT kind text, OUT spec jsonb, OUT owner oid, OUT search_path text,
 	OUT attempt int, OUT defaults jsonb,
 	OUT started_at timestamptz, OUT resuming boolean, OUT payload jsonb,
-	OUT wait_key text, OUT escalated_at timestamptz, OUT parent_run bigint)
+	OUT wait_key text, OUT escalated_at timestamptz, OUT parent_run bigint,
+	OUT slot_wanted text, OUT slot_error text)
 RETURNS SETOF record
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-	r	wf.run;
-	t	timestamptz := clock_timestamp();
+	r		wf.run;
+	t		timestamptz := clock_timestamp();
+	conc	jsonb;
+	held	text;
+	v_item	jsonb;
 BEGIN
 	SELECT * INTO r FROM wf.run WHERE id = p_run_id;
 	IF r.status NOT IN ('pending', 'running', 'waiting')
@@ -47,6 +51,23 @@ BEGIN
 												  format('parent run %s ended', r.parent_run)),
 							   r.owner);
 		RETURN;
+	END IF;
+	SELECT s.status = 'waiting', s.spec->'concurrency', s.slot_key, s.item
+	  INTO resuming, conc, held, v_item
+	  FROM wf.step s WHERE s.run_id = p_run_id AND s.step = p_step;
+	IF conc IS NOT NULL AND held IS NULL AND NOT resuming THEN
+		/*
+		 * It needs a slot of its step concurrency key first: nothing is
+		 * loaded or changed, the executor takes one after its commit (see
+		 * wf._slot_take).  A key that cannot be rendered fails the attempt.
+		 */
+		BEGIN
+			slot_wanted := wf._step_slot_key(r, p_step, conc, v_item);
+			RETURN NEXT;
+			RETURN;
+		EXCEPTION WHEN invalid_parameter_value OR program_limit_exceeded THEN
+			slot_error := SQLERRM;
+		END;
 	END IF;
 	IF r.status = 'pending' THEN
 		/* The workflow's timeout counts from here. */
@@ -70,8 +91,6 @@ BEGIN
 		INSERT INTO wf.history_log (run_id, status, actor) VALUES (p_run_id, 'running', r.owner);
 		PERFORM wf._notify(p_run_id, r.workflow, NULL, 'running');
 	END IF;
-	SELECT s.status = 'waiting' INTO resuming FROM wf.step s
-	 WHERE s.run_id = p_run_id AND s.step = p_step;
 	IF resuming THEN
 		/* A timer fired or a signal or event came: the same attempt goes on. */
 		SELECT s.kind, s.spec, s.attempt, s.started_at, s.payload, s.wait_key,
@@ -566,6 +585,8 @@ DECLARE
 	p		wf.deferred;
 	held	int := 0;
 BEGIN
+	/* Slots released by other transactions (13_flow_control.sql). */
+	PERFORM wf._slot_queued();
 	FOR p IN SELECT * FROM wf.deferred ORDER BY id FOR UPDATE SKIP LOCKED LOOP
 		BEGIN
 			IF wf._run_deferred_one(p) THEN

@@ -71,17 +71,16 @@ SELECT pg_catalog.pg_extension_config_dump('wf.concurrency_hold', '');
 SELECT pg_catalog.pg_extension_config_dump('wf.start_gate', '');
 
 /*
- * A flow-control key: the template rendered from a run's input, each
- * "{{ PATH }}" replaced by the first match of the JSON path in
- * {"input": ...} (a string by its text, any other value by its JSON text),
- * as step templates are rendered.  Paths are evaluated by jsonpath alone,
+ * A flow-control key: the template rendered from p_ctx ({"input": ...},
+ * and a map item's "item" and "index" for a step's key), each "{{ PATH }}"
+ * replaced by the first match of the JSON path in it (a string by its
+ * text, any other value by its JSON text), as step templates are rendered.  Paths are evaluated by jsonpath alone,
  * which reaches no user code.  The key must come out non-empty and short
  * enough for an index.
  */
-CREATE FUNCTION wf._flow_key(p_template text, p_input jsonb, p_what text) RETURNS text
+CREATE FUNCTION wf._render_key(p_template text, p_ctx jsonb, p_what text) RETURNS text
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-	ctx		jsonb := jsonb_build_object('input', p_input);
 	rest	text := p_template;
 	k		text := '';
 	i		int;
@@ -100,11 +99,11 @@ BEGIN
 		END IF;
 		expr := btrim(substr(rest, i + 2, j - 1));
 		BEGIN
-			v := jsonb_path_query_first(ctx, expr::jsonpath);
+			v := jsonb_path_query_first(p_ctx, expr::jsonpath);
 		EXCEPTION WHEN syntax_error OR data_exception THEN
 			RAISE EXCEPTION 'invalid % template "{{%}}"', p_what, expr
 				USING ERRCODE = 'invalid_parameter_value',
-					  DETAIL = 'A key may use JSON paths into the run''s input ($.input), nothing else.';
+					  DETAIL = 'A key may use JSON paths into the run''s input ($.input) and, in a map''s item, $.item and $.index; nothing else.';
 		END;
 		IF v IS NULL THEN
 			RAISE EXCEPTION '% template "{{%}}" matched nothing in the run''s input', p_what, expr
@@ -127,6 +126,14 @@ BEGIN
 				  DETAIL = format('It has %s bytes; the limit is 1000.', octet_length(k));
 	END IF;
 	RETURN k;
+END
+$$;
+
+/* A key rendered from a run's input alone (workflow concurrency, debounce). */
+CREATE FUNCTION wf._flow_key(p_template text, p_input jsonb, p_what text) RETURNS text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+	RETURN wf._render_key(p_template, jsonb_build_object('input', p_input), p_what);
 END
 $$;
 
@@ -345,17 +352,297 @@ LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
 $$;
 
 /*
- * The concurrency keys in use: a role sees the keys its runs hold or wait
- * for (a key is rendered from a run's input), wf_admin all of them.
+ * Step concurrency keys.  A step with "concurrency": {"key", "limit"} is
+ * active (ready to run again, running, waiting, retrying) only while it
+ * holds a slot of its rendered key (without a key: one key per step of the
+ * workflow): it may take one while fewer than its limit are held.
+ * wf.step_slot counts the slots of each key in use, wf.step.slot_key names
+ * the key a step holds, and wf.step_slot_wait queues the steps waiting for
+ * one.
+ *
+ * The rows of wf.step_slot are locked by the executors only, each in one
+ * phase of a transaction, keys in order, and for no longer than that
+ * transaction's commit: no two of them wait for each other, and no user
+ * transaction can hold a key up.
+ *	- A slot is taken when an executor first claims the step: wf._step_load
+ *	  returns the rendered key instead of loading the step (nothing of the
+ *	  step is changed), and the executor, once its batch has committed,
+ *	  calls wf._slot_take for the steps that asked, in a transaction that
+ *	  does nothing else (src/slots.c).  The step runs at its next claim, or
+ *	  waits (pending, out of the executors' queue, wait_key "slot:KEY") until
+ *	  a slot is passed to it.  No slot row stays locked while a step runs.
+ *	- A slot is released when its step leaves the active states (completed,
+ *	  skipped, failed, escalated, cancelled, or pending again through
+ *	  wf_rewind), whatever statement does it: a trigger, after the
+ *	  statement, clears the row's slot_key and has the release made at the
+ *	  end of the executor's batch (wf._slot_defer), or, in any other
+ *	  transaction (wf_cancel, an agent's completion), queues it in
+ *	  wf.step_slot_release for the executors (wf._run_deferred).  After the
+ *	  statement, so that a statement ending several steps of a run (a
+ *	  cancellation) never passes a slot to one that it ends too; an AFTER
+ *	  trigger only, because a BEFORE trigger would lock every step row that
+ *	  any statement updates, before the update.  Step rows are deleted only
+ *	  with their ended runs, which hold no slot.
+ *	- wf._slot_release passes the freed slot on (wf._slot_fill): to the
+ *	  first waiting step of the key, highest priority first, then in the
+ *	  order they came, which becomes ready, and wakes the executors at
+ *	  commit.  A waiting entry whose step no longer waits for the key is
+ *	  dropped; one whose step another transaction holds is left for a fill
+ *	  queued for later, so that the fill never waits for a step's lock while
+ *	  it holds the key's.
+ * ---------------------------------------------------------------------
+ */
+
+/* The step concurrency key whose slot a step holds, if any. */
+ALTER TABLE wf.step ADD COLUMN slot_key text;
+CREATE INDEX step_slot_key ON wf.step (slot_key) WHERE slot_key IS NOT NULL;
+
+CREATE TABLE wf.step_slot (
+	key			text PRIMARY KEY,
+	lim			int NOT NULL,			-- the limit of the latest take
+	active		int NOT NULL			-- steps holding a slot
+);
+
+CREATE TABLE wf.step_slot_wait (
+	run_id		bigint NOT NULL,
+	step		text NOT NULL,
+	key			text NOT NULL,
+	priority	int NOT NULL,
+	queued_at	timestamptz NOT NULL,
+	lim			int NOT NULL,			-- the step's own limit
+	PRIMARY KEY (run_id, step)
+);
+CREATE INDEX step_slot_wait_next ON wf.step_slot_wait (key, priority DESC, queued_at, run_id, step);
+
+/* Releases (release) and fills (not release) for the executors to make. */
+CREATE TABLE wf.step_slot_release (
+	id			bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+	key			text NOT NULL,
+	release		boolean NOT NULL
+);
+
+REVOKE ALL ON wf.step_slot, wf.step_slot_wait, wf.step_slot_release FROM PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('wf.step_slot', '');
+SELECT pg_catalog.pg_extension_config_dump('wf.step_slot_wait', '');
+SELECT pg_catalog.pg_extension_config_dump('wf.step_slot_release', '');
+
+/*
+ * The key of a step's "concurrency" (p_conc): its template rendered from
+ * the run's input and, in a map item, its item and index; without one,
+ * the workflow's name and the step's (a map's items share their map's).
+ */
+CREATE FUNCTION wf._step_slot_key(p_run wf.run, p_step text, p_conc jsonb, p_item jsonb)
+RETURNS text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+	IF p_conc ? 'key' THEN
+		RETURN wf._render_key(p_conc->>'key',
+							  jsonb_build_object('input', p_run.input) || coalesce(p_item, '{}'),
+							  'concurrency key');
+	END IF;
+	RETURN p_run.workflow || ':' || regexp_replace(p_step, '\[[0-9]+\]', '[]', 'g');
+END
+$$;
+
+/*
+ * Takes a slot of key p_key for a ready step that holds none, or queues it
+ * until one is passed to it.  Called by an executor in a transaction of its
+ * own (see above); a step that another transaction holds, or that has
+ * moved on meanwhile, is left as it is.
+ */
+CREATE FUNCTION wf._slot_take(p_run_id bigint, p_step text, p_key text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	st	wf.step;
+	c	wf.step_slot;
+	lim	int;
+BEGIN
+	SELECT * INTO st FROM wf.step
+	 WHERE run_id = p_run_id AND step = p_step AND status = 'ready' AND slot_key IS NULL
+	   FOR UPDATE SKIP LOCKED;
+	IF NOT FOUND OR NOT st.spec ? 'concurrency' THEN
+		RETURN;
+	END IF;
+	lim := (st.spec->'concurrency'->>'limit')::int;
+	/*
+	 * One statement: the key's row is locked whether or not a slot is
+	 * free (ON CONFLICT locks the row it updates before its WHERE).
+	 */
+	INSERT INTO wf.step_slot AS s (key, lim, active)
+	VALUES (p_key, lim, 1)
+	ON CONFLICT (key) DO UPDATE SET lim = excluded.lim, active = s.active + 1
+	 WHERE s.active < excluded.lim
+	RETURNING * INTO c;
+	IF FOUND THEN
+		UPDATE wf.step SET slot_key = p_key, wait_key = NULL
+		 WHERE run_id = p_run_id AND step = p_step;
+		IF st.wait_key LIKE 'slot:%' THEN
+			DELETE FROM wf.step_slot_wait WHERE run_id = p_run_id AND step = p_step;
+		END IF;
+		PERFORM wf._wake();
+		RETURN;
+	END IF;
+	INSERT INTO wf.step_slot_wait (run_id, step, key, priority, queued_at, lim)
+	VALUES (p_run_id, p_step, p_key, st.priority, clock_timestamp(), lim)
+	ON CONFLICT (run_id, step) DO UPDATE
+	   SET key = excluded.key, priority = excluded.priority, queued_at = excluded.queued_at,
+		   lim = excluded.lim;
+	UPDATE wf.step SET status = 'pending', ready_at = NULL, wait_key = 'slot:' || p_key
+	 WHERE run_id = p_run_id AND step = p_step;
+	INSERT INTO wf.history_log (run_id, step, status, detail, actor)
+	SELECT p_run_id, p_step, 'pending', jsonb_build_object('waiting_for', p_key, 'limit', lim),
+		   r.owner
+	  FROM wf.run r WHERE r.id = p_run_id;
+END
+$$;
+
+/*
+ * Passes the free slots of p_key (the key's row locked) to the steps
+ * waiting for them, in their order, while each one's limit allows; drops
+ * the key once nothing holds or waits for it.
+ */
+CREATE FUNCTION wf._slot_fill(p_key text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	w		wf.step_slot_wait;
+	n		int;
+	held	boolean := false;
+BEGIN
+	SELECT active INTO n FROM wf.step_slot WHERE key = p_key;
+	IF NOT FOUND THEN
+		RETURN;
+	END IF;
+	FOR w IN SELECT * FROM wf.step_slot_wait WHERE key = p_key
+			  ORDER BY priority DESC, queued_at, run_id, step
+			  FOR UPDATE SKIP LOCKED LOOP
+		EXIT WHEN n >= w.lim;
+		PERFORM 1 FROM wf.step WHERE run_id = w.run_id AND step = w.step FOR UPDATE SKIP LOCKED;
+		IF NOT FOUND AND EXISTS (SELECT 1 FROM wf.step WHERE run_id = w.run_id AND step = w.step) THEN
+			held := true;		-- another transaction holds it: a later fill
+			CONTINUE;
+		END IF;
+		DELETE FROM wf.step_slot_wait WHERE run_id = w.run_id AND step = w.step;
+		UPDATE wf.step SET status = 'ready', ready_at = clock_timestamp(), wait_key = NULL,
+			   slot_key = p_key
+		 WHERE run_id = w.run_id AND step = w.step
+		   AND status = 'pending' AND wait_key = 'slot:' || p_key;
+		IF FOUND THEN
+			n := n + 1;
+			INSERT INTO wf.history_log (run_id, step, status, detail, actor)
+			SELECT w.run_id, w.step, 'pending', jsonb_build_object('admitted', p_key), r.owner
+			  FROM wf.run r WHERE r.id = w.run_id;
+			PERFORM wf._wake();
+		END IF;
+	END LOOP;
+	IF held THEN
+		INSERT INTO wf.step_slot_release (key, release) VALUES (p_key, false);
+		PERFORM wf._defer();
+	END IF;
+	IF n <= 0 AND NOT held AND NOT EXISTS (SELECT 1 FROM wf.step_slot_wait WHERE key = p_key) THEN
+		DELETE FROM wf.step_slot WHERE key = p_key;
+	ELSE
+		UPDATE wf.step_slot SET active = n WHERE key = p_key AND active <> n;
+	END IF;
+END
+$$;
+
+/*
+ * A step gave up its slot of p_key (p_release), or the key's free slots
+ * are to be passed on again (not p_release).  Called by the executors only,
+ * at the end of a batch, keys in order (src/slots.c).
+ */
+CREATE FUNCTION wf._slot_release(p_key text, p_release boolean) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+	IF p_release THEN
+		UPDATE wf.step_slot SET active = greatest(active - 1, 0) WHERE key = p_key;
+	ELSE
+		PERFORM 1 FROM wf.step_slot WHERE key = p_key FOR UPDATE;
+	END IF;
+	PERFORM wf._slot_fill(p_key);
+END
+$$;
+
+/*
+ * True when the release (or fill) of key is put off to the end of the
+ * executor's batch (src/slots.c), false outside a batch.
+ */
+CREATE FUNCTION wf._slot_defer(key text, release boolean) RETURNS boolean
+	LANGUAGE C STRICT AS 'MODULE_PATHNAME', 'wf_slot_defer';
+
+/* The releases and fills queued by other transactions, for this batch. */
+CREATE FUNCTION wf._slot_queued() RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	q	wf.step_slot_release;
+BEGIN
+	FOR q IN WITH d AS (SELECT id FROM wf.step_slot_release ORDER BY id
+						 FOR UPDATE SKIP LOCKED)
+			 DELETE FROM wf.step_slot_release x USING d WHERE x.id = d.id
+			 RETURNING x.* LOOP
+		IF NOT wf._slot_defer(q.key, q.release) THEN
+			PERFORM wf._slot_release(q.key, q.release);
+		END IF;
+	END LOOP;
+END
+$$;
+
+/*
+ * After the statement that made a step leave the active states: it holds
+ * no slot any more, and the slot is released (see above).
+ */
+CREATE FUNCTION wf._step_slot_released() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+	UPDATE wf.step SET slot_key = NULL WHERE run_id = OLD.run_id AND step = OLD.step;
+	IF NOT wf._slot_defer(OLD.slot_key, true) THEN
+		INSERT INTO wf.step_slot_release (key, release) VALUES (OLD.slot_key, true);
+		PERFORM wf._defer();
+	END IF;
+	RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER step_slot_released AFTER UPDATE ON wf.step
+	FOR EACH ROW
+	WHEN (OLD.slot_key IS NOT NULL AND NEW.slot_key IS NOT NULL
+		  AND NEW.status IN ('pending', 'completed', 'failed', 'skipped', 'escalated',
+							 'compensated', 'cancelled'))
+	EXECUTE FUNCTION wf._step_slot_released();
+
+/*
+ * The concurrency keys in use, of runs (scope "run") and of steps ("step"):
+ * a role sees the keys its runs hold or wait for (a key is rendered from a
+ * run's input), wf_admin all of them.  Waiting steps are counted by their
+ * steps, which a stale entry of the queue no longer names.
  */
 CREATE VIEW wf.concurrency WITH (security_barrier) AS
 	SELECT c.key, c.lim AS "limit", c.active,
 		   (SELECT count(*) FROM wf.concurrency_hold h
-			 WHERE h.key OPERATOR(pg_catalog.=) c.key AND h.waiting)::int AS waiting
+			 WHERE h.key OPERATOR(pg_catalog.=) c.key AND h.waiting)::int AS waiting,
+		   'run'::text AS scope
 	  FROM wf.concurrency_slot c
 	 WHERE (SELECT pg_catalog.pg_has_role('wf_admin', 'MEMBER'))
 		OR EXISTS (SELECT 1 FROM wf.concurrency_hold h JOIN wf.run r ON r.id OPERATOR(pg_catalog.=) h.run_id
 					WHERE h.key OPERATOR(pg_catalog.=) c.key
+					  AND r.owner OPERATOR(pg_catalog.=) (SELECT oid FROM pg_catalog.pg_roles
+														   WHERE rolname OPERATOR(pg_catalog.=) current_user))
+	UNION ALL
+	SELECT c.key, c.lim, c.active,
+		   (SELECT count(*) FROM wf.step_slot_wait w JOIN wf.step s
+				ON s.run_id OPERATOR(pg_catalog.=) w.run_id AND s.step OPERATOR(pg_catalog.=) w.step
+			 WHERE w.key OPERATOR(pg_catalog.=) c.key
+			   AND s.status OPERATOR(pg_catalog.=) 'pending'
+			   AND s.wait_key OPERATOR(pg_catalog.=) ('slot:' OPERATOR(pg_catalog.||) c.key))::int,
+		   'step'::text
+	  FROM wf.step_slot c
+	 WHERE (SELECT pg_catalog.pg_has_role('wf_admin', 'MEMBER'))
+		OR EXISTS (SELECT 1 FROM wf.step s JOIN wf.run r ON r.id OPERATOR(pg_catalog.=) s.run_id
+					WHERE s.slot_key OPERATOR(pg_catalog.=) c.key
+					  AND r.owner OPERATOR(pg_catalog.=) (SELECT oid FROM pg_catalog.pg_roles
+														   WHERE rolname OPERATOR(pg_catalog.=) current_user))
+		OR EXISTS (SELECT 1 FROM wf.step_slot_wait w JOIN wf.run r ON r.id OPERATOR(pg_catalog.=) w.run_id
+					WHERE w.key OPERATOR(pg_catalog.=) c.key
 					  AND r.owner OPERATOR(pg_catalog.=) (SELECT oid FROM pg_catalog.pg_roles
 														   WHERE rolname OPERATOR(pg_catalog.=) current_user));
 

@@ -55,5 +55,5 @@ COMMENT ON FUNCTION @extschema@.wf_pool_pause(text) IS 'stop handing out the tas
 COMMENT ON FUNCTION @extschema@.wf_pool_resume(text) IS 'hand out the tasks of a paused agent pool again (wf_admin)';
 COMMENT ON FUNCTION @extschema@.wf_pool_limit(text, int) IS 'at most max_in_flight tasks of an agent pool claimed at once, across its agents; NULL: no limit (wf_admin)';
 COMMENT ON VIEW wf.agents IS 'the agents of each pool: capabilities, first and last seen, state, tasks in flight, completed and failed, completed in the last minute and hour, p50 and p95 task duration';
-COMMENT ON VIEW wf.concurrency IS 'concurrency keys in use: limit, runs active and waiting';
+COMMENT ON VIEW wf.concurrency IS 'concurrency keys in use, of runs and of steps: limit, active and waiting';
 COMMENT ON VIEW wf.rate_limits IS 'rate limits of http steps: limit, tokens left, next token (wf_admin)';

@@ -69,3 +69,485 @@ BEGIN
 END
 $$;
 
+
+/*
+ * Step concurrency keys (see src/sql/13_flow_control.sql).
+ */
+
+ALTER TABLE wf.step ADD COLUMN slot_key text;
+CREATE INDEX step_slot_key ON wf.step (slot_key) WHERE slot_key IS NOT NULL;
+
+CREATE TABLE wf.step_slot (
+	key			text PRIMARY KEY,
+	lim			int NOT NULL,			-- the limit of the latest take
+	active		int NOT NULL			-- steps holding a slot
+);
+
+CREATE TABLE wf.step_slot_wait (
+	run_id		bigint NOT NULL,
+	step		text NOT NULL,
+	key			text NOT NULL,
+	priority	int NOT NULL,
+	queued_at	timestamptz NOT NULL,
+	lim			int NOT NULL,			-- the step's own limit
+	PRIMARY KEY (run_id, step)
+);
+CREATE INDEX step_slot_wait_next ON wf.step_slot_wait (key, priority DESC, queued_at, run_id, step);
+
+/* Releases (release) and fills (not release) for the executors to make. */
+CREATE TABLE wf.step_slot_release (
+	id			bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+	key			text NOT NULL,
+	release		boolean NOT NULL
+);
+
+REVOKE ALL ON wf.step_slot, wf.step_slot_wait, wf.step_slot_release FROM PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('wf.step_slot', '');
+SELECT pg_catalog.pg_extension_config_dump('wf.step_slot_wait', '');
+SELECT pg_catalog.pg_extension_config_dump('wf.step_slot_release', '');
+
+CREATE FUNCTION wf._render_key(p_template text, p_ctx jsonb, p_what text) RETURNS text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	rest	text := p_template;
+	k		text := '';
+	i		int;
+	j		int;
+	expr	text;
+	v		jsonb;
+BEGIN
+	LOOP
+		i := position('{{' IN rest);
+		EXIT WHEN i = 0;
+		j := position('}}' IN substr(rest, i + 2));
+		IF j = 0 THEN
+			RAISE EXCEPTION 'invalid % template "%"', p_what, p_template
+				USING ERRCODE = 'invalid_parameter_value',
+					  DETAIL = '"{{" is not closed by "}}".';
+		END IF;
+		expr := btrim(substr(rest, i + 2, j - 1));
+		BEGIN
+			v := jsonb_path_query_first(p_ctx, expr::jsonpath);
+		EXCEPTION WHEN syntax_error OR data_exception THEN
+			RAISE EXCEPTION 'invalid % template "{{%}}"', p_what, expr
+				USING ERRCODE = 'invalid_parameter_value',
+					  DETAIL = 'A key may use JSON paths into the run''s input ($.input) and, in a map''s item, $.item and $.index; nothing else.';
+		END;
+		IF v IS NULL THEN
+			RAISE EXCEPTION '% template "{{%}}" matched nothing in the run''s input', p_what, expr
+				USING ERRCODE = 'invalid_parameter_value';
+		END IF;
+		k := k || substr(rest, 1, i - 1)
+			   || CASE WHEN jsonb_typeof(v) = 'string' THEN v #>> '{}' ELSE v::text END;
+		rest := substr(rest, i + 2 + j + 1);
+	END LOOP;
+	k := k || rest;
+	IF k = '' THEN
+		RAISE EXCEPTION '% is empty', p_what
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = format('The template "%s" rendered an empty string from the run''s input.',
+								  p_template);
+	END IF;
+	IF octet_length(k) > 1000 THEN
+		RAISE EXCEPTION '% is too long', p_what
+			USING ERRCODE = 'program_limit_exceeded',
+				  DETAIL = format('It has %s bytes; the limit is 1000.', octet_length(k));
+	END IF;
+	RETURN k;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION wf._flow_key(p_template text, p_input jsonb, p_what text) RETURNS text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+	RETURN wf._render_key(p_template, jsonb_build_object('input', p_input), p_what);
+END
+$$;
+
+CREATE FUNCTION wf._step_slot_key(p_run wf.run, p_step text, p_conc jsonb, p_item jsonb)
+RETURNS text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+	IF p_conc ? 'key' THEN
+		RETURN wf._render_key(p_conc->>'key',
+							  jsonb_build_object('input', p_run.input) || coalesce(p_item, '{}'),
+							  'concurrency key');
+	END IF;
+	RETURN p_run.workflow || ':' || regexp_replace(p_step, '\[[0-9]+\]', '[]', 'g');
+END
+$$;
+
+CREATE FUNCTION wf._slot_take(p_run_id bigint, p_step text, p_key text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	st	wf.step;
+	c	wf.step_slot;
+	lim	int;
+BEGIN
+	SELECT * INTO st FROM wf.step
+	 WHERE run_id = p_run_id AND step = p_step AND status = 'ready' AND slot_key IS NULL
+	   FOR UPDATE SKIP LOCKED;
+	IF NOT FOUND OR NOT st.spec ? 'concurrency' THEN
+		RETURN;
+	END IF;
+	lim := (st.spec->'concurrency'->>'limit')::int;
+	/*
+	 * One statement: the key's row is locked whether or not a slot is
+	 * free (ON CONFLICT locks the row it updates before its WHERE).
+	 */
+	INSERT INTO wf.step_slot AS s (key, lim, active)
+	VALUES (p_key, lim, 1)
+	ON CONFLICT (key) DO UPDATE SET lim = excluded.lim, active = s.active + 1
+	 WHERE s.active < excluded.lim
+	RETURNING * INTO c;
+	IF FOUND THEN
+		UPDATE wf.step SET slot_key = p_key, wait_key = NULL
+		 WHERE run_id = p_run_id AND step = p_step;
+		IF st.wait_key LIKE 'slot:%' THEN
+			DELETE FROM wf.step_slot_wait WHERE run_id = p_run_id AND step = p_step;
+		END IF;
+		PERFORM wf._wake();
+		RETURN;
+	END IF;
+	INSERT INTO wf.step_slot_wait (run_id, step, key, priority, queued_at, lim)
+	VALUES (p_run_id, p_step, p_key, st.priority, clock_timestamp(), lim)
+	ON CONFLICT (run_id, step) DO UPDATE
+	   SET key = excluded.key, priority = excluded.priority, queued_at = excluded.queued_at,
+		   lim = excluded.lim;
+	UPDATE wf.step SET status = 'pending', ready_at = NULL, wait_key = 'slot:' || p_key
+	 WHERE run_id = p_run_id AND step = p_step;
+	INSERT INTO wf.history_log (run_id, step, status, detail, actor)
+	SELECT p_run_id, p_step, 'pending', jsonb_build_object('waiting_for', p_key, 'limit', lim),
+		   r.owner
+	  FROM wf.run r WHERE r.id = p_run_id;
+END
+$$;
+
+CREATE FUNCTION wf._slot_fill(p_key text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	w		wf.step_slot_wait;
+	n		int;
+	held	boolean := false;
+BEGIN
+	SELECT active INTO n FROM wf.step_slot WHERE key = p_key;
+	IF NOT FOUND THEN
+		RETURN;
+	END IF;
+	FOR w IN SELECT * FROM wf.step_slot_wait WHERE key = p_key
+			  ORDER BY priority DESC, queued_at, run_id, step
+			  FOR UPDATE SKIP LOCKED LOOP
+		EXIT WHEN n >= w.lim;
+		PERFORM 1 FROM wf.step WHERE run_id = w.run_id AND step = w.step FOR UPDATE SKIP LOCKED;
+		IF NOT FOUND AND EXISTS (SELECT 1 FROM wf.step WHERE run_id = w.run_id AND step = w.step) THEN
+			held := true;		-- another transaction holds it: a later fill
+			CONTINUE;
+		END IF;
+		DELETE FROM wf.step_slot_wait WHERE run_id = w.run_id AND step = w.step;
+		UPDATE wf.step SET status = 'ready', ready_at = clock_timestamp(), wait_key = NULL,
+			   slot_key = p_key
+		 WHERE run_id = w.run_id AND step = w.step
+		   AND status = 'pending' AND wait_key = 'slot:' || p_key;
+		IF FOUND THEN
+			n := n + 1;
+			INSERT INTO wf.history_log (run_id, step, status, detail, actor)
+			SELECT w.run_id, w.step, 'pending', jsonb_build_object('admitted', p_key), r.owner
+			  FROM wf.run r WHERE r.id = w.run_id;
+			PERFORM wf._wake();
+		END IF;
+	END LOOP;
+	IF held THEN
+		INSERT INTO wf.step_slot_release (key, release) VALUES (p_key, false);
+		PERFORM wf._defer();
+	END IF;
+	IF n <= 0 AND NOT held AND NOT EXISTS (SELECT 1 FROM wf.step_slot_wait WHERE key = p_key) THEN
+		DELETE FROM wf.step_slot WHERE key = p_key;
+	ELSE
+		UPDATE wf.step_slot SET active = n WHERE key = p_key AND active <> n;
+	END IF;
+END
+$$;
+
+CREATE FUNCTION wf._slot_release(p_key text, p_release boolean) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+	IF p_release THEN
+		UPDATE wf.step_slot SET active = greatest(active - 1, 0) WHERE key = p_key;
+	ELSE
+		PERFORM 1 FROM wf.step_slot WHERE key = p_key FOR UPDATE;
+	END IF;
+	PERFORM wf._slot_fill(p_key);
+END
+$$;
+
+CREATE FUNCTION wf._slot_defer(key text, release boolean) RETURNS boolean
+	LANGUAGE C STRICT AS 'MODULE_PATHNAME', 'wf_slot_defer';
+
+CREATE FUNCTION wf._slot_queued() RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	q	wf.step_slot_release;
+BEGIN
+	FOR q IN WITH d AS (SELECT id FROM wf.step_slot_release ORDER BY id
+						 FOR UPDATE SKIP LOCKED)
+			 DELETE FROM wf.step_slot_release x USING d WHERE x.id = d.id
+			 RETURNING x.* LOOP
+		IF NOT wf._slot_defer(q.key, q.release) THEN
+			PERFORM wf._slot_release(q.key, q.release);
+		END IF;
+	END LOOP;
+END
+$$;
+
+CREATE FUNCTION wf._step_slot_released() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+	UPDATE wf.step SET slot_key = NULL WHERE run_id = OLD.run_id AND step = OLD.step;
+	IF NOT wf._slot_defer(OLD.slot_key, true) THEN
+		INSERT INTO wf.step_slot_release (key, release) VALUES (OLD.slot_key, true);
+		PERFORM wf._defer();
+	END IF;
+	RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER step_slot_released AFTER UPDATE ON wf.step
+	FOR EACH ROW
+	WHEN (OLD.slot_key IS NOT NULL AND NEW.slot_key IS NOT NULL
+		  AND NEW.status IN ('pending', 'completed', 'failed', 'skipped', 'escalated',
+							 'compensated', 'cancelled'))
+	EXECUTE FUNCTION wf._step_slot_released();
+
+CREATE OR REPLACE VIEW wf.concurrency WITH (security_barrier) AS
+	SELECT c.key, c.lim AS "limit", c.active,
+		   (SELECT count(*) FROM wf.concurrency_hold h
+			 WHERE h.key OPERATOR(pg_catalog.=) c.key AND h.waiting)::int AS waiting,
+		   'run'::text AS scope
+	  FROM wf.concurrency_slot c
+	 WHERE (SELECT pg_catalog.pg_has_role('wf_admin', 'MEMBER'))
+		OR EXISTS (SELECT 1 FROM wf.concurrency_hold h JOIN wf.run r ON r.id OPERATOR(pg_catalog.=) h.run_id
+					WHERE h.key OPERATOR(pg_catalog.=) c.key
+					  AND r.owner OPERATOR(pg_catalog.=) (SELECT oid FROM pg_catalog.pg_roles
+														   WHERE rolname OPERATOR(pg_catalog.=) current_user))
+	UNION ALL
+	SELECT c.key, c.lim, c.active,
+		   (SELECT count(*) FROM wf.step_slot_wait w JOIN wf.step s
+				ON s.run_id OPERATOR(pg_catalog.=) w.run_id AND s.step OPERATOR(pg_catalog.=) w.step
+			 WHERE w.key OPERATOR(pg_catalog.=) c.key
+			   AND s.status OPERATOR(pg_catalog.=) 'pending'
+			   AND s.wait_key OPERATOR(pg_catalog.=) ('slot:' OPERATOR(pg_catalog.||) c.key))::int,
+		   'step'::text
+	  FROM wf.step_slot c
+	 WHERE (SELECT pg_catalog.pg_has_role('wf_admin', 'MEMBER'))
+		OR EXISTS (SELECT 1 FROM wf.step s JOIN wf.run r ON r.id OPERATOR(pg_catalog.=) s.run_id
+					WHERE s.slot_key OPERATOR(pg_catalog.=) c.key
+					  AND r.owner OPERATOR(pg_catalog.=) (SELECT oid FROM pg_catalog.pg_roles
+														   WHERE rolname OPERATOR(pg_catalog.=) current_user))
+		OR EXISTS (SELECT 1 FROM wf.step_slot_wait w JOIN wf.run r ON r.id OPERATOR(pg_catalog.=) w.run_id
+					WHERE w.key OPERATOR(pg_catalog.=) c.key
+					  AND r.owner OPERATOR(pg_catalog.=) (SELECT oid FROM pg_catalog.pg_roles
+														   WHERE rolname OPERATOR(pg_catalog.=) current_user));
+
+COMMENT ON VIEW wf.concurrency IS 'concurrency keys in use, of runs and of steps: limit, active and waiting';
+
+DROP FUNCTION wf._step_load(bigint, text, int);
+
+CREATE FUNCTION wf._step_load(p_run_id bigint, p_step text, p_worker int,
+	OUT kind text, OUT spec jsonb, OUT owner oid, OUT search_path text,
+	OUT attempt int, OUT defaults jsonb,
+	OUT started_at timestamptz, OUT resuming boolean, OUT payload jsonb,
+	OUT wait_key text, OUT escalated_at timestamptz, OUT parent_run bigint,
+	OUT slot_wanted text, OUT slot_error text)
+RETURNS SETOF record
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	r		wf.run;
+	t		timestamptz := clock_timestamp();
+	conc	jsonb;
+	held	text;
+	v_item	jsonb;
+BEGIN
+	SELECT * INTO r FROM wf.run WHERE id = p_run_id;
+	IF r.status NOT IN ('pending', 'running', 'waiting')
+	   OR (r.compensating IS NOT NULL AND p_step NOT LIKE 'compensate:%') THEN
+		/* The run ended, or is undoing what was done: too late for this. */
+		UPDATE wf.step s SET status = 'cancelled', finished_at = clock_timestamp()
+		 WHERE s.run_id = p_run_id AND s.step = p_step
+		   AND s.status IN ('pending', 'ready', 'running', 'waiting');
+		RETURN;
+	END IF;
+	IF r.parent_run IS NOT NULL
+	   AND (SELECT pr.status NOT IN ('pending', 'running', 'waiting')
+			  FROM wf.run pr WHERE pr.id = r.parent_run) THEN
+		/* Its parent ended while an executor held it (see wf._finish_run). */
+		PERFORM wf._finish_run(r, 'cancelled',
+							   jsonb_build_object('message',
+												  format('parent run %s ended', r.parent_run)),
+							   r.owner);
+		RETURN;
+	END IF;
+	SELECT s.status = 'waiting', s.spec->'concurrency', s.slot_key, s.item
+	  INTO resuming, conc, held, v_item
+	  FROM wf.step s WHERE s.run_id = p_run_id AND s.step = p_step;
+	IF conc IS NOT NULL AND held IS NULL AND NOT resuming THEN
+		/*
+		 * It needs a slot of its step concurrency key first: nothing is
+		 * loaded or changed, the executor takes one after its commit (see
+		 * wf._slot_take).  A key that cannot be rendered fails the attempt.
+		 */
+		BEGIN
+			slot_wanted := wf._step_slot_key(r, p_step, conc, v_item);
+			RETURN NEXT;
+			RETURN;
+		EXCEPTION WHEN invalid_parameter_value OR program_limit_exceeded THEN
+			slot_error := SQLERRM;
+		END;
+	END IF;
+	IF r.status = 'pending' THEN
+		/* The workflow's timeout counts from here. */
+		UPDATE wf.run SET status = 'running', started_at = t,
+			   deadline = t + (SELECT (d.definition->>'timeout')::interval
+												 FROM wf.workflow_def d
+												WHERE d.name = r.workflow
+												  AND d.version = r.version)
+		 WHERE id = p_run_id;
+		INSERT INTO wf.history_log (run_id, status, actor)
+		VALUES (p_run_id, 'running', r.owner);
+		PERFORM wf._notify(p_run_id, r.workflow, NULL, 'running');
+	END IF;
+	/*
+	 * An http step is running from now on: its request leaves when this
+	 * transaction commits.  (If preparing it fails, the failure is recorded
+	 * over this in the same transaction.)
+	 */
+	IF r.status = 'waiting' THEN
+		UPDATE wf.run SET status = 'running' WHERE id = p_run_id;
+		INSERT INTO wf.history_log (run_id, status, actor) VALUES (p_run_id, 'running', r.owner);
+		PERFORM wf._notify(p_run_id, r.workflow, NULL, 'running');
+	END IF;
+	IF resuming THEN
+		/* A timer fired or a signal or event came: the same attempt goes on. */
+		SELECT s.kind, s.spec, s.attempt, s.started_at, s.payload, s.wait_key,
+			   s.escalated_at
+		  INTO kind, spec, attempt, started_at, payload, wait_key, escalated_at
+		  FROM wf.step s WHERE s.run_id = p_run_id AND s.step = p_step;
+	ELSE
+		/*
+		 * Nothing indexed changes (fair_at stays the step's place in the
+		 * claim order, should it be retried): a HOT update, which leaves no
+		 * entry in step_ready for the claims to step over.
+		 */
+		UPDATE wf.step s SET attempt = s.attempt + 1, started_at = clock_timestamp(),
+			   status = CASE WHEN s.kind IN ('http', 'agent') THEN 'running' ELSE s.status END,
+			   running_by = CASE WHEN s.kind = 'http' THEN p_worker END,
+			   wait_snapshot = CASE WHEN s.kind = 'wait_for' THEN pg_current_snapshot() END
+		 WHERE s.run_id = p_run_id AND s.step = p_step
+		RETURNING s.kind, s.spec, s.attempt, s.started_at
+		INTO kind, spec, attempt, started_at;
+	END IF;
+	IF kind IN ('http', 'agent') THEN
+		INSERT INTO wf.history_log (run_id, step, status, attempt, actor)
+		VALUES (p_run_id, p_step, 'running', attempt, r.owner);
+		IF current_setting('pg_workflow.notify') = 'steps' THEN
+			PERFORM wf._notify(p_run_id, r.workflow, p_step, 'running');
+		END IF;
+	END IF;
+	owner := r.owner;
+	search_path := r.search_path;
+	parent_run := r.parent_run;
+	SELECT d.defaults INTO defaults FROM wf.workflow_def d
+	 WHERE d.name = r.workflow AND d.version = r.version;
+	/* Its run context is built by the executor (context.c). */
+	RETURN NEXT;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION wf._run_deferred()
+RETURNS int
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	p		wf.deferred;
+	held	int := 0;
+BEGIN
+	/* Slots released by other transactions (13_flow_control.sql). */
+	PERFORM wf._slot_queued();
+	FOR p IN SELECT * FROM wf.deferred ORDER BY id FOR UPDATE SKIP LOCKED LOOP
+		BEGIN
+			IF wf._run_deferred_one(p) THEN
+				DELETE FROM wf.deferred WHERE id = p.id;
+			ELSE
+				held := held + 1;
+			END IF;
+		EXCEPTION WHEN OTHERS THEN
+			RAISE WARNING 'could not make deferred change % (% of run %): %',
+				p.id, p.action, p.run_id, SQLERRM
+				USING HINT = 'It is tried again later; delete its row of wf.deferred to give it up.';
+			held := held + 1;
+		END;
+	END LOOP;
+	RETURN held;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION wf._rewind(caller oid, caller_path text, p_run_id bigint, p_step text) RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	r	wf.run;
+BEGIN
+	PERFORM wf._run_status(caller, NULL, p_run_id);
+	PERFORM wf._interrupt(p_run_id);
+	r := wf._lock_run(caller, p_run_id);
+	IF p_step IS NULL OR NOT EXISTS (SELECT 1 FROM wf.step
+									  WHERE run_id = p_run_id AND step = p_step) THEN
+		RAISE EXCEPTION 'run % has no step "%"', p_run_id, p_step
+			USING ERRCODE = 'undefined_object';
+	END IF;
+	/* The step and everything downstream of it start over. */
+	WITH RECURSIVE down(step) AS (
+		SELECT p_step
+		UNION
+		SELECT s.step FROM wf.step s JOIN down d ON d.step = ANY (s.deps)
+		 WHERE s.run_id = p_run_id
+	)
+	UPDATE wf.step s SET status = 'pending', attempt = 0, output = NULL,
+		   error = NULL, started_at = NULL, finished_at = NULL, wait_key = NULL
+	  FROM down d
+	 WHERE s.run_id = p_run_id AND s.step = d.step;
+	PERFORM wf._recompute(p_run_id);
+	UPDATE wf.run SET status = 'running', output = NULL, error = NULL,
+		   finished_at = NULL
+	 WHERE id = p_run_id;
+	INSERT INTO wf.history_log (run_id, step, status, detail, actor)
+	VALUES (p_run_id, p_step, 'rewound', NULL, caller);
+	INSERT INTO wf.history_log (run_id, status, detail, actor)
+	VALUES (p_run_id, 'running', jsonb_build_object('rewound_to', p_step), caller);
+	PERFORM wf._flow_readmit(p_run_id);
+	PERFORM wf._notify(p_run_id, r.workflow, NULL, 'running');
+	PERFORM wf._wake();
+	RETURN true;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION wf._recompute(p_run_id bigint) RETURNS void
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+	UPDATE wf.step s
+	   SET deps_left = d.n,
+		   status = CASE WHEN d.n = 0 THEN 'ready' ELSE 'pending' END,
+		   ready_at = CASE WHEN d.n = 0 THEN clock_timestamp() END
+	  FROM (SELECT s2.step,
+				   (SELECT count(*) FROM wf.step p
+					 WHERE p.run_id = s2.run_id AND p.step = ANY (s2.deps)
+					   AND p.status NOT IN ('completed', 'skipped'))::int AS n
+			  FROM wf.step s2
+			 WHERE s2.run_id = p_run_id
+			   AND s2.status IN ('pending', 'ready', 'failed', 'cancelled')
+			   -- waiting for a slot of its step concurrency key: it keeps its place
+			   AND (s2.status <> 'pending' OR s2.wait_key IS NULL
+					OR s2.wait_key NOT LIKE 'slot:%')) d
+	 WHERE s.run_id = p_run_id AND s.step = d.step;
+	UPDATE wf.run r
+	   SET steps_left = (SELECT count(*) FROM wf.step s
+						  WHERE s.run_id = r.id
+							AND s.status NOT IN ('completed', 'skipped'))
+	 WHERE r.id = p_run_id;
+$$;

@@ -1,0 +1,340 @@
+# Copyright (c) pg_workflow authors
+#
+# Step concurrency keys: "concurrency": {"key", "limit"} on a step.
+#
+# Ten pgbench clients race to start 60 runs whose middle step holds a key
+# of two tickets with a limit of 2, on 4 executors, with an immediate
+# shutdown in the middle; sampled while they run (the steps holding a slot,
+# and the counts of wf.step_slot), and checked afterwards by the overlap of
+# the steps' started_at/finished_at, never more than 2 steps of a key are
+# active; every run completes and no slot is left.  The items of a map
+# share their step's key (sleeping items, which hold their slot while they
+# wait).  Waiting steps get their slot by priority, then in
+# the order they came; a cancelled waiting run leaves the queue; steps
+# waiting on a key survive a restart.  A retried step keeps its slot, a
+# failed or rewound one gives it up.  A transaction left open after it
+# cancelled a run holding a slot holds up no executor (its release is made
+# by the executors after it commits).  A key that cannot be rendered fails
+# the step, not the executor.
+
+use strict;
+use warnings;
+
+use FindBin;
+use lib "$FindBin::RealBin/../perl";
+
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use PgWorkflowTest;
+use Test::More;
+
+my $node = wf_node('step_concurrency', workers => 4);
+
+# ---- definition checks ---------------------------------------------------
+
+my ($ret, $out, $err) = $node->psql('postgres',
+	q{SELECT wf_define('bad', '{"steps": [{"name": "a", "sql": "SELECT 1", "concurrency": {"limit": 0}}]}')});
+like($err, qr/concurrency\.limit/, 'a step limit of 0 is rejected, naming its path');
+($ret, $out, $err) = $node->psql('postgres',
+	q{SELECT wf_define('bad', '{"steps": [{"name": "a", "sql": "SELECT 1", "concurrency": {"key": "x"}}]}')});
+like($err, qr/concurrency\.limit/, 'a step concurrency without a limit is rejected');
+($ret, $out, $err) = $node->psql('postgres',
+	q{SELECT wf_define('bad', '{"steps": [{"name": "a", "sql": "SELECT 1", "concurrency": {"limit": 1, "per": "1 s"}}]}')});
+like($err, qr/unknown key "per"/, 'an unknown key of a step concurrency is rejected');
+is($node->safe_psql('postgres', q{SELECT count(*) FROM wf.workflows WHERE name = 'bad'}),
+	'0', 'nothing of the rejected definitions was written');
+
+# ---- racing starters, an immediate shutdown in the middle -----------------
+
+wf_define($node, 'sync',
+	{
+		steps => [
+			{ name => 'a', sql => 'SELECT 1' },
+			{
+				name => 'b',
+				sql => 'SELECT pg_sleep(0.05)',
+				concurrency => { key => 'ticket-{{$.input.ticket}}', limit => 2 }
+			},
+			{ name => 'c', sql => 'SELECT 3' },
+		]
+	});
+
+my $script = "${PostgreSQL::Test::Utils::tmp_check}/step_conc_start.sql";
+PostgreSQL::Test::Utils::append_to_file($script,
+	q{SELECT wf_start('sync', jsonb_build_object('ticket', 1 + (random() < 0.5)::int));});
+
+my $sample_sql = q{
+	SELECT coalesce(max(n), 0),
+		   (SELECT coalesce(max(active), 0) FROM wf.step_slot),
+		   (SELECT count(*) FROM wf.run WHERE workflow = 'sync' AND status NOT IN ('completed', 'failed', 'cancelled'))
+	  FROM (SELECT count(*) n FROM wf.step WHERE slot_key IS NOT NULL GROUP BY slot_key) s};
+my ($max, $max_counted, $samples) = (0, 0, 0);
+my $restarted = 0;
+my $h = IPC::Run::start(
+	[ 'pgbench', '-n', '-c', '10', '-j', '2', '-t', '6', '-f', $script,
+	  '-h', $node->host, '-p', $node->port, 'postgres' ],
+	'>', \my $pgb_out, '2>', \my $pgb_err);
+while (1)
+{
+	my ($holding, $counted, $left) = split /\|/, $node->safe_psql('postgres', $sample_sql);
+	$samples++;
+	$max = $holding if $holding > $max;
+	$max_counted = $counted if $counted > $max_counted;
+	$h->pump_nb if $h->pumpable;
+	if (!$h->pumpable && !$restarted)
+	{
+		$h->finish;
+		is($?, 0, 'pgbench started the runs') or diag($pgb_err);
+		# the runs are under way: stop the server in the middle of them
+		$node->stop('immediate');
+		$node->start;
+		$restarted = 1;
+		next;
+	}
+	last if $restarted && $left == 0;
+}
+cmp_ok($max, '<=', 2, "never more than 2 steps of a key hold a slot in $samples samples (max $max)");
+cmp_ok($max_counted, '<=', 2, "no key ever counted more than 2 active steps (max $max_counted)");
+is($node->safe_psql('postgres',
+		q{SELECT count(*) || ' ' || count(*) FILTER (WHERE status = 'completed') FROM wf.run WHERE workflow = 'sync'}),
+	'60 60', 'all 60 runs completed across the immediate shutdown');
+is($node->safe_psql('postgres', q{
+	SELECT coalesce(max(n), 0) <= 2 FROM (
+		SELECT (SELECT count(*) FROM wf.step b JOIN wf.run rb ON rb.id = b.run_id
+				 WHERE rb.workflow = 'sync' AND b.step = 'b'
+				   AND rb.input->'ticket' = ra.input->'ticket'
+				   AND b.started_at <= a.started_at AND b.finished_at > a.started_at) n
+		  FROM wf.step a JOIN wf.run ra ON ra.id = a.run_id
+		 WHERE ra.workflow = 'sync' AND a.step = 'b') s}),
+	't', 'the steps of a key overlap at most 2 at a time (started_at/finished_at)');
+is($node->safe_psql('postgres',
+		q{SELECT count(*) FROM wf.step_slot}) . '/'
+	  . $node->safe_psql('postgres', q{SELECT count(*) FROM wf.step WHERE slot_key IS NOT NULL}),
+	'0/0', 'no slot is left held');
+
+# ---- the items of a map share their step's key ---------------------------
+
+wf_define($node, 'fan',
+	{
+		steps => [
+			{
+				name => 'each',
+				map => {
+					over => '$.input.items',
+					step => {
+						name => 'item',
+						sleep => '200 ms',
+						concurrency => { limit => 2 }
+					}
+				}
+			}
+		]
+	});
+my $fan = $node->safe_psql('postgres',
+	q{SELECT wf_start('fan', jsonb_build_object('items', (SELECT jsonb_agg(g) FROM generate_series(1, 12) g)))});
+is(wf_wait($node, $fan), 'completed', 'the map over 12 sleeping items completes');
+is($node->safe_psql('postgres', qq{
+	SELECT max(n) FROM (
+		SELECT (SELECT count(*) FROM wf.step b
+				 WHERE b.run_id = $fan AND b.parent = 'each'
+				   AND b.started_at <= a.started_at AND b.finished_at > a.started_at) n
+		  FROM wf.step a WHERE a.run_id = $fan AND a.parent = 'each') s}),
+	'2', 'its items slept 2 at a time, as the step key allows');
+is($node->safe_psql('postgres', qq{
+	SELECT count(DISTINCT detail->>'waiting_for') || ' ' || min(detail->>'waiting_for')
+	  FROM wf.history_log WHERE run_id = $fan AND detail ? 'waiting_for'}),
+	'1 fan:each[]', 'without a key, the items wait for one key: the workflow\'s and the step\'s');
+
+# ---- priority, order, cancellation ----------------------------------------
+
+wf_define($node, 'gate',
+	{
+		steps => [
+			{ name => 'start', sql => 'SELECT 1' },
+			{
+				name => 'w',
+				wait_for => { signal => 'go' },
+				concurrency => { key => 'gate', limit => 1 }
+			},
+		]
+	});
+my $first = wf_start($node, 'gate');
+$node->poll_query_until('postgres',
+	"SELECT status = 'waiting' FROM wf.step WHERE run_id = $first AND step = 'w'")
+  or die 'the first step did not start waiting';
+my @runs;
+for my $opt ({}, {}, { priority => 5 }, {})
+{
+	my $r = wf_start($node, 'gate', {}, $opt);
+	$node->poll_query_until('postgres',
+		"SELECT wait_key = 'slot:gate' FROM wf.step WHERE run_id = $r AND step = 'w'")
+	  or die "the step of run $r did not queue";
+	push @runs, $r;
+}
+my ($low1, $low2, $high, $gone) = @runs;
+is($node->safe_psql('postgres',
+		q{SELECT key || ' ' || "limit" || ' ' || active || ' ' || waiting || ' ' || scope FROM wf.concurrency}),
+	'gate 1 1 4 step', 'wf.concurrency shows the step key, its limit, the active and the waiting steps');
+is($node->safe_psql('postgres',
+		qq{SELECT string_agg(status, ',' ORDER BY run_id) FROM wf.step WHERE step = 'w' AND run_id IN ($low1, $low2, $high, $gone)}),
+	'pending,pending,pending,pending', 'the steps over the limit are pending');
+$node->safe_psql('postgres', "SELECT wf_cancel($gone)");
+is($node->safe_psql('postgres', q{SELECT waiting FROM wf.concurrency WHERE key = 'gate'}),
+	'3', 'a cancelled run\'s step no longer counts as waiting');
+
+my @order;
+my $cur = $first;
+for my $i (1 .. 4)
+{
+	$node->safe_psql('postgres', "SELECT wf_signal($cur, 'go')");
+	is(wf_wait($node, $cur), 'completed', "run $cur completes");
+	last if $i == 4;
+	$node->poll_query_until('postgres',
+		"SELECT count(*) = 1 FROM wf.step s JOIN wf.run r ON r.id = s.run_id WHERE r.workflow = 'gate' AND s.step = 'w' AND s.status = 'waiting'")
+	  or die 'no next step';
+	$cur = $node->safe_psql('postgres',
+		q{SELECT s.run_id FROM wf.step s JOIN wf.run r ON r.id = s.run_id WHERE r.workflow = 'gate' AND s.step = 'w' AND s.status = 'waiting'});
+	push @order, $cur;
+}
+is(join(',', @order), "$high,$low1,$low2", 'waiting steps get the slot by priority, then in the order they came');
+is($node->safe_psql('postgres', "SELECT status FROM wf.run WHERE id = $gone"),
+	'cancelled', 'the cancelled run did not go on');
+is($node->safe_psql('postgres', q{SELECT count(*) FROM wf.step_slot}) . '/'
+	  . $node->safe_psql('postgres', q{SELECT count(*) FROM wf.concurrency WHERE key = 'gate'}),
+	'0/0', 'the key is gone once its last step ended');
+
+# ---- a restart with steps waiting on a key --------------------------------
+
+$first = wf_start($node, 'gate');
+$node->poll_query_until('postgres',
+	"SELECT status = 'waiting' FROM wf.step WHERE run_id = $first AND step = 'w'")
+  or die 'the first step did not start waiting';
+my @waiting = map { wf_start($node, 'gate') } 1 .. 2;
+$node->poll_query_until('postgres',
+	q{SELECT waiting = 2 FROM wf.concurrency WHERE key = 'gate'})
+  or die 'the steps did not queue';
+$node->restart;
+is($node->safe_psql('postgres',
+		q{SELECT active || ' ' || waiting FROM wf.concurrency WHERE key = 'gate'}),
+	'1 2', 'after a restart, the key still has one active and two waiting steps');
+for my $r ($first, @waiting)
+{
+	$node->poll_query_until('postgres',
+		"SELECT status = 'waiting' FROM wf.step WHERE run_id = $r AND step = 'w'")
+	  or die "the step of run $r did not start";
+	$node->safe_psql('postgres', "SELECT wf_signal($r, 'go')");
+	is(wf_wait($node, $r), 'completed', "run $r completes after the restart");
+}
+
+# ---- retries keep the slot; failure and rewind give it up -----------------
+
+$node->safe_psql('postgres', q{
+	CREATE SEQUENCE flaky_seq;
+	CREATE FUNCTION fail_first(n bigint) RETURNS bigint LANGUAGE plpgsql AS $f$
+	BEGIN
+		IF n < 3 THEN
+			RAISE EXCEPTION 'attempt failed on purpose' USING ERRCODE = '40001';
+		END IF;
+		RETURN n;
+	END
+	$f$;});
+wf_define($node, 'flaky',
+	{
+		steps => [
+			{
+				name => 'a',
+				sql => q{SELECT fail_first(nextval('flaky_seq'))},
+				retry => { max_attempts => 2, backoff => 'fixed', initial_interval => '10ms' },
+				concurrency => { key => 'flaky', limit => 1 }
+			},
+			{ name => 'b', wait_for => { signal => 'go' } },
+		]
+	});
+my $f = wf_start($node, 'flaky');
+is(wf_wait($node, $f), 'failed', 'a step failing its two attempts fails its run');
+is($node->safe_psql('postgres', qq{
+	SELECT string_agg(status, ',' ORDER BY id) FROM wf.history_log
+	 WHERE run_id = $f AND step = 'a' AND status NOT IN ('running')}),
+	'retrying,failed', 'it was retried once, holding its slot (no wait in between)');
+is($node->safe_psql('postgres', q{SELECT count(*) FROM wf.step_slot}),
+	'0', 'the failed step gave its slot up');
+$node->safe_psql('postgres', "SELECT wf_retry($f)");
+$node->poll_query_until('postgres',
+	"SELECT status = 'waiting' FROM wf.step WHERE run_id = $f AND step = 'b'")
+  or die 'the retried run did not get to b';
+is($node->safe_psql('postgres', q{SELECT count(*) FROM wf.step_slot}),
+	'0', 'a completed step holds no slot');
+$node->safe_psql('postgres', "SELECT wf_rewind($f, 'a')");
+$node->poll_query_until('postgres',
+	"SELECT status = 'waiting' FROM wf.step WHERE run_id = $f AND step = 'b'")
+  or die 'the rewound run did not get to b again';
+is($node->safe_psql('postgres', "SELECT attempt FROM wf.step WHERE run_id = $f AND step = 'a'"),
+	'1', 'the rewound step ran again, taking its slot again');
+$node->safe_psql('postgres', "SELECT wf_signal($f, 'go')");
+is(wf_wait($node, $f), 'completed', 'the run completes');
+is($node->safe_psql('postgres', q{SELECT count(*) FROM wf.step_slot}) . '/'
+	  . $node->safe_psql('postgres', q{SELECT count(*) FROM wf.step_slot_wait}),
+	'0/0', 'nothing is left of the key');
+
+# ---- a user's open transaction holds no key up ----------------------------
+
+wf_define($node, 'held',
+	{
+		steps => [
+			{
+				name => 'w',
+				wait_for => { signal => 'go' },
+				concurrency => { key => 'shared', limit => 2 }
+			}
+		]
+	});
+my @h = map { wf_start($node, 'held') } 1 .. 3;
+$node->poll_query_until('postgres',
+	"SELECT count(*) = 2 FROM wf.step WHERE run_id IN ($h[0], $h[1]) AND status = 'waiting'")
+  or die 'the first two steps did not start waiting';
+$node->poll_query_until('postgres',
+	"SELECT wait_key = 'slot:shared' FROM wf.step WHERE run_id = $h[2]")
+  or die 'the third step did not queue';
+my $canceller = $node->background_psql('postgres');
+$canceller->query_safe("BEGIN; SELECT wf_cancel($h[0])");
+$node->safe_psql('postgres', "SELECT wf_signal($h[1], 'go')");
+is(wf_wait($node, $h[1]), 'completed',
+	'a step of the key completes while a transaction that cancelled another is open');
+ok($node->poll_query_until('postgres',
+		"SELECT status = 'waiting' FROM wf.step WHERE run_id = $h[2]"),
+	'and its slot went to the waiting step: nothing waited for the open transaction');
+$canceller->query_safe('COMMIT');
+$canceller->quit;
+my $h4 = wf_start($node, 'held');
+ok($node->poll_query_until('postgres',
+		"SELECT status = 'waiting' FROM wf.step WHERE run_id = $h4"),
+	'once committed, the cancelled run\'s slot was released for the next step');
+is($node->safe_psql('postgres', q{SELECT active || ' ' || waiting FROM wf.concurrency WHERE key = 'shared'}),
+	'2 0', 'the key counts the two steps holding it, none waiting');
+$node->safe_psql('postgres', "SELECT wf_signal($_, 'go')") for ($h[2], $h4);
+is(wf_wait_all($node, $h[2], $h4), 'completed,completed', 'both complete');
+is($node->safe_psql('postgres', q{SELECT count(*) FROM wf.step_slot}) . '/'
+	  . $node->safe_psql('postgres', q{SELECT count(*) FROM wf.step_slot_release}),
+	'0/0', 'nothing is left of the key, nothing queued');
+
+# ---- a key that cannot be rendered fails the step -------------------------
+
+wf_define($node, 'nokey',
+	{
+		steps => [
+			{
+				name => 'a',
+				sql => 'SELECT 1',
+				concurrency => { key => '{{$.input.missing}}', limit => 1 }
+			}
+		]
+	});
+my $nk = wf_start($node, 'nokey', { other => 1 });
+is(wf_wait($node, $nk), 'failed', 'a step whose key matches nothing fails its run');
+like($node->safe_psql('postgres', "SELECT error->>'message' FROM wf.run WHERE id = $nk"),
+	qr/concurrency key template "\{\{\$\.input\.missing\}\}" matched nothing/,
+	'with the reason');
+my $ok = wf_start($node, 'sync', { ticket => 3 });
+is(wf_wait($node, $ok), 'completed', 'and the executors go on with other runs');
+
+done_testing();
