@@ -177,7 +177,11 @@ BEGIN
 	VALUES (k, (p_conc->>'limit')::int, 0)
 	ON CONFLICT (key) DO UPDATE SET lim = excluded.lim
 	RETURNING * INTO s;
-	IF s.active < s.lim THEN
+	/*
+	 * Under its own limit: keys are global, and another workflow's larger
+	 * limit for the same key (the row's lim, the latest) must not raise it.
+	 */
+	IF s.active < (p_conc->>'limit')::int THEN
 		UPDATE wf.concurrency_slot SET active = active + 1 WHERE key = k;
 		INSERT INTO wf.concurrency_hold (run_id, key, priority, waiting)
 		VALUES (p_run_id, k, p_priority, false);
@@ -191,7 +195,8 @@ BEGIN
 	INSERT INTO wf.concurrency_hold (run_id, key, priority, waiting, held_steps)
 	SELECT p_run_id, k, p_priority, true, ARRAY(SELECT step FROM held);
 	INSERT INTO wf.history_log (run_id, status, detail, actor)
-	SELECT p_run_id, 'pending', jsonb_build_object('waiting_for', k, 'limit', s.lim), r.owner
+	SELECT p_run_id, 'pending', jsonb_build_object('waiting_for', k, 'limit', (p_conc->>'limit')::int),
+		   r.owner
 	  FROM wf.run r WHERE r.id = p_run_id;
 END
 $$;

@@ -175,6 +175,24 @@ is($node->safe_psql('postgres', q{SELECT count(*) FROM wf.concurrency WHERE key 
 $node->safe_psql('postgres', "SELECT wf_retry($f)");
 is(wf_wait($node, $f), 'completed', 'the retried run completes');
 
+# ---- another workflow's larger limit for the same key does not raise ours -
+
+wf_define($node, 'hog', { concurrency => { key => 'tracker', limit => 1000 },
+		steps => [ { name => 'w', wait_for => { signal => 'go' } } ] });
+wf_define($node, 'one', { concurrency => { key => 'tracker', limit => 1 },
+		steps => [ { name => 'w', wait_for => { signal => 'go' } } ] });
+my $hog = wf_start($node, 'hog');
+$node->poll_query_until('postgres', "SELECT status = 'waiting' FROM wf.run WHERE id = $hog")
+  or die 'the hog did not start';
+my $one = wf_start($node, 'one');
+is($node->safe_psql('postgres', "SELECT status FROM wf.run WHERE id = $one"),
+	'pending', 'a run with limit 1 waits while the key is held, whatever limit the other workflow has');
+$node->safe_psql('postgres', "SELECT wf_cancel($hog)");
+$node->poll_query_until('postgres', "SELECT status = 'waiting' FROM wf.run WHERE id = $one")
+  or die 'the run did not start once the key was free';
+$node->safe_psql('postgres', "SELECT wf_signal($one, 'go')");
+is(wf_wait($node, $one), 'completed', 'then it runs and completes');
+
 # ---- rate limits of http steps -------------------------------------------
 
 ($ret, $out, $err) = $node->psql('postgres',

@@ -2,9 +2,9 @@
 #
 # Step concurrency keys: "concurrency": {"key", "limit"} on a step.
 #
-# Ten pgbench clients race to start 60 runs whose middle step holds a key
-# of two tickets with a limit of 2, on 4 executors, with an immediate
-# shutdown in the middle; sampled while they run (the steps holding a slot,
+# Fifty pgbench clients race to start 100 runs whose middle step holds a
+# key of two tickets with a limit of 2, on 4 executors, with an executor
+# killed (kill -9) and an immediate shutdown in the middle; sampled while they run (the steps holding a slot,
 # and the counts of wf.step_slot), and checked afterwards by the overlap of
 # the steps' started_at/finished_at, never more than 2 steps of a key are
 # active; every run completes and no slot is left.  The items of a map
@@ -28,7 +28,8 @@ use PostgreSQL::Test::Utils;
 use PgWorkflowTest;
 use Test::More;
 
-my $node = wf_node('step_concurrency', workers => 4);
+# The test framework turns restart_after_crash off; the engine relies on it.
+my $node = wf_node('step_concurrency', workers => 4, conf => "restart_after_crash = on\n");
 
 # ---- definition checks ---------------------------------------------------
 
@@ -44,7 +45,7 @@ like($err, qr/unknown key "per"/, 'an unknown key of a step concurrency is rejec
 is($node->safe_psql('postgres', q{SELECT count(*) FROM wf.workflows WHERE name = 'bad'}),
 	'0', 'nothing of the rejected definitions was written');
 
-# ---- racing starters, an immediate shutdown in the middle -----------------
+# ---- 50 racing starters, an executor killed, an immediate shutdown --------
 
 wf_define($node, 'sync',
 	{
@@ -71,7 +72,7 @@ my $sample_sql = q{
 my ($max, $max_counted, $samples) = (0, 0, 0);
 my $restarted = 0;
 my $h = IPC::Run::start(
-	[ 'pgbench', '-n', '-c', '10', '-j', '2', '-t', '6', '-f', $script,
+	[ 'pgbench', '-n', '-c', '50', '-j', '2', '-t', '2', '-f', $script,
 	  '-h', $node->host, '-p', $node->port, 'postgres' ],
 	'>', \my $pgb_out, '2>', \my $pgb_err);
 while (1)
@@ -85,7 +86,14 @@ while (1)
 	{
 		$h->finish;
 		is($?, 0, 'pgbench started the runs') or diag($pgb_err);
-		# the runs are under way: stop the server in the middle of them
+		# the runs are under way: kill an executor in the middle of them
+		# (the postmaster restarts every process), then stop the server
+		my ($victim) = wf_executor_pids($node);
+		kill 'KILL', $victim;
+		$node->poll_query_until('postgres', 'SELECT true')
+		  or die 'the server did not come back after the executor was killed';
+		wf_wait_for_executors($node, 4, [$victim])
+		  or die 'the executors did not come back';
 		$node->stop('immediate');
 		$node->start;
 		$restarted = 1;
@@ -97,7 +105,7 @@ cmp_ok($max, '<=', 2, "never more than 2 steps of a key hold a slot in $samples 
 cmp_ok($max_counted, '<=', 2, "no key ever counted more than 2 active steps (max $max_counted)");
 is($node->safe_psql('postgres',
 		q{SELECT count(*) || ' ' || count(*) FILTER (WHERE status = 'completed') FROM wf.run WHERE workflow = 'sync'}),
-	'60 60', 'all 60 runs completed across the immediate shutdown');
+	'100 100', 'all 100 runs completed across an executor killed and an immediate shutdown');
 is($node->safe_psql('postgres', q{
 	SELECT coalesce(max(n), 0) <= 2 FROM (
 		SELECT (SELECT count(*) FROM wf.step b JOIN wf.run rb ON rb.id = b.run_id
@@ -316,6 +324,33 @@ is(wf_wait_all($node, $h[2], $h4), 'completed,completed', 'both complete');
 is($node->safe_psql('postgres', q{SELECT count(*) FROM wf.step_slot}) . '/'
 	  . $node->safe_psql('postgres', q{SELECT count(*) FROM wf.step_slot_release}),
 	'0/0', 'nothing is left of the key, nothing queued');
+
+# ---- another role's larger limit for the same key does not raise ours ----
+
+$node->safe_psql('postgres', q{
+	CREATE ROLE victim LOGIN;
+	CREATE ROLE mallory LOGIN;});
+$node->safe_psql('postgres', q{SET ROLE mallory; SELECT wf_define('hog', '{"steps": [
+	{"name": "w", "wait_for": {"signal": "go"}, "concurrency": {"key": "tracker", "limit": 1000}}]}')});
+$node->safe_psql('postgres', q{SET ROLE victim; SELECT wf_define('sync1', '{"steps": [
+	{"name": "w", "wait_for": {"signal": "go"}, "concurrency": {"key": "tracker", "limit": 1}}]}')});
+my $hog = $node->safe_psql('postgres', q{SET ROLE mallory; SELECT wf_start('hog')});
+$node->poll_query_until('postgres', "SELECT status = 'waiting' FROM wf.step WHERE run_id = $hog")
+  or die 'the hog did not take its slot';
+my $v1 = $node->safe_psql('postgres', q{SET ROLE victim; SELECT wf_start('sync1')});
+$node->poll_query_until('postgres', "SELECT wait_key = 'slot:tracker' FROM wf.step WHERE run_id = $v1")
+  or die 'the victim\'s step did not queue';
+my $hog2 = $node->safe_psql('postgres', q{SET ROLE mallory; SELECT wf_start('hog')});
+$node->poll_query_until('postgres', "SELECT status = 'waiting' FROM wf.step WHERE run_id = $hog2")
+  or die 'the second hog did not take its slot';
+is($node->safe_psql('postgres', "SELECT status || ' ' || wait_key FROM wf.step WHERE run_id = $v1"),
+	'pending slot:tracker',
+	'a step with limit 1 waits while the key is held, whatever limit the other role\'s steps have');
+$node->safe_psql('postgres', "SELECT wf_cancel($hog), wf_cancel($hog2)");
+ok($node->poll_query_until('postgres', "SELECT status = 'waiting' FROM wf.step WHERE run_id = $v1"),
+	'once the key is free, the step takes its slot');
+$node->safe_psql('postgres', "SELECT wf_signal($v1, 'go')");
+is(wf_wait($node, $v1), 'completed', 'and completes');
 
 # ---- a key that cannot be rendered fails the step -------------------------
 

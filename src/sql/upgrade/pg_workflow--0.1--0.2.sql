@@ -551,3 +551,61 @@ LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
 							AND s.status NOT IN ('completed', 'skipped'))
 	 WHERE r.id = p_run_id;
 $$;
+
+/* A run is admitted under its own limit, not the latest one of its key. */
+CREATE OR REPLACE FUNCTION wf._flow_admit(p_run_id bigint, p_workflow text, p_conc jsonb,
+							   p_input jsonb, p_priority int)
+RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	h	wf.concurrency_hold;
+	s	wf.concurrency_slot;
+	k	text;
+BEGIN
+	IF p_conc IS NULL THEN
+		RETURN;
+	END IF;
+	SELECT * INTO h FROM wf.concurrency_hold WHERE run_id = p_run_id FOR UPDATE;
+	IF FOUND THEN
+		IF h.waiting THEN
+			WITH held AS (
+				UPDATE wf.step SET status = 'pending', ready_at = NULL, fair_at = NULL
+				 WHERE run_id = p_run_id AND status = 'ready' AND parent IS NULL
+				RETURNING step
+			)
+			UPDATE wf.concurrency_hold
+			   SET held_steps = coalesce(held_steps, '{}') || ARRAY(SELECT step FROM held)
+			 WHERE run_id = p_run_id;
+		END IF;
+		RETURN;
+	END IF;
+	k := CASE WHEN p_conc ? 'key'
+			  THEN wf._flow_key(p_conc->>'key', p_input, 'concurrency key')
+			  ELSE p_workflow END;
+	INSERT INTO wf.concurrency_slot AS c (key, lim, active)
+	VALUES (k, (p_conc->>'limit')::int, 0)
+	ON CONFLICT (key) DO UPDATE SET lim = excluded.lim
+	RETURNING * INTO s;
+	/*
+	 * Under its own limit: keys are global, and another workflow's larger
+	 * limit for the same key (the row's lim, the latest) must not raise it.
+	 */
+	IF s.active < (p_conc->>'limit')::int THEN
+		UPDATE wf.concurrency_slot SET active = active + 1 WHERE key = k;
+		INSERT INTO wf.concurrency_hold (run_id, key, priority, waiting)
+		VALUES (p_run_id, k, p_priority, false);
+		RETURN;
+	END IF;
+	WITH held AS (
+		UPDATE wf.step SET status = 'pending', ready_at = NULL, fair_at = NULL
+		 WHERE run_id = p_run_id AND status = 'ready' AND parent IS NULL
+		RETURNING step
+	)
+	INSERT INTO wf.concurrency_hold (run_id, key, priority, waiting, held_steps)
+	SELECT p_run_id, k, p_priority, true, ARRAY(SELECT step FROM held);
+	INSERT INTO wf.history_log (run_id, status, detail, actor)
+	SELECT p_run_id, 'pending', jsonb_build_object('waiting_for', k, 'limit', (p_conc->>'limit')::int),
+		   r.owner
+	  FROM wf.run r WHERE r.id = p_run_id;
+END
+$$;
