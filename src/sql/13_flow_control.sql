@@ -233,18 +233,27 @@ BEGIN
 	IF NOT FOUND OR h.waiting THEN
 		RETURN;
 	END IF;
-	PERFORM 1 FROM wf.concurrency_slot WHERE key = h.key FOR UPDATE;
+	SELECT active INTO n FROM wf.concurrency_slot WHERE key = h.key FOR UPDATE;
 	/*
-	 * The first waiting run; one being cancelled meanwhile is skipped once
-	 * its cancellation commits (a locking SELECT with LIMIT then finds no
-	 * row, hence the loop).
+	 * The first waiting run that its own workflow's limit lets in beside the
+	 * n - 1 others still holding the key (keys are global: another
+	 * workflow's larger limit must not let it in); one being cancelled
+	 * meanwhile is skipped once its cancellation commits (a locking SELECT
+	 * with LIMIT then finds no row, hence the loop).
 	 */
 	LOOP
-		SELECT * INTO nxt FROM wf.concurrency_hold
-		 WHERE key = h.key AND waiting
-		 ORDER BY priority DESC, run_id LIMIT 1 FOR UPDATE;
-		EXIT WHEN FOUND OR NOT EXISTS (SELECT 1 FROM wf.concurrency_hold
-										WHERE key = h.key AND waiting);
+		SELECT w.* INTO nxt FROM wf.concurrency_hold w
+		  JOIN wf.run x ON x.id = w.run_id
+		  JOIN wf.workflow_def d ON d.name = x.workflow AND d.version = x.version
+		 WHERE w.key = h.key AND w.waiting
+		   AND (d.definition->'concurrency'->>'limit')::int > n - 1
+		 ORDER BY w.priority DESC, w.run_id LIMIT 1 FOR UPDATE OF w;
+		EXIT WHEN FOUND OR NOT EXISTS (
+			SELECT 1 FROM wf.concurrency_hold w
+			  JOIN wf.run x ON x.id = w.run_id
+			  JOIN wf.workflow_def d ON d.name = x.workflow AND d.version = x.version
+			 WHERE w.key = h.key AND w.waiting
+			   AND (d.definition->'concurrency'->>'limit')::int > n - 1);
 	END LOOP;
 	IF nxt.run_id IS NULL THEN
 		UPDATE wf.concurrency_slot SET active = active - 1 WHERE key = h.key
@@ -330,7 +339,10 @@ BEGIN
 		 ORDER BY step FOR UPDATE;
 		SELECT * INTO r FROM wf.run WHERE id = g.run_id FOR UPDATE;
 		IF FOUND AND r.status = 'pending'
-		   AND NOT EXISTS (SELECT 1 FROM wf.step WHERE run_id = r.id AND attempt > 0) THEN
+		   AND NOT EXISTS (SELECT 1 FROM wf.step
+							WHERE run_id = r.id
+							  AND (attempt > 0 OR slot_key IS NOT NULL
+								   OR (status = 'pending' AND wait_key LIKE 'slot:%'))) THEN
 			UPDATE wf.run SET input = p_input, start_at = t + ivl WHERE id = r.id;
 			UPDATE wf.step
 			   SET ready_at = t + ivl, fair_at = greatest(t + ivl, wf._fair_at(r.owner))
@@ -510,27 +522,37 @@ CREATE FUNCTION wf._slot_fill(p_key text) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	w		wf.step_slot_wait;
+	st		wf.step;
 	n		int;
+	top		int;
 	held	boolean := false;
 BEGIN
 	SELECT active INTO n FROM wf.step_slot WHERE key = p_key;
 	IF NOT FOUND THEN
 		RETURN;
 	END IF;
+	SELECT max(x.lim) INTO top FROM wf.step_slot_wait x WHERE x.key = p_key;
 	FOR w IN SELECT * FROM wf.step_slot_wait WHERE key = p_key
 			  ORDER BY priority DESC, queued_at, run_id, step
 			  FOR UPDATE SKIP LOCKED LOOP
-		EXIT WHEN n >= w.lim;
-		PERFORM 1 FROM wf.step WHERE run_id = w.run_id AND step = w.step FOR UPDATE SKIP LOCKED;
+		EXIT WHEN n >= top;		-- no waiting step's limit lets one more in
+		SELECT * INTO st FROM wf.step WHERE run_id = w.run_id AND step = w.step
+		   FOR UPDATE SKIP LOCKED;
 		IF NOT FOUND AND EXISTS (SELECT 1 FROM wf.step WHERE run_id = w.run_id AND step = w.step) THEN
 			held := true;		-- another transaction holds it: a later fill
 			CONTINUE;
 		END IF;
+		IF NOT FOUND OR st.status <> 'pending' OR st.wait_key IS DISTINCT FROM 'slot:' || p_key THEN
+			/* It no longer waits for the key. */
+			DELETE FROM wf.step_slot_wait WHERE run_id = w.run_id AND step = w.step;
+			CONTINUE;
+		END IF;
+		CONTINUE WHEN n >= w.lim;	-- its own limit keeps it waiting; others may go
 		DELETE FROM wf.step_slot_wait WHERE run_id = w.run_id AND step = w.step;
-		UPDATE wf.step SET status = 'ready', ready_at = clock_timestamp(), wait_key = NULL,
-			   slot_key = p_key
-		 WHERE run_id = w.run_id AND step = w.step
-		   AND status = 'pending' AND wait_key = 'slot:' || p_key;
+		UPDATE wf.step SET status = 'ready', wait_key = NULL, slot_key = p_key,
+			   ready_at = greatest(clock_timestamp(),
+								   (SELECT r.start_at FROM wf.run r WHERE r.id = w.run_id))
+		 WHERE run_id = w.run_id AND step = w.step;
 		IF FOUND THEN
 			n := n + 1;
 			INSERT INTO wf.history_log (run_id, step, status, detail, actor)

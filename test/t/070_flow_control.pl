@@ -181,13 +181,16 @@ wf_define($node, 'hog', { concurrency => { key => 'tracker', limit => 1000 },
 		steps => [ { name => 'w', wait_for => { signal => 'go' } } ] });
 wf_define($node, 'one', { concurrency => { key => 'tracker', limit => 1 },
 		steps => [ { name => 'w', wait_for => { signal => 'go' } } ] });
-my $hog = wf_start($node, 'hog');
-$node->poll_query_until('postgres', "SELECT status = 'waiting' FROM wf.run WHERE id = $hog")
-  or die 'the hog did not start';
+my @hogs = map { wf_start($node, 'hog') } 1 .. 2;
+$node->poll_query_until('postgres', "SELECT count(*) = 2 FROM wf.run WHERE id IN ($hogs[0], $hogs[1]) AND status = 'waiting'")
+  or die 'the hogs did not start';
 my $one = wf_start($node, 'one');
 is($node->safe_psql('postgres', "SELECT status FROM wf.run WHERE id = $one"),
 	'pending', 'a run with limit 1 waits while the key is held, whatever limit the other workflow has');
-$node->safe_psql('postgres', "SELECT wf_cancel($hog)");
+$node->safe_psql('postgres', "SELECT wf_cancel($hogs[0])");
+is($node->safe_psql('postgres', "SELECT status FROM wf.run WHERE id = $one"),
+	'pending', 'a slot freed while another run holds the key is not passed to it: its limit is 1');
+$node->safe_psql('postgres', "SELECT wf_cancel($hogs[1])");
 $node->poll_query_until('postgres', "SELECT status = 'waiting' FROM wf.run WHERE id = $one")
   or die 'the run did not start once the key was free';
 $node->safe_psql('postgres', "SELECT wf_signal($one, 'go')");

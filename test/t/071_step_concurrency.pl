@@ -352,6 +352,31 @@ ok($node->poll_query_until('postgres', "SELECT status = 'waiting' FROM wf.step W
 $node->safe_psql('postgres', "SELECT wf_signal($v1, 'go')");
 is(wf_wait($node, $v1), 'completed', 'and completes');
 
+# ---- a debounced start does not fold into a run already waiting for a slot
+
+wf_define($node, 'deb',
+	{
+		steps => [
+			{
+				name => 'w',
+				wait_for => { signal => 'go' },
+				concurrency => { key => 'deb', limit => 1 }
+			}
+		]
+	});
+my $dfirst = wf_start($node, 'deb');
+$node->poll_query_until('postgres', "SELECT status = 'waiting' FROM wf.step WHERE run_id = $dfirst")
+  or die 'the first run did not take the slot';
+my $dopt = { debounce => '200 ms', debounce_key => 'ticket' };
+my $db = wf_start($node, 'deb', { v => 1 }, $dopt);
+$node->poll_query_until('postgres', "SELECT wait_key = 'slot:deb' FROM wf.step WHERE run_id = $db")
+  or die 'the debounced run did not queue for the slot';
+my $dc = wf_start($node, 'deb', { v => 2 }, $dopt);
+isnt($dc, $db, 'a debounced start after the run began (its step waits for a slot) makes a new run');
+is($node->safe_psql('postgres', "SELECT input->>'v' FROM wf.run WHERE id = $db"),
+	'1', 'the waiting run keeps its input');
+$node->safe_psql('postgres', "SELECT wf_cancel($_)") for ($dfirst, $db, $dc);
+
 # ---- a key that cannot be rendered fails the step -------------------------
 
 wf_define($node, 'nokey',

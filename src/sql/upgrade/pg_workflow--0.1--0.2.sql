@@ -227,27 +227,37 @@ CREATE FUNCTION wf._slot_fill(p_key text) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	w		wf.step_slot_wait;
+	st		wf.step;
 	n		int;
+	top		int;
 	held	boolean := false;
 BEGIN
 	SELECT active INTO n FROM wf.step_slot WHERE key = p_key;
 	IF NOT FOUND THEN
 		RETURN;
 	END IF;
+	SELECT max(x.lim) INTO top FROM wf.step_slot_wait x WHERE x.key = p_key;
 	FOR w IN SELECT * FROM wf.step_slot_wait WHERE key = p_key
 			  ORDER BY priority DESC, queued_at, run_id, step
 			  FOR UPDATE SKIP LOCKED LOOP
-		EXIT WHEN n >= w.lim;
-		PERFORM 1 FROM wf.step WHERE run_id = w.run_id AND step = w.step FOR UPDATE SKIP LOCKED;
+		EXIT WHEN n >= top;		-- no waiting step's limit lets one more in
+		SELECT * INTO st FROM wf.step WHERE run_id = w.run_id AND step = w.step
+		   FOR UPDATE SKIP LOCKED;
 		IF NOT FOUND AND EXISTS (SELECT 1 FROM wf.step WHERE run_id = w.run_id AND step = w.step) THEN
 			held := true;		-- another transaction holds it: a later fill
 			CONTINUE;
 		END IF;
+		IF NOT FOUND OR st.status <> 'pending' OR st.wait_key IS DISTINCT FROM 'slot:' || p_key THEN
+			/* It no longer waits for the key. */
+			DELETE FROM wf.step_slot_wait WHERE run_id = w.run_id AND step = w.step;
+			CONTINUE;
+		END IF;
+		CONTINUE WHEN n >= w.lim;	-- its own limit keeps it waiting; others may go
 		DELETE FROM wf.step_slot_wait WHERE run_id = w.run_id AND step = w.step;
-		UPDATE wf.step SET status = 'ready', ready_at = clock_timestamp(), wait_key = NULL,
-			   slot_key = p_key
-		 WHERE run_id = w.run_id AND step = w.step
-		   AND status = 'pending' AND wait_key = 'slot:' || p_key;
+		UPDATE wf.step SET status = 'ready', wait_key = NULL, slot_key = p_key,
+			   ready_at = greatest(clock_timestamp(),
+								   (SELECT r.start_at FROM wf.run r WHERE r.id = w.run_id))
+		 WHERE run_id = w.run_id AND step = w.step;
 		IF FOUND THEN
 			n := n + 1;
 			INSERT INTO wf.history_log (run_id, step, status, detail, actor)
@@ -607,5 +617,132 @@ BEGIN
 	SELECT p_run_id, 'pending', jsonb_build_object('waiting_for', k, 'limit', (p_conc->>'limit')::int),
 		   r.owner
 	  FROM wf.run r WHERE r.id = p_run_id;
+END
+$$;
+
+/* A freed slot of a run key goes to a waiting run its own limit lets in. */
+CREATE OR REPLACE FUNCTION wf._flow_release(p_run_id bigint) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	h		wf.concurrency_hold;
+	nxt		wf.concurrency_hold;
+	r		wf.run;
+	n		int;
+BEGIN
+	DELETE FROM wf.concurrency_hold WHERE run_id = p_run_id RETURNING * INTO h;
+	IF NOT FOUND OR h.waiting THEN
+		RETURN;
+	END IF;
+	SELECT active INTO n FROM wf.concurrency_slot WHERE key = h.key FOR UPDATE;
+	/*
+	 * The first waiting run that its own workflow's limit lets in beside the
+	 * n - 1 others still holding the key (keys are global: another
+	 * workflow's larger limit must not let it in); one being cancelled
+	 * meanwhile is skipped once its cancellation commits (a locking SELECT
+	 * with LIMIT then finds no row, hence the loop).
+	 */
+	LOOP
+		SELECT w.* INTO nxt FROM wf.concurrency_hold w
+		  JOIN wf.run x ON x.id = w.run_id
+		  JOIN wf.workflow_def d ON d.name = x.workflow AND d.version = x.version
+		 WHERE w.key = h.key AND w.waiting
+		   AND (d.definition->'concurrency'->>'limit')::int > n - 1
+		 ORDER BY w.priority DESC, w.run_id LIMIT 1 FOR UPDATE OF w;
+		EXIT WHEN FOUND OR NOT EXISTS (
+			SELECT 1 FROM wf.concurrency_hold w
+			  JOIN wf.run x ON x.id = w.run_id
+			  JOIN wf.workflow_def d ON d.name = x.workflow AND d.version = x.version
+			 WHERE w.key = h.key AND w.waiting
+			   AND (d.definition->'concurrency'->>'limit')::int > n - 1);
+	END LOOP;
+	IF nxt.run_id IS NULL THEN
+		UPDATE wf.concurrency_slot SET active = active - 1 WHERE key = h.key
+		RETURNING active INTO n;
+		IF n <= 0 THEN
+			DELETE FROM wf.concurrency_slot WHERE key = h.key;
+		END IF;
+		RETURN;
+	END IF;
+	UPDATE wf.concurrency_hold SET waiting = false, held_steps = NULL
+	 WHERE run_id = nxt.run_id;
+	SELECT * INTO r FROM wf.run WHERE id = nxt.run_id;
+	UPDATE wf.step
+	   SET status = 'ready',
+		   ready_at = greatest(coalesce(r.start_at, '-infinity'), clock_timestamp()),
+		   fair_at = greatest(coalesce(r.start_at, '-infinity'), wf._fair_at(r.owner))
+	 WHERE run_id = nxt.run_id AND step = ANY (nxt.held_steps) AND status = 'pending';
+	INSERT INTO wf.history_log (run_id, status, detail, actor)
+	VALUES (nxt.run_id, 'pending', jsonb_build_object('admitted', h.key, 'after', p_run_id),
+			r.owner);
+	PERFORM wf._wake();
+END
+$$;
+
+/* Debounce does not fold into a run whose first step holds or waits for a step slot. */
+CREATE OR REPLACE FUNCTION wf._flow_gate(caller oid, p_workflow text, p_input jsonb, p_options jsonb)
+RETURNS jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	v_mode	text;
+	ivl		interval;
+	k		text;
+	g		wf.start_gate;
+	r		wf.run;
+	t		timestamptz := clock_timestamp();
+BEGIN
+	IF p_options ? 'debounce' AND p_options ? 'throttle' THEN
+		RAISE EXCEPTION 'options debounce and throttle cannot be combined'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	v_mode := CASE WHEN p_options ? 'debounce' THEN 'debounce' ELSE 'throttle' END;
+	BEGIN
+		ivl := (p_options->>v_mode)::interval;
+	EXCEPTION WHEN data_exception OR syntax_error THEN
+		RAISE EXCEPTION 'invalid options: % is not an interval: %', v_mode, p_options->>v_mode
+			USING ERRCODE = 'invalid_parameter_value';
+	END;
+	IF ivl <= interval '0' THEN
+		RAISE EXCEPTION 'invalid options: % must be a positive interval, not %', v_mode, p_options->>v_mode
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	k := wf._flow_key(coalesce(p_options->>'debounce_key', p_options->>'idempotency_key', p_workflow),
+					  p_input, 'debounce key');
+	INSERT INTO wf.start_gate AS sg (workflow, owner, key, mode, until)
+	VALUES (p_workflow, caller, k, v_mode, '-infinity')
+	ON CONFLICT (workflow, owner, key, mode) DO UPDATE SET until = sg.until
+	RETURNING * INTO g;
+
+	IF v_mode = 'throttle' THEN
+		IF g.run_id IS NOT NULL AND g.until > t THEN
+			INSERT INTO wf.history_log (run_id, status, detail, actor)
+			VALUES (g.run_id, 'throttled', jsonb_build_object('input', p_input), caller);
+			RETURN jsonb_build_object('run', g.run_id);
+		END IF;
+		RETURN jsonb_build_object('mode', v_mode, 'key', k, 'until', t + ivl);
+	END IF;
+
+	IF g.run_id IS NOT NULL THEN
+		/* Its first steps first: an executor claiming one holds it. */
+		PERFORM 1 FROM wf.step WHERE run_id = g.run_id AND deps = '{}' AND parent IS NULL
+		 ORDER BY step FOR UPDATE;
+		SELECT * INTO r FROM wf.run WHERE id = g.run_id FOR UPDATE;
+		IF FOUND AND r.status = 'pending'
+		   AND NOT EXISTS (SELECT 1 FROM wf.step
+							WHERE run_id = r.id
+							  AND (attempt > 0 OR slot_key IS NOT NULL
+								   OR (status = 'pending' AND wait_key LIKE 'slot:%'))) THEN
+			UPDATE wf.run SET input = p_input, start_at = t + ivl WHERE id = r.id;
+			UPDATE wf.step
+			   SET ready_at = t + ivl, fair_at = greatest(t + ivl, wf._fair_at(r.owner))
+			 WHERE run_id = r.id AND status = 'ready';
+			UPDATE wf.start_gate SET until = t + ivl
+			 WHERE workflow = g.workflow AND owner = g.owner AND key = g.key AND mode = g.mode;
+			INSERT INTO wf.history_log (run_id, status, detail, actor)
+			VALUES (r.id, 'debounced',
+					jsonb_build_object('replaced_input', r.input, 'start_at', t + ivl), caller);
+			RETURN jsonb_build_object('run', r.id);
+		END IF;
+	END IF;
+	RETURN jsonb_build_object('mode', v_mode, 'key', k, 'until', t + ivl, 'start_at', t + ivl);
 END
 $$;
