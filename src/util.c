@@ -23,6 +23,7 @@
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "nodes/makefuncs.h"
+#include "storage/lmgr.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/rel.h"
@@ -146,6 +147,10 @@ wf_util_datum_to_jsonb(Datum value, Oid typid, bool isnull)
 /*
  * Is the extension installed in the current database?  Executors keep
  * sleeping while it is not (before CREATE EXTENSION, after DROP EXTENSION).
+ * Called first in a transaction: when it is there, it stays there until the
+ * transaction ends, as a lock on it keeps DROP EXTENSION (which locks it
+ * before its objects) waiting, rather than dropping the tables from under
+ * the statements that follow.
  */
 bool
 wf_util_extension_ready(void)
@@ -155,6 +160,10 @@ wf_util_extension_ready(void)
 	char	   *version;
 
 	if (!OidIsValid(extoid))
+		return false;
+	LockDatabaseObject(ExtensionRelationId, extoid, 0, AccessShareLock);
+	/* Dropped while we waited for the lock? */
+	if (get_extension_oid(WF_EXTENSION_NAME, true) != extoid)
 		return false;
 	version = wf_util_extension_version(extoid);
 	if (strcmp(version, WF_VERSION_STR) == 0)
