@@ -1501,7 +1501,6 @@ wf_exec_batch(int max_steps, TimestampTz *next_due)
 
 	if (!wf_util_extension_ready())
 	{
-		wf_slots_release_all();	/* none: nothing ran */
 		PopActiveSnapshot();
 		CommitTransactionCommand();
 		MemoryContextSwitchTo(batchctx);

@@ -284,6 +284,7 @@ extern Jsonb *wf_exec_path_first(Jsonb *target, const char *path);
 extern int	wf_exec_batch(int max_steps, TimestampTz *next_due);
 extern void wf_exec_note_error(void);
 extern void wf_exec_set_item(int64 run_id, const char *step);
+extern bool wf_exec_solo_due(void);
 
 /* slots.c */
 extern void wf_slots_want(int64 run_id, const char *step, const char *key);
@@ -292,7 +293,6 @@ extern void wf_slots_take(void);
 extern void wf_slots_forget(void);
 extern void wf_slots_defer_begin(void);
 extern void wf_slots_release_all(void);
-extern bool wf_exec_solo_due(void);
 
 /* snapwait.c */
 extern void wf_snap_release_for_wait(Oid fn);

@@ -13,9 +13,8 @@
  * are taken by wf._slot_take in a transaction that does nothing else,
  * keys in order: a take never waits for a key's row while it holds one
  * that comes after it, and no slot row stays locked while a step
- * executes.  A step that
- * got its slot is ready and runs at its next claim; one that did not waits,
- * pending, until a release passes a slot to it.
+ * executes.  A step that got its slot is ready and runs at its next claim;
+ * one that did not waits, pending, until a release passes a slot to it.
  *
  * An error in a take is the step's: the worker's recovery counts it against
  * the step (wf_exec_note_error), and the step, still ready and holding no
@@ -40,8 +39,8 @@
 #include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
-#include "miscadmin.h"
 #include "fmgr.h"
+#include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
@@ -261,12 +260,13 @@ wf_slots_take(void)
 	wf_slots_forget();
 }
 
-/* Drops the notes (after a take, or when the batch that made them failed). */
+/*
+ * Drops the notes (after a take, or when the batch that made them failed;
+ * what a failed batch put off went with its transaction, wf_slots_xact).
+ */
 void
 wf_slots_forget(void)
 {
-	wf_slots_deferring = false;
-	wf_slots_released = NIL;	/* in the transaction's memory, gone with it */
 	wf_slots_wanted = NIL;
 	if (wf_slots_cxt != NULL)
 		MemoryContextReset(wf_slots_cxt);

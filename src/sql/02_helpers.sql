@@ -153,8 +153,7 @@ LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
 			 WHERE s2.run_id = p_run_id
 			   AND s2.status IN ('pending', 'ready', 'failed', 'cancelled')
 			   -- waiting for a slot of its step concurrency key: it keeps its place
-			   AND (s2.status <> 'pending' OR s2.wait_key IS NULL
-					OR s2.wait_key NOT LIKE 'slot:%')) d
+			   AND (s2.status <> 'pending' OR coalesce(s2.wait_key, '') NOT LIKE 'slot:%')) d
 	 WHERE s.run_id = p_run_id AND s.step = d.step;
 	UPDATE wf.run r
 	   SET steps_left = (SELECT count(*) FROM wf.step s

@@ -74,8 +74,8 @@ SELECT pg_catalog.pg_extension_config_dump('wf.start_gate', '');
  * A flow-control key: the template rendered from p_ctx ({"input": ...},
  * and a map item's "item" and "index" for a step's key), each "{{ PATH }}"
  * replaced by the first match of the JSON path in it (a string by its
- * text, any other value by its JSON text), as step templates are rendered.  Paths are evaluated by jsonpath alone,
- * which reaches no user code.  The key must come out non-empty and short
+ * text, any other value by its JSON text), as step templates are rendered.
+ * Paths are evaluated by jsonpath alone, which reaches no user code.  The key must come out non-empty and short
  * enough for an index.
  */
 CREATE FUNCTION wf._render_key(p_template text, p_ctx jsonb, p_what text) RETURNS text
@@ -471,7 +471,6 @@ CREATE FUNCTION wf._slot_take(p_run_id bigint, p_step text, p_key text) RETURNS 
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	st	wf.step;
-	c	wf.step_slot;
 	lim	int;
 BEGIN
 	SELECT * INTO st FROM wf.step
@@ -488,9 +487,8 @@ BEGIN
 	INSERT INTO wf.step_slot AS s (key, lim, active)
 	VALUES (p_key, lim, 1)
 	ON CONFLICT (key) DO UPDATE SET lim = excluded.lim, active = s.active + 1
-	 WHERE s.active < excluded.lim
-	RETURNING * INTO c;
-	IF FOUND THEN
+	 WHERE s.active < excluded.lim;
+	IF FOUND THEN			-- inserted, or updated: a slot was free
 		UPDATE wf.step SET slot_key = p_key, wait_key = NULL
 		 WHERE run_id = p_run_id AND step = p_step;
 		IF st.wait_key LIKE 'slot:%' THEN
@@ -553,13 +551,11 @@ BEGIN
 			   ready_at = greatest(clock_timestamp(),
 								   (SELECT r.start_at FROM wf.run r WHERE r.id = w.run_id))
 		 WHERE run_id = w.run_id AND step = w.step;
-		IF FOUND THEN
-			n := n + 1;
-			INSERT INTO wf.history_log (run_id, step, status, detail, actor)
-			SELECT w.run_id, w.step, 'pending', jsonb_build_object('admitted', p_key), r.owner
-			  FROM wf.run r WHERE r.id = w.run_id;
-			PERFORM wf._wake();
-		END IF;
+		n := n + 1;
+		INSERT INTO wf.history_log (run_id, step, status, detail, actor)
+		SELECT w.run_id, w.step, 'pending', jsonb_build_object('admitted', p_key), r.owner
+		  FROM wf.run r WHERE r.id = w.run_id;
+		PERFORM wf._wake();
 	END LOOP;
 	IF held THEN
 		INSERT INTO wf.step_slot_release (key, release) VALUES (p_key, false);

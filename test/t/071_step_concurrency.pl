@@ -10,8 +10,9 @@
 # active; every run completes and no slot is left.  The items of a map
 # share their step's key (sleeping items, which hold their slot while they
 # wait).  Waiting steps get their slot by priority, then in
-# the order they came; a cancelled waiting run leaves the queue; steps
-# waiting on a key survive a restart.  A retried step keeps its slot, a
+# the order they came; a cancelled waiting run leaves the queue; a container
+# holds its slot while its children run; steps waiting on a key survive a
+# restart.  A retried step keeps its slot, a
 # failed or rewound one gives it up.  A transaction left open after it
 # cancelled a run holding a slot holds up no executor (its release is made
 # by the executors after it commits).  A key that cannot be rendered fails
@@ -205,11 +206,45 @@ for my $i (1 .. 4)
 	push @order, $cur;
 }
 is(join(',', @order), "$high,$low1,$low2", 'waiting steps get the slot by priority, then in the order they came');
+is($node->safe_psql('postgres', qq{
+	SELECT string_agg(detail::text, ' ' ORDER BY id) FROM wf.history_log
+	 WHERE run_id = $high AND step = 'w' AND status = 'pending'}),
+	'{"limit": 1, "waiting_for": "gate"} {"admitted": "gate"}',
+	'a waiting step\'s history says what it waited for, then that it got the slot');
 is($node->safe_psql('postgres', "SELECT status FROM wf.run WHERE id = $gone"),
 	'cancelled', 'the cancelled run did not go on');
 is($node->safe_psql('postgres', q{SELECT count(*) FROM wf.step_slot}) . '/'
 	  . $node->safe_psql('postgres', q{SELECT count(*) FROM wf.concurrency WHERE key = 'gate'}),
 	'0/0', 'the key is gone once its last step ended');
+
+# ---- a container holds its slot while its children run -------------------
+
+wf_define($node, 'box',
+	{
+		steps => [
+			{
+				name => 'p',
+				parallel => [ { name => 'x', steps => [ { name => 'w', wait_for => { signal => 'go' } } ] } ],
+				concurrency => { key => 'box', limit => 1 }
+			}
+		]
+	});
+my $b1 = wf_start($node, 'box');
+$node->poll_query_until('postgres',
+	"SELECT count(*) = 1 FROM wf.step WHERE run_id = $b1 AND status = 'waiting' AND kind = 'wait_for'")
+  or die 'the first container\'s child did not start waiting';
+my $b2 = wf_start($node, 'box');
+$node->poll_query_until('postgres', "SELECT wait_key = 'slot:box' FROM wf.step WHERE run_id = $b2 AND step = 'p'")
+  or die 'the second container did not queue';
+is($node->safe_psql('postgres', "SELECT slot_key FROM wf.step WHERE run_id = $b1 AND step = 'p'"),
+	'box', 'a container holds its slot while its child waits');
+$node->safe_psql('postgres', "SELECT wf_signal($b1, 'go')");
+is(wf_wait($node, $b1), 'completed', 'the first container completes');
+$node->poll_query_until('postgres',
+	"SELECT count(*) = 1 FROM wf.step WHERE run_id = $b2 AND status = 'waiting' AND kind = 'wait_for'")
+  or die 'the second container did not get the slot';
+$node->safe_psql('postgres', "SELECT wf_signal($b2, 'go')");
+is(wf_wait($node, $b2), 'completed', 'then the second one gets the slot and completes');
 
 # ---- a restart with steps waiting on a key --------------------------------
 
@@ -252,18 +287,25 @@ wf_define($node, 'flaky',
 			{
 				name => 'a',
 				sql => q{SELECT fail_first(nextval('flaky_seq'))},
-				retry => { max_attempts => 2, backoff => 'fixed', initial_interval => '10ms' },
+				retry => { max_attempts => 2, backoff => 'fixed', initial_interval => '2s' },
 				concurrency => { key => 'flaky', limit => 1 }
 			},
 			{ name => 'b', wait_for => { signal => 'go' } },
 		]
 	});
 my $f = wf_start($node, 'flaky');
+$node->poll_query_until('postgres',
+	"SELECT EXISTS (SELECT 1 FROM wf.history_log WHERE run_id = $f AND step = 'a' AND status = 'retrying')")
+  or die 'the step was not retried';
+is($node->safe_psql('postgres', "SELECT status || ' ' || slot_key FROM wf.step WHERE run_id = $f AND step = 'a'"),
+	'ready flaky', 'between its attempts, the step keeps its slot');
+is($node->safe_psql('postgres', q{SELECT active FROM wf.step_slot WHERE key = 'flaky'}),
+	'1', 'and the key counts it');
 is(wf_wait($node, $f), 'failed', 'a step failing its two attempts fails its run');
 is($node->safe_psql('postgres', qq{
 	SELECT string_agg(status, ',' ORDER BY id) FROM wf.history_log
 	 WHERE run_id = $f AND step = 'a' AND status NOT IN ('running')}),
-	'retrying,failed', 'it was retried once, holding its slot (no wait in between)');
+	'retrying,failed', 'it was retried once, never waiting for a slot in between');
 is($node->safe_psql('postgres', q{SELECT count(*) FROM wf.step_slot}),
 	'0', 'the failed step gave its slot up');
 $node->safe_psql('postgres', "SELECT wf_retry($f)");
@@ -394,6 +436,8 @@ is(wf_wait($node, $nk), 'failed', 'a step whose key matches nothing fails its ru
 like($node->safe_psql('postgres', "SELECT error->>'message' FROM wf.run WHERE id = $nk"),
 	qr/concurrency key template "\{\{\$\.input\.missing\}\}" matched nothing/,
 	'with the reason');
+is($node->safe_psql('postgres', "SELECT error->>'sqlstate' FROM wf.step WHERE run_id = $nk AND step = 'a'"),
+	'22023', 'and SQLSTATE 22023');
 my $ok = wf_start($node, 'sync', { ticket => 3 });
 is(wf_wait($node, $ok), 'completed', 'and the executors go on with other runs');
 

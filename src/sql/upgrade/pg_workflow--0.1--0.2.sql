@@ -181,7 +181,6 @@ CREATE FUNCTION wf._slot_take(p_run_id bigint, p_step text, p_key text) RETURNS 
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	st	wf.step;
-	c	wf.step_slot;
 	lim	int;
 BEGIN
 	SELECT * INTO st FROM wf.step
@@ -198,9 +197,8 @@ BEGIN
 	INSERT INTO wf.step_slot AS s (key, lim, active)
 	VALUES (p_key, lim, 1)
 	ON CONFLICT (key) DO UPDATE SET lim = excluded.lim, active = s.active + 1
-	 WHERE s.active < excluded.lim
-	RETURNING * INTO c;
-	IF FOUND THEN
+	 WHERE s.active < excluded.lim;
+	IF FOUND THEN			-- inserted, or updated: a slot was free
 		UPDATE wf.step SET slot_key = p_key, wait_key = NULL
 		 WHERE run_id = p_run_id AND step = p_step;
 		IF st.wait_key LIKE 'slot:%' THEN
@@ -258,13 +256,11 @@ BEGIN
 			   ready_at = greatest(clock_timestamp(),
 								   (SELECT r.start_at FROM wf.run r WHERE r.id = w.run_id))
 		 WHERE run_id = w.run_id AND step = w.step;
-		IF FOUND THEN
-			n := n + 1;
-			INSERT INTO wf.history_log (run_id, step, status, detail, actor)
-			SELECT w.run_id, w.step, 'pending', jsonb_build_object('admitted', p_key), r.owner
-			  FROM wf.run r WHERE r.id = w.run_id;
-			PERFORM wf._wake();
-		END IF;
+		n := n + 1;
+		INSERT INTO wf.history_log (run_id, step, status, detail, actor)
+		SELECT w.run_id, w.step, 'pending', jsonb_build_object('admitted', p_key), r.owner
+		  FROM wf.run r WHERE r.id = w.run_id;
+		PERFORM wf._wake();
 	END LOOP;
 	IF held THEN
 		INSERT INTO wf.step_slot_release (key, release) VALUES (p_key, false);
@@ -552,8 +548,7 @@ LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
 			 WHERE s2.run_id = p_run_id
 			   AND s2.status IN ('pending', 'ready', 'failed', 'cancelled')
 			   -- waiting for a slot of its step concurrency key: it keeps its place
-			   AND (s2.status <> 'pending' OR s2.wait_key IS NULL
-					OR s2.wait_key NOT LIKE 'slot:%')) d
+			   AND (s2.status <> 'pending' OR coalesce(s2.wait_key, '') NOT LIKE 'slot:%')) d
 	 WHERE s.run_id = p_run_id AND s.step = d.step;
 	UPDATE wf.run r
 	   SET steps_left = (SELECT count(*) FROM wf.step s
