@@ -432,7 +432,7 @@ CREATE FUNCTION wf._metrics(caller oid, caller_path text, p_workflow text, p_sin
 							OUT bottleneck boolean)
 RETURNS SETOF record
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-SET work_mem = '32MB' AS $$
+SET work_mem = '64MB' SET jit = off AS $$
 DECLARE
 	admin	boolean := pg_has_role(caller, 'wf_admin', 'MEMBER');
 BEGIN
@@ -459,12 +459,12 @@ BEGIN
 	), total AS (
 		SELECT extract(epoch FROM sum(runs.dur)) AS t FROM runs
 	), steps AS (
-		SELECT regexp_replace(s.step, '\[[0-9]+\]', '[*]', 'g') COLLATE "C" AS name,
+		SELECT CASE WHEN strpos(s.step, '[') > 0
+					THEN regexp_replace(s.step, '\[[0-9]+\]', '[*]', 'g')
+					ELSE s.step END COLLATE "C" AS name,
 			   s.kind IN ('if', 'parallel', 'map') AS container, s.status, s.attempt,
 			   s.finished_at - s.started_at AS dur, s.started_at - runs.started_at AS offset_
-		  FROM runs,
-			   /* Each run's steps by the primary key, however big wf.step is. */
-			   LATERAL (SELECT * FROM wf.step s1 WHERE s1.run_id = runs.id OFFSET 0) s
+		  FROM runs JOIN wf.step s ON s.run_id = runs.id
 		 WHERE s.status IN ('completed', 'failed', 'skipped', 'compensated', 'escalated')
 	), per_step AS (
 		SELECT st.name, bool_or(st.container) AS container, count(*) AS n,
