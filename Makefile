@@ -45,7 +45,7 @@ PG_CFLAGS = -Wall -Wmissing-prototypes -Wpointer-arith -Werror=vla
 
 # The temporary instance preloads the library and its workers connect to
 # database "postgres", so pg_regress must use that database as it is.
-REGRESS = init definitions runs security secrets triggers
+REGRESS = init definitions runs security secrets triggers recommendations
 REGRESS_OPTS = --temp-config=$(srcdir)/test/pg_workflow.conf \
 	--temp-instance=./tmp_check --use-existing
 
@@ -63,7 +63,9 @@ CONTRIB_TESTDB = postgres
 pg_workflow--$(EXTVERSION).sql: $(SQL_PARTS)
 	cat $^ > $@
 
-pg_workflow--0.1--0.2.sql: $(srcdir)/src/sql/upgrade/pg_workflow--0.1--0.2.sql $(srcdir)/src/sql/99_finish.sql
+# A part new in 0.2 is the same in the install and the upgrade: taken as is.
+pg_workflow--0.1--0.2.sql: $(srcdir)/src/sql/upgrade/pg_workflow--0.1--0.2.sql \
+		$(srcdir)/src/sql/15_recommendations.sql $(srcdir)/src/sql/99_finish.sql
 	cat $^ > $@
 
 # The library says its version (executors, User-Agent): rebuilt with it.

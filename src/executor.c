@@ -503,6 +503,8 @@ wf_exec_error_json(WfStepResult *res, int attempt)
 		appendStringInfoString(&buf, ", \"timeout\": true");
 	if (res->http_status)
 		appendStringInfo(&buf, ", \"http_status\": %d", res->http_status);
+	if (res->breaker_opened)
+		appendStringInfoString(&buf, ", \"breaker_opened\": true");
 	appendStringInfoChar(&buf, '}');
 	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data)));
 }
@@ -1137,8 +1139,12 @@ wf_exec_completion(WfHttpCompletion *c, List *queue, MemoryContext batchctx)
 		bargs[2] = Int32GetDatum((int) wf_util_jsonb_get_number(breaker, "failures", 5));
 		bargs[3] = CStringGetTextDatum(wf_util_jsonb_get_text(breaker, "reset_after"));
 		if (SPI_execute_with_args("SELECT wf._breaker_record($1, $2, $3, $4::interval)",
-								  4, btypes, bargs, NULL, false, 0) != SPI_OK_SELECT)
+								  4, btypes, bargs, NULL, false, 0) != SPI_OK_SELECT ||
+			SPI_processed != 1)
 			elog(ERROR, "could not record on the circuit breaker");
+		res->breaker_opened = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
+														 SPI_tuptable->tupdesc, 1,
+														 &isnull));
 	}
 	/* A 429 with Retry-After: the rate limit has no token until then. */
 	if (c->status == 429 && c->retry_after_s > 0 && wf_http_rate_key(c) != NULL)

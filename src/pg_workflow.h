@@ -230,6 +230,7 @@ typedef struct WfStepResult
 	WfHttpRequest *request;		/* WF_STEP_STARTED by the http kind */
 	int			retry_after_s;	/* the server asked to wait this long */
 	int			http_status;	/* the response's status, for the record */
+	bool		breaker_opened; /* this failure opened the circuit breaker */
 	TimestampTz defer_until;	/* WF_STEP_DEFERRED: when to try again */
 	bool		offload;		/* WF_STEP_DEFERRED: to a long-step worker */
 	char	   *defer_key;		/* WF_STEP_DEFERRED: what may end the wait

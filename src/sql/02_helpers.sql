@@ -195,6 +195,19 @@ LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
 $$;
 
 /*
+ * The name of a step's family: a map's items are one, "price[*]" for
+ * "price[0]", "price[1]"... (also below an item: "m[*]/deep").  Plain SQL
+ * with qualified names, so that it is inlined into the queries over many
+ * step rows that call it (wf_metrics, wf_recommendations).
+ */
+CREATE FUNCTION wf._step_family(step text) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+	SELECT CASE WHEN pg_catalog.strpos(step, '[') > 0
+				THEN pg_catalog.regexp_replace(step, '\[[0-9]+\]', '[*]', 'g')
+				ELSE step END
+$$;
+
+/*
  * Does the role exist?  Locks it until the end of the transaction, as
  * PostgreSQL does for the roles its catalogs depend on, so that it is not
  * dropped before what is being recorded for it has committed (DROP ROLE

@@ -354,11 +354,17 @@ BEGIN
 END
 $$;
 
-/* Counts a request's outcome on its host's breaker. */
+/*
+ * Counts a request's outcome on its host's breaker; true if this failure
+ * opened it (the step's error says so, for wf_recommendations).
+ */
 CREATE FUNCTION wf._breaker_record(p_key text, p_ok boolean, p_failures int,
 								   p_reset_after interval)
-RETURNS void
+RETURNS boolean
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	was		text;
+	now_	text;
 BEGIN
 	IF p_ok THEN
 		UPDATE wf.circuit_breaker
@@ -368,7 +374,7 @@ BEGIN
 		IF NOT FOUND THEN
 			UPDATE wf.circuit_breaker SET failures = 0, updated_at = clock_timestamp()
 			 WHERE key = p_key AND failures <> 0;
-			RETURN;
+			RETURN false;
 		END IF;
 		/*
 		 * Closed again: the steps it deferred go now rather than at their
@@ -382,11 +388,12 @@ BEGIN
 		IF FOUND THEN
 			PERFORM wf._wake();
 		END IF;
-		RETURN;
+		RETURN false;
 	END IF;
 	INSERT INTO wf.circuit_breaker (key, state, failures, reset_after)
 	VALUES (p_key, 'closed', 0, p_reset_after)
 	ON CONFLICT (key) DO NOTHING;
+	SELECT b.state INTO was FROM wf.circuit_breaker b WHERE b.key = p_key FOR UPDATE;
 	/* Opens at the p_failures-th failure in a row, or when the probe fails. */
 	UPDATE wf.circuit_breaker b
 	   SET failures = b.failures + 1,
@@ -397,7 +404,9 @@ BEGIN
 							THEN clock_timestamp() ELSE b.opened_at END,
 		   probe_at = NULL, reset_after = p_reset_after,
 		   updated_at = clock_timestamp()
-	 WHERE key = p_key;
+	 WHERE key = p_key
+	RETURNING b.state INTO now_;
+	RETURN was <> 'open' AND now_ = 'open';
 END
 $$;
 

@@ -415,6 +415,26 @@ END
 $$;
 
 /*
+ * The arguments of wf_metrics and wf_recommendations: a workflow that
+ * exists and a window that is not negative.
+ */
+CREATE FUNCTION wf._check_window(p_workflow text, p_since interval) RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+	IF p_workflow IS NULL THEN
+		RAISE EXCEPTION 'workflow name must not be null' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF NOT EXISTS (SELECT 1 FROM wf.workflow_def d WHERE d.name = p_workflow) THEN
+		RAISE EXCEPTION 'workflow "%" does not exist', p_workflow USING ERRCODE = 'undefined_object';
+	END IF;
+	IF p_since IS NULL OR p_since < '0' THEN
+		RAISE EXCEPTION 'since must be a positive interval'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+END
+$$;
+
+/*
  * wf_metrics(workflow, since): the caller's runs of the workflow that ended
  * in the last "since" (every role's for wf_admin, the rule of wf.runs),
  * one row for the runs and one per step; a map's items are one step,
@@ -436,13 +456,7 @@ SET work_mem = '64MB' SET jit = off AS $$
 DECLARE
 	admin	boolean := pg_has_role(caller, 'wf_admin', 'MEMBER');
 BEGIN
-	IF p_workflow IS NULL OR NOT EXISTS (SELECT 1 FROM wf.workflow_def d WHERE d.name = p_workflow) THEN
-		RAISE EXCEPTION 'workflow "%" does not exist', p_workflow USING ERRCODE = 'undefined_object';
-	END IF;
-	IF p_since IS NULL OR p_since < '0' THEN
-		RAISE EXCEPTION 'since must be a positive interval'
-			USING ERRCODE = 'invalid_parameter_value';
-	END IF;
+	PERFORM wf._check_window(p_workflow, p_since);
 	/*
 	 * Planned with the values: which runs to read (the index on finished
 	 * runs by workflow and end time) and how to reach their steps depend
@@ -459,9 +473,7 @@ BEGIN
 	), total AS (
 		SELECT extract(epoch FROM sum(runs.dur)) AS t FROM runs
 	), steps AS (
-		SELECT CASE WHEN strpos(s.step, '[') > 0
-					THEN regexp_replace(s.step, '\[[0-9]+\]', '[*]', 'g')
-					ELSE s.step END COLLATE "C" AS name,
+		SELECT wf._step_family(s.step) COLLATE "C" AS name,
 			   s.kind IN ('if', 'parallel', 'map') AS container, s.status, s.attempt,
 			   s.finished_at - s.started_at AS dur, s.started_at - runs.started_at AS offset_
 		  FROM runs JOIN wf.step s ON s.run_id = runs.id

@@ -2,7 +2,8 @@
  * pg_workflow--0.1--0.2.sql: from version 0.1 to 0.2 (ALTER EXTENSION
  * pg_workflow UPDATE).
  *
- * Its changes, then src/sql/99_finish.sql (appended by the Makefile).  TAP
+ * Its changes, then the parts new in 0.2 (src/sql/15_recommendations.sql)
+ * and src/sql/99_finish.sql, appended by the Makefile.  TAP
  * test 044_upgrade checks that a database updated from 0.1 has exactly the
  * objects of one where 0.2 was installed, and that the runs in flight
  * during the update go on.
@@ -743,6 +744,39 @@ END
 $$;
 
 /*
+ * The name of a step's family: a map's items are one, "price[*]" for
+ * "price[0]", "price[1]"... (also below an item: "m[*]/deep").  Plain SQL
+ * with qualified names, so that it is inlined into the queries over many
+ * step rows that call it (wf_metrics, wf_recommendations).
+ */
+CREATE FUNCTION wf._step_family(step text) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+	SELECT CASE WHEN pg_catalog.strpos(step, '[') > 0
+				THEN pg_catalog.regexp_replace(step, '\[[0-9]+\]', '[*]', 'g')
+				ELSE step END
+$$;
+
+/*
+ * The arguments of wf_metrics and wf_recommendations: a workflow that
+ * exists and a window that is not negative.
+ */
+CREATE FUNCTION wf._check_window(p_workflow text, p_since interval) RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+	IF p_workflow IS NULL THEN
+		RAISE EXCEPTION 'workflow name must not be null' USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF NOT EXISTS (SELECT 1 FROM wf.workflow_def d WHERE d.name = p_workflow) THEN
+		RAISE EXCEPTION 'workflow "%" does not exist', p_workflow USING ERRCODE = 'undefined_object';
+	END IF;
+	IF p_since IS NULL OR p_since < '0' THEN
+		RAISE EXCEPTION 'since must be a positive interval'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+END
+$$;
+
+/*
  * wf_metrics without JIT (which cost more than it saved on a million steps),
  * reaching the steps by the plan the planner picks and renaming only the
  * steps of a map.
@@ -760,13 +794,7 @@ SET work_mem = '64MB' SET jit = off AS $$
 DECLARE
 	admin	boolean := pg_has_role(caller, 'wf_admin', 'MEMBER');
 BEGIN
-	IF p_workflow IS NULL OR NOT EXISTS (SELECT 1 FROM wf.workflow_def d WHERE d.name = p_workflow) THEN
-		RAISE EXCEPTION 'workflow "%" does not exist', p_workflow USING ERRCODE = 'undefined_object';
-	END IF;
-	IF p_since IS NULL OR p_since < '0' THEN
-		RAISE EXCEPTION 'since must be a positive interval'
-			USING ERRCODE = 'invalid_parameter_value';
-	END IF;
+	PERFORM wf._check_window(p_workflow, p_since);
 	/*
 	 * Planned with the values: which runs to read (the index on finished
 	 * runs by workflow and end time) and how to reach their steps depend
@@ -783,9 +811,7 @@ BEGIN
 	), total AS (
 		SELECT extract(epoch FROM sum(runs.dur)) AS t FROM runs
 	), steps AS (
-		SELECT CASE WHEN strpos(s.step, '[') > 0
-					THEN regexp_replace(s.step, '\[[0-9]+\]', '[*]', 'g')
-					ELSE s.step END COLLATE "C" AS name,
+		SELECT wf._step_family(s.step) COLLATE "C" AS name,
 			   s.kind IN ('if', 'parallel', 'map') AS container, s.status, s.attempt,
 			   s.finished_at - s.started_at AS dur, s.started_at - runs.started_at AS offset_
 		  FROM runs JOIN wf.step s ON s.run_id = runs.id
@@ -837,5 +863,64 @@ BEGIN
 			  FROM ranked k) u
 	 ORDER BY u.o1, u.o2 NULLS LAST, u.step
 	$q$ USING p_workflow, clock_timestamp() - p_since, admin, caller;
+END
+$$;
+
+/* A breaker's record says when a failure opened it (wf_recommendations). */
+DROP FUNCTION wf._breaker_record(text, boolean, int, interval);
+
+/*
+ * Counts a request's outcome on its host's breaker; true if this failure
+ * opened it (the step's error says so, for wf_recommendations).
+ */
+CREATE FUNCTION wf._breaker_record(p_key text, p_ok boolean, p_failures int,
+								   p_reset_after interval)
+RETURNS boolean
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+	was		text;
+	now_	text;
+BEGIN
+	IF p_ok THEN
+		UPDATE wf.circuit_breaker
+		   SET state = 'closed', failures = 0, opened_at = NULL, probe_at = NULL,
+			   updated_at = clock_timestamp()
+		 WHERE key = p_key AND state <> 'closed';
+		IF NOT FOUND THEN
+			UPDATE wf.circuit_breaker SET failures = 0, updated_at = clock_timestamp()
+			 WHERE key = p_key AND failures <> 0;
+			RETURN false;
+		END IF;
+		/*
+		 * Closed again: the steps it deferred go now rather than at their
+		 * retry time (those another transaction holds keep that time).
+		 */
+		UPDATE wf.step SET ready_at = clock_timestamp()
+		 WHERE (run_id, step) IN (SELECT s.run_id, s.step FROM wf.step s
+								   WHERE s.status = 'ready' AND s.wait_key = 'breaker:' || p_key
+									 AND s.ready_at > clock_timestamp()
+								   FOR UPDATE SKIP LOCKED);
+		IF FOUND THEN
+			PERFORM wf._wake();
+		END IF;
+		RETURN false;
+	END IF;
+	INSERT INTO wf.circuit_breaker (key, state, failures, reset_after)
+	VALUES (p_key, 'closed', 0, p_reset_after)
+	ON CONFLICT (key) DO NOTHING;
+	SELECT b.state INTO was FROM wf.circuit_breaker b WHERE b.key = p_key FOR UPDATE;
+	/* Opens at the p_failures-th failure in a row, or when the probe fails. */
+	UPDATE wf.circuit_breaker b
+	   SET failures = b.failures + 1,
+		   state = CASE WHEN b.state = 'half_open' OR b.failures + 1 >= p_failures
+						THEN 'open' ELSE b.state END,
+		   opened_at = CASE WHEN b.state = 'half_open'
+								 OR (b.state = 'closed' AND b.failures + 1 >= p_failures)
+							THEN clock_timestamp() ELSE b.opened_at END,
+		   probe_at = NULL, reset_after = p_reset_after,
+		   updated_at = clock_timestamp()
+	 WHERE key = p_key
+	RETURNING b.state INTO now_;
+	RETURN was <> 'open' AND now_ = 'open';
 END
 $$;
