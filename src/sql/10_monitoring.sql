@@ -464,34 +464,49 @@ BEGIN
 	 */
 	RETURN QUERY EXECUTE $q$
 	WITH runs AS MATERIALIZED (
-		SELECT r.id, r.status, r.started_at, r.finished_at - r.started_at AS dur
+		SELECT r.id, r.status, date_part('epoch', r.finished_at - r.started_at) AS dur
 		  FROM wf.run r
 		 WHERE r.workflow = $1
 		   AND r.status IN ('completed', 'failed', 'cancelled')
 		   AND r.finished_at >= $2
 		   AND ($3 OR r.owner = $4)
 	), total AS (
-		SELECT extract(epoch FROM sum(runs.dur)) AS t FROM runs
+		SELECT sum(runs.dur) AS t FROM runs
 	), steps AS (
+		/*
+		 * The runs again rather than the CTE, which no parallel plan
+		 * may read: the scan of wf.step, the join and the sort by step
+		 * are shared with parallel workers.  Narrow rows (an outcome
+		 * code, seconds as float8, which sorts and sums faster than
+		 * interval and numeric) pass from them faster.
+		 */
 		SELECT wf._step_family(s.step) COLLATE "C" AS name,
-			   s.kind IN ('if', 'parallel', 'map') AS container, s.status, s.attempt,
-			   s.finished_at - s.started_at AS dur, s.started_at - runs.started_at AS offset_
-		  FROM runs JOIN wf.step s ON s.run_id = runs.id
-		 WHERE s.status IN ('completed', 'failed', 'skipped', 'compensated', 'escalated')
+			   s.kind IN ('if', 'parallel', 'map') AS container,
+			   CASE WHEN s.status IN ('completed', 'compensated') THEN 0
+					WHEN s.status IN ('failed', 'escalated') THEN 1 ELSE 2 END AS outcome,
+			   s.attempt::float8 AS attempt,
+			   date_part('epoch', s.finished_at - s.started_at) AS dur,
+			   date_part('epoch', s.started_at - r.started_at) AS offset_
+		  FROM wf.run r JOIN wf.step s ON s.run_id = r.id
+		 WHERE r.workflow = $1
+		   AND r.status IN ('completed', 'failed', 'cancelled')
+		   AND r.finished_at >= $2
+		   AND ($3 OR r.owner = $4)
+		   AND s.status IN ('completed', 'failed', 'skipped', 'compensated', 'escalated')
 	), per_step AS (
 		SELECT st.name, bool_or(st.container) AS container, count(*) AS n,
-			   count(*) FILTER (WHERE st.status IN ('completed', 'compensated')) AS n_completed,
-			   count(*) FILTER (WHERE st.status IN ('failed', 'escalated')) AS n_failed,
-			   count(*) FILTER (WHERE st.status = 'skipped') AS n_skipped,
+			   count(*) FILTER (WHERE st.outcome = 0) AS n_completed,
+			   count(*) FILTER (WHERE st.outcome = 1) AS n_failed,
+			   count(*) FILTER (WHERE st.outcome = 2) AS n_skipped,
 			   avg(st.dur) AS mean,
 			   percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY st.dur) AS pct,
 			   avg(st.attempt) FILTER (WHERE st.attempt > 0) AS attempts,
-			   extract(epoch FROM sum(st.dur)) AS spent, avg(st.offset_) AS starts
+			   sum(st.dur) AS spent, avg(st.offset_) AS starts
 		  FROM steps st
 		 GROUP BY st.name
 	), ranked AS (
 		SELECT p.*,
-			   CASE WHEN total.t > 0 THEN round(p.spent / total.t, 3) END AS share_,
+			   CASE WHEN total.t > 0 THEN round((p.spent / total.t)::numeric, 3) END AS share_,
 			   CASE WHEN NOT p.container AND total.t > 0 AND p.spent / total.t >= 0.1
 					THEN rank() OVER (PARTITION BY NOT p.container AND total.t > 0
 											AND p.spent / total.t >= 0.1
@@ -510,17 +525,22 @@ BEGIN
 						 / nullif(count(*), 0), 3) AS success_rate,
 				   round(count(*) FILTER (WHERE runs.status = 'failed')::numeric
 						 / nullif(count(*), 0), 3) AS error_rate,
-				   avg(runs.dur) AS mean,
-				   (percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY runs.dur))[1] AS p50,
-				   (percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY runs.dur))[2] AS p95,
-				   (percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY runs.dur))[3] AS p99,
+				   make_interval(secs => avg(runs.dur)) AS mean,
+				   make_interval(secs => (percentile_cont(ARRAY[0.5, 0.95, 0.99])
+										  WITHIN GROUP (ORDER BY runs.dur))[1]) AS p50,
+				   make_interval(secs => (percentile_cont(ARRAY[0.5, 0.95, 0.99])
+										  WITHIN GROUP (ORDER BY runs.dur))[2]) AS p95,
+				   make_interval(secs => (percentile_cont(ARRAY[0.5, 0.95, 0.99])
+										  WITHIN GROUP (ORDER BY runs.dur))[3]) AS p99,
 				   NULL::numeric AS attempts, CASE WHEN count(*) > 0 THEN 1.000 END AS share,
-				   false AS bottleneck, 0 AS o1, NULL::interval AS o2
+				   false AS bottleneck, 0 AS o1, NULL::float8 AS o2
 			  FROM runs
 			UNION ALL
 			SELECT 'step', k.name, k.n, k.n_completed, k.n_failed, NULL, k.n_skipped,
 				   round(k.n_completed::numeric / k.n, 3), round(k.n_failed::numeric / k.n, 3),
-				   k.mean, k.pct[1], k.pct[2], k.pct[3], round(k.attempts, 2), k.share_,
+				   make_interval(secs => k.mean), make_interval(secs => k.pct[1]),
+				   make_interval(secs => k.pct[2]), make_interval(secs => k.pct[3]),
+				   round(k.attempts::numeric, 2), k.share_,
 				   coalesce(k.r <= 3, false), 1, k.starts
 			  FROM ranked k) u
 	 ORDER BY u.o1, u.o2 NULLS LAST, u.step

@@ -132,7 +132,12 @@ SKIP:
 		{ name => 'nap', sleep => '4 seconds' },
 		{ name => 'after', sql => q{SELECT '"woke"'::jsonb} } ] });
 
+	# Signalled once waiting, as the run across the update will be: a
+	# signal that came first would leave no "waiting" in its history.
 	my $done = wf_start($node, 'gated');
+	$node->poll_query_until('postgres', qq{
+		SELECT status = 'waiting' FROM wf.steps WHERE run_id = $done AND step = 'b'})
+	  or die 'the first run did not get to its wait';
 	$node->safe_psql('postgres', "SELECT wf_signal($done, 'go', '{\"k\": 0}')");
 	is(wf_wait($node, $done), 'completed', 'release 0.1 completes a run');
 	my $gated = wf_start($node, 'gated');
