@@ -63,10 +63,14 @@ CONTRIB_TESTDB = postgres
 pg_workflow--$(EXTVERSION).sql: $(SQL_PARTS)
 	cat $^ > $@
 
-# A part new in 0.2 is the same in the install and the upgrade: taken as is.
+# The upgrade's source names the functions it restates ("-- @function
+# NAME"), which scripts/sql-upgrade.awk takes from the parts; a part new in
+# 0.2 is the same in the install and the upgrade: appended as is.
 pg_workflow--0.1--0.2.sql: $(srcdir)/src/sql/upgrade/pg_workflow--0.1--0.2.sql \
-		$(srcdir)/src/sql/15_recommendations.sql $(srcdir)/src/sql/99_finish.sql
-	cat $^ > $@
+		$(SQL_PARTS) $(srcdir)/scripts/sql-upgrade.awk
+	awk -v source=$< -f $(srcdir)/scripts/sql-upgrade.awk $(SQL_PARTS) > $@.tmp
+	cat $(srcdir)/src/sql/15_recommendations.sql $(srcdir)/src/sql/99_finish.sql >> $@.tmp
+	mv $@.tmp $@
 
 # The library says its version (executors, User-Agent): rebuilt with it.
 src/util.o src/http.o: $(srcdir)/pg_workflow.control

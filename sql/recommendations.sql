@@ -66,6 +66,12 @@ SELECT * FROM wf._spec_reads('{"name": "x", "http": {"url": "http://h/", "body":
 SELECT * FROM wf._spec_reads('{"name": "x", "when": "$.steps.* > 1", "sql": "SELECT 1"}');
 SELECT * FROM wf._spec_reads('{"name": "x", "when": "$.input.n > 1 && $.run.attempt == 1", "sql": "SELECT 1"}');
 SELECT * FROM wf._spec_reads('{"name": "x", "sql": "SELECT 1", "compensate": {"sql": "SELECT $1"}}');
+-- Reads written in ways that are not understood read everything: $01 is
+-- $1, a name with spaces or escapes, a template whose path holds a "}".
+SELECT * FROM wf._spec_reads($j${"name": "x", "sql": "SELECT $01->'steps'->'a'"}$j$);
+SELECT * FROM wf._spec_reads($j${"name": "x", "sql": "SELECT $1 #> '{steps, a }'"}$j$);
+SELECT * FROM wf._spec_reads($j${"name": "x", "when": "$.steps.\"\\u0061\".ok", "sql": "SELECT 1"}$j$);
+SELECT * FROM wf._spec_reads($j${"name": "x", "http": {"url": "http://h/{{$.steps.a ? (@ like_regex \"a{1}\")}}"}}$j$);
 SELECT * FROM wf._spec_reads($j${"name": "p", "parallel": [{"name": "b1",
 	"steps": [{"name": "s1", "sql": "SELECT $1->'steps'->'a'"}]}]}$j$);
 SELECT * FROM wf._spec_reads($j${"name": "m", "map": {"over": "$.steps.list.items",
@@ -81,6 +87,13 @@ SELECT name, label, ptr, list, pos, deps FROM wf._def_steps($j$[
 	{"name": "m", "map": {"over": "$.input.xs", "step": {"name": "i", "if": "true",
 	 "then": [{"name": "deep", "sql": "SELECT 1"}]}}}]$j$, '/steps');
 
+-- wf_patch is anybody's.
+CREATE ROLE wf_rec_plain;
+SET ROLE wf_rec_plain;
+SELECT wf_patch('{"a": [1]}', '[{"op": "test", "path": "/a/0", "value": 1}, {"op": "add", "path": "/a/-", "value": 2}]');
+RESET ROLE;
+DROP ROLE wf_rec_plain;
+
 -- wf_recommendations: its arguments.
 SELECT wf_define('wf_rec_none', '{"steps": [{"name": "a", "sql": "SELECT 1"}]}');
 SELECT * FROM wf_recommendations('wf_rec_none');
@@ -88,3 +101,13 @@ SELECT pg_temp.err($$SELECT * FROM wf_recommendations('wf_rec_nope')$$);
 SELECT pg_temp.err($$SELECT * FROM wf_recommendations(NULL)$$);
 SELECT pg_temp.err($$SELECT * FROM wf_recommendations('wf_rec_none', '-1 day')$$);
 SELECT pg_temp.err($$SELECT * FROM wf_recommendations('wf_rec_none', NULL)$$);
+SELECT pg_temp.err($$SELECT * FROM wf_recommendations('wf_rec_none', '1001 years')$$);
+SELECT count(*) FROM wf_recommendations('wf_rec_none', '0');
+
+-- The caller's standard_conforming_strings changes nothing of the engine's
+-- SQL (whose literals hold backslashes), in a session that has not run it.
+\c
+SET standard_conforming_strings = off;
+SELECT wf_graph('wf_rec_none') LIKE '%flowchart TD%' AS graph;
+SELECT count(*) FROM wf_recommendations('wf_rec_none');
+RESET standard_conforming_strings;

@@ -36,6 +36,7 @@
 #include "storage/proc.h"
 #include "utils/builtins.h"
 #include "utils/fmgrprotos.h"
+#include "utils/guc.h"
 #include "utils/jsonb.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
@@ -84,12 +85,23 @@ wf_api_lookup(const char *name, int nargs, const Oid *argtypes,
 /*
  * Calls an internal function.  Its PL/pgSQL context lines say nothing
  * useful to the caller: errors leave without them.
+ *
+ * The engine's SQL is parsed (and PL/pgSQL compiled, once a session) under
+ * the settings in force: the caller's standard_conforming_strings would
+ * change what its string literals say, backslashes in patterns included.
+ * It is on for the call, as the functions' own SET clauses fix
+ * search_path, and restored after it as they are (on an error, by the
+ * abort of the transaction or subtransaction).
  */
 static Datum
 wf_api_call_internal(FunctionCallInfo inner, MemoryContext oldcxt)
 {
 	Datum		result = (Datum) 0;
+	int			save_nestlevel = NewGUCNestLevel();
 
+	(void) set_config_option("standard_conforming_strings", "on",
+							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE,
+							 true, 0, false);
 	PG_TRY();
 	{
 		result = FunctionCallInvoke(inner);
@@ -105,6 +117,7 @@ wf_api_call_internal(FunctionCallInfo inner, MemoryContext oldcxt)
 		ReThrowError(edata);
 	}
 	PG_END_TRY();
+	AtEOXact_GUC(true, save_nestlevel);
 	return result;
 }
 

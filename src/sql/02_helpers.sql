@@ -198,12 +198,13 @@ $$;
  * The name of a step's family: a map's items are one, "price[*]" for
  * "price[0]", "price[1]"... (also below an item: "m[*]/deep").  Plain SQL
  * with qualified names, so that it is inlined into the queries over many
- * step rows that call it (wf_metrics, wf_recommendations).
+ * step rows that call it (wf_metrics, wf_recommendations); the pattern an
+ * escape string, the same whatever the caller's standard_conforming_strings.
  */
 CREATE FUNCTION wf._step_family(step text) RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
 	SELECT CASE WHEN pg_catalog.strpos(step, '[') > 0
-				THEN pg_catalog.regexp_replace(step, '\[[0-9]+\]', '[*]', 'g')
+				THEN pg_catalog.regexp_replace(step, E'\\[[0-9]+\\]', '[*]', 'g')
 				ELSE step END
 $$;
 

@@ -416,7 +416,8 @@ $$;
 
 /*
  * The arguments of wf_metrics and wf_recommendations: a workflow that
- * exists and a window that is not negative.
+ * exists and a window that is not negative (nor so long that its start is
+ * out of the range of timestamps).
  */
 CREATE FUNCTION wf._check_window(p_workflow text, p_since interval) RETURNS void
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
@@ -427,8 +428,8 @@ BEGIN
 	IF NOT EXISTS (SELECT 1 FROM wf.workflow_def d WHERE d.name = p_workflow) THEN
 		RAISE EXCEPTION 'workflow "%" does not exist', p_workflow USING ERRCODE = 'undefined_object';
 	END IF;
-	IF p_since IS NULL OR p_since < '0' THEN
-		RAISE EXCEPTION 'since must be a positive interval'
+	IF p_since IS NULL OR p_since < '0' OR p_since > '1000 years' THEN
+		RAISE EXCEPTION 'since must be an interval from 0 to 1000 years'
 			USING ERRCODE = 'invalid_parameter_value';
 	END IF;
 END

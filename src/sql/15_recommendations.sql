@@ -194,8 +194,9 @@ $$;
  * its {{ }}), as SQL (its uses of $1) and, for p_path, as a JSON path (a
  * "when", an "if", a map's "over").  Only plain references are understood:
  * $.steps.NAME, $."steps"."NAME", $1->'steps'->'NAME' and
- * $1 #> '{steps,NAME}', and the same of "input", "run", "item" and "index";
- * any other use of $ in a path or of $1 in SQL may read every step.
+ * $1 #> '{steps,NAME}', and the same of "input", "run", "item" and "index",
+ * with a NAME of the characters of step names; any other use of $ in a
+ * path or of $1 (or $01) in SQL may read every step.
  */
 CREATE FUNCTION wf._text_reads(p_text text, p_path boolean,
 							   INOUT reads text[], INOUT reads_all boolean)
@@ -212,26 +213,33 @@ BEGIN
 		RETURN;
 	END IF;
 	/* SQL */
-	n_all := (SELECT count(*) FROM regexp_matches(p_text, '\$1(?![0-9])', 'g'));
+	n_all := (SELECT count(*) FROM regexp_matches(p_text, $re$\$0*1(?![0-9])$re$, 'g'));
 	IF n_all > 0 THEN
 		names := ARRAY(SELECT coalesce(m[1], m[2])
 						 FROM regexp_matches(p_text,
-							$re$\$1\s*->\s*'steps'\s*->>?\s*'([^']*)'|\$1\s*#>>?\s*'\{\s*"?steps"?\s*,\s*"?([^,}"]*)$re$,
+							$re$\$0*1\s*->\s*'steps'\s*->>?\s*'([^']*)'|\$0*1\s*#>>?\s*'\{\s*"?steps"?\s*,\s*"?([^,}"]*)$re$,
 							'g') AS m);
 		n_known := cardinality(names)
 			+ (SELECT count(*) FROM regexp_matches(p_text,
-				$re$\$1\s*(->>?\s*'(input|run|item|index)'|#>>?\s*'\{\s*"?(input|run|item|index)"?\s*[,}])$re$,
+				$re$\$0*1\s*(->>?\s*'(input|run|item|index)'|#>>?\s*'\{\s*"?(input|run|item|index)"?\s*[,}])$re$,
 				'g'));
 		reads := reads || names;
-		reads_all := reads_all OR n_known < n_all;
+		/* A name written with escapes or spaces is not understood. */
+		reads_all := reads_all OR n_known < n_all
+			OR EXISTS (SELECT 1 FROM unnest(names) AS x WHERE x IS NULL OR x !~ '^[A-Za-z0-9_.-]+$');
 	END IF;
-	/* Paths: the text itself, or the insides of its {{ }} */
-	paths := ARRAY(SELECT m[1] FROM regexp_matches(p_text, '\{\{([^}]*)\}\}', 'g') AS m);
+	/*
+	 * Paths: the text itself, or the insides of its {{ }}; a {{ whose
+	 * path holds a "}" is not understood.
+	 */
+	paths := ARRAY(SELECT m[1] FROM regexp_matches(p_text, $re$\{\{([^}]*)\}\}$re$, 'g') AS m);
+	reads_all := reads_all
+		OR cardinality(paths) < (SELECT count(*) FROM regexp_matches(p_text, $re$\{\{$re$, 'g'));
 	IF p_path THEN
 		paths := paths || p_text;
 	END IF;
 	FOREACH t IN ARRAY paths LOOP
-		n_all := (SELECT count(*) FROM regexp_matches(t, '\$', 'g'));
+		n_all := (SELECT count(*) FROM regexp_matches(t, '[$]', 'g'));
 		CONTINUE WHEN n_all = 0;
 		names := ARRAY(SELECT coalesce(m[1], m[2])
 						 FROM regexp_matches(t,
@@ -241,7 +249,9 @@ BEGIN
 			+ (SELECT count(*) FROM regexp_matches(t,
 				$re$\$\s*\.\s*"?(input|run|item|index)(?![A-Za-z0-9_])$re$, 'g'));
 		reads := reads || names;
-		reads_all := reads_all OR n_known < n_all;
+		/* A name written with escapes or spaces is not understood. */
+		reads_all := reads_all OR n_known < n_all
+			OR EXISTS (SELECT 1 FROM unnest(names) AS x WHERE x IS NULL OR x !~ '^[A-Za-z0-9_.-]+$');
 	END LOOP;
 END
 $$;
@@ -502,7 +512,12 @@ BEGIN
 	)
 	SELECT jsonb_object_agg(q.name, to_jsonb(q)), array_agg(q.name ORDER BY q.ord)
 	  INTO info, names
-	  FROM (SELECT ds.name, ds.label, ds.ptr, ds.list, ds.pos, ds.spec, ds.deps, ds.ord,
+	  FROM (SELECT ds.name, ds.label, ds.ptr, ds.list, ds.pos, ds.deps, ds.ord,
+				   /* Its own keys: what is nested in it has rows of its own. */
+				   CASE WHEN ds.spec ? 'map'
+						THEN jsonb_set(ds.spec, '{map}', (ds.spec->'map') - 'step')
+						ELSE ds.spec END - 'then' - 'else' - 'parallel' AS spec,
+				   ds.spec::text LIKE '%"sql":%' AS has_sql,
 				   wf._step_kind(ds.spec) AS kind, rd.reads, rd.reads_all,
 				   lag(ds.name) OVER w AS prev, lead(ds.name) OVER w AS next,
 				   count(*) OVER (PARTITION BY ds.list) AS list_len,
@@ -604,7 +619,7 @@ BEGIN
 					'mean_ms', jsonb_build_object(a->>'name', round(((a->>'mean')::float8 * 1000)::numeric, 1),
 												  nm, round(((s->>'mean')::float8 * 1000)::numeric, 1)),
 					'saving_ms', round((saving * 1000)::numeric, 1),
-					'decided_from', CASE WHEN s->'spec' ? 'sql' OR (s->'spec')::text LIKE '%"sql":%'
+					'decided_from', CASE WHEN (s->>'has_sql')::boolean
 										 THEN 'the SQL text''s use of $1 (what the statements do to tables is not seen)'
 										 ELSE 'templates and JSON paths' END,
 					'reads', s->'reads',
@@ -753,7 +768,7 @@ BEGIN
 		 */
 		IF s->>'kind' = 'map' AND s->'spec'->'map' ? 'concurrency' THEN
 			c := info->(nm || '[*]');
-			conc := (s->'spec'->'map'->>'concurrency')::int;
+			conc := (s->'spec'->'map'->>'concurrency')::numeric::int;
 			items := (s->>'items_mean')::float8;
 			IF c IS NOT NULL AND items > conc AND (s->>'mean')::float8 >= 2 * (c->>'mean')::float8
 			   AND (c->>'spent')::float8 >= 0.1 * work_total
@@ -793,11 +808,11 @@ BEGIN
 				'runs', cardinality(ids), 'openings', (s->>'n_openings')::int,
 				'attempts', (s->>'n_attempts')::int,
 				'failed_attempts', (s->>'n_failed_attempts')::int,
-				'failures', coalesce((s->'spec'->'circuit_breaker'->>'failures')::int, 5));
+				'failures', coalesce((s->'spec'->'circuit_breaker'->>'failures')::numeric::int, 5));
 			patch := CASE WHEN failed_share <= 0.5 THEN
 				jsonb_build_array(jsonb_build_object('op', 'add',
 					'path', (s->>'ptr') || '/circuit_breaker/failures',
-					'value', 2 * coalesce((s->'spec'->'circuit_breaker'->>'failures')::int, 5))) END;
+					'value', 2 * coalesce((s->'spec'->'circuit_breaker'->>'failures')::numeric::int, 5))) END;
 			out := out || wf._rec_row(kind, priority, steps, evidence, wf._rec_guard(info, steps, patch));
 		END IF;
 	END LOOP;

@@ -17,6 +17,10 @@ BEGIN
 END
 $$;
 
+/* wf_patch runs as its caller: its helpers are anybody's (they read nothing). */
+GRANT EXECUTE ON FUNCTION wf._pointer_path(text), wf._pointer_exists(jsonb, text[]),
+	wf._patch_op(jsonb, jsonb, int) TO PUBLIC;
+
 /* Workers waiting for the extension to appear start looking for work. */
 SELECT wf._wake();
 
