@@ -440,9 +440,10 @@ $$;
  * in the last "since" (every role's for wf_admin, the rule of wf.runs),
  * one row for the runs and one per step; a map's items are one step,
  * "map[*]".  A step's executions are its rows that ended (not those
- * cancelled before they ran); its share is the time it took of the time
- * the runs took; the bottlenecks are the three steps other than
- * containers with the largest share, when it is 10% or more.
+ * cancelled before they ran); its share is the time it took on the
+ * critical paths of the 1,000 most recent of the runs, of the time they
+ * took; the bottlenecks are the three steps other than containers with
+ * the largest share, when it is 10% or more.
  */
 CREATE FUNCTION wf._metrics(caller oid, caller_path text, p_workflow text, p_since interval,
 							OUT scope text, OUT step text, OUT executions bigint,
@@ -464,15 +465,52 @@ BEGIN
 	 * on how many there are.
 	 */
 	RETURN QUERY EXECUTE $q$
-	WITH runs AS MATERIALIZED (
-		SELECT r.id, r.status, date_part('epoch', r.finished_at - r.started_at) AS dur
+	WITH RECURSIVE runs AS MATERIALIZED (
+		SELECT r.id, r.status, r.finished_at, date_part('epoch', r.finished_at - r.started_at) AS dur
 		  FROM wf.run r
 		 WHERE r.workflow = $1
 		   AND r.status IN ('completed', 'failed', 'cancelled')
 		   AND r.finished_at >= $2
 		   AND ($3 OR r.owner = $4)
-	), total AS (
-		SELECT sum(runs.dur) AS t FROM runs
+	), sample AS (
+		SELECT runs.id, runs.dur FROM runs
+		 WHERE runs.dur IS NOT NULL
+		 ORDER BY runs.finished_at DESC LIMIT 1000
+	), path AS (
+		/*
+		 * The critical path of each sampled run: from its top-level step
+		 * that ended last, back through the dependency that ended last,
+		 * into an "if" or a "parallel" by its child that ended last.  The
+		 * named steps only (index step_context): a map's items are not
+		 * followed, the map is one step of the path.
+		 */
+		SELECT l.run_id, l.step, l.deps, l.kind, l.dur
+		  FROM sample CROSS JOIN LATERAL (
+				SELECT s.run_id, s.step, s.deps, s.kind,
+					   date_part('epoch', s.finished_at - s.started_at) AS dur
+				  FROM wf.step s
+				 WHERE s.run_id = sample.id AND s.label IS NOT NULL AND s.parent IS NULL
+				   AND s.finished_at IS NOT NULL
+				   AND s.status IN ('completed', 'failed', 'skipped', 'compensated', 'escalated')
+				 ORDER BY s.finished_at DESC LIMIT 1) l
+		UNION ALL
+		SELECT n.run_id, n.step, n.deps, n.kind, n.dur
+		  FROM path p CROSS JOIN LATERAL (
+				(SELECT s.run_id, s.step, s.deps, s.kind,
+						date_part('epoch', s.finished_at - s.started_at) AS dur
+				   FROM wf.step s
+				  WHERE s.run_id = p.run_id AND s.step = ANY (p.deps) AND s.finished_at IS NOT NULL
+				  ORDER BY s.finished_at DESC LIMIT 1)
+				UNION ALL
+				(SELECT s.run_id, s.step, s.deps, s.kind,
+						date_part('epoch', s.finished_at - s.started_at) AS dur
+				   FROM wf.step s
+				  WHERE p.kind IN ('if', 'parallel') AND s.run_id = p.run_id
+					AND s.label IS NOT NULL AND s.parent = p.step AND s.finished_at IS NOT NULL
+				  ORDER BY s.finished_at DESC LIMIT 1)) n
+	), on_path AS (
+		SELECT path.step COLLATE "C" AS name, sum(path.dur) AS t
+		  FROM path GROUP BY path.step
 	), steps AS (
 		/*
 		 * The runs again rather than the CTE, which no parallel plan
@@ -502,17 +540,26 @@ BEGIN
 			   avg(st.dur) AS mean,
 			   percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY st.dur) AS pct,
 			   avg(st.attempt) FILTER (WHERE st.attempt > 0) AS attempts,
-			   sum(st.dur) AS spent, avg(st.offset_) AS starts
+			   avg(st.offset_) AS starts
 		  FROM steps st
 		 GROUP BY st.name
 	), ranked AS (
-		SELECT p.*,
-			   CASE WHEN total.t > 0 THEN round((p.spent / total.t)::numeric, 3) END AS share_,
-			   CASE WHEN NOT p.container AND total.t > 0 AND p.spent / total.t >= 0.1
-					THEN rank() OVER (PARTITION BY NOT p.container AND total.t > 0
-											AND p.spent / total.t >= 0.1
-									  ORDER BY p.spent DESC) END AS r
-		  FROM per_step p, total
+		/*
+		 * share: of the time the sampled runs took, what the step took
+		 * on their critical paths (none for a map's items, which are
+		 * not followed).
+		 */
+		SELECT p.*, x.share_,
+			   CASE WHEN NOT p.container AND x.share_ >= 0.1
+					THEN rank() OVER (PARTITION BY NOT p.container AND x.share_ >= 0.1
+									  ORDER BY x.share_ DESC) END AS r
+		  FROM per_step p
+		  LEFT JOIN on_path o ON o.name = p.name
+		  CROSS JOIN LATERAL (
+				SELECT CASE WHEN strpos(p.name, '[*]') > 0 THEN NULL
+							WHEN (SELECT sum(sample.dur) FROM sample) > 0
+							THEN round((coalesce(o.t, 0) / (SELECT sum(sample.dur) FROM sample))::numeric, 3)
+					   END AS share_) x
 	)
 	SELECT u.scope, u.step, u.executions, u.completed, u.failed, u.cancelled, u.skipped,
 		   u.success_rate, u.error_rate, u.mean, u.p50, u.p95, u.p99, u.attempts, u.share,

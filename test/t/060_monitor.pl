@@ -442,6 +442,40 @@ is( $node->safe_psql('postgres',
 		"SELECT step FROM wf_metrics('bottle') WHERE scope = 'step' ORDER BY share DESC LIMIT 1"),
 	'slow', 'its share of the run time is the largest');
 
+# The critical path: of two branches that wait side by side, the longer is
+# on it, the shorter not; the step after them is, and its share with the
+# longer branch's and the step before's is nearly the whole run.
+wf_define(
+	$node, 'fan',
+	{
+		steps => [
+			{ name => 'first', sql => q{SELECT 1} },
+			{
+				name => 'fan',
+				parallel => [
+					{ name => 'l', steps => [ { name => 'long', sleep => '300 milliseconds' } ] },
+					{ name => 's', steps => [ { name => 'short', sleep => '100 milliseconds' } ] }
+				]
+			},
+			{ name => 'after', sql => q{SELECT 2} }
+		]
+	});
+is(wf_wait_all($node, map { wf_start($node, 'fan') } 1 .. 3),
+	'completed,completed,completed', 'three runs of fan');
+is( $node->safe_psql('postgres',
+		"SELECT string_agg(step, ',') FROM wf_metrics('fan') WHERE bottleneck"),
+	'fan/l/long', 'the longer branch is the bottleneck');
+is( $node->safe_psql('postgres',
+		"SELECT share FROM wf_metrics('fan') WHERE step = 'fan/s/short'"),
+	'0.000', 'the shorter branch is off the critical path');
+cmp_ok(
+	$node->safe_psql('postgres',
+		"SELECT share FROM wf_metrics('fan') WHERE step = 'fan/l/long'"),
+	'>', 0.5, 'the longer one takes most of it');
+is( $node->safe_psql('postgres',
+		"SELECT share IS NULL FROM wf_metrics('mon') WHERE step = 'each[*]'"),
+	't', "a map's items are not followed: no share");
+
 # Visibility: alice's runs of "slow" are hers and wf_admin's.
 foreach my $r ([ 'alice', '2' ], [ 'bob', '0' ], [ 'carol', '2' ])
 {
