@@ -69,6 +69,12 @@ static volatile sig_atomic_t wf_exec_timed_out = false;
 /* The timer armed is pg_workflow.long_step_threshold, not the timeout. */
 static bool wf_exec_soft_armed = false;
 
+/*
+ * The step being executed has ready siblings in the batch's queue (steps of
+ * its run that do not wait for it): it is handed over sooner.
+ */
+static bool wf_exec_has_siblings = false;
+
 /* Steps this batch handed over to long-step workers. */
 static int	wf_exec_offloaded = 0;
 
@@ -319,17 +325,27 @@ wf_exec_init(void)
  * Arms the timer of an sql step's statement: its timeout or, in an
  * executor that may hand it over, pg_workflow.long_step_threshold when that
  * comes first.  Returns the time armed (0: none).
+ *
+ * A step whose run has other steps ready in the batch is handed over once
+ * it outlasts pg_workflow.batch_time already: the executor runs a run's
+ * steps one after the other, and independent steps that take their time
+ * would otherwise wait for each other.  Handed over, it runs in a
+ * long-step worker beside them (and the ready steps of the same definition
+ * go there at once).
  */
 int
 wf_exec_arm_timeout(WfStepExec *ex)
 {
 	int			limit = ex->timeout_ms;
+	int			threshold = wf_guc_long_step_threshold_ms;
 
+	if (threshold > 0 && wf_exec_has_siblings && wf_guc_batch_time_ms < threshold)
+		threshold = Max(wf_guc_batch_time_ms, 1);
 	wf_exec_soft_armed = false;
-	if (!wf_long_am_worker && wf_long_available() &&
-		(limit == 0 || wf_guc_long_step_threshold_ms < limit))
+	if (!wf_long_am_worker && wf_long_available() && threshold > 0 &&
+		(limit == 0 || threshold < limit))
 	{
-		limit = wf_guc_long_step_threshold_ms;
+		limit = threshold;
 		wf_exec_soft_armed = true;
 	}
 	if (limit > 0)
@@ -768,6 +784,7 @@ wf_exec_step(WfWorkItem *item, List *queue, MemoryContext batchctx)
 	ResourceOwner oldowner = CurrentResourceOwner;
 	int			holdoff = QueryCancelHoldoffCount;
 	char	   *slot_error;
+	ListCell   *lc;
 
 	/* Load the step, its run context and the workflow's defaults. */
 	args[0] = Int64GetDatum(item->run_id);
@@ -792,6 +809,15 @@ wf_exec_step(WfWorkItem *item, List *queue, MemoryContext batchctx)
 	}
 
 	ex->run_id = item->run_id;
+	wf_exec_has_siblings = false;
+	foreach(lc, queue)
+	{
+		if (((WfWorkItem *) lfirst(lc))->run_id == item->run_id)
+		{
+			wf_exec_has_siblings = true;
+			break;
+		}
+	}
 	ex->step = item->step;
 	ex->kind = TextDatumGetCString(SPI_getbinval(tuple, tupdesc, 1, &isnull));
 	ex->spec = DatumGetJsonbPCopy(SPI_getbinval(tuple, tupdesc, 2, &isnull));

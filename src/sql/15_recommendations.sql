@@ -363,11 +363,11 @@ $$;
 
 /*
  * Can step p_step run while another step of its run runs?  An executor
- * runs a run's sql steps one after the other in its transaction, whatever
- * their dependencies: those that outlast pg_workflow.long_step_threshold
- * (p_long_ms; 0: none) go on in a long-step worker beside it, and http,
- * agent and child-run steps wait without holding the executor.  A
- * container can when a step in it can.
+ * runs a run's sql steps one after the other in its transaction; one that
+ * outlasts pg_workflow.batch_time while other steps of its run are ready
+ * (p_long_ms: the smaller of the two settings; 0: never) goes on in a
+ * long-step worker beside them, and http, agent and child-run steps wait
+ * without holding the executor.  A container can when a step in it can.
  */
 CREATE FUNCTION wf._rec_overlaps(p_info jsonb, p_step jsonb, p_long_ms float8) RETURNS boolean
 LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
@@ -420,8 +420,12 @@ DECLARE
 	work_total	float8;			-- the time the steps that work took
 	default_ms	float8 := (SELECT setting::float8 FROM pg_settings
 							WHERE name = 'pg_workflow.step_timeout');
-	long_ms		float8 := (SELECT setting::float8 FROM pg_settings
-							WHERE name = 'pg_workflow.long_step_threshold');
+	/* The time after which an sql step beside ready ones is handed over. */
+	long_ms		float8 := (SELECT CASE WHEN l.setting::float8 = 0 THEN 0
+									   ELSE least(l.setting::float8, greatest(b.setting::float8, 1)) END
+							 FROM pg_settings l, pg_settings b
+							WHERE l.name = 'pg_workflow.long_step_threshold'
+							  AND b.name = 'pg_workflow.batch_time');
 	info		jsonb;
 	names		text[];
 	nm			text;
@@ -572,7 +576,7 @@ BEGIN
 		 * a gate, as a validation is (the evidence says that a failure of
 		 * the step before no longer keeps the step from running).  And
 		 * one of the two must be able to run while the other does: an
-		 * executor runs the short sql steps of a run one after the other
+		 * executor runs the quick sql steps of a run one after the other
 		 * whatever their dependencies (wf._rec_overlaps).  The patch makes it wait for what the
 		 * step before waits for, and for the steps of its list it reads;
 		 * the step after it, and any that names it in its dependencies,

@@ -6,8 +6,9 @@
 # patch)), removes the problem from the next runs (no timings asserted:
 # what changed is read from the runs' steps).
 #  - parallel: two independent http steps one after the other (also in a
-#    branch of an "if", named as wf.step names them); not for short sql
-#    steps, which an executor runs one after the other anyway; not when the
+#    branch of an "if", named as wf.step names them), and sql steps of
+#    150 ms; not for quick sql steps, which an executor runs one after the
+#    other anyway; not when the
 #    second reads the first ($1->'steps'->'a', a "when" on $.steps.b),
 #    reads the whole context, follows a sleep, or follows a step that
 #    failed (a gate);
@@ -107,14 +108,26 @@ wf_define(
 			{ name => 'c', sql => q{SELECT jsonb_build_array($1->'steps'->'a', $1->'steps'->'b')} }
 		]
 	});
-# The same with sql steps: an executor runs a run's short sql steps one
-# after the other whatever their dependencies, so there is nothing to gain.
+# The same with sql steps of 150 ms: over pg_workflow.batch_time, one is
+# handed to a long-step worker when the other is ready beside it.
+wf_define(
+	$node, 'slowsql',
+	{
+		steps => [
+			{ name => 'a', sql => nap(0.15) },
+			{ name => 'b', sql => nap(0.15) },
+			{ name => 'c', sql => q{SELECT jsonb_build_array($1->'steps'->'a', $1->'steps'->'b')} }
+		]
+	});
+# The same with quick sql steps (20 ms, under pg_workflow.batch_time): an
+# executor runs them one after the other whatever their dependencies, so
+# there is nothing to gain.
 wf_define(
 	$node, 'serial',
 	{
 		steps => [
-			{ name => 'a', sql => nap(0.05) },
-			{ name => 'b', sql => nap(0.05) },
+			{ name => 'a', sql => nap(0.02) },
+			{ name => 'b', sql => nap(0.02) },
 			{ name => 'c', sql => q{SELECT jsonb_build_array($1->'steps'->'a', $1->'steps'->'b')} }
 		]
 	});
@@ -217,7 +230,7 @@ wf_define(
 		]
 	});
 
-is(run_all(12, qw(seq serial slow flaky tight loose skip map clean nested gate)), 'completed=129,failed=3',
+is(run_all(12, qw(seq slowsql serial slow flaky tight loose skip map clean nested gate)), 'completed=141,failed=3',
 	'the runs complete (but those that gate stops)');
 
 my ($got, @rows) = recs('seq');
@@ -232,8 +245,12 @@ is_deeply(
 	],
 	'seq: the patch tests that a and b are where they were, makes b a root and keeps c after both');
 like($rows[0]{evidence}{decided_from}, qr/templates/, 'seq: the row says it read the templates');
+($got, @rows) = recs('slowsql');
+is($got, 'parallel a,b', 'slowsql: a and b of 150 ms could run side by side');
+like($rows[0]{evidence}{decided_from}, qr/SQL text/, 'slowsql: the row says it read the SQL text');
+my $slowsql = [@rows];
 ($got) = recs('serial');
-is($got, '', 'serial: no advice to run short sql steps side by side (an executor would not)');
+is($got, '', 'serial: no advice to run quick sql steps side by side (an executor would not)');
 my $seq = [@rows];
 
 ($got, @rows) = recs('nested');
@@ -315,11 +332,23 @@ like($err, qr/operation 1 of the JSON patch: "\/steps\/0\/name" is not "l"/,
 
 # The patches apply, and the next runs no longer have the problem.
 is(apply('seq', $seq->[0]), 2, 'seq: the patch defines version 2');
+is(apply('slowsql', $slowsql->[0]), 2, 'slowsql: the patch defines version 2');
 is(apply('tight', $tight->[0]), 2, 'tight: the patch defines version 2');
 is(apply('loose', $loose->[0]), 2, 'loose: the patch defines version 2');
 is(apply('skip', $skip->[0]), 2, 'skip: the patch defines version 2');
 is(apply('map', $map->[0]), 2, 'map: the patch defines version 2');
-is(run_all(12, qw(seq tight loose skip map)), 'completed=60', 'the runs of the patched versions complete');
+is(run_all(12, qw(seq slowsql tight loose skip map)), 'completed=72', 'the runs of the patched versions complete');
+# Whether a given run's a and b overlapped depends on what else the
+# executors had to do; that some did shows the hand-over at work.
+cmp_ok(
+	$node->safe_psql(
+		'postgres', q{
+	SELECT count(*) FROM wf.run r
+	  JOIN wf.steps a ON a.run_id = r.id AND a.step = 'a'
+	  JOIN wf.steps b ON b.run_id = r.id AND b.step = 'b'
+	 WHERE r.workflow = 'slowsql' AND r.version = 2
+	   AND a.started_at < b.finished_at AND b.started_at < a.finished_at}),
+	'>', 0, 'slowsql v2: a and b ran side by side');
 # (Whether they then overlap depends on the executors' other work: what
 # the runs' steps waited for is what the patch changed.)
 is( $node->safe_psql(
@@ -344,7 +373,7 @@ is( $node->safe_psql(
 	  FROM wf.step s JOIN wf.run r ON r.id = s.run_id
 	 WHERE r.workflow = 'map' AND r.version = 2 AND s.parent = 'm'}), '96/96',
 	'map v2: the 8 items of every run wait for none of the others');
-for my $wf (qw(seq tight loose map))
+for my $wf (qw(seq slowsql tight loose map))
 {
 	($got) = recs($wf);
 	is($got, '', "$wf v2: nothing left to advise");
