@@ -532,6 +532,13 @@ BEGIN
 		   AND r.finished_at >= $2
 		   AND ($3 OR r.owner = $4)
 		   AND s.status IN ('completed', 'failed', 'skipped', 'compensated', 'escalated')
+		 /*
+		  * By duration within each step too: the percentiles' own sort
+		  * then finds each step's values in order, which it checks
+		  * first and takes as they are (700 ms instead of 1 s on a
+		  * million steps).
+		  */
+		 ORDER BY 1, dur
 	), per_step AS (
 		SELECT st.name, bool_or(st.container) AS container, count(*) AS n,
 			   count(*) FILTER (WHERE st.outcome = 0) AS n_completed,
