@@ -160,6 +160,12 @@ copy_tree() {
 		(cd "$SRC/examples/agents" && HOME="$WORK" npm ci --no-audit --no-fund --loglevel=error) ||
 			log "npm ci failed: the Node example agent's tests will fail"
 	fi
+	# Mermaid's parser (with jsdom), which 060 runs on wf_graph's output.
+	if [[ ! -d "$SRC/test/mermaid/node_modules" ]]; then
+		log "npm ci in test/mermaid (Mermaid's parser, for 060)"
+		(cd "$SRC/test/mermaid" && HOME="$WORK" npm ci --no-audit --no-fund --loglevel=error) ||
+			log "npm ci failed: 060 will skip its Mermaid parser checks"
+	fi
 	chown -R postgres:postgres "$WORK"
 }
 

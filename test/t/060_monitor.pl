@@ -11,8 +11,10 @@
 #  - wf_graph in DOT renders with graphviz ("dot -Tsvg"; skipped with a
 #    message where it is not installed) for several workflows and runs;
 #    the Mermaid text is checked structurally (every edge joins declared
-#    nodes, subgraphs are closed, statuses become classes), and names
-#    with quotes, dots, dashes and slashes are escaped;
+#    nodes, subgraphs are closed, statuses become classes) and parsed by
+#    Mermaid's own parser (the npm package, in jsdom; skipped with a
+#    message where it is not installed), and names with quotes, dots,
+#    dashes and slashes are escaped;
 #  - row visibility: another role sees none of alice's runs in
 #    wf.progress and gets wf_wait's error from wf_explain and wf_graph;
 #    a member of wf_admin sees them.
@@ -303,6 +305,38 @@ like($node->safe_psql('postgres', "SELECT wf_graph($ok, 'dot')"),
 like($err, qr/22023: unknown graph format "svg"/, 'an unknown format: invalid_parameter_value');
 ($out, $err) = as_role('bob', "SELECT wf_graph('nope')");
 like($err, qr/42704: workflow "nope" does not exist/, 'an unknown workflow: undefined_object');
+
+# Mermaid parsed by Mermaid itself: the npm package (test/mermaid, which
+# scripts/run-tests.sh installs with npm ci) in a DOM made by jsdom, no
+# browser.  A broken text must fail, so that the check can.
+SKIP:
+{
+	my $checker = "$FindBin::RealBin/../mermaid/check.mjs";
+	skip 'Mermaid is not installed (npm ci in test/mermaid)', 4
+	  unless -d "$FindBin::RealBin/../mermaid/node_modules/mermaid"
+	  && system('node --version >/dev/null 2>&1') == 0;
+	my $dir = tempdir(CLEANUP => 1);
+	my @files;
+	foreach my $g ("'mon'", "'slow'", "'odd.names-v1'", $ok, $bad, $s2)
+	{
+		my $file = "$dir/g" . scalar(@files) . '.mmd';
+		open my $fh, '>', $file or die;
+		print $fh $node->safe_psql('postgres', "SELECT wf_graph($g)");
+		close $fh;
+		push @files, $file;
+	}
+	my ($stdout, $stderr);
+	my $rc = IPC::Run::run([ 'node', $checker, @files ], '>', \$stdout, '2>', \$stderr);
+	ok($rc, 'mermaid parses every graph') or diag($stdout . $stderr);	# names each file
+	my @ok = ($stdout =~ /^ok .*: flowchart/mg);
+	is(scalar(@ok), 6, 'mermaid: six flowcharts');
+	open my $fh, '>', "$dir/broken.mmd" or die;
+	print $fh "flowchart TD\n  a --> b[\n";
+	close $fh;
+	$rc = IPC::Run::run([ 'node', $checker, "$dir/broken.mmd" ], '>', \$stdout, '2>', \$stderr);
+	ok(!$rc, 'mermaid: a broken text fails');
+	like($stdout, qr/^FAIL .*Parse error/m, 'mermaid: with a parse error');
+}
 
 # DOT rendered by graphviz: workflows, finished runs and a waiting run.
 SKIP:
