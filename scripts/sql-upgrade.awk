@@ -6,9 +6,10 @@
 #
 # Prints the source with each line "-- @function NAME" replaced by the
 # definition of function NAME (schema-qualified, as it stands in the parts
-# after "CREATE FUNCTION"), made "CREATE OR REPLACE FUNCTION".  A definition
-# ends at the line "$$;" when it is dollar-quoted, else at the first line
-# that ends with ";".  A name defined in no part, or in more than one (an
+# after "CREATE FUNCTION"), made "CREATE OR REPLACE FUNCTION", and each line
+# "-- @view NAME" by that of view NAME (after "CREATE VIEW", as it stands).
+# A definition ends at the line "$$;" when it is dollar-quoted, else at the
+# first line that ends with ";".  A name defined in no part, or in more than one (an
 # overloaded function), is an error: write that one out in the source.
 
 function fail(msg) {
@@ -22,6 +23,12 @@ function fail(msg) {
 	if (name == "" && match($0, /^CREATE (OR REPLACE )?FUNCTION [^ (]+\(/)) {
 		name = substr($0, 1, RLENGTH - 1)
 		sub(/^CREATE (OR REPLACE )?FUNCTION /, "", name)
+		text = ""
+		dollar = 0
+	} else if (name == "" && match($0, /^CREATE (OR REPLACE )?VIEW [^ (]+ /)) {
+		name = substr($0, 1, RLENGTH - 1)
+		sub(/^CREATE (OR REPLACE )?VIEW /, "", name)
+		name = "view " name
 		text = ""
 		dollar = 0
 	}
@@ -43,9 +50,10 @@ END {
 	if (name != "")
 		fail("the definition of " name " does not end")
 	while ((getline line < source) > 0) {
-		if (line ~ /^-- @function /) {
+		if (line ~ /^-- @(function|view) /) {
 			fn = line
 			sub(/^-- @function /, "", fn)
+			sub(/^-- @/, "", fn)
 			if (!(fn in count))
 				fail(source ": no part defines " fn)
 			if (count[fn] > 1)

@@ -449,6 +449,7 @@ CREATE FUNCTION wf._metrics(caller oid, caller_path text, p_workflow text, p_sin
 							OUT scope text, OUT step text, OUT executions bigint,
 							OUT completed bigint, OUT failed bigint, OUT cancelled bigint,
 							OUT skipped bigint, OUT success_rate numeric, OUT error_rate numeric,
+							OUT skip_rate numeric,
 							OUT mean interval, OUT p50 interval, OUT p95 interval,
 							OUT p99 interval, OUT attempts numeric, OUT share numeric,
 							OUT bottleneck boolean)
@@ -569,7 +570,8 @@ BEGIN
 					   END AS share_) x
 	)
 	SELECT u.scope, u.step, u.executions, u.completed, u.failed, u.cancelled, u.skipped,
-		   u.success_rate, u.error_rate, u.mean, u.p50, u.p95, u.p99, u.attempts, u.share,
+		   u.success_rate, u.error_rate, u.skip_rate, u.mean, u.p50, u.p95, u.p99, u.attempts,
+		   u.share,
 		   u.bottleneck
 	  FROM (SELECT 'run' AS scope, NULL::text AS step, count(*) AS executions,
 				   count(*) FILTER (WHERE runs.status = 'completed') AS completed,
@@ -580,6 +582,7 @@ BEGIN
 						 / nullif(count(*), 0), 3) AS success_rate,
 				   round(count(*) FILTER (WHERE runs.status = 'failed')::numeric
 						 / nullif(count(*), 0), 3) AS error_rate,
+				   NULL::numeric AS skip_rate,
 				   make_interval(secs => avg(runs.dur)) AS mean,
 				   make_interval(secs => (percentile_cont(ARRAY[0.5, 0.95, 0.99])
 										  WITHIN GROUP (ORDER BY runs.dur))[1]) AS p50,
@@ -593,6 +596,7 @@ BEGIN
 			UNION ALL
 			SELECT 'step', k.name, k.n, k.n_completed, k.n_failed, NULL, k.n_skipped,
 				   round(k.n_completed::numeric / k.n, 3), round(k.n_failed::numeric / k.n, 3),
+				   round(k.n_skipped::numeric / k.n, 3),
 				   make_interval(secs => k.mean), make_interval(secs => k.pct[1]),
 				   make_interval(secs => k.pct[2]), make_interval(secs => k.pct[3]),
 				   round(k.attempts::numeric, 2), k.share_,
@@ -606,8 +610,8 @@ $$;
 CREATE FUNCTION @extschema@.wf_metrics(workflow text, since interval DEFAULT '1 day')
 RETURNS TABLE (scope text, step text, executions bigint, completed bigint, failed bigint,
 			   cancelled bigint, skipped bigint, success_rate numeric, error_rate numeric,
-			   mean interval, p50 interval, p95 interval, p99 interval, attempts numeric,
-			   share numeric, bottleneck boolean)
+			   skip_rate numeric, mean interval, p50 interval, p95 interval, p99 interval,
+			   attempts numeric, share numeric, bottleneck boolean)
 	LANGUAGE C AS 'MODULE_PATHNAME', 'wf_api_call';
 
 /*

@@ -41,7 +41,7 @@ COMMENT ON VIEW wf.secrets IS 'the secrets a role may use or manage, never their
 COMMENT ON FUNCTION @extschema@.wf_explain(bigint) IS 'a run as an indented tree, one line per step: status, attempt, duration, error (like EXPLAIN ANALYZE)';
 COMMENT ON FUNCTION @extschema@.wf_graph(text, text) IS 'a workflow as a Mermaid flowchart or Graphviz DOT graph';
 COMMENT ON FUNCTION @extschema@.wf_graph(bigint, text) IS 'a run''s graph, coloured by step status, with durations and attempts';
-COMMENT ON FUNCTION @extschema@.wf_metrics(text, interval) IS 'executions, success and error rates, duration percentiles of a workflow and of each of its steps, and the bottleneck steps';
+COMMENT ON FUNCTION @extschema@.wf_metrics(text, interval) IS 'executions, success, error and skip rates, duration percentiles of a workflow and of each of its steps, and the bottleneck steps of their critical paths';
 COMMENT ON FUNCTION @extschema@.wf_ack_alert(bigint) IS 'an operator acknowledges an alert';
 COMMENT ON VIEW wf.metrics IS 'every workflow''s figures of the last hour, one row per workflow and measure (for a Prometheus SQL exporter): runs ended, completed, failed, cancelled, success and error ratios, run duration mean and percentiles in seconds, runs pending, running and waiting now';
 COMMENT ON VIEW wf.progress IS 'unfinished runs: steps done of total, percent, what runs or waits now, elapsed time and an estimate of the time left';

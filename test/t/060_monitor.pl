@@ -451,8 +451,8 @@ is( $node->safe_psql('postgres',
 		sprintf($m, 'executions, attempts, error_rate', 'mon', 'step', "'flaky.step'")),
 	'4|2.00|0.000', 'the retried step: two attempts per execution');
 is( $node->safe_psql('postgres',
-		sprintf($m, 'executions, skipped, success_rate', 'mon', 'step', "'opt-in'")),
-	'4|3|0.250', 'the step run only for n > 10: skipped 3 times out of 4');
+		sprintf($m, 'executions, skipped, success_rate, skip_rate', 'mon', 'step', "'opt-in'")),
+	'4|3|0.250|0.750', 'the step run only for n > 10: skipped 3 times out of 4');
 is( $node->safe_psql('postgres',
 		sprintf($m, 'executions, failed, error_rate', 'mon', 'step', "'check'")),
 	'6|2|0.333', 'the check failed twice out of six');

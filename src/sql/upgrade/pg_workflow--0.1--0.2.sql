@@ -166,7 +166,19 @@ DROP FUNCTION wf._step_load(bigint, text, int);
  * reaching the steps by the plan the planner picks and renaming only the
  * steps of a map.
  */
+/*
+ * wf_metrics has a column more (skip_rate): its functions and the view over
+ * it are made anew.
+ */
+DROP VIEW wf.metrics;
+DROP FUNCTION @extschema@.wf_metrics(text, interval);
+DROP FUNCTION wf._metrics(oid, text, text, interval);
 -- @function wf._metrics
+-- @function @extschema@.wf_metrics
+-- @view wf.metrics
+GRANT SELECT ON wf.metrics TO PUBLIC;
+COMMENT ON FUNCTION @extschema@.wf_metrics(text, interval) IS 'executions, success, error and skip rates, duration percentiles of a workflow and of each of its steps, and the bottleneck steps of their critical paths';
+COMMENT ON VIEW wf.metrics IS 'every workflow''s figures of the last hour, one row per workflow and measure (for a Prometheus SQL exporter): runs ended, completed, failed, cancelled, success and error ratios, run duration mean and percentiles in seconds, runs pending, running and waiting now';
 
 /* A breaker's record says when a failure opened it (wf_recommendations). */
 DROP FUNCTION wf._breaker_record(text, boolean, int, interval);
