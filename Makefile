@@ -21,6 +21,8 @@ OBJS = \
 	src/owners.o \
 	src/slots.o \
 	src/validate.o \
+	src/validate_values.o \
+	src/validate_steps.o \
 	src/sandbox.o \
 	src/util.o
 

@@ -27,6 +27,11 @@
  * this file must therefore run inside a transaction and not in parallel
  * mode.  All memory is allocated in CurrentMemoryContext.
  *
+ * This file walks the definition (the exported functions, the table of
+ * keys, the step lists and their dependency cycles); validate_values.c
+ * checks values, validate_steps.c the definition's keys, step policies and
+ * step actions; validate_int.h is what they share.
+ *
  * src/validate.c
  *
  *-------------------------------------------------------------------------
@@ -53,113 +58,17 @@
 
 #include "pg_workflow.h"
 
-/* Longest step, branch, agent pool or workflow name, in bytes. */
-#define WFV_MAX_NAME		63
-/* An agent pool's: its NOTIFY channel, wf_pool_<pool>, is a name too. */
-#define WFV_MAX_POOL_NAME	(WFV_MAX_NAME - 8)
-/* Most steps in one definition, nested steps included. */
-#define WFV_MAX_STEPS		1000
-/* Deepest nesting of step lists; the top-level list is level 1. */
-#define WFV_MAX_DEPTH		16
-/* Largest "max_attempts" of a retry policy. */
-#define WFV_MAX_ATTEMPTS	1000
-/* Most problems listed in the DETAIL of wf_validate_report(). */
-#define WFV_MAX_DETAIL		100
+#include "validate_int.h"
 
-#define WFV_NULL_MESSAGE	"definition must not be null"
-
-/* State of one validation. */
-struct WfvState
-{
-	List	   *problems;		/* WfProblem *, in the order found */
-	HTAB	   *names;			/* every valid step name seen so far */
-	int			nsteps;			/* steps seen so far, nested ones included */
-	bool		stop;			/* too many steps: look at no more of them */
-};
-
-/* Entry of WfvState.names. */
-typedef struct WfvName
-{
-	char		name[WFV_MAX_NAME + 1];
-} WfvName;
-
-/* One list of steps: the top-level one, a branch of "if" or "parallel"... */
-typedef struct WfvList
-{
-	const char *where;			/* e.g. "then" of step "x"; NULL at the top */
-	bool		single;			/* the only step of a "map" */
-	int			depth;			/* nesting level, 1 for the top-level list */
-	int			nsteps;
-	JsonbValue **steps;
-	char	  **names;			/* each step's "name" if a string, else NULL */
-	int		   *sorted;			/* positions of the named steps, by name */
-	int			nsorted;
-	bool	   *has_deps;		/* has the step a "dependencies" key? */
-	List	  **edges;			/* each step's dependencies, as positions */
-	int		   *mark;			/* scratch: finds repeated dependencies */
-} WfvList;
-
-typedef struct WfvFeature WfvFeature;
-
-/* An object being checked: the definition, a step, or a step's part. */
-struct WfvObject
-{
-	const char *label;			/* message prefix, NULL for the definition */
-	const char *within;			/* "compensate" for a compensate action */
-	JsonbContainer *obj;
-	const WfStepKind *action;	/* the only action, once found */
-	int			depth;			/* level of the step's list, 0 at the top */
-	WfvList    *list;			/* list holding the step, if a step */
-	int			index;			/* position of the step in that list */
-};
-
-/* Checks the value of one key; path names it in messages. */
-typedef void (*WfvCheck) (WfvState *st, WfvObject *o, const char *path,
-						  JsonbValue *value);
-
-typedef enum WfvRole
-{
-	WFV_DOCUMENT = 1 << 0,		/* a key of the definition itself */
-	WFV_ACTION = 1 << 1,		/* a step's action: exactly one per step */
-	WFV_COMPANION = 1 << 2,		/* a step key allowed only with an action */
-	WFV_POLICY = 1 << 3,		/* a step key allowed with every action */
-	WFV_STRATEGY = 1 << 4		/* a value of "on_error" */
-} WfvRole;
-
-/* An entry of wfv_features[]. */
-struct WfvFeature
-{
-	const char *name;			/* the key, or the strategy */
-	WfvRole		role;
-	const char *kind;			/* WFV_COMPANION: the action it goes with */
-	WfvCheck	check;			/* checks the value; NULL if nothing to do */
-	bool		supported;		/* false: rejected as not supported yet */
-};
-
-typedef Datum (*WfvParser) (const char *str);
-
-static void wfv_check_text(WfvState *st, WfvObject *o, const char *path,
-						   JsonbValue *v);
-static void wfv_check_interval(WfvState *st, WfvObject *o, const char *path,
-							   JsonbValue *v);
-static void wfv_check_jsonpath(WfvState *st, WfvObject *o, const char *path,
-							   JsonbValue *v);
-static void wfv_check_retry(WfvState *st, WfvObject *o, const char *path,
-							JsonbValue *v);
-static void wfv_check_on_error(WfvState *st, WfvObject *o, const char *path,
-							   JsonbValue *v);
-static void wfv_check_top_steps(WfvState *st, WfvObject *o, const char *path,
-								JsonbValue *v);
-static void wfv_check_dependencies(WfvState *st, WfvObject *o,
-								   const char *path, JsonbValue *v);
-static void wfv_check_compensate(WfvState *st, WfvObject *o, const char *path,
-								 JsonbValue *v);
-static void wfv_check_circuit_breaker(WfvState *st, WfvObject *o,
-									  const char *path, JsonbValue *v);
-static void wfv_check_concurrency(WfvState *st, WfvObject *o,
-								  const char *path, JsonbValue *v);
-static void wfv_check_rate_limit(WfvState *st, WfvObject *o,
-								 const char *path, JsonbValue *v);
+static const char **wfv_kind_names(void);
+static void wfv_check_keys(WfvState *st, WfvObject *o, WfvRole role);
+static void wfv_steps(WfvState *st, JsonbValue **steps, int nsteps,
+					  int depth, const char *where, bool single);
+static int	wfv_name_cmp(const void *a, const void *b, void *arg);
+static char *wfv_step_label(WfvList *list, int index, const char *name);
+static void wfv_cycles(WfvState *st, WfvList *list);
+static void wfv_cycles_visit(WfvState *st, WfvList *list, int step,
+							 char *state, int *path, int *npath);
 
 /*
  * Everything a definition may contain besides the step actions (which are
@@ -204,80 +113,6 @@ static const WfvFeature wfv_features[] = {
 };
 
 #define WFV_NFEATURES	lengthof(wfv_features)
-
-static void wfv_problem(WfvState *st, const char *label, int sqlstate,
-						const char *fmt,...) pg_attribute_printf(4, 5);
-static const WfvFeature *wfv_find(int roles, const char *name, int len);
-static const char **wfv_feature_names(WfvRole role);
-static const char **wfv_kind_names(void);
-static char *wfv_join(const char *const *items, bool quote_and);
-static const char *wfv_path(WfvObject *o, const char *key);
-static char *wfv_sub(const char *path, const char *key);
-static JsonbValue *wfv_get(JsonbContainer *obj, const char *key,
-						   JsonbValue *res);
-static JsonbValue *wfv_member(WfvState *st, const char *label,
-							  JsonbContainer *obj, const char *key,
-							  const char *path, bool required,
-							  JsonbValue *res);
-static bool wfv_is_object(JsonbValue *v);
-static bool wfv_is_array(JsonbValue *v);
-static void wfv_unknown_keys(WfvState *st, const char *label,
-							 JsonbContainer *obj, const char *const *keys,
-							 int roles, const char *path);
-static bool wfv_try_parse(WfvParser parser, const char *str, Datum *result,
-						  ErrorData **error);
-static Datum wfv_parse_interval(const char *str);
-static Datum wfv_parse_jsonpath(const char *str);
-static Datum wfv_parse_sql(const char *str);
-static char *wfv_string(WfvState *st, const char *label, const char *path,
-						JsonbValue *v, bool nonempty);
-static JsonbContainer *wfv_object(WfvState *st, const char *label,
-								  const char *path, JsonbValue *v);
-static bool wfv_name_chars(const char *s);
-static bool wfv_check_name(WfvState *st, const char *label, const char *path,
-						   const char *name, bool restricted);
-static Interval *wfv_interval(WfvState *st, const char *label,
-							  const char *path, JsonbValue *v);
-static bool wfv_jsonpath(WfvState *st, const char *label, const char *path,
-						 JsonbValue *v);
-static bool wfv_template(WfvState *st, const char *label, const char *path,
-						 JsonbValue *v);
-static void wfv_templates_in(WfvState *st, const char *label,
-							 StringInfo path, JsonbValue *v);
-static void wfv_any_templates(WfvState *st, const char *label,
-							  const char *path, JsonbValue *v);
-static char *wfv_secret_in(const char *str, int len);
-static void wfv_secrets_in(WfvState *st, const char *label, StringInfo path,
-						   JsonbValue *v);
-static void wfv_secrets_of(WfvState *st, const char *label, StringInfo path,
-						   JsonbContainer *obj, const char *const *skip);
-static void wfv_step_secrets(WfvState *st, const char *label,
-							 StringInfo path, JsonbContainer *obj);
-static bool wfv_numeric_int(Numeric num, int32 *result);
-static bool wfv_integer(WfvState *st, const char *label, const char *path,
-						JsonbValue *v, int32 min, int32 max);
-static const char *wfv_enum(WfvState *st, const char *label,
-							const char *path, JsonbValue *v,
-							const char *const *values);
-static bool wfv_status_code(JsonbValue *v);
-static bool wfv_ok_status(JsonbValue *v);
-static void wfv_check_keys(WfvState *st, WfvObject *o, WfvRole role);
-static void wfv_check_action(WfvState *st, WfvObject *o);
-static void wfv_check_companions(WfvState *st, WfvObject *o);
-static void wfv_step_array(WfvState *st, WfvObject *o, const char *path,
-						   JsonbValue *v, bool nonempty);
-static void wfv_nested(WfvState *st, WfvObject *o, const char *path,
-					   JsonbValue **steps, int nsteps, bool single);
-static void wfv_steps(WfvState *st, JsonbValue **steps, int nsteps,
-					  int depth, const char *where, bool single);
-static int	wfv_name_cmp(const void *a, const void *b, void *arg);
-static int	wfv_list_find(WfvList *list, const char *name);
-static char *wfv_step_label(WfvList *list, int index, const char *name);
-static void wfv_step(WfvState *st, WfvList *list, int index);
-static void wfv_cycles(WfvState *st, WfvList *list);
-static void wfv_cycles_visit(WfvState *st, WfvList *list, int step,
-							 char *state, int *path, int *npath);
-
 
 /* ----------------------------------------------------------------
  * Exported functions
@@ -501,14 +336,13 @@ wf_check_definition(PG_FUNCTION_ARGS)
 	PG_RETURN_VOID();
 }
 
-
 /* ----------------------------------------------------------------
  * Generic helpers
  * ----------------------------------------------------------------
  */
 
 /* Record a problem; label, if any, prefixes the message. */
-static void
+void
 wfv_problem(WfvState *st, const char *label, int sqlstate,
 			const char *fmt,...)
 {
@@ -537,7 +371,7 @@ wfv_problem(WfvState *st, const char *label, int sqlstate,
 }
 
 /* The entry of wfv_features[] with one of the roles and this name. */
-static const WfvFeature *
+const WfvFeature *
 wfv_find(int roles, const char *name, int len)
 {
 	int			i;
@@ -554,7 +388,7 @@ wfv_find(int roles, const char *name, int len)
 }
 
 /* NULL-terminated names of the features of a role. */
-static const char **
+const char **
 wfv_feature_names(WfvRole role)
 {
 	const char **names = palloc(sizeof(char *) * (WFV_NFEATURES + 1));
@@ -588,7 +422,7 @@ wfv_kind_names(void)
 }
 
 /* "a, b, c", or with quote_and "\"a\", \"b\" and \"c\"". */
-static char *
+char *
 wfv_join(const char *const *items, bool quote_and)
 {
 	StringInfoData buf;
@@ -610,28 +444,28 @@ wfv_join(const char *const *items, bool quote_and)
 }
 
 /* How a key of o is named in messages: "sql" or "compensate.sql". */
-static const char *
+const char *
 wfv_path(WfvObject *o, const char *key)
 {
 	return o->within ? wfv_sub(o->within, key) : key;
 }
 
 /* How a key of the object named path is named in messages. */
-static char *
+char *
 wfv_sub(const char *path, const char *key)
 {
 	return psprintf("%s.%s", path, key);
 }
 
 /* The value of key in object obj, or NULL. */
-static JsonbValue *
+JsonbValue *
 wfv_get(JsonbContainer *obj, const char *key, JsonbValue *res)
 {
 	return getKeyJsonValueFromContainer(obj, key, strlen(key), res);
 }
 
 /* Like wfv_get(), and reports a required key that is missing. */
-static JsonbValue *
+JsonbValue *
 wfv_member(WfvState *st, const char *label, JsonbContainer *obj,
 		   const char *key, const char *path, bool required, JsonbValue *res)
 {
@@ -643,13 +477,13 @@ wfv_member(WfvState *st, const char *label, JsonbContainer *obj,
 	return v;
 }
 
-static bool
+bool
 wfv_is_object(JsonbValue *v)
 {
 	return v->type == jbvBinary && JsonContainerIsObject(v->val.binary.data);
 }
 
-static bool
+bool
 wfv_is_array(JsonbValue *v)
 {
 	return v->type == jbvBinary && JsonContainerIsArray(v->val.binary.data);
@@ -660,7 +494,7 @@ wfv_is_array(JsonbValue *v)
  * NULL) nor features of one of roles.  path names obj in the messages; for
  * a step (label set, path NULL) and the definition (neither) it is implied.
  */
-static void
+void
 wfv_unknown_keys(WfvState *st, const char *label, JsonbContainer *obj,
 				 const char *const *keys, int roles, const char *path)
 {
@@ -697,648 +531,6 @@ wfv_unknown_keys(WfvState *st, const char *label, JsonbContainer *obj,
 						"unknown key \"%s\"", name);
 	}
 }
-
-
-/* ----------------------------------------------------------------
- * Checks of values
- * ----------------------------------------------------------------
- */
-
-/*
- * Run a parser inside an internal subtransaction, as PL/pgSQL runs a block
- * with an exception handler.  On success, returns true and the parser's
- * result (allocated in the caller's memory context).  If the input is
- * rejected, returns false and the error.  Errors that are not about the
- * input (query cancel, out of memory...) are thrown again.
- *
- * The callers' error context callbacks are hidden from the parser: they
- * describe what the caller is doing, not our input, and some of them alter
- * the error (SPI's turns the error position into an internal position).
- */
-static bool
-wfv_try_parse(WfvParser parser, const char *str, Datum *result,
-			  ErrorData **error)
-{
-	MemoryContext oldcontext = CurrentMemoryContext;
-	ResourceOwner oldowner = CurrentResourceOwner;
-	volatile bool ok = false;
-
-	*result = (Datum) 0;
-	*error = NULL;
-
-	BeginInternalSubTransaction(NULL);
-	/* Parse in the caller's memory context, so that the result survives. */
-	MemoryContextSwitchTo(oldcontext);
-
-	PG_TRY();
-	{
-		ErrorContextCallback *save_context = error_context_stack;
-
-		error_context_stack = NULL;
-		*result = parser(str);
-		error_context_stack = save_context;
-
-		ReleaseCurrentSubTransaction();
-		ok = true;
-	}
-	PG_CATCH();
-	{
-		ErrorData  *edata;
-		int			category;
-
-		MemoryContextSwitchTo(oldcontext);
-		edata = CopyErrorData();
-		FlushErrorState();
-
-		RollbackAndReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(oldcontext);
-		CurrentResourceOwner = oldowner;
-
-		category = ERRCODE_TO_CATEGORY(edata->sqlerrcode);
-		if (category != ERRCODE_DATA_EXCEPTION &&
-			category != ERRCODE_SYNTAX_ERROR_OR_ACCESS_RULE_VIOLATION)
-			ReThrowError(edata);
-		*error = edata;
-	}
-	PG_END_TRY();
-
-	MemoryContextSwitchTo(oldcontext);
-	CurrentResourceOwner = oldowner;
-
-	return ok;
-}
-
-static Datum
-wfv_parse_interval(const char *str)
-{
-	return DirectFunctionCall3(interval_in,
-							   CStringGetDatum(str),
-							   ObjectIdGetDatum(InvalidOid),
-							   Int32GetDatum(-1));
-}
-
-static Datum
-wfv_parse_jsonpath(const char *str)
-{
-	return DirectFunctionCall1(jsonpath_in, CStringGetDatum(str));
-}
-
-static Datum
-wfv_parse_sql(const char *str)
-{
-	return PointerGetDatum(raw_parser(str, RAW_PARSE_DEFAULT));
-}
-
-/* The string value v, or NULL after reporting that it is not one. */
-static char *
-wfv_string(WfvState *st, const char *label, const char *path,
-		   JsonbValue *v, bool nonempty)
-{
-	if (v->type != jbvString)
-	{
-		wfv_problem(st, label, ERRCODE_INVALID_PARAMETER_VALUE,
-					"\"%s\" must be a string", path);
-		return NULL;
-	}
-	if (nonempty && v->val.string.len == 0)
-	{
-		wfv_problem(st, label, ERRCODE_INVALID_PARAMETER_VALUE,
-					"\"%s\" must not be empty", path);
-		return NULL;
-	}
-	return pnstrdup(v->val.string.val, v->val.string.len);
-}
-
-/* The object value v, or NULL after reporting that it is not one. */
-static JsonbContainer *
-wfv_object(WfvState *st, const char *label, const char *path, JsonbValue *v)
-{
-	if (!wfv_is_object(v))
-	{
-		wfv_problem(st, label, ERRCODE_INVALID_PARAMETER_VALUE,
-					"\"%s\" must be an object", path);
-		return NULL;
-	}
-	return v->val.binary.data;
-}
-
-/* Does s match ^[A-Za-z0-9_.-]+$? */
-static bool
-wfv_name_chars(const char *s)
-{
-	if (*s == '\0')
-		return false;
-	for (; *s != '\0'; s++)
-	{
-		char		c = *s;
-
-		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-			  (c >= '0' && c <= '9') || c == '_' || c == '.' || c == '-'))
-			return false;
-	}
-	return true;
-}
-
-/*
- * Check a name: not empty, at most WFV_MAX_NAME bytes and, if restricted,
- * made of the characters of step names.
- */
-static bool
-wfv_check_name(WfvState *st, const char *label, const char *path,
-			   const char *name, bool restricted)
-{
-	if (name[0] == '\0')
-		wfv_problem(st, label, ERRCODE_INVALID_PARAMETER_VALUE,
-					"\"%s\" must not be empty", path);
-	else if (strlen(name) > WFV_MAX_NAME)
-		wfv_problem(st, label, ERRCODE_PROGRAM_LIMIT_EXCEEDED,
-					"\"%s\" is longer than %d bytes", path, WFV_MAX_NAME);
-	else if (restricted && !wfv_name_chars(name))
-		wfv_problem(st, label, ERRCODE_INVALID_PARAMETER_VALUE,
-					"\"%s\" must contain only letters, digits, \"_\", \".\" and \"-\": \"%s\"",
-					path, name);
-	else
-		return true;
-	return false;
-}
-
-/* The positive interval v, or NULL after reporting what is wrong. */
-static Interval *
-wfv_interval(WfvState *st, const char *label, const char *path,
-			 JsonbValue *v)
-{
-	char	   *str = wfv_string(st, label, path, v, false);
-	Interval   *zero;
-	Datum		parsed;
-	ErrorData  *edata;
-
-	if (str == NULL)
-		return NULL;
-	if (!wfv_try_parse(wfv_parse_interval, str, &parsed, &edata))
-	{
-		wfv_problem(st, label, ERRCODE_INVALID_PARAMETER_VALUE,
-					"\"%s\" is not a valid interval: \"%s\"", path, str);
-		return NULL;
-	}
-
-	zero = palloc0(sizeof(Interval));
-	if (DatumGetInt32(DirectFunctionCall2(interval_cmp, parsed,
-										  IntervalPGetDatum(zero))) <= 0)
-	{
-		wfv_problem(st, label, ERRCODE_INVALID_PARAMETER_VALUE,
-					"\"%s\" must be positive", path);
-		return NULL;
-	}
-	return DatumGetIntervalP(parsed);
-}
-
-/* Is v a string that parses as a JSON path?  Reports it if not. */
-static bool
-wfv_jsonpath(WfvState *st, const char *label, const char *path,
-			 JsonbValue *v)
-{
-	char	   *str = wfv_string(st, label, path, v, false);
-	Datum		parsed;
-	ErrorData  *edata;
-
-	if (str == NULL)
-		return false;
-	if (!wfv_try_parse(wfv_parse_jsonpath, str, &parsed, &edata))
-	{
-		wfv_problem(st, label, ERRCODE_INVALID_PARAMETER_VALUE,
-					"\"%s\" is not a valid JSON path: %s",
-					path, edata->message);
-		return false;
-	}
-	return true;
-}
-
-/* Is v a string with valid templates?  Reports it if not. */
-static bool
-wfv_template(WfvState *st, const char *label, const char *path,
-			 JsonbValue *v)
-{
-	char	   *str = wfv_string(st, label, path, v, false);
-	char	   *problem;
-
-	if (str == NULL)
-		return false;
-	if (!wf_validate_template(str, &problem))
-	{
-		wfv_problem(st, label, ERRCODE_INVALID_PARAMETER_VALUE,
-					"invalid template in \"%s\": %s", path, problem);
-		return false;
-	}
-	return true;
-}
-
-/*
- * Check the templates of every string in any JSON value v (object keys are
- * not templated).  path names v and is extended for its members.
- */
-static void
-wfv_templates_in(WfvState *st, const char *label, StringInfo path,
-				 JsonbValue *v)
-{
-	JsonbContainer *c;
-	int			len = path->len;
-
-	check_stack_depth();
-	CHECK_FOR_INTERRUPTS();
-
-	if (v->type == jbvString)
-	{
-		(void) wfv_template(st, label, path->data, v);
-		return;
-	}
-	if (v->type != jbvBinary)
-		return;
-
-	c = v->val.binary.data;
-	if (JsonContainerIsArray(c))
-	{
-		uint32		n = JsonContainerSize(c);
-
-		for (uint32 i = 0; i < n; i++)
-		{
-			appendStringInfo(path, "[%u]", i);
-			wfv_templates_in(st, label, path,
-							 getIthJsonbValueFromContainer(c, i));
-			path->len = len;
-			path->data[len] = '\0';
-		}
-	}
-	else
-	{
-		JsonbIterator *it = JsonbIteratorInit(c);
-		JsonbIteratorToken tok;
-		JsonbValue	key;
-		JsonbValue	val;
-
-		while ((tok = JsonbIteratorNext(&it, &key, true)) != WJB_DONE)
-		{
-			if (tok != WJB_KEY)
-				continue;
-			tok = JsonbIteratorNext(&it, &val, true);
-			Assert(tok == WJB_VALUE);
-			appendStringInfoChar(path, '.');
-			appendBinaryStringInfo(path, key.val.string.val,
-								   key.val.string.len);
-			wfv_templates_in(st, label, path, &val);
-			path->len = len;
-			path->data[len] = '\0';
-		}
-	}
-}
-
-/* wfv_templates_in() for a value named path. */
-static void
-wfv_any_templates(WfvState *st, const char *label, const char *path,
-				  JsonbValue *v)
-{
-	StringInfoData buf;
-
-	initStringInfo(&buf);
-	appendStringInfoString(&buf, path);
-	wfv_templates_in(st, label, &buf, v);
-}
-
-/*
- * Where secrets may be
- *
- * "{{secret.NAME}}" renders only in an http action's url, header values
- * and body; anywhere else in a definition it is a problem, reported with
- * its path.  The walk is over the whole step object rather than over the
- * keys the engine renders, so that a key that becomes templated one day is
- * covered without being listed here.  Nested step lists are skipped: their
- * steps are walked by wfv_step() like any other.
- */
-
-/* The name of the first secret template in str (len bytes), or NULL. */
-static char *
-wfv_secret_in(const char *str, int len)
-{
-	const char *p = str;
-	const char *end = str + len;
-
-	while (p < end)
-	{
-		const char *open = NULL;
-		const char *close = NULL;
-		const char *start;
-		const char *stop;
-
-		for (; p + 1 < end; p++)
-			if (p[0] == '{' && p[1] == '{')
-			{
-				open = p;
-				break;
-			}
-		if (open == NULL)
-			return NULL;
-		for (p = open + 2; p + 1 < end; p++)
-			if (p[0] == '}' && p[1] == '}')
-			{
-				close = p;
-				break;
-			}
-		if (close == NULL)
-			return NULL;
-
-		start = open + 2;
-		stop = close;
-		while (start < stop && isspace((unsigned char) *start))
-			start++;
-		while (stop > start && isspace((unsigned char) stop[-1]))
-			stop--;
-		if (stop - start >= 7 && strncmp(start, "secret.", 7) == 0)
-			return pnstrdup(start + 7, stop - start - 7);
-		p = close + 2;
-	}
-	return NULL;
-}
-
-/* Report the secrets in the strings of v, a value named path. */
-static void
-wfv_secrets_in(WfvState *st, const char *label, StringInfo path,
-			   JsonbValue *v)
-{
-	check_stack_depth();
-	CHECK_FOR_INTERRUPTS();
-
-	if (v->type == jbvString)
-	{
-		char	   *name = wfv_secret_in(v->val.string.val, v->val.string.len);
-
-		if (name != NULL)
-			wfv_problem(st, label, ERRCODE_INVALID_PARAMETER_VALUE,
-						"\"%s\" uses secret \"%s\": secrets are allowed only in an http step's url, headers and body",
-						path->data, name);
-		return;
-	}
-	if (v->type != jbvBinary)
-		return;
-	if (JsonContainerIsArray(v->val.binary.data))
-	{
-		int			len = path->len;
-		uint32		n = JsonContainerSize(v->val.binary.data);
-
-		for (uint32 i = 0; i < n; i++)
-		{
-			appendStringInfo(path, "[%u]", i);
-			wfv_secrets_in(st, label, path,
-						   getIthJsonbValueFromContainer(v->val.binary.data, i));
-			path->len = len;
-			path->data[len] = '\0';
-		}
-	}
-	else
-		wfv_secrets_of(st, label, path, v->val.binary.data, NULL);
-}
-
-/*
- * Report the secrets in the members of object obj, named path ("" for a
- * step or the definition), except those of the keys in skip.
- */
-static void
-wfv_secrets_of(WfvState *st, const char *label, StringInfo path,
-			   JsonbContainer *obj, const char *const *skip)
-{
-	JsonbIterator *it = JsonbIteratorInit(obj);
-	JsonbIteratorToken tok;
-	JsonbValue	key;
-	JsonbValue	val;
-	int			len = path->len;
-
-	while ((tok = JsonbIteratorNext(&it, &key, true)) != WJB_DONE)
-	{
-		bool		skipped = false;
-
-		if (tok != WJB_KEY)
-			continue;
-		tok = JsonbIteratorNext(&it, &val, true);
-		Assert(tok == WJB_VALUE);
-		for (int i = 0; skip != NULL && skip[i] != NULL && !skipped; i++)
-			skipped = (strlen(skip[i]) == key.val.string.len &&
-					   memcmp(skip[i], key.val.string.val, key.val.string.len) == 0);
-		if (skipped)
-			continue;
-		if (len > 0)
-			appendStringInfoChar(path, '.');
-		appendBinaryStringInfo(path, key.val.string.val, key.val.string.len);
-		wfv_secrets_in(st, label, path, &val);
-		path->len = len;
-		path->data[len] = '\0';
-	}
-}
-
-/*
- * Report the secrets of a step object, or of a "compensate" action (path
- * "compensate"), outside an http action's url, headers and body and the
- * steps it holds.
- */
-static void
-wfv_step_secrets(WfvState *st, const char *label, StringInfo path,
-				 JsonbContainer *obj)
-{
-	static const char *const step_lists[] = {"then", "else", "parallel",
-	"map", "http", "compensate", NULL};
-	static const char *const http_secrets[] = {"url", "headers", "body", NULL};
-	static const char *const branch_steps[] = {"steps", NULL};
-	static const char *const map_step[] = {"step", NULL};
-	int			len = path->len;
-	JsonbValue	jv;
-	JsonbValue *v;
-
-	wfv_secrets_of(st, label, path, obj, step_lists);
-
-	/* The steps of "then", "else", branches and maps are steps. */
-	for (int i = 0; i < 2; i++)
-	{
-		const char *key = i == 0 ? "then" : "else";
-
-		if ((v = wfv_get(obj, key, &jv)) != NULL && !wfv_is_array(v))
-		{
-			appendStringInfo(path, len > 0 ? ".%s" : "%s", key);
-			wfv_secrets_in(st, label, path, v);
-			path->len = len;
-			path->data[len] = '\0';
-		}
-	}
-
-	appendStringInfoString(path, len > 0 ? ".parallel" : "parallel");
-	if ((v = wfv_get(obj, "parallel", &jv)) != NULL)
-	{
-		if (wfv_is_array(v))
-		{
-			uint32		n = JsonContainerSize(v->val.binary.data);
-			int			plen = path->len;
-
-			for (uint32 i = 0; i < n; i++)
-			{
-				JsonbValue *b = getIthJsonbValueFromContainer(v->val.binary.data, i);
-
-				appendStringInfo(path, "[%u]", i);
-				if (wfv_is_object(b))
-					wfv_secrets_of(st, label, path, b->val.binary.data,
-								   branch_steps);
-				else
-					wfv_secrets_in(st, label, path, b);
-				path->len = plen;
-				path->data[plen] = '\0';
-			}
-		}
-		else
-			wfv_secrets_in(st, label, path, v);
-	}
-	path->len = len;
-	path->data[len] = '\0';
-
-	appendStringInfoString(path, len > 0 ? ".map" : "map");
-	if ((v = wfv_get(obj, "map", &jv)) != NULL)
-	{
-		if (wfv_is_object(v))
-			wfv_secrets_of(st, label, path, v->val.binary.data, map_step);
-		else
-			wfv_secrets_in(st, label, path, v);
-	}
-	path->len = len;
-	path->data[len] = '\0';
-
-	appendStringInfoString(path, len > 0 ? ".http" : "http");
-	if ((v = wfv_get(obj, "http", &jv)) != NULL)
-	{
-		if (wfv_is_object(v))
-			wfv_secrets_of(st, label, path, v->val.binary.data, http_secrets);
-		else
-			wfv_secrets_in(st, label, path, v);
-	}
-	path->len = len;
-	path->data[len] = '\0';
-
-	/* A step's compensate action is walked as the step is. */
-	if ((v = wfv_get(obj, "compensate", &jv)) != NULL)
-	{
-		appendStringInfoString(path, len > 0 ? ".compensate" : "compensate");
-		if (len == 0 && wfv_is_object(v))
-			wfv_step_secrets(st, label, path, v->val.binary.data);
-		else
-			wfv_secrets_in(st, label, path, v);
-		path->len = len;
-		path->data[len] = '\0';
-	}
-}
-
-/* Is num an integer that fits in int32?  Then sets *result. */
-static bool
-wfv_numeric_int(Numeric num, int32 *result)
-{
-	bool		error = false;
-	int32		i = numeric_int4_opt_error(num, &error);
-	Datum		rounded;
-
-	if (error)
-		return false;
-	/* numeric_int4_opt_error() rounds: reject what it had to round */
-	rounded = NumericGetDatum(int64_to_numeric(i));
-	if (!DatumGetBool(DirectFunctionCall2(numeric_eq, NumericGetDatum(num),
-										  rounded)))
-		return false;
-	*result = i;
-	return true;
-}
-
-/*
- * Is v an integer from min to max?  Reports it if not.  A max of
- * PG_INT32_MAX means no upper bound, and min must then be 1.
- */
-static bool
-wfv_integer(WfvState *st, const char *label, const char *path,
-			JsonbValue *v, int32 min, int32 max)
-{
-	int32		i;
-
-	if (v->type == jbvNumeric && wfv_numeric_int(v->val.numeric, &i) &&
-		i >= min && i <= max)
-		return true;
-
-	if (max == PG_INT32_MAX)
-	{
-		Assert(min == 1);
-		wfv_problem(st, label, ERRCODE_INVALID_PARAMETER_VALUE,
-					"\"%s\" must be a positive integer", path);
-	}
-	else
-		wfv_problem(st, label, ERRCODE_INVALID_PARAMETER_VALUE,
-					"\"%s\" must be an integer between %d and %d",
-					path, min, max);
-	return false;
-}
-
-/*
- * The member of values (NULL-terminated) that string v equals, or NULL
- * after reporting that v is none of them.
- */
-static const char *
-wfv_enum(WfvState *st, const char *label, const char *path, JsonbValue *v,
-		 const char *const *values)
-{
-	for (int i = 0; v->type == jbvString && values[i] != NULL; i++)
-	{
-		if (strlen(values[i]) == v->val.string.len &&
-			memcmp(values[i], v->val.string.val, v->val.string.len) == 0)
-			return values[i];
-	}
-	wfv_problem(st, label, ERRCODE_INVALID_PARAMETER_VALUE,
-				"\"%s\" must be one of %s", path, wfv_join(values, false));
-	return NULL;
-}
-
-/* Is v an HTTP status code? */
-static bool
-wfv_status_code(JsonbValue *v)
-{
-	int32		code;
-
-	return v->type == jbvNumeric && wfv_numeric_int(v->val.numeric, &code) &&
-		code >= 100 && code <= 599;
-}
-
-/* Is v a status code, a non-empty array of them, or a range "200-299"? */
-static bool
-wfv_ok_status(JsonbValue *v)
-{
-	if (v->type == jbvString)
-	{
-		char	   *s = pnstrdup(v->val.string.val, v->val.string.len);
-		int			lo,
-					hi;
-
-		if (strlen(s) != 7 || s[3] != '-' ||
-			strspn(s, "0123456789") != 3 ||
-			strspn(s + 4, "0123456789") != 3)
-			return false;
-		lo = (s[0] - '0') * 100 + (s[1] - '0') * 10 + (s[2] - '0');
-		hi = (s[4] - '0') * 100 + (s[5] - '0') * 10 + (s[6] - '0');
-		return lo >= 100 && lo <= hi && hi <= 599;
-	}
-	if (wfv_is_array(v))
-	{
-		JsonbContainer *c = v->val.binary.data;
-		uint32		n = JsonContainerSize(c);
-
-		if (n == 0)
-			return false;
-		for (uint32 i = 0; i < n; i++)
-		{
-			if (!wfv_status_code(getIthJsonbValueFromContainer(c, i)))
-				return false;
-		}
-		return true;
-	}
-	return wfv_status_code(v);
-}
-
 
 /* ----------------------------------------------------------------
  * Checks of keys, by wfv_features[]
@@ -1383,7 +575,7 @@ wfv_check_keys(WfvState *st, WfvObject *o, WfvRole role)
  * (and, in a compensate object, that may compensate).  Sets o->action and
  * checks it.
  */
-static void
+void
 wfv_check_action(WfvState *st, WfvObject *o)
 {
 	const char **found = palloc(sizeof(char *) * (wf_step_nkinds + 1));
@@ -1449,7 +641,7 @@ wfv_check_action(WfvState *st, WfvObject *o)
 }
 
 /* Report companion keys of o that lack their action. */
-static void
+void
 wfv_check_companions(WfvState *st, WfvObject *o)
 {
 	for (int i = 0; i < WFV_NFEATURES; i++)
@@ -1466,14 +658,13 @@ wfv_check_companions(WfvState *st, WfvObject *o)
 	}
 }
 
-
 /* ----------------------------------------------------------------
  * Step lists
  * ----------------------------------------------------------------
  */
 
 /* Check the steps of a value that must be an array of steps. */
-static void
+void
 wfv_step_array(WfvState *st, WfvObject *o, const char *path, JsonbValue *v,
 			   bool nonempty)
 {
@@ -1500,7 +691,7 @@ wfv_step_array(WfvState *st, WfvObject *o, const char *path, JsonbValue *v,
 }
 
 /* Check a list of steps held by o under key path, one level deeper. */
-static void
+void
 wfv_nested(WfvState *st, WfvObject *o, const char *path,
 		   JsonbValue **steps, int nsteps, bool single)
 {
@@ -1599,7 +790,7 @@ wfv_name_cmp(const void *a, const void *b, void *arg)
 }
 
 /* Position of the first step of list named name, or -1. */
-static int
+int
 wfv_list_find(WfvList *list, const char *name)
 {
 	int			lo = 0;
@@ -1633,7 +824,7 @@ wfv_step_label(WfvList *list, int index, const char *name)
 }
 
 /* Check one step, an object. */
-static void
+void
 wfv_step(WfvState *st, WfvList *list, int index)
 {
 	static const char *const step_keys[] = {"name", NULL};
@@ -1748,743 +939,3 @@ wfv_cycles_visit(WfvState *st, WfvList *list, int step, char *state,
 	state[step] = 2;
 }
 
-
-/* ----------------------------------------------------------------
- * Checks of the definition's keys and of step policies
- * ----------------------------------------------------------------
- */
-
-static void
-wfv_check_text(WfvState *st, WfvObject *o, const char *path, JsonbValue *v)
-{
-	(void) wfv_string(st, o->label, path, v, false);
-}
-
-static void
-wfv_check_interval(WfvState *st, WfvObject *o, const char *path,
-				   JsonbValue *v)
-{
-	(void) wfv_interval(st, o->label, path, v);
-}
-
-static void
-wfv_check_jsonpath(WfvState *st, WfvObject *o, const char *path,
-				   JsonbValue *v)
-{
-	(void) wfv_jsonpath(st, o->label, path, v);
-}
-
-static void
-wfv_check_top_steps(WfvState *st, WfvObject *o, const char *path,
-					JsonbValue *v)
-{
-	wfv_step_array(st, o, path, v, true);
-}
-
-/* "retry": {max_attempts, backoff, initial_interval, max_interval, jitter} */
-static void
-wfv_check_retry(WfvState *st, WfvObject *o, const char *path, JsonbValue *v)
-{
-	static const char *const keys[] = {"max_attempts", "backoff",
-	"initial_interval", "max_interval", "jitter", NULL};
-	static const char *const backoffs[] = {"fixed", "linear", "exponential",
-	NULL};
-	JsonbContainer *c = wfv_object(st, o->label, path, v);
-	Interval   *initial = NULL;
-	Interval   *max = NULL;
-	JsonbValue	jv;
-	JsonbValue *m;
-	char	   *p;
-
-	if (c == NULL)
-		return;
-	wfv_unknown_keys(st, o->label, c, keys, 0, path);
-
-	p = wfv_sub(path, "max_attempts");
-	if ((m = wfv_member(st, o->label, c, "max_attempts", p, false, &jv)))
-		(void) wfv_integer(st, o->label, p, m, 1, WFV_MAX_ATTEMPTS);
-
-	p = wfv_sub(path, "backoff");
-	if ((m = wfv_member(st, o->label, c, "backoff", p, false, &jv)))
-		(void) wfv_enum(st, o->label, p, m, backoffs);
-
-	p = wfv_sub(path, "initial_interval");
-	if ((m = wfv_member(st, o->label, c, "initial_interval", p, false, &jv)))
-		initial = wfv_interval(st, o->label, p, m);
-
-	p = wfv_sub(path, "max_interval");
-	if ((m = wfv_member(st, o->label, c, "max_interval", p, false, &jv)))
-		max = wfv_interval(st, o->label, p, m);
-
-	if (initial != NULL && max != NULL &&
-		DatumGetInt32(DirectFunctionCall2(interval_cmp,
-										  IntervalPGetDatum(max),
-										  IntervalPGetDatum(initial))) < 0)
-		wfv_problem(st, o->label, ERRCODE_INVALID_PARAMETER_VALUE,
-					"\"%s\" must not be less than \"%s\"",
-					p, wfv_sub(path, "initial_interval"));
-
-	p = wfv_sub(path, "jitter");
-	if ((m = wfv_member(st, o->label, c, "jitter", p, false, &jv)) &&
-		m->type != jbvBool)
-	{
-		Datum		zero = NumericGetDatum(int64_to_numeric(0));
-		Datum		one = NumericGetDatum(int64_to_numeric(1));
-
-		if (m->type != jbvNumeric ||
-			DatumGetInt32(DirectFunctionCall2(numeric_cmp,
-											  NumericGetDatum(m->val.numeric),
-											  zero)) < 0 ||
-			DatumGetInt32(DirectFunctionCall2(numeric_cmp,
-											  NumericGetDatum(m->val.numeric),
-											  one)) > 0)
-			wfv_problem(st, o->label, ERRCODE_INVALID_PARAMETER_VALUE,
-						"\"%s\" must be a number between 0 and 1, or a boolean",
-						p);
-	}
-}
-
-/* "on_error": STRATEGY or {"strategy": STRATEGY} */
-static void
-wfv_check_on_error(WfvState *st, WfvObject *o, const char *path,
-				   JsonbValue *v)
-{
-	static const char *const keys[] = {"strategy", NULL};
-	const char *strategy;
-	JsonbValue	jv;
-
-	if (wfv_is_object(v))
-	{
-		JsonbContainer *c = v->val.binary.data;
-
-		wfv_unknown_keys(st, o->label, c, keys, 0, path);
-		path = wfv_sub(path, "strategy");
-		if ((v = wfv_member(st, o->label, c, "strategy", path, true,
-							&jv)) == NULL)
-			return;
-	}
-	else if (v->type != jbvString)
-	{
-		wfv_problem(st, o->label, ERRCODE_INVALID_PARAMETER_VALUE,
-					"\"%s\" must be a string or an object", path);
-		return;
-	}
-
-	strategy = wfv_enum(st, o->label, path, v,
-						wfv_feature_names(WFV_STRATEGY));
-	if (strategy != NULL &&
-		!wfv_find(WFV_STRATEGY, strategy, strlen(strategy))->supported)
-		wfv_problem(st, o->label, ERRCODE_FEATURE_NOT_SUPPORTED,
-					"on_error strategy \"%s\" is not supported yet", strategy);
-}
-
-/* "dependencies": [names of other steps of the same list] */
-static void
-wfv_check_dependencies(WfvState *st, WfvObject *o, const char *path,
-					   JsonbValue *v)
-{
-	WfvList    *list = o->list;
-	JsonbContainer *c;
-	bool		bad_type = false;
-	uint32		n;
-
-	Assert(list != NULL);
-	if (!wfv_is_array(v))
-	{
-		wfv_problem(st, o->label, ERRCODE_INVALID_PARAMETER_VALUE,
-					"\"%s\" must be an array of step names", path);
-		return;
-	}
-
-	c = v->val.binary.data;
-	n = JsonContainerSize(c);
-	for (uint32 i = 0; i < n; i++)
-	{
-		JsonbValue *d = getIthJsonbValueFromContainer(c, i);
-		char	   *dep;
-		int			target;
-
-		CHECK_FOR_INTERRUPTS();
-
-		if (d->type != jbvString)
-		{
-			if (!bad_type)
-				wfv_problem(st, o->label, ERRCODE_INVALID_PARAMETER_VALUE,
-							"\"%s\" must be an array of step names", path);
-			bad_type = true;
-			continue;
-		}
-
-		dep = pnstrdup(d->val.string.val, d->val.string.len);
-		target = wfv_list_find(list, dep);
-		if (target < 0)
-			wfv_problem(st, o->label, ERRCODE_INVALID_PARAMETER_VALUE,
-						"dependency \"%s\" does not name a step%s", dep,
-						list->where ? " in the same list" : "");
-		else if (list->mark[target] == o->index + 1)
-			wfv_problem(st, o->label, ERRCODE_INVALID_PARAMETER_VALUE,
-						"dependency \"%s\" is listed more than once", dep);
-		else
-		{
-			list->mark[target] = o->index + 1;
-			if (target == o->index)
-				wfv_problem(st, o->label, ERRCODE_INVALID_OBJECT_DEFINITION,
-							"step depends on itself");
-			else
-				list->edges[o->index] = lappend_int(list->edges[o->index],
-													target);
-		}
-	}
-}
-
-/* "compensate": an object with one action, and its companion keys */
-static void
-wfv_check_compensate(WfvState *st, WfvObject *o, const char *path,
-					 JsonbValue *v)
-{
-	WfvObject	c;
-
-	if (!wfv_object(st, o->label, path, v))
-		return;
-
-	memset(&c, 0, sizeof(c));
-	c.label = o->label;
-	c.within = path;
-	c.obj = v->val.binary.data;
-	c.depth = o->depth;
-
-	wfv_unknown_keys(st, c.label, c.obj, NULL, WFV_ACTION | WFV_COMPANION,
-					 path);
-	wfv_check_action(st, &c);
-	wfv_check_companions(st, &c);
-}
-
-/* "circuit_breaker": {"failures": N, "reset_after": INTERVAL} */
-static void
-wfv_check_circuit_breaker(WfvState *st, WfvObject *o, const char *path,
-						  JsonbValue *v)
-{
-	static const char *const keys[] = {"failures", "reset_after", NULL};
-	JsonbContainer *c;
-	JsonbValue	jv;
-	JsonbValue *m;
-	char	   *p;
-
-	/* without a single action, that has been reported already */
-	if (o->action != NULL &&
-		strcmp(wf_kind_base(o->action)->name, "agent") == 0)
-		wfv_problem(st, o->label, ERRCODE_FEATURE_NOT_SUPPORTED,
-					"\"%s\" is not supported on agent steps yet", path);
-	else if (o->action != NULL &&
-			 strcmp(wf_kind_base(o->action)->name, "http") != 0)
-		wfv_problem(st, o->label, ERRCODE_INVALID_PARAMETER_VALUE,
-					"\"%s\" is only allowed on http steps", path);
-
-	if ((c = wfv_object(st, o->label, path, v)) == NULL)
-		return;
-	wfv_unknown_keys(st, o->label, c, keys, 0, path);
-
-	p = wfv_sub(path, "failures");
-	if ((m = wfv_member(st, o->label, c, "failures", p, true, &jv)))
-		(void) wfv_integer(st, o->label, p, m, 1, PG_INT32_MAX);
-
-	p = wfv_sub(path, "reset_after");
-	if ((m = wfv_member(st, o->label, c, "reset_after", p, true, &jv)))
-		(void) wfv_interval(st, o->label, p, m);
-}
-
-/*
- * "concurrency": {"key": TEMPLATE, "limit": N} of the workflow or of a
- * step; the key is rendered from the run's input (see wf._flow_admit), and
- * a step's also from its map item (wf._step_slot_key).
- */
-static void
-wfv_check_concurrency(WfvState *st, WfvObject *o, const char *path,
-					  JsonbValue *v)
-{
-	static const char *const keys[] = {"key", "limit", NULL};
-	JsonbContainer *c;
-	JsonbValue	jv;
-	JsonbValue *m;
-	char	   *p;
-
-	if ((c = wfv_object(st, o->label, path, v)) == NULL)
-		return;
-	wfv_unknown_keys(st, o->label, c, keys, 0, path);
-
-	p = wfv_sub(path, "key");
-	if ((m = wfv_member(st, o->label, c, "key", p, false, &jv)) &&
-		wfv_string(st, o->label, p, m, true) != NULL)
-		(void) wfv_template(st, o->label, p, m);
-
-	p = wfv_sub(path, "limit");
-	if ((m = wfv_member(st, o->label, c, "limit", p, true, &jv)))
-		(void) wfv_integer(st, o->label, p, m, 1, PG_INT32_MAX);
-}
-
-/*
- * "rate_limit": {"key": TEMPLATE, "limit": N, "per": INTERVAL} of an http
- * step (the key defaults to the url's host) or an agent step (its pool).  The limit is at most 10,000:
- * the bucket keeps the time of each grant within "per".
- */
-static void
-wfv_check_rate_limit(WfvState *st, WfvObject *o, const char *path,
-					 JsonbValue *v)
-{
-	static const char *const keys[] = {"key", "limit", "per", NULL};
-	JsonbContainer *c;
-	JsonbValue	jv;
-	JsonbValue *m;
-	char	   *p;
-
-	/* without a single action, that has been reported already */
-	if (o->action != NULL &&
-		strcmp(wf_kind_base(o->action)->name, "http") != 0 &&
-		strcmp(wf_kind_base(o->action)->name, "agent") != 0)
-		wfv_problem(st, o->label, ERRCODE_INVALID_PARAMETER_VALUE,
-					"\"%s\" is only allowed on http and agent steps", path);
-
-	if ((c = wfv_object(st, o->label, path, v)) == NULL)
-		return;
-	wfv_unknown_keys(st, o->label, c, keys, 0, path);
-
-	p = wfv_sub(path, "key");
-	if ((m = wfv_member(st, o->label, c, "key", p, false, &jv)) &&
-		wfv_string(st, o->label, p, m, true) != NULL)
-		(void) wfv_template(st, o->label, p, m);
-
-	p = wfv_sub(path, "limit");
-	if ((m = wfv_member(st, o->label, c, "limit", p, true, &jv)))
-		(void) wfv_integer(st, o->label, p, m, 1, 10000);
-
-	p = wfv_sub(path, "per");
-	if ((m = wfv_member(st, o->label, c, "per", p, true, &jv)))
-		(void) wfv_interval(st, o->label, p, m);
-}
-
-
-/* ----------------------------------------------------------------
- * Checks of step actions
- * ----------------------------------------------------------------
- */
-
-/* "sql": a statement, never templated; it reads the context as $1 */
-void
-wf_validate_sql(WfvState *st, WfvObject *o, const char *path, JsonbValue *v)
-{
-	char	   *sql = wfv_string(st, o->label, path, v, true);
-	Datum		parsed;
-	ErrorData  *edata;
-	List	   *stmts;
-	ListCell   *lc;
-
-	if (sql == NULL)
-		return;
-
-	if (!wfv_try_parse(wfv_parse_sql, sql, &parsed, &edata))
-	{
-		if (edata->cursorpos > 0)
-			wfv_problem(st, o->label, ERRCODE_SYNTAX_ERROR,
-						"\"%s\" is not valid SQL: %s at character %d",
-						path, edata->message, edata->cursorpos);
-		else
-			wfv_problem(st, o->label, ERRCODE_SYNTAX_ERROR,
-						"\"%s\" is not valid SQL: %s", path, edata->message);
-		return;
-	}
-
-	stmts = (List *) DatumGetPointer(parsed);
-	if (stmts == NIL)
-		wfv_problem(st, o->label, ERRCODE_INVALID_PARAMETER_VALUE,
-					"\"%s\" contains no statement", path);
-
-	foreach(lc, stmts)
-	{
-		RawStmt    *stmt = lfirst_node(RawStmt, lc);
-		const char *why;
-		const char *what;
-
-		if (IsA(stmt->stmt, TransactionStmt))
-		{
-			wfv_problem(st, o->label, ERRCODE_INVALID_PARAMETER_VALUE,
-						"\"%s\" must not contain transaction control statements",
-						path);
-			break;
-		}
-		if ((what = wf_sql_unsupported(stmt->stmt, &why)) != NULL)
-		{
-			wfv_problem(st, o->label, ERRCODE_INVALID_PARAMETER_VALUE,
-						"\"%s\" must not contain %s: %s", path, what, why);
-			break;
-		}
-	}
-}
-
-/* "http": {method, url, headers, body, timeout, ok_status} */
-void
-wf_validate_http(WfvState *st, WfvObject *o, const char *path, JsonbValue *v)
-{
-	static const char *const keys[] = {"method", "url", "headers", "body",
-	"timeout", "ok_status", NULL};
-	static const char *const methods[] = {"GET", "POST", "PUT", "PATCH",
-	"DELETE", "HEAD", NULL};
-	JsonbContainer *c = wfv_object(st, o->label, path, v);
-	JsonbValue	jv;
-	JsonbValue *m;
-	char	   *p;
-
-	if (c == NULL)
-		return;
-	wfv_unknown_keys(st, o->label, c, keys, 0, path);
-
-	p = wfv_sub(path, "method");
-	if ((m = wfv_member(st, o->label, c, "method", p, false, &jv)))
-		(void) wfv_enum(st, o->label, p, m, methods);
-
-	p = wfv_sub(path, "url");
-	if ((m = wfv_member(st, o->label, c, "url", p, true, &jv)) &&
-		wfv_template(st, o->label, p, m))
-	{
-		const char *url = m->val.string.val;
-		int			len = m->val.string.len;
-
-		/* without a template, the URL is final: check its scheme */
-		if (strstr(pnstrdup(url, len), "{{") == NULL &&
-			!(len >= 7 && pg_strncasecmp(url, "http://", 7) == 0) &&
-			!(len >= 8 && pg_strncasecmp(url, "https://", 8) == 0))
-			wfv_problem(st, o->label, ERRCODE_INVALID_PARAMETER_VALUE,
-						"\"%s\" must start with http:// or https://", p);
-	}
-
-	p = wfv_sub(path, "headers");
-	if ((m = wfv_member(st, o->label, c, "headers", p, false, &jv)) &&
-		wfv_object(st, o->label, p, m))
-	{
-		JsonbIterator *it = JsonbIteratorInit(m->val.binary.data);
-		JsonbIteratorToken tok;
-		JsonbValue	key;
-		JsonbValue	val;
-
-		while ((tok = JsonbIteratorNext(&it, &key, true)) != WJB_DONE)
-		{
-			if (tok != WJB_KEY)
-				continue;
-			tok = JsonbIteratorNext(&it, &val, true);
-			Assert(tok == WJB_VALUE);
-			(void) wfv_template(st, o->label,
-								psprintf("%s.%.*s", p, key.val.string.len,
-										 key.val.string.val),
-								&val);
-		}
-	}
-
-	p = wfv_sub(path, "body");
-	if ((m = wfv_member(st, o->label, c, "body", p, false, &jv)))
-		wfv_any_templates(st, o->label, p, m);
-
-	p = wfv_sub(path, "timeout");
-	if ((m = wfv_member(st, o->label, c, "timeout", p, false, &jv)))
-		(void) wfv_interval(st, o->label, p, m);
-
-	p = wfv_sub(path, "ok_status");
-	if ((m = wfv_member(st, o->label, c, "ok_status", p, false, &jv)) &&
-		!wfv_ok_status(m))
-		wfv_problem(st, o->label, ERRCODE_INVALID_PARAMETER_VALUE,
-					"\"%s\" must be a status code from 100 to 599, an array of them, or a range such as \"200-299\"",
-					p);
-}
-
-/* "agent": POOL, with "payload": any JSON, "requires": [CAPABILITY, ...] */
-void
-wf_validate_agent(WfvState *st, WfvObject *o, const char *path, JsonbValue *v)
-{
-	char	   *pool = wfv_string(st, o->label, path, v, false);
-	JsonbValue	jv;
-	JsonbValue *m;
-	const char *p = wfv_path(o, "payload");
-
-	if (pool != NULL && wfv_check_name(st, o->label, path, pool, true) &&
-		strlen(pool) > WFV_MAX_POOL_NAME)
-		wfv_problem(st, o->label, ERRCODE_PROGRAM_LIMIT_EXCEEDED,
-					"\"%s\" is longer than %d bytes", path, WFV_MAX_POOL_NAME);
-	if ((m = wfv_member(st, o->label, o->obj, "payload", p, false, &jv)))
-		wfv_any_templates(st, o->label, p, m);
-
-	p = wfv_path(o, "requires");
-	if ((m = wfv_member(st, o->label, o->obj, "requires", p, false, &jv)))
-	{
-		bool		ok = wfv_is_array(m);
-
-		if (ok)
-		{
-			JsonbIterator *it = JsonbIteratorInit(m->val.binary.data);
-			JsonbIteratorToken tok;
-			JsonbValue	ev;
-
-			while ((tok = JsonbIteratorNext(&it, &ev, true)) != WJB_DONE)
-				if (tok == WJB_ELEM && (ev.type != jbvString || ev.val.string.len == 0))
-					ok = false;
-		}
-		if (!ok)
-			wfv_problem(st, o->label, ERRCODE_INVALID_PARAMETER_VALUE,
-						"\"%s\" must be an array of non-empty strings", p);
-	}
-}
-
-/* "wait_for": {"signal": NAME} or {"event": NAME, "key": TEMPLATE}, timeout */
-void
-wf_validate_wait_for(WfvState *st, WfvObject *o, const char *path,
-				   JsonbValue *v)
-{
-	static const char *const keys[] = {"signal", "event", "key", "timeout",
-	NULL};
-	JsonbContainer *c = wfv_object(st, o->label, path, v);
-	JsonbValue	sjv,
-				ejv,
-				jv;
-	JsonbValue *signal;
-	JsonbValue *event;
-	JsonbValue *m;
-	char	   *p;
-
-	if (c == NULL)
-		return;
-	wfv_unknown_keys(st, o->label, c, keys, 0, path);
-
-	signal = wfv_get(c, "signal", &sjv);
-	event = wfv_get(c, "event", &ejv);
-	if (signal != NULL && event != NULL)
-		wfv_problem(st, o->label, ERRCODE_INVALID_PARAMETER_VALUE,
-					"\"%s\" must have \"signal\" or \"event\", not both",
-					path);
-	else if (signal == NULL && event == NULL)
-		wfv_problem(st, o->label, ERRCODE_INVALID_PARAMETER_VALUE,
-					"\"%s\" must have \"signal\" or \"event\"", path);
-	if (signal != NULL)
-		(void) wfv_string(st, o->label, wfv_sub(path, "signal"), signal, true);
-	if (event != NULL)
-	{
-		char	   *name = wfv_string(st, o->label, wfv_sub(path, "event"), event, true);
-
-		/* A waiting step's key is "event:NAME:KEY": NAME has no ":". */
-		if (name != NULL && strchr(name, ':') != NULL)
-			wfv_problem(st, o->label, ERRCODE_INVALID_PARAMETER_VALUE,
-						"\"%s\" must not contain \":\"", wfv_sub(path, "event"));
-	}
-
-	p = wfv_sub(path, "key");
-	if ((m = wfv_member(st, o->label, c, "key", p, false, &jv)))
-	{
-		if (event == NULL)
-			wfv_problem(st, o->label, ERRCODE_INVALID_PARAMETER_VALUE,
-						"\"%s\" is only allowed with \"event\"", p);
-		else
-			(void) wfv_template(st, o->label, p, m);
-	}
-
-	p = wfv_sub(path, "timeout");
-	if ((m = wfv_member(st, o->label, c, "timeout", p, false, &jv)))
-		(void) wfv_interval(st, o->label, p, m);
-}
-
-/* "human": {assignee, title, description, timeout, escalation, ...} */
-void
-wf_validate_human(WfvState *st, WfvObject *o, const char *path, JsonbValue *v)
-{
-	static const char *const keys[] = {"assignee", "title", "description",
-	"timeout", "escalation", "on_timeout", "payload", NULL};
-	static const char *const escalation_keys[] = {"timeout", "escalate_to",
-	NULL};
-	JsonbContainer *c = wfv_object(st, o->label, path, v);
-	JsonbContainer *e;
-	JsonbValue	jv;
-	JsonbValue *m;
-	char	   *p;
-
-	if (c == NULL)
-		return;
-	wfv_unknown_keys(st, o->label, c, keys, 0, path);
-
-	p = wfv_sub(path, "assignee");
-	if ((m = wfv_member(st, o->label, c, "assignee", p, true, &jv)))
-		(void) wfv_template(st, o->label, p, m);
-
-	p = wfv_sub(path, "title");
-	if ((m = wfv_member(st, o->label, c, "title", p, false, &jv)))
-		(void) wfv_string(st, o->label, p, m, false);
-
-	p = wfv_sub(path, "description");
-	if ((m = wfv_member(st, o->label, c, "description", p, false, &jv)))
-		(void) wfv_string(st, o->label, p, m, false);
-
-	p = wfv_sub(path, "timeout");
-	if ((m = wfv_member(st, o->label, c, "timeout", p, false, &jv)))
-		(void) wfv_interval(st, o->label, p, m);
-
-	path = wfv_sub(path, "escalation");
-	if ((m = wfv_member(st, o->label, c, "escalation", path, false, &jv)) &&
-		(e = wfv_object(st, o->label, path, m)) != NULL)
-	{
-		wfv_unknown_keys(st, o->label, e, escalation_keys, 0, path);
-
-		p = wfv_sub(path, "timeout");
-		if ((m = wfv_member(st, o->label, e, "timeout", p, true, &jv)))
-			(void) wfv_interval(st, o->label, p, m);
-
-		p = wfv_sub(path, "escalate_to");
-		if ((m = wfv_member(st, o->label, e, "escalate_to", p, true, &jv)))
-			(void) wfv_template(st, o->label, p, m);
-	}
-}
-
-/* "sleep": INTERVAL or {"until": TEMPLATE}; or "until": TEMPLATE */
-void
-wf_validate_sleep(WfvState *st, WfvObject *o, const char *path, JsonbValue *v)
-{
-	static const char *const keys[] = {"until", NULL};
-
-	if (strcmp(o->action->name, "until") == 0)
-		(void) wfv_template(st, o->label, path, v);
-	else if (v->type == jbvString)
-		(void) wfv_interval(st, o->label, path, v);
-	else if (wfv_is_object(v))
-	{
-		JsonbContainer *c = v->val.binary.data;
-		char	   *p = wfv_sub(path, "until");
-		JsonbValue	jv;
-		JsonbValue *m;
-
-		wfv_unknown_keys(st, o->label, c, keys, 0, path);
-		if ((m = wfv_member(st, o->label, c, "until", p, true, &jv)))
-			(void) wfv_template(st, o->label, p, m);
-	}
-	else
-		wfv_problem(st, o->label, ERRCODE_INVALID_PARAMETER_VALUE,
-					"\"%s\" must be an interval or an object with \"until\"",
-					path);
-}
-
-/* "workflow": NAME, with "input": any JSON */
-void
-wf_validate_workflow(WfvState *st, WfvObject *o, const char *path,
-				   JsonbValue *v)
-{
-	char	   *name = wfv_string(st, o->label, path, v, false);
-	JsonbValue	jv;
-	JsonbValue *m;
-	const char *p = wfv_path(o, "input");
-
-	if (name != NULL)
-		(void) wfv_check_name(st, o->label, path, name, false);
-	if ((m = wfv_member(st, o->label, o->obj, "input", p, false, &jv)))
-		wfv_any_templates(st, o->label, p, m);
-}
-
-/* "if": PREDICATE, with "then": [steps] and "else": [steps] */
-void
-wf_validate_if(WfvState *st, WfvObject *o, const char *path, JsonbValue *v)
-{
-	const char *then_path = wfv_path(o, "then");
-	const char *else_path = wfv_path(o, "else");
-	JsonbValue	jv;
-	JsonbValue *m;
-
-	(void) wfv_jsonpath(st, o->label, path, v);
-	if ((m = wfv_member(st, o->label, o->obj, "then", then_path, true, &jv)))
-		wfv_step_array(st, o, then_path, m, true);
-	if ((m = wfv_member(st, o->label, o->obj, "else", else_path, false, &jv)))
-		wfv_step_array(st, o, else_path, m, false);
-}
-
-/* "parallel": [{"name": BRANCH, "steps": [steps]}, ...] */
-void
-wf_validate_parallel(WfvState *st, WfvObject *o, const char *path,
-				   JsonbValue *v)
-{
-	static const char *const keys[] = {"name", "steps", NULL};
-	JsonbContainer *c;
-	char	  **seen;
-	int			nseen = 0;
-	uint32		n;
-
-	if (!wfv_is_array(v) || JsonContainerSize(v->val.binary.data) == 0)
-	{
-		wfv_problem(st, o->label, ERRCODE_INVALID_PARAMETER_VALUE,
-					"\"%s\" must be a non-empty array", path);
-		return;
-	}
-
-	c = v->val.binary.data;
-	n = JsonContainerSize(c);
-	seen = palloc(sizeof(char *) * n);
-	for (uint32 i = 0; i < n && !st->stop; i++)
-	{
-		JsonbValue *b = getIthJsonbValueFromContainer(c, i);
-		WfvObject	branch = *o;
-		JsonbValue	jv;
-		JsonbValue *m;
-		char	   *name;
-
-		if (!wfv_is_object(b))
-		{
-			wfv_problem(st, o->label, ERRCODE_INVALID_PARAMETER_VALUE,
-						"branch #%u must be a JSON object", i + 1);
-			continue;
-		}
-
-		branch.label = psprintf("%s, branch #%u", o->label, i + 1);
-		branch.within = NULL;
-		branch.obj = b->val.binary.data;
-
-		if ((m = wfv_member(st, branch.label, branch.obj, "name", "name",
-							true, &jv)) &&
-			(name = wfv_string(st, branch.label, "name", m, false)) &&
-			wfv_check_name(st, branch.label, "name", name, true))
-		{
-			for (int j = 0; j < nseen; j++)
-			{
-				if (strcmp(seen[j], name) == 0)
-				{
-					wfv_problem(st, o->label, ERRCODE_DUPLICATE_OBJECT,
-								"branch name \"%s\" is used more than once",
-								name);
-					break;
-				}
-			}
-			seen[nseen++] = name;
-			branch.label = psprintf("%s, branch \"%s\"", o->label, name);
-		}
-
-		wfv_unknown_keys(st, branch.label, branch.obj, keys, 0, NULL);
-		if ((m = wfv_member(st, branch.label, branch.obj, "steps", "steps",
-							true, &jv)))
-			wfv_step_array(st, &branch, "steps", m, true);
-	}
-}
-
-/* "map": {"over": PATH, "step": step, "concurrency": N} */
-void
-wf_validate_map(WfvState *st, WfvObject *o, const char *path, JsonbValue *v)
-{
-	static const char *const keys[] = {"over", "step", "concurrency", NULL};
-	JsonbContainer *c = wfv_object(st, o->label, path, v);
-	JsonbValue	jv;
-	JsonbValue *m;
-	char	   *p;
-
-	if (c == NULL)
-		return;
-	wfv_unknown_keys(st, o->label, c, keys, 0, path);
-
-	p = wfv_sub(path, "over");
-	if ((m = wfv_member(st, o->label, c, "over", p, true, &jv)))
-		(void) wfv_jsonpath(st, o->label, p, m);
-
-	p = wfv_sub(path, "step");
-	if ((m = wfv_member(st, o->label, c, "step", p, true, &jv)))
-		wfv_nested(st, o, p, &m, 1, true);
-
-	p = wfv_sub(path, "concurrency");
-	if ((m = wfv_member(st, o->label, c, "concurrency", p, false, &jv)))
-		(void) wfv_integer(st, o->label, p, m, 1, PG_INT32_MAX);
-}
