@@ -7,6 +7,7 @@ OBJS = \
 	src/worker.o \
 	src/longstep.o \
 	src/executor.o \
+	src/exec_outcome.o \
 	src/kinds.o \
 	src/context.o \
 	src/snapwait.o \
