@@ -8,6 +8,7 @@ OBJS = \
 	src/longstep.o \
 	src/executor.o \
 	src/exec_outcome.o \
+	src/exec_contain.o \
 	src/kinds.o \
 	src/context.o \
 	src/snapwait.o \

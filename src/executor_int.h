@@ -1,8 +1,9 @@
 /*-------------------------------------------------------------------------
  *
  * executor_int.h
- *		What the batch executor (executor.c) and the recording of attempts'
- *		outcomes (exec_outcome.c) share.
+ *		What the batch executor (executor.c), the recording of attempts'
+ *		outcomes (exec_outcome.c) and the containment of engine-side errors
+ *		(exec_contain.c) share.
  *
  * src/executor_int.h
  *
@@ -45,5 +46,9 @@ extern List *wf_exec_record_failure(WfStepExec *ex, Jsonb *defaults,
 									MemoryContext batchctx);
 extern List *wf_exec_completion(WfHttpCompletion *c, List *queue,
 								MemoryContext batchctx);
+
+/* exec_contain.c */
+extern void wf_exec_fail_suspect_if_due(void);
+extern const int64 *wf_exec_excluded_runs(int *n);
 
 #endif							/* PG_WORKFLOW_EXECUTOR_INT_H */
