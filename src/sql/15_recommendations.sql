@@ -420,12 +420,16 @@ DECLARE
 	work_total	float8;			-- the time the steps that work took
 	default_ms	float8 := (SELECT setting::float8 FROM pg_settings
 							WHERE name = 'pg_workflow.step_timeout');
-	/* The time after which an sql step beside ready ones is handed over. */
-	long_ms		float8 := (SELECT CASE WHEN l.setting::float8 = 0 THEN 0
+	/*
+	 * The time after which an sql step beside ready ones is handed over
+	 * (0: never, without long-step workers).
+	 */
+	long_ms		float8 := (SELECT CASE WHEN l.setting::float8 = 0 OR w.setting::int = 0 THEN 0
 									   ELSE least(l.setting::float8, greatest(b.setting::float8, 1)) END
-							 FROM pg_settings l, pg_settings b
+							 FROM pg_settings l, pg_settings b, pg_settings w
 							WHERE l.name = 'pg_workflow.long_step_threshold'
-							  AND b.name = 'pg_workflow.batch_time');
+							  AND b.name = 'pg_workflow.batch_time'
+							  AND w.name = 'pg_workflow.max_long_workers');
 	info		jsonb;
 	names		text[];
 	nm			text;
@@ -435,7 +439,7 @@ DECLARE
 	gates		constant text[] := '{human,wait_for,sleep}';
 	work		constant text[] := '{sql,http,agent}';
 	saving		float8;
-	runner_up		float8;
+	runner_up	float8;
 	cur_ms		float8;
 	new_ms		float8;
 	a_names		text[];

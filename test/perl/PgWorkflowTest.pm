@@ -35,6 +35,9 @@ use strict;
 use warnings;
 
 use Exporter 'import';
+use File::Basename qw(dirname);
+use File::Temp qw(tempdir);
+use IPC::Run;
 use JSON::PP;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
@@ -44,6 +47,7 @@ our @EXPORT = qw(
   wf_node wf_json wf_define wf_start wf_start_many wf_wait wf_wait_all
   wf_sql_quote
   wf_executor_pids wf_wait_for_executors
+  wf_check_graphs wf_create_flaky WF_FLAKY_SQL
 );
 
 my $json = JSON::PP->new->canonical(1);
@@ -238,6 +242,92 @@ sub wf_wait_for_executors
 	  && $node->poll_query_until('postgres',
 		"SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'pg_workflow executor'",
 		$n);
+}
+
+=pod
+
+=item wf_create_flaky(node), WF_FLAKY_SQL
+
+Creates function flaky(attempt int), which fails with a transient error
+(40001, "could not serialize, try again") at attempt 1 and returns 7 after:
+the statement WF_FLAKY_SQL calls it with the step's attempt.  Whatever the
+order in which runs call it, each run's first attempt fails and its second
+succeeds.
+
+=cut
+
+use constant WF_FLAKY_SQL => q{SELECT flaky(($1->'run'->>'attempt')::int)};
+
+sub wf_create_flaky
+{
+	my ($node) = @_;
+	$node->safe_psql(
+		'postgres', q{
+	CREATE FUNCTION flaky(attempt int) RETURNS int LANGUAGE plpgsql AS $$
+	BEGIN
+		IF attempt = 1 THEN
+			RAISE EXCEPTION 'could not serialize, try again' USING ERRCODE = '40001';
+		END IF;
+		RETURN 7;
+	END $$;});
+	return;
+}
+
+=pod
+
+=item wf_check_graphs(node)
+
+Renders wf_graph(name, 'dot') of every workflow defined in the node with
+graphviz (dot -Tsvg: no error, no warning) and parses every wf_graph(name)
+with Mermaid's own parser (test/mermaid/check.mjs, the npm package in
+jsdom); each part is skipped with a message where its tool is not
+installed (Debian graphviz; npm ci in test/mermaid).
+
+=cut
+
+sub wf_check_graphs
+{
+	my ($node) = @_;
+	my @names = grep { $_ ne '' } split /\n/,
+	  $node->safe_psql('postgres', 'SELECT DISTINCT name FROM wf.workflows ORDER BY name');
+	my $dir = tempdir(CLEANUP => 1);
+	my (@mmd, $stdout, $stderr);
+	foreach my $i (0 .. $#names)
+	{
+		my $q = wf_sql_quote($names[$i]);
+		open my $fh, '>', "$dir/$i.dot" or die;
+		print $fh $node->safe_psql('postgres', "SELECT wf_graph($q, 'dot')");
+		close $fh;
+		open $fh, '>', "$dir/$i.mmd" or die;
+		print $fh $node->safe_psql('postgres', "SELECT wf_graph($q)");
+		close $fh;
+		push @mmd, "$dir/$i.mmd";
+	}
+  SKIP:
+	{
+		skip 'graphviz "dot" is not installed (Debian package graphviz)', scalar(@names)
+		  unless system('dot -V >/dev/null 2>&1') == 0;
+		foreach my $i (0 .. $#names)
+		{
+			my $rc = IPC::Run::run([ 'dot', '-Tsvg', "$dir/$i.dot" ],
+				'>', \$stdout, '2>', \$stderr);
+			ok($rc && $stderr eq '', "dot -Tsvg renders wf_graph('$names[$i]', 'dot')")
+			  or diag($stderr);
+		}
+	}
+	my $checker = dirname(__FILE__) . '/../mermaid/check.mjs';
+  SKIP:
+	{
+		skip 'Mermaid is not installed (npm ci in test/mermaid)', 1
+		  unless -d dirname(__FILE__) . '/../mermaid/node_modules/mermaid'
+		  && system('node --version >/dev/null 2>&1') == 0;
+		my $rc = IPC::Run::run([ 'node', $checker, @mmd ], '>', \$stdout, '2>', \$stderr);
+		my $n = () = $stdout =~ /^ok .*: flowchart/mg;
+		ok($rc && $n == @names,
+			'mermaid parses wf_graph of every workflow (' . scalar(@names) . ')')
+		  or diag($stdout . $stderr);
+	}
+	return scalar(@names);
 }
 
 =pod

@@ -57,16 +57,8 @@ $node->safe_psql(
 	CREATE ROLE alice LOGIN;
 	CREATE ROLE bob LOGIN;
 	CREATE ROLE carol LOGIN IN ROLE wf_admin;
-	CREATE SEQUENCE flaky_seq;
-	GRANT USAGE ON SEQUENCE flaky_seq TO PUBLIC;
-	-- Fails transiently at its first call of each pair.
-	CREATE FUNCTION flaky() RETURNS int LANGUAGE plpgsql AS $$
-	BEGIN
-		IF nextval('flaky_seq') % 2 = 1 THEN
-			RAISE EXCEPTION 'could not serialize, try again' USING ERRCODE = '40001';
-		END IF;
-		RETURN 7;
-	END $$;});
+});
+wf_create_flaky($node);
 
 my $def = {
 	steps => [
@@ -79,7 +71,7 @@ my $def = {
 		{
 			name => 'flaky.step',
 			retry => { max_attempts => 3, backoff => 'fixed', initial_interval => '10ms' },
-			sql => q{SELECT flaky()}
+			sql => WF_FLAKY_SQL
 		},
 		{ name => 'opt-in', when => '$.input.n > 10', sql => q{SELECT 'big'} },
 		{

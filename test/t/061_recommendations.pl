@@ -46,16 +46,8 @@ $node->safe_psql(
 	'postgres', q{
 	CREATE ROLE alice LOGIN;
 	CREATE ROLE bob LOGIN;
-	CREATE SEQUENCE flaky_seq;
-	GRANT USAGE ON SEQUENCE flaky_seq TO PUBLIC;
-	-- Fails transiently every other call.
-	CREATE FUNCTION flaky() RETURNS int LANGUAGE plpgsql AS $$
-	BEGIN
-		IF nextval('flaky_seq') % 2 = 1 THEN
-			RAISE EXCEPTION 'could not serialize, try again' USING ERRCODE = '40001';
-		END IF;
-		RETURN 7;
-	END $$;});
+});
+wf_create_flaky($node);
 
 # SQL of a step that sleeps (seconds) and returns a string.
 sub nap { return "SELECT to_jsonb(pg_sleep($_[0])::text)"; }
@@ -144,7 +136,7 @@ wf_define(
 	$node, 'flaky',
 	{
 		steps => [
-			{ name => 'f', sql => 'SELECT flaky()',
+			{ name => 'f', sql => WF_FLAKY_SQL,
 			  retry => { max_attempts => 5, backoff => 'fixed', initial_interval => '10ms' } },
 			{ name => 'g', sql => 'SELECT 1' }
 		]

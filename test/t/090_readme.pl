@@ -68,4 +68,7 @@ for my $text (@json)
 }
 cmp_ok($checked, '>=', 2, 'the README\'s whole definitions were checked');
 
+# Every workflow defined here renders with graphviz and parses as Mermaid.
+cmp_ok(wf_check_graphs($node), '>=', 2, 'the graphs of the workflows defined here were checked');
+
 done_testing();

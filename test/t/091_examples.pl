@@ -55,4 +55,7 @@ is( $node->safe_psql('postgres',
 	'7 implemented,8 requester notified: rejected',
 	'ticket-approval: ticket 7 approved and implemented, ticket 8 rejected after the escalation');
 
+# Every workflow defined here renders with graphviz and parses as Mermaid.
+cmp_ok(wf_check_graphs($node), '>=', 2, 'the graphs of the workflows defined here were checked');
+
 done_testing();
