@@ -17,6 +17,7 @@ OBJS = \
 	src/step_flow.o \
 	src/schedule.o \
 	src/http.o \
+	src/http_request.o \
 	src/template.o \
 	src/api.o \
 	src/agent.o \
