@@ -30,6 +30,7 @@
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "parser/parse_func.h"
+#include "parser/parser.h"
 #include "pgstat.h"
 #include "storage/ipc.h"
 #include "storage/lock.h"
@@ -97,11 +98,16 @@ static Datum
 wf_api_call_internal(FunctionCallInfo inner, MemoryContext oldcxt)
 {
 	Datum		result = (Datum) 0;
-	int			save_nestlevel = NewGUCNestLevel();
+	int			save_nestlevel = 0;
 
-	(void) set_config_option("standard_conforming_strings", "on",
-							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE,
-							 true, 0, false);
+	/* The usual case, the setting on already, costs nothing. */
+	if (!standard_conforming_strings)
+	{
+		save_nestlevel = NewGUCNestLevel();
+		(void) set_config_option("standard_conforming_strings", "on",
+								 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE,
+								 true, 0, false);
+	}
 	PG_TRY();
 	{
 		result = FunctionCallInvoke(inner);
@@ -117,7 +123,8 @@ wf_api_call_internal(FunctionCallInfo inner, MemoryContext oldcxt)
 		ReThrowError(edata);
 	}
 	PG_END_TRY();
-	AtEOXact_GUC(true, save_nestlevel);
+	if (save_nestlevel > 0)
+		AtEOXact_GUC(true, save_nestlevel);
 	return result;
 }
 

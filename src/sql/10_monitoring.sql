@@ -512,6 +512,8 @@ BEGIN
 	), on_path AS (
 		SELECT path.step COLLATE "C" AS name, sum(path.dur) AS t
 		  FROM path GROUP BY path.step
+	), sampled AS (
+		SELECT sum(sample.dur) AS t FROM sample
 	), steps AS (
 		/*
 		 * The runs again rather than the CTE, which no parallel plan
@@ -563,10 +565,11 @@ BEGIN
 									  ORDER BY x.share_ DESC) END AS r
 		  FROM per_step p
 		  LEFT JOIN on_path o ON o.name = p.name
+		  CROSS JOIN sampled
 		  CROSS JOIN LATERAL (
 				SELECT CASE WHEN strpos(p.name, '[*]') > 0 THEN NULL
-							WHEN (SELECT sum(sample.dur) FROM sample) > 0
-							THEN round((coalesce(o.t, 0) / (SELECT sum(sample.dur) FROM sample))::numeric, 3)
+							WHEN sampled.t > 0
+							THEN round((coalesce(o.t, 0) / sampled.t)::numeric, 3)
 					   END AS share_) x
 	)
 	SELECT u.scope, u.step, u.executions, u.completed, u.failed, u.cancelled, u.skipped,

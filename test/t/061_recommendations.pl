@@ -5,7 +5,8 @@
 # and its patch, applied with wf_define(name, wf_patch(wf_export(name),
 # patch)), removes the problem from the next runs (no timings asserted:
 # what changed is read from the runs' steps).
-#  - parallel: two independent http steps one after the other (also in a
+#  - parallel: two independent http steps one after the other (with a
+#    step that names the second in its dependencies, also in a
 #    branch of an "if", named as wf.step names them), and sql steps of
 #    150 ms; not for quick sql steps, which an executor runs one after the
 #    other anyway; not when the
@@ -16,7 +17,8 @@
 #  - retry_heavy: a step that fails every other call;
 #  - timeout_tight: attempts cut by a timeout near the step's p99;
 #  - timeout_loose: a 1 hour timeout on a 1 ms step; not 5 seconds;
-#  - always_skipped: a "when" never true (patch: removed); one true half
+#  - always_skipped: a "when" never true (patch: removed; with
+#    dependencies of its own, the next step inherits them); one true half
 #    the time; one whose output another step reads (no patch);
 #  - map_concurrency: 8 items 2 at a time; not 8 at a time;
 #  - circuit_breaker: a breaker that opens in every run over one failure
@@ -98,6 +100,30 @@ wf_define(
 			{ name => 'a', http => { url => $srv->url('/slow?ms=100') } },
 			{ name => 'b', http => { url => $srv->url('/slow?ms=100&n={{$.input.n}}') } },
 			{ name => 'c', sql => q{SELECT jsonb_build_array($1->'steps'->'a', $1->'steps'->'b')} }
+		]
+	});
+# The same, with a step that names b in its own dependencies: it goes on
+# waiting for a too.
+wf_define(
+	$node, 'seqdeps',
+	{
+		steps => [
+			{ name => 'a', http => { url => $srv->url('/slow?ms=100') } },
+			{ name => 'b', http => { url => $srv->url('/slow?ms=100&n={{$.input.n}}') } },
+			{ name => 'c', sql => q{SELECT jsonb_build_array($1->'steps'->'a', $1->'steps'->'b')} },
+			{ name => 'd', dependencies => ['b'], sql => q{SELECT $1->'steps'->'b'} }
+		]
+	});
+# A step never run that has dependencies of its own: removed, the step
+# after it waits for them instead.
+wf_define(
+	$node, 'skipdeps',
+	{
+		steps => [
+			{ name => 'a', sql => 'SELECT 1' },
+			{ name => 'b', sql => 'SELECT 2' },
+			{ name => 'never', when => '$.input.n < 0', dependencies => ['a'], sql => 'SELECT 3' },
+			{ name => 'c', sql => 'SELECT 4' }
 		]
 	});
 # The same with sql steps of 150 ms: over pg_workflow.batch_time, one is
@@ -202,9 +228,11 @@ wf_define(
 			{
 				name => 'check',
 				sql => q{SELECT CASE WHEN ($1->'input'->>'n')::int % 4 = 0 THEN jsonb_build_object('error', 'not valid')
-						 ELSE jsonb_build_object('ok', pg_sleep(0.1)::text) END}
+						 ELSE jsonb_build_object('ok', pg_sleep(0.15)::text) END}
 			},
-			{ name => 'act', http => { url => $srv->url('/slow?ms=60') } }
+			# 150 ms, as check: could run beside it but for the gate.  (An
+			# http step's time would follow the mock server's load.)
+			{ name => 'act', sql => nap(0.15) }
 		]
 	});
 # Nothing to advise: each step reads the one before it (SQL, a "when", the
@@ -222,7 +250,8 @@ wf_define(
 		]
 	});
 
-is(run_all(12, qw(seq slowsql serial slow flaky tight loose skip map clean nested gate)), 'completed=141,failed=3',
+is(run_all(12, qw(seq seqdeps skipdeps slowsql serial slow flaky tight loose skip map clean nested gate)),
+	'completed=165,failed=3',
 	'the runs complete (but those that gate stops)');
 
 my ($got, @rows) = recs('seq');
@@ -237,6 +266,32 @@ is_deeply(
 	],
 	'seq: the patch tests that a and b are where they were, makes b a root and keeps c after both');
 like($rows[0]{evidence}{decided_from}, qr/templates/, 'seq: the row says it read the templates');
+($got, @rows) = recs('seqdeps');
+is($got, 'parallel a,b', 'seqdeps: a and b could run side by side');
+is_deeply(
+	$rows[0]{patch},
+	[
+		{ op => 'test', path => '/steps/0/name', value => 'a' },
+		{ op => 'test', path => '/steps/1/name', value => 'b' },
+		{ op => 'add', path => '/steps/1/dependencies', value => [] },
+		{ op => 'add', path => '/steps/2/dependencies', value => [ 'a', 'b' ] },
+		{ op => 'add', path => '/steps/3/dependencies', value => [ 'b', 'a' ] }
+	],
+	'seqdeps: the step that names b in its dependencies waits for a too');
+is(apply('seqdeps', $rows[0]), 2, 'seqdeps: the patch defines version 2');
+
+($got, @rows) = recs('skipdeps');
+is($got, 'always_skipped never', 'skipdeps: the step never run, nothing else');
+is_deeply(
+	$rows[0]{patch},
+	[
+		{ op => 'test', path => '/steps/2/name', value => 'never' },
+		{ op => 'add', path => '/steps/3/dependencies', value => ['a'] },
+		{ op => 'remove', path => '/steps/2' }
+	],
+	'skipdeps: removed, the step after it inherits its dependencies');
+is(apply('skipdeps', $rows[0]), 2, 'skipdeps: the patch defines version 2');
+
 ($got, @rows) = recs('slowsql');
 is($got, 'parallel a,b', 'slowsql: a and b of 150 ms could run side by side');
 like($rows[0]{evidence}{decided_from}, qr/SQL text/, 'slowsql: the row says it read the SQL text');
