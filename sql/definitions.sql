@@ -94,6 +94,14 @@ SELECT * FROM wf_validate('{"steps": [
   {"name": "d", "http": {"url": "http://h/{{secret.}}", "ok_status": 700, "verbose": true}},
   {"name": "e", "http": {"url": "http://h/"}, "circuit_breaker": {"failures": 0}}]}');
 
+-- human, agent, limits: each key of their objects, and the keys only an action allows
+SELECT * FROM wf_validate('{"steps": [
+  {"name": "h", "human": {"title": 3, "escalation": {"timeout": "1h", "to": "x"}, "due": 1}},
+  {"name": "a", "agent": "bad pool!", "requires": ["x", ""], "payload": {"t": "{{$.input"}},
+  {"name": "r", "agent": "p", "rate_limit": {"limit": 20000, "per": "1 minute", "key": ""}},
+  {"name": "c", "sql": "SELECT 1", "concurrency": {"limit": 0, "max": 1}, "input": {}},
+  {"name": "m", "map": {"over": "$.input.x", "step": {"name": "m1", "sql": "SELECT 1"}, "each": 1}}]}');
+
 -- sql
 SELECT * FROM wf_validate('{"steps": [{"name": "a", "sql": ""}, {"name": "b", "sql": "SELEC 1"},
   {"name": "c", "sql": "SELECT 1 FORM t"}, {"name": "d", "sql": " -- nothing"},

@@ -35,6 +35,8 @@
 #include "utils/timestamp.h"
 #include "utils/tuplestore.h"
 
+#include "validate_int.h"
+
 /* A wf_claim wait this long or longer is no limit at all (100 years). */
 #define WF_CLAIM_FOREVER_USECS	(100.0 * 365.25 * USECS_PER_DAY)
 
@@ -109,6 +111,52 @@ wf_agent_execute(WfStepExec *ex, WfStepResult *res)
 							  6, types, args, nulls, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not create the task of step \"%s\"", ex->step);
 	res->outcome = WF_STEP_STARTED;
+}
+
+/* ----------------------------------------------------------------
+ * The check of the action, for wf_validate (kinds.c)
+ * ----------------------------------------------------------------
+ */
+
+/* "requires": [CAPABILITY, ...] */
+static void
+wf_agent_check_requires(WfvState *st, WfvObject *o, const char *path,
+						JsonbValue *v)
+{
+	bool		ok = wfv_is_array(v);
+
+	if (ok)
+	{
+		JsonbIterator *it = JsonbIteratorInit(v->val.binary.data);
+		JsonbIteratorToken tok;
+		JsonbValue	ev;
+
+		while ((tok = JsonbIteratorNext(&it, &ev, true)) != WJB_DONE)
+			if (tok == WJB_ELEM && (ev.type != jbvString || ev.val.string.len == 0))
+				ok = false;
+	}
+	if (!ok)
+		wfv_problem(st, o->label, ERRCODE_INVALID_PARAMETER_VALUE,
+					"\"%s\" must be an array of non-empty strings", path);
+}
+
+/* The step keys that go with "agent": any JSON, and capabilities. */
+const WfvMember wf_agent_companions[] = {
+	{"payload", false, wfv_check_templates},
+	{"requires", false, wf_agent_check_requires},
+	{NULL}
+};
+
+/* "agent": POOL, whose name makes its NOTIFY channel */
+void
+wf_agent_check(WfvState *st, WfvObject *o, const char *path, JsonbValue *v)
+{
+	char	   *pool = wfv_string(st, o->label, path, v, false);
+
+	if (pool != NULL && wfv_check_name(st, o->label, path, pool, true) &&
+		strlen(pool) > WFV_MAX_POOL_NAME)
+		wfv_problem(st, o->label, ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+					"\"%s\" is longer than %d bytes", path, WFV_MAX_POOL_NAME);
 }
 
 /*

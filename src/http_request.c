@@ -4,7 +4,8 @@
  *		The "http" step kind's request, prepared: the hosts it may go to
  *		(pg_workflow.http_allowed_hosts, a secret's hosts), the URL
  *		checked, the circuit breaker and the rate limit asked, the
- *		templates rendered, secrets included.  http.c sends it.
+ *		templates rendered, secrets included.  http.c sends it.  Also the
+ *		check of an "http" action's definition, for wf_validate.
  *
  * See http.c for a request's life and the rules of secrets and redirects.
  *
@@ -32,6 +33,7 @@
 #include "utils/timestamp.h"
 
 #include "http_int.h"
+#include "validate_int.h"
 
 /*
  * Does host match one of patterns (the syntax of
@@ -514,3 +516,92 @@ wf_http_execute(WfStepExec *ex, WfStepResult *res)
 	res->request = req;
 }
 
+/* ----------------------------------------------------------------
+ * The check of the action, for wf_validate (kinds.c)
+ * ----------------------------------------------------------------
+ */
+
+static void
+wf_http_check_method(WfvState *st, WfvObject *o, const char *path,
+					 JsonbValue *v)
+{
+	static const char *const methods[] = {"GET", "POST", "PUT", "PATCH",
+	"DELETE", "HEAD", NULL};
+
+	(void) wfv_enum(st, o->label, path, v, methods);
+}
+
+/* A template; without one, the URL is final: its scheme is checked. */
+static void
+wf_http_check_url_value(WfvState *st, WfvObject *o, const char *path,
+						JsonbValue *v)
+{
+	const char *url;
+	int			len;
+
+	if (!wfv_template(st, o->label, path, v))
+		return;
+	url = v->val.string.val;
+	len = v->val.string.len;
+	if (strstr(pnstrdup(url, len), "{{") == NULL &&
+		!(len >= 7 && pg_strncasecmp(url, "http://", 7) == 0) &&
+		!(len >= 8 && pg_strncasecmp(url, "https://", 8) == 0))
+		wfv_problem(st, o->label, ERRCODE_INVALID_PARAMETER_VALUE,
+					"\"%s\" must start with http:// or https://", path);
+}
+
+/* An object of header names and templates. */
+static void
+wf_http_check_headers(WfvState *st, WfvObject *o, const char *path,
+					  JsonbValue *v)
+{
+	JsonbIterator *it;
+	JsonbIteratorToken tok;
+	JsonbValue	key;
+	JsonbValue	val;
+
+	if (wfv_object(st, o->label, path, v) == NULL)
+		return;
+	it = JsonbIteratorInit(v->val.binary.data);
+	while ((tok = JsonbIteratorNext(&it, &key, true)) != WJB_DONE)
+	{
+		if (tok != WJB_KEY)
+			continue;
+		tok = JsonbIteratorNext(&it, &val, true);
+		Assert(tok == WJB_VALUE);
+		(void) wfv_template(st, o->label,
+							psprintf("%s.%.*s", path, key.val.string.len,
+									 key.val.string.val),
+							&val);
+	}
+}
+
+static void
+wf_http_check_ok_status(WfvState *st, WfvObject *o, const char *path,
+						JsonbValue *v)
+{
+	if (!wfv_ok_status(v))
+		wfv_problem(st, o->label, ERRCODE_INVALID_PARAMETER_VALUE,
+					"\"%s\" must be a status code from 100 to 599, an array of them, or a range such as \"200-299\"",
+					path);
+}
+
+static const WfvMember wf_http_members[] = {
+	{"method", false, wf_http_check_method},
+	{"url", true, wf_http_check_url_value},
+	{"headers", false, wf_http_check_headers},
+	{"body", false, wfv_check_templates},
+	{"timeout", false, wfv_check_interval},
+	{"ok_status", false, wf_http_check_ok_status},
+	{NULL}
+};
+
+/* "http": {method, url, headers, body, timeout, ok_status} */
+void
+wf_http_check(WfvState *st, WfvObject *o, const char *path, JsonbValue *v)
+{
+	JsonbContainer *c = wfv_object(st, o->label, path, v);
+
+	if (c != NULL)
+		wfv_members(st, o, c, path, wf_http_members);
+}

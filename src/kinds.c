@@ -9,8 +9,10 @@
  * implements it, whether it holds steps of its own (a container, expanded
  * into child steps), whether it may be the "compensate" action of a saga
  * step, whether an attempt ends outside the executor's transaction, how it
- * executes and resumes (executor.c), and how its value is checked
- * (validate.c).  The SQL side asks through wf._step_kind(), so that no list
+ * executes and resumes, how its value is checked and which step keys go
+ * with it (its companions, such as "payload" of "agent"): the functions
+ * and tables named here live in the kind's own file, its checks beside its
+ * execution.  The SQL side asks through wf._step_kind(), so that no list
  * of names is written twice.
  *
  * Containers cannot compensate: a compensation is one step of the run,
@@ -27,6 +29,8 @@
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
 
+#include "validate_int.h"
+
 /*
  * In the order in which wf_validate lists the actions it expects; "until"
  * is the short form of "sleep" and shares its functions.
@@ -34,27 +38,28 @@
 const WfStepKind wf_step_kinds[] = {
 	/* name, alias_of, supported, container, compensates, async, ... */
 	{"sql", NULL, true, false, true, false,
-	wf_sql_execute, NULL, wf_validate_sql},
+	wf_sql_execute, NULL, wf_sql_check, NULL},
 	{"http", NULL, true, false, true, true,
-	wf_http_execute, NULL, wf_validate_http},
+	wf_http_execute, NULL, wf_http_check, NULL},
 	{"agent", NULL, true, false, true, true,
-	wf_agent_execute, NULL, wf_validate_agent},
+	wf_agent_execute, NULL, wf_agent_check, wf_agent_companions},
 	{"wait_for", NULL, true, false, true, false,
-	wf_wait_for_execute, wf_wait_for_resume, wf_validate_wait_for},
+	wf_wait_for_execute, wf_wait_for_resume, wf_wait_for_check, NULL},
 	{"human", NULL, true, false, true, false,
-	wf_wait_human_execute, wf_wait_human_resume, wf_validate_human},
+	wf_wait_human_execute, wf_wait_human_resume, wf_wait_human_check, NULL},
 	{"sleep", NULL, true, false, true, false,
-	wf_wait_sleep_execute, wf_wait_sleep_resume, wf_validate_sleep},
+	wf_wait_sleep_execute, wf_wait_sleep_resume, wf_wait_sleep_check, NULL},
 	{"workflow", NULL, true, false, true, false,
-	wf_flow_workflow_execute, wf_flow_workflow_resume, wf_validate_workflow},
+	wf_flow_workflow_execute, wf_flow_workflow_resume, wf_flow_workflow_check,
+	wf_flow_workflow_companions},
 	{"if", NULL, true, true, false, false,
-	wf_flow_if_execute, NULL, wf_validate_if},
+	wf_flow_if_execute, NULL, wf_flow_if_check, wf_flow_if_companions},
 	{"parallel", NULL, true, true, false, false,
-	wf_flow_parallel_execute, NULL, wf_validate_parallel},
+	wf_flow_parallel_execute, NULL, wf_flow_parallel_check, NULL},
 	{"map", NULL, true, true, false, false,
-	wf_flow_map_execute, NULL, wf_validate_map},
+	wf_flow_map_execute, NULL, wf_flow_map_check, NULL},
 	{"until", "sleep", true, false, true, false,
-	wf_wait_sleep_execute, wf_wait_sleep_resume, wf_validate_sleep},
+	wf_wait_sleep_execute, wf_wait_sleep_resume, wf_wait_sleep_check, NULL},
 };
 
 const int	wf_step_nkinds = lengthof(wf_step_kinds);

@@ -241,9 +241,10 @@ typedef struct WfStepResult
 								 * no retry and no on_error (owners.c) */
 } WfStepResult;
 
-/* What validate.c checks an action's value with (opaque elsewhere). */
+/* What validate.c checks an action's value with (validate_int.h). */
 typedef struct WfvState WfvState;
 typedef struct WfvObject WfvObject;
+typedef struct WfvMember WfvMember;
 typedef void (*WfKindCheck) (WfvState *st, WfvObject *o, const char *path,
 							 JsonbValue *value);
 
@@ -264,7 +265,10 @@ struct WfStepKind
 	void		(*execute) (WfStepExec *ex, WfStepResult *res);
 	/* for kinds that wait: the timer fired, or a signal or event came */
 	void		(*resume) (WfStepExec *ex, WfStepResult *res);
-	WfKindCheck check;			/* checks the action's value (validate.c) */
+	/* checks the action's value, in the kind's file (validate_int.h) */
+	WfKindCheck check;
+	/* the step keys allowed only with this action, and their checks */
+	const WfvMember *companions;
 };
 
 /* kinds.c */
@@ -437,28 +441,6 @@ typedef struct WfProblem
 extern List *wf_validate_definition(Jsonb *definition);
 extern void wf_validate_report(List *problems);
 extern bool wf_validate_template(const char *str, char **problem);
-
-/* The checks of each kind's action, named in wf_step_kinds[]. */
-extern void wf_validate_sql(WfvState *st, WfvObject *o, const char *path,
-							JsonbValue *v);
-extern void wf_validate_http(WfvState *st, WfvObject *o, const char *path,
-							 JsonbValue *v);
-extern void wf_validate_agent(WfvState *st, WfvObject *o, const char *path,
-							  JsonbValue *v);
-extern void wf_validate_wait_for(WfvState *st, WfvObject *o, const char *path,
-								 JsonbValue *v);
-extern void wf_validate_human(WfvState *st, WfvObject *o, const char *path,
-							  JsonbValue *v);
-extern void wf_validate_sleep(WfvState *st, WfvObject *o, const char *path,
-							  JsonbValue *v);
-extern void wf_validate_workflow(WfvState *st, WfvObject *o, const char *path,
-								 JsonbValue *v);
-extern void wf_validate_if(WfvState *st, WfvObject *o, const char *path,
-						   JsonbValue *v);
-extern void wf_validate_parallel(WfvState *st, WfvObject *o, const char *path,
-								 JsonbValue *v);
-extern void wf_validate_map(WfvState *st, WfvObject *o, const char *path,
-							JsonbValue *v);
 
 /* ----------------------------------------------------------------
  * The sandbox of user code (sandbox.c)

@@ -15,7 +15,8 @@
  *
  * A "workflow" step starts a child run, as the parent's owner, and waits
  * durably for it; the child's end wakes it.  Cancelling the parent
- * cancels the child.
+ * cancels the child.  The checks of the four kinds' definitions, for
+ * wf_validate, are here too.
  *
  * src/step_flow.c
  *
@@ -28,6 +29,8 @@
 #include "utils/builtins.h"
 #include "utils/fmgrprotos.h"
 #include "utils/json.h"
+
+#include "validate_int.h"
 
 /*
  * Calls an expanding SQL function and keeps the children ready now as the
@@ -230,4 +233,145 @@ wf_flow_workflow_resume(WfStepExec *ex, WfStepResult *res)
 								  status,
 								  wf_util_jsonb_get_text(wf_util_jsonb_get(ex->payload, "error"),
 														 "message") ?: "no message");
+}
+
+/* ----------------------------------------------------------------
+ * The checks of the actions, for wf_validate (kinds.c)
+ * ----------------------------------------------------------------
+ */
+
+/* The step keys that go with "workflow": its input, any JSON. */
+const WfvMember wf_flow_workflow_companions[] = {
+	{"input", false, wfv_check_templates},
+	{NULL}
+};
+
+/* "workflow": NAME */
+void
+wf_flow_workflow_check(WfvState *st, WfvObject *o, const char *path,
+					   JsonbValue *v)
+{
+	char	   *name = wfv_string(st, o->label, path, v, false);
+
+	if (name != NULL)
+		(void) wfv_check_name(st, o->label, path, name, false);
+}
+
+static void
+wf_flow_check_then(WfvState *st, WfvObject *o, const char *path,
+				   JsonbValue *v)
+{
+	wfv_step_array(st, o, path, v, true);
+}
+
+static void
+wf_flow_check_else(WfvState *st, WfvObject *o, const char *path,
+				   JsonbValue *v)
+{
+	wfv_step_array(st, o, path, v, false);
+}
+
+/* The step keys that go with "if": its branches. */
+const WfvMember wf_flow_if_companions[] = {
+	{"then", true, wf_flow_check_then},
+	{"else", false, wf_flow_check_else},
+	{NULL}
+};
+
+/* "if": PREDICATE */
+void
+wf_flow_if_check(WfvState *st, WfvObject *o, const char *path, JsonbValue *v)
+{
+	(void) wfv_jsonpath(st, o->label, path, v);
+}
+
+/* "parallel": [{"name": BRANCH, "steps": [steps]}, ...] */
+void
+wf_flow_parallel_check(WfvState *st, WfvObject *o, const char *path,
+					   JsonbValue *v)
+{
+	static const char *const keys[] = {"name", "steps", NULL};
+	JsonbContainer *c;
+	char	  **seen;
+	int			nseen = 0;
+	uint32		n;
+
+	if (!wfv_is_array(v) || JsonContainerSize(v->val.binary.data) == 0)
+	{
+		wfv_problem(st, o->label, ERRCODE_INVALID_PARAMETER_VALUE,
+					"\"%s\" must be a non-empty array", path);
+		return;
+	}
+
+	c = v->val.binary.data;
+	n = JsonContainerSize(c);
+	seen = palloc(sizeof(char *) * n);
+	for (uint32 i = 0; i < n && !st->stop; i++)
+	{
+		JsonbValue *b = getIthJsonbValueFromContainer(c, i);
+		WfvObject	branch = *o;
+		JsonbValue	jv;
+		JsonbValue *m;
+		char	   *name;
+
+		if (!wfv_is_object(b))
+		{
+			wfv_problem(st, o->label, ERRCODE_INVALID_PARAMETER_VALUE,
+						"branch #%u must be a JSON object", i + 1);
+			continue;
+		}
+
+		branch.label = psprintf("%s, branch #%u", o->label, i + 1);
+		branch.within = NULL;
+		branch.obj = b->val.binary.data;
+
+		if ((m = wfv_member(st, branch.label, branch.obj, "name", "name",
+							true, &jv)) &&
+			(name = wfv_string(st, branch.label, "name", m, false)) &&
+			wfv_check_name(st, branch.label, "name", name, true))
+		{
+			for (int j = 0; j < nseen; j++)
+			{
+				if (strcmp(seen[j], name) == 0)
+				{
+					wfv_problem(st, o->label, ERRCODE_DUPLICATE_OBJECT,
+								"branch name \"%s\" is used more than once",
+								name);
+					break;
+				}
+			}
+			seen[nseen++] = name;
+			branch.label = psprintf("%s, branch \"%s\"", o->label, name);
+		}
+
+		wfv_unknown_keys(st, branch.label, branch.obj, keys, 0, NULL);
+		if ((m = wfv_member(st, branch.label, branch.obj, "steps", "steps",
+							true, &jv)))
+			wfv_step_array(st, &branch, "steps", m, true);
+	}
+}
+
+/* A map's "step": one step, its items' */
+static void
+wf_flow_check_map_step(WfvState *st, WfvObject *o, const char *path,
+					   JsonbValue *v)
+{
+	wfv_nested(st, o, path, &v, 1, true);
+}
+
+static const WfvMember wf_flow_map_members[] = {
+	{"over", true, wfv_check_jsonpath},
+	{"step", true, wf_flow_check_map_step},
+	{"concurrency", false, wfv_check_count},
+	{NULL}
+};
+
+/* "map": {"over": PATH, "step": step, "concurrency": N} */
+void
+wf_flow_map_check(WfvState *st, WfvObject *o, const char *path, JsonbValue *v)
+{
+	JsonbContainer *c = wfv_object(st, o->label, path, v);
+
+	if (c != NULL)
+		wfv_members(st, o, c, path, wf_flow_map_members);
 }

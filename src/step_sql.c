@@ -23,7 +23,8 @@
  * forbids, and COPY to or from the client.  wf_sql_unsupported() names
  * them, so that wf_define rejects them instead of every attempt failing.
  * It sees only the statements written in the step: a procedure or a DO
- * block that controls transactions fails when it runs (2D000).
+ * block that controls transactions fails when it runs (2D000).  The check
+ * of a step's statement, for wf_validate, is at the end of this file.
  *
  * src/step_sql.c
  *
@@ -45,6 +46,8 @@
 #include "utils/memutils.h"
 #include "utils/syscache.h"
 #include "utils/timeout.h"
+
+#include "validate_int.h"
 
 /* At most this many statements keep a plan; beyond, all are forgotten. */
 #define WF_SQL_MAX_PLANS	512
@@ -341,5 +344,62 @@ wf_sql_unsupported(Node *parsetree, const char **why)
 				"CREATE TEMPORARY SEQUENCE" : NULL;
 		default:
 			return NULL;
+	}
+}
+
+/* ----------------------------------------------------------------
+ * The check of the action, for wf_validate (kinds.c)
+ * ----------------------------------------------------------------
+ */
+
+/* "sql": a statement, never templated; it reads the context as $1 */
+void
+wf_sql_check(WfvState *st, WfvObject *o, const char *path, JsonbValue *v)
+{
+	char	   *sql = wfv_string(st, o->label, path, v, true);
+	Datum		parsed;
+	ErrorData  *edata;
+	List	   *stmts;
+	ListCell   *lc;
+
+	if (sql == NULL)
+		return;
+
+	if (!wfv_try_parse(wfv_parse_sql, sql, &parsed, &edata))
+	{
+		if (edata->cursorpos > 0)
+			wfv_problem(st, o->label, ERRCODE_SYNTAX_ERROR,
+						"\"%s\" is not valid SQL: %s at character %d",
+						path, edata->message, edata->cursorpos);
+		else
+			wfv_problem(st, o->label, ERRCODE_SYNTAX_ERROR,
+						"\"%s\" is not valid SQL: %s", path, edata->message);
+		return;
+	}
+
+	stmts = (List *) DatumGetPointer(parsed);
+	if (stmts == NIL)
+		wfv_problem(st, o->label, ERRCODE_INVALID_PARAMETER_VALUE,
+					"\"%s\" contains no statement", path);
+
+	foreach(lc, stmts)
+	{
+		RawStmt    *stmt = lfirst_node(RawStmt, lc);
+		const char *why;
+		const char *what;
+
+		if (IsA(stmt->stmt, TransactionStmt))
+		{
+			wfv_problem(st, o->label, ERRCODE_INVALID_PARAMETER_VALUE,
+						"\"%s\" must not contain transaction control statements",
+						path);
+			break;
+		}
+		if ((what = wf_sql_unsupported(stmt->stmt, &why)) != NULL)
+		{
+			wfv_problem(st, o->label, ERRCODE_INVALID_PARAMETER_VALUE,
+						"\"%s\" must not contain %s: %s", path, what, why);
+			break;
+		}
 	}
 }

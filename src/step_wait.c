@@ -14,7 +14,8 @@
  * When the executor claims a waiting step, it calls the kind's "resume":
  * the timer fired, or a signal or an event came.  A signal is taken from
  * wf.signal by exactly one step; a signal sent before the step waits is
- * kept there and taken as soon as the step starts.
+ * kept there and taken as soon as the step starts.  ("human" steps wait
+ * the same way; this file also checks the definitions of the three kinds.)
  *
  * src/step_wait.c
  *
@@ -26,6 +27,8 @@
 #include "executor/spi.h"
 #include "utils/builtins.h"
 #include "utils/timestamp.h"
+
+#include "validate_int.h"
 
 /*
  * Takes the oldest pending signal "name" of the run; true and *payload
@@ -313,4 +316,124 @@ wf_wait_human_resume(WfStepExec *ex, WfStepResult *res)
 	res->error_class = WF_ERROR_PERMANENT;
 	res->timed_out = true;
 	res->error_message = psprintf("approval \"%s\" got no decision in time", ex->step);
+}
+
+/* ----------------------------------------------------------------
+ * The checks of the actions, for wf_validate (kinds.c)
+ * ----------------------------------------------------------------
+ */
+
+static void
+wf_wait_check_signal(WfvState *st, WfvObject *o, const char *path,
+					 JsonbValue *v)
+{
+	(void) wfv_string(st, o->label, path, v, true);
+}
+
+/* A waiting step's key is "event:NAME:KEY": NAME has no ":". */
+static void
+wf_wait_check_event(WfvState *st, WfvObject *o, const char *path,
+					JsonbValue *v)
+{
+	char	   *name = wfv_string(st, o->label, path, v, true);
+
+	if (name != NULL && strchr(name, ':') != NULL)
+		wfv_problem(st, o->label, ERRCODE_INVALID_PARAMETER_VALUE,
+					"\"%s\" must not contain \":\"", path);
+}
+
+static const WfvMember wf_wait_for_members[] = {
+	{"signal", false, wf_wait_check_signal},
+	{"event", false, wf_wait_check_event},
+	{"key", false, wfv_check_template},
+	{"timeout", false, wfv_check_interval},
+	{NULL}
+};
+
+/* "wait_for": {"signal": NAME} or {"event": NAME, "key": TEMPLATE}, timeout */
+void
+wf_wait_for_check(WfvState *st, WfvObject *o, const char *path, JsonbValue *v)
+{
+	JsonbContainer *c = wfv_object(st, o->label, path, v);
+	JsonbValue	jv;
+	bool		signal;
+	bool		event;
+
+	if (c == NULL)
+		return;
+	signal = wfv_get(c, "signal", &jv) != NULL;
+	event = wfv_get(c, "event", &jv) != NULL;
+	if (signal && event)
+		wfv_problem(st, o->label, ERRCODE_INVALID_PARAMETER_VALUE,
+					"\"%s\" must have \"signal\" or \"event\", not both",
+					path);
+	else if (!signal && !event)
+		wfv_problem(st, o->label, ERRCODE_INVALID_PARAMETER_VALUE,
+					"\"%s\" must have \"signal\" or \"event\"", path);
+	wfv_members(st, o, c, path, wf_wait_for_members);
+	if (!event && wfv_get(c, "key", &jv) != NULL)
+		wfv_problem(st, o->label, ERRCODE_INVALID_PARAMETER_VALUE,
+					"\"%s\" is only allowed with \"event\"",
+					wfv_sub(path, "key"));
+}
+
+static const WfvMember wf_wait_escalation_members[] = {
+	{"timeout", true, wfv_check_interval},
+	{"escalate_to", true, wfv_check_template},
+	{NULL}
+};
+
+/* "escalation": {"timeout": INTERVAL, "escalate_to": TEMPLATE} */
+static void
+wf_wait_check_escalation(WfvState *st, WfvObject *o, const char *path,
+						 JsonbValue *v)
+{
+	JsonbContainer *c = wfv_object(st, o->label, path, v);
+
+	if (c != NULL)
+		wfv_members(st, o, c, path, wf_wait_escalation_members);
+}
+
+static const WfvMember wf_wait_human_members[] = {
+	{"assignee", true, wfv_check_template},
+	{"title", false, wfv_check_text},
+	{"description", false, wfv_check_text},
+	{"timeout", false, wfv_check_interval},
+	{"escalation", false, wf_wait_check_escalation},
+	{"on_timeout", false, NULL},
+	{"payload", false, NULL},
+	{NULL}
+};
+
+/* "human": {assignee, title, description, timeout, escalation, ...} */
+void
+wf_wait_human_check(WfvState *st, WfvObject *o, const char *path,
+					JsonbValue *v)
+{
+	JsonbContainer *c = wfv_object(st, o->label, path, v);
+
+	if (c != NULL)
+		wfv_members(st, o, c, path, wf_wait_human_members);
+}
+
+static const WfvMember wf_wait_sleep_members[] = {
+	{"until", true, wfv_check_template},
+	{NULL}
+};
+
+/* "sleep": INTERVAL or {"until": TEMPLATE}; or "until": TEMPLATE */
+void
+wf_wait_sleep_check(WfvState *st, WfvObject *o, const char *path,
+					JsonbValue *v)
+{
+	if (strcmp(o->action->name, "until") == 0)
+		(void) wfv_template(st, o->label, path, v);
+	else if (v->type == jbvString)
+		(void) wfv_interval(st, o->label, path, v);
+	else if (wfv_is_object(v))
+		wfv_members(st, o, v->val.binary.data, path, wf_wait_sleep_members);
+	else
+		wfv_problem(st, o->label, ERRCODE_INVALID_PARAMETER_VALUE,
+					"\"%s\" must be an interval or an object with \"until\"",
+					path);
 }

@@ -29,8 +29,9 @@
  *
  * This file walks the definition (the exported functions, the table of
  * keys, the step lists and their dependency cycles); validate_values.c
- * checks values, validate_steps.c the definition's keys, step policies and
- * step actions; validate_int.h is what they share.
+ * checks values, validate_steps.c the definition's keys and step policies;
+ * each kind's file checks its action (wf_step_kinds[] names the functions
+ * and tables); validate_int.h is what they all share.
  *
  * src/validate.c
  *
@@ -61,6 +62,7 @@
 #include "validate_int.h"
 
 static const char **wfv_kind_names(void);
+static const WfStepKind *wfv_companion_of(const char *key, int len);
 static void wfv_check_keys(WfvState *st, WfvObject *o, WfvRole role);
 static void wfv_steps(WfvState *st, JsonbValue **steps, int nsteps,
 					  int depth, const char *where, bool single);
@@ -77,39 +79,37 @@ static void wfv_cycles_visit(WfvState *st, WfvList *list, int step,
  */
 static const WfvFeature wfv_features[] = {
 	/* keys of the definition */
-	{"description", WFV_DOCUMENT, NULL, wfv_check_text, true},
-	{"timeout", WFV_DOCUMENT, NULL, wfv_check_interval, true},
-	{"sla", WFV_DOCUMENT, NULL, wfv_check_interval, true},
-	{"retry", WFV_DOCUMENT, NULL, wfv_check_retry, true},
-	{"on_error", WFV_DOCUMENT, NULL, wfv_check_on_error, true},
-	{"steps", WFV_DOCUMENT, NULL, wfv_check_top_steps, true},
-	{"concurrency", WFV_DOCUMENT, NULL, wfv_check_concurrency, true},
+	{"description", WFV_DOCUMENT, wfv_check_text, true},
+	{"timeout", WFV_DOCUMENT, wfv_check_interval, true},
+	{"sla", WFV_DOCUMENT, wfv_check_interval, true},
+	{"retry", WFV_DOCUMENT, wfv_check_retry, true},
+	{"on_error", WFV_DOCUMENT, wfv_check_on_error, true},
+	{"steps", WFV_DOCUMENT, wfv_check_top_steps, true},
+	{"concurrency", WFV_DOCUMENT, wfv_check_concurrency, true},
 
-	/* step keys that go with one action, checked by that action's check */
-	{"payload", WFV_COMPANION, "agent", NULL, true},
-	{"requires", WFV_COMPANION, "agent", NULL, true},
-	{"input", WFV_COMPANION, "workflow", NULL, true},
-	{"then", WFV_COMPANION, "if", NULL, true},
-	{"else", WFV_COMPANION, "if", NULL, true},
+	/*
+	 * The step keys that go with one action are its kind's companions
+	 * (wf_step_kinds[]).
+	 */
 
 	/* step policies */
-	{"dependencies", WFV_POLICY, NULL, wfv_check_dependencies, true},
-	{"when", WFV_POLICY, NULL, wfv_check_jsonpath, true},
-	{"timeout", WFV_POLICY, NULL, wfv_check_interval, true},
-	{"sla", WFV_POLICY, NULL, wfv_check_interval, true},
-	{"retry", WFV_POLICY, NULL, wfv_check_retry, true},
-	{"on_error", WFV_POLICY, NULL, wfv_check_on_error, true},
-	{"compensate", WFV_POLICY, NULL, wfv_check_compensate, true},
-	{"circuit_breaker", WFV_POLICY, NULL, wfv_check_circuit_breaker, true},
-	{"rate_limit", WFV_POLICY, NULL, wfv_check_rate_limit, true},
-	{"concurrency", WFV_POLICY, NULL, wfv_check_concurrency, true},
+	{"dependencies", WFV_POLICY, wfv_check_dependencies, true},
+	{"when", WFV_POLICY, wfv_check_jsonpath, true},
+	{"timeout", WFV_POLICY, wfv_check_interval, true},
+	{"sla", WFV_POLICY, wfv_check_interval, true},
+	{"retry", WFV_POLICY, wfv_check_retry, true},
+	{"on_error", WFV_POLICY, wfv_check_on_error, true},
+	{"compensate", WFV_POLICY, wfv_check_compensate, true},
+	{"circuit_breaker", WFV_POLICY, wfv_check_circuit_breaker, true},
+	{"rate_limit", WFV_POLICY, wfv_check_rate_limit, true},
+	{"concurrency", WFV_POLICY, wfv_check_concurrency, true},
 
 	/* strategies of "on_error" */
-	{"retry", WFV_STRATEGY, NULL, NULL, true},
-	{"skip", WFV_STRATEGY, NULL, NULL, true},
-	{"compensate", WFV_STRATEGY, NULL, NULL, true},
-	{"escalate", WFV_STRATEGY, NULL, NULL, true},
-	{"fail", WFV_STRATEGY, NULL, NULL, true},
+	{"retry", WFV_STRATEGY, NULL, true},
+	{"skip", WFV_STRATEGY, NULL, true},
+	{"compensate", WFV_STRATEGY, NULL, true},
+	{"escalate", WFV_STRATEGY, NULL, true},
+	{"fail", WFV_STRATEGY, NULL, true},
 };
 
 #define WFV_NFEATURES	lengthof(wfv_features)
@@ -516,7 +516,8 @@ wfv_unknown_keys(WfvState *st, const char *label, JsonbContainer *obj,
 			known = (strlen(keys[i]) == len &&
 					 memcmp(keys[i], key, len) == 0);
 		if (known || wfv_find(roles, key, len) != NULL ||
-			((roles & WFV_ACTION) != 0 && wf_kind_find(key, len) != NULL))
+			((roles & WFV_ACTION) != 0 && wf_kind_find(key, len) != NULL) ||
+			((roles & WFV_COMPANION) != 0 && wfv_companion_of(key, len) != NULL))
 			continue;
 
 		name = pnstrdup(key, len);
@@ -638,23 +639,80 @@ wfv_check_action(WfvState *st, WfvObject *o)
 	}
 	action->check(st, o, wfv_path(o, action->name),
 				  wfv_get(o->obj, action->name, &jv));
+	if (action->companions != NULL)
+		wfv_members(st, o, o->obj, NULL, action->companions);
 }
 
 /* Report companion keys of o that lack their action. */
 void
 wfv_check_companions(WfvState *st, WfvObject *o)
 {
-	for (int i = 0; i < WFV_NFEATURES; i++)
-	{
-		const WfvFeature *f = &wfv_features[i];
-		JsonbValue	jv;
+	JsonbValue	jv;
 
-		if (f->role == WFV_COMPANION &&
-			wfv_get(o->obj, f->name, &jv) != NULL &&
-			wfv_get(o->obj, f->kind, &jv) == NULL)
-			wfv_problem(st, o->label, ERRCODE_INVALID_PARAMETER_VALUE,
-						"\"%s\" is only allowed with \"%s\"",
-						wfv_path(o, f->name), f->kind);
+	for (int i = 0; i < wf_step_nkinds; i++)
+	{
+		const WfStepKind *k = &wf_step_kinds[i];
+
+		if (k->companions == NULL || wfv_get(o->obj, k->name, &jv) != NULL)
+			continue;
+		for (const WfvMember *m = k->companions; m->key != NULL; m++)
+			if (wfv_get(o->obj, m->key, &jv) != NULL)
+				wfv_problem(st, o->label, ERRCODE_INVALID_PARAMETER_VALUE,
+							"\"%s\" is only allowed with \"%s\"",
+							wfv_path(o, m->key), k->name);
+	}
+}
+
+/*
+ * The kind whose companion is the key of len bytes, or NULL.
+ */
+static const WfStepKind *
+wfv_companion_of(const char *key, int len)
+{
+	for (int i = 0; i < wf_step_nkinds; i++)
+	{
+		const WfvMember *m = wf_step_kinds[i].companions;
+
+		for (; m != NULL && m->key != NULL; m++)
+			if (strlen(m->key) == len && memcmp(m->key, key, len) == 0)
+				return &wf_step_kinds[i];
+	}
+	return NULL;
+}
+
+/*
+ * Check the members of object c by the table members: each key's value by
+ * its check, a missing required key, and (unless c is the step object
+ * itself, path NULL, whose other keys are checked elsewhere) keys the
+ * table does not know.  path names c in messages.
+ */
+void
+wfv_members(WfvState *st, WfvObject *o, JsonbContainer *c, const char *path,
+			const WfvMember *members)
+{
+	const WfvMember *m;
+
+	if (path != NULL)
+	{
+		const char **keys;
+		int			n = 0;
+
+		for (m = members; m->key != NULL; m++)
+			n++;
+		keys = palloc(sizeof(char *) * (n + 1));
+		for (n = 0, m = members; m->key != NULL; m++)
+			keys[n++] = m->key;
+		keys[n] = NULL;
+		wfv_unknown_keys(st, o->label, c, keys, 0, path);
+	}
+	for (m = members; m->key != NULL; m++)
+	{
+		const char *p = path ? wfv_sub(path, m->key) : wfv_path(o, m->key);
+		JsonbValue	jv;
+		JsonbValue *v = wfv_member(st, o->label, c, m->key, p, m->required, &jv);
+
+		if (v != NULL && m->check != NULL)
+			m->check(st, o, p, v);
 	}
 }
 

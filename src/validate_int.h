@@ -8,7 +8,10 @@
  * validate.c walks a definition (its keys, by the table wfv_features[], and
  * its step lists); validate_values.c checks values (names, intervals, JSON
  * paths, templates, secrets, numbers); validate_steps.c checks the
- * definition's keys, the step policies and the step actions.
+ * definition's keys and the step policies.  Each step kind's action is
+ * checked in the kind's own file, beside its execution (step_sql.c,
+ * http_request.c, agent.c, step_wait.c, step_flow.c), by the functions
+ * and member tables that wf_step_kinds[] (kinds.c) names.
  *
  * src/validate_int.h
  *
@@ -18,6 +21,10 @@
 #define PG_WORKFLOW_VALIDATE_INT_H
 
 #include "pg_workflow.h"
+
+#include "lib/stringinfo.h"
+#include "utils/hsearch.h"
+#include "utils/jsonb.h"
 
 /* Longest step, branch, agent pool or workflow name, in bytes. */
 #define WFV_MAX_NAME		63
@@ -83,11 +90,23 @@ struct WfvObject
 typedef void (*WfvCheck) (WfvState *st, WfvObject *o, const char *path,
 						  JsonbValue *value);
 
+/*
+ * One key of an object and the check of its value: the members of an
+ * action's object, or a kind's companions (step keys allowed only with its
+ * action).  A table of them ends with an entry whose key is NULL.
+ */
+struct WfvMember
+{
+	const char *key;
+	bool		required;		/* a problem when the key is missing */
+	WfvCheck	check;			/* checks the value; NULL if nothing to do */
+};
+
 typedef enum WfvRole
 {
 	WFV_DOCUMENT = 1 << 0,		/* a key of the definition itself */
 	WFV_ACTION = 1 << 1,		/* a step's action: exactly one per step */
-	WFV_COMPANION = 1 << 2,		/* a step key allowed only with an action */
+	WFV_COMPANION = 1 << 2,		/* a kind's companion (WfStepKind) */
 	WFV_POLICY = 1 << 3,		/* a step key allowed with every action */
 	WFV_STRATEGY = 1 << 4		/* a value of "on_error" */
 } WfvRole;
@@ -96,20 +115,28 @@ typedef enum WfvRole
 struct WfvFeature
 {
 	const char *name;			/* the key, or the strategy */
-	WfvRole		role;
-	const char *kind;			/* WFV_COMPANION: the action it goes with */
+	WfvRole		role;			/* not WFV_ACTION or WFV_COMPANION */
 	WfvCheck	check;			/* checks the value; NULL if nothing to do */
 	bool		supported;		/* false: rejected as not supported yet */
 };
 
 typedef Datum (*WfvParser) (const char *str);
 
+/* Value checks in the form of a WfvCheck (validate_values.c) */
 extern void wfv_check_text(WfvState *st, WfvObject *o, const char *path,
 						   JsonbValue *v);
 extern void wfv_check_interval(WfvState *st, WfvObject *o, const char *path,
 							   JsonbValue *v);
 extern void wfv_check_jsonpath(WfvState *st, WfvObject *o, const char *path,
 							   JsonbValue *v);
+extern void wfv_check_template(WfvState *st, WfvObject *o, const char *path,
+							   JsonbValue *v);
+extern void wfv_check_templates(WfvState *st, WfvObject *o, const char *path,
+								JsonbValue *v);
+extern void wfv_check_count(WfvState *st, WfvObject *o, const char *path,
+							JsonbValue *v);
+
+/* Policies and the definition's keys (validate_steps.c) */
 extern void wfv_check_retry(WfvState *st, WfvObject *o, const char *path,
 							JsonbValue *v);
 extern void wfv_check_on_error(WfvState *st, WfvObject *o, const char *path,
@@ -173,6 +200,8 @@ extern const char *wfv_enum(WfvState *st, const char *label,
 							const char *path, JsonbValue *v,
 							const char *const *values);
 extern bool wfv_ok_status(JsonbValue *v);
+extern void wfv_members(WfvState *st, WfvObject *o, JsonbContainer *c,
+						const char *path, const WfvMember *members);
 extern void wfv_check_action(WfvState *st, WfvObject *o);
 extern void wfv_check_companions(WfvState *st, WfvObject *o);
 extern void wfv_step_array(WfvState *st, WfvObject *o, const char *path,
@@ -181,5 +210,33 @@ extern void wfv_nested(WfvState *st, WfvObject *o, const char *path,
 					   JsonbValue **steps, int nsteps, bool single);
 extern int	wfv_list_find(WfvList *list, const char *name);
 extern void wfv_step(WfvState *st, WfvList *list, int index);
+
+/*
+ * Each kind's checks, in the kind's file: of its action's value, and the
+ * kind's companions (NULL-key-terminated), as wf_step_kinds[] names them.
+ */
+extern void wf_sql_check(WfvState *st, WfvObject *o, const char *path,
+						 JsonbValue *v);
+extern void wf_http_check(WfvState *st, WfvObject *o, const char *path,
+						  JsonbValue *v);
+extern void wf_agent_check(WfvState *st, WfvObject *o, const char *path,
+						   JsonbValue *v);
+extern const WfvMember wf_agent_companions[];
+extern void wf_wait_for_check(WfvState *st, WfvObject *o, const char *path,
+							  JsonbValue *v);
+extern void wf_wait_human_check(WfvState *st, WfvObject *o, const char *path,
+								JsonbValue *v);
+extern void wf_wait_sleep_check(WfvState *st, WfvObject *o, const char *path,
+								JsonbValue *v);
+extern void wf_flow_workflow_check(WfvState *st, WfvObject *o,
+								   const char *path, JsonbValue *v);
+extern const WfvMember wf_flow_workflow_companions[];
+extern void wf_flow_if_check(WfvState *st, WfvObject *o, const char *path,
+							 JsonbValue *v);
+extern const WfvMember wf_flow_if_companions[];
+extern void wf_flow_parallel_check(WfvState *st, WfvObject *o,
+								   const char *path, JsonbValue *v);
+extern void wf_flow_map_check(WfvState *st, WfvObject *o, const char *path,
+							  JsonbValue *v);
 
 #endif							/* PG_WORKFLOW_VALIDATE_INT_H */

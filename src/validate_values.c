@@ -684,3 +684,50 @@ wfv_ok_status(JsonbValue *v)
 	return wfv_status_code(v);
 }
 
+/* ----------------------------------------------------------------
+ * The value checks above in the form of a WfvCheck, for the tables of
+ * keys and members
+ * ----------------------------------------------------------------
+ */
+
+void
+wfv_check_text(WfvState *st, WfvObject *o, const char *path, JsonbValue *v)
+{
+	(void) wfv_string(st, o->label, path, v, false);
+}
+
+void
+wfv_check_interval(WfvState *st, WfvObject *o, const char *path,
+				   JsonbValue *v)
+{
+	(void) wfv_interval(st, o->label, path, v);
+}
+
+void
+wfv_check_jsonpath(WfvState *st, WfvObject *o, const char *path,
+				   JsonbValue *v)
+{
+	(void) wfv_jsonpath(st, o->label, path, v);
+}
+
+void
+wfv_check_template(WfvState *st, WfvObject *o, const char *path,
+				   JsonbValue *v)
+{
+	(void) wfv_template(st, o->label, path, v);
+}
+
+/* Any JSON, whose strings may hold templates. */
+void
+wfv_check_templates(WfvState *st, WfvObject *o, const char *path,
+					JsonbValue *v)
+{
+	wfv_any_templates(st, o->label, path, v);
+}
+
+/* A positive integer. */
+void
+wfv_check_count(WfvState *st, WfvObject *o, const char *path, JsonbValue *v)
+{
+	(void) wfv_integer(st, o->label, path, v, 1, PG_INT32_MAX);
+}
