@@ -73,6 +73,16 @@ wf_agent_requires(Jsonb *spec)
 }
 
 /*
+ * The key of an agent step's circuit breaker: "agent:POOL", which no host
+ * (the key of an http step's) can be.
+ */
+char *
+wf_agent_breaker_key(Jsonb *spec)
+{
+	return psprintf("agent:%s", wf_util_jsonb_get_text(spec, "agent"));
+}
+
+/*
  * Executes an attempt of an agent step: its payload rendered as the run's
  * owner (secrets never render outside http), and its task created.  The
  * attempt ends when an agent completes or fails the task.
@@ -89,6 +99,10 @@ wf_agent_execute(WfStepExec *ex, WfStepResult *res)
 
 	if (pool == NULL)
 		elog(ERROR, "agent step \"%s\" has no pool", ex->step);
+
+	/* The pool's breaker open: no task yet, no attempt burnt. */
+	if (!wf_http_breaker_admit(ex, res, wf_agent_breaker_key(ex->spec)))
+		return;
 
 	/* No token of its rate limit (by pool by default): no task yet. */
 	if (!wf_http_rate_admit(ex, res, pool, NULL))

@@ -286,6 +286,35 @@ wf_exec_http_status_ok(Jsonb *ok_status, int status)
 }
 
 /*
+ * Records an attempt's end on circuit breaker "key" of a step with
+ * "circuit_breaker" (an http step's host, an agent step's "agent:POOL"):
+ * ok for an answer the other side gave (a success, or an error that is
+ * not transient), a failure otherwise.  Returns true when this failure
+ * opened the breaker.
+ */
+bool
+wf_exec_breaker_record(Jsonb *spec, const char *key, bool ok)
+{
+	Jsonb	   *breaker = wf_util_jsonb_get(spec, "circuit_breaker");
+	Oid			types[4] = {TEXTOID, BOOLOID, INT4OID, TEXTOID};
+	Datum		args[4];
+	bool		isnull;
+
+	if (breaker == NULL)
+		return false;
+	args[0] = CStringGetTextDatum(key);
+	args[1] = BoolGetDatum(ok);
+	args[2] = Int32GetDatum((int) wf_util_jsonb_get_number(breaker, "failures", 5));
+	args[3] = CStringGetTextDatum(wf_util_jsonb_get_text(breaker, "reset_after"));
+	if (SPI_execute_with_args("SELECT wf._breaker_record($1, $2, $3, $4::interval)",
+							  4, types, args, NULL, false, 0) != SPI_OK_SELECT ||
+		SPI_processed != 1)
+		elog(ERROR, "could not record on the circuit breaker");
+	return DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
+									  SPI_tuptable->tupdesc, 1, &isnull));
+}
+
+/*
  * Checkpoints a finished http request: the step's output, or its failure
  * classified (429, 408, 5xx and transport errors are transient, other
  * statuses permanent).  A completion whose attempt is no longer the step's
@@ -299,7 +328,6 @@ wf_exec_completion(WfHttpCompletion *c, List *queue, MemoryContext batchctx)
 	Datum		args[4];
 	char		nulls[4] = {' ', ' ', ' ', ' '};
 	Jsonb	   *defaults;
-	Jsonb	   *breaker;
 	bool		transient;
 	bool		isnull;
 
@@ -320,24 +348,9 @@ wf_exec_completion(WfHttpCompletion *c, List *queue, MemoryContext batchctx)
 
 	transient = c->error != NULL ? c->transient :
 		(c->status == 429 || c->status == 408 || c->status >= 500);
-	breaker = wf_util_jsonb_get(ex->spec, "circuit_breaker");
-	if (breaker != NULL && wf_http_breaker_key(c) != NULL)
-	{
-		Oid			btypes[4] = {TEXTOID, BOOLOID, INT4OID, TEXTOID};
-		Datum		bargs[4];
-
-		bargs[0] = CStringGetTextDatum(wf_http_breaker_key(c));
-		bargs[1] = BoolGetDatum(!transient);
-		bargs[2] = Int32GetDatum((int) wf_util_jsonb_get_number(breaker, "failures", 5));
-		bargs[3] = CStringGetTextDatum(wf_util_jsonb_get_text(breaker, "reset_after"));
-		if (SPI_execute_with_args("SELECT wf._breaker_record($1, $2, $3, $4::interval)",
-								  4, btypes, bargs, NULL, false, 0) != SPI_OK_SELECT ||
-			SPI_processed != 1)
-			elog(ERROR, "could not record on the circuit breaker");
-		res->breaker_opened = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
-														 SPI_tuptable->tupdesc, 1,
-														 &isnull));
-	}
+	if (wf_http_breaker_key(c) != NULL)
+		res->breaker_opened = wf_exec_breaker_record(ex->spec, wf_http_breaker_key(c),
+													 !transient);
 	/* A 429 with Retry-After: the rate limit has no token until then. */
 	if (c->status == 429 && c->retry_after_s > 0 && wf_http_rate_key(c) != NULL)
 	{

@@ -1358,6 +1358,16 @@ wf_agent_finish(PG_FUNCTION_ARGS)
 		res->timed_out = !PG_ARGISNULL(7) && PG_GETARG_BOOL(7);
 	}
 
+	/*
+	 * The pool's circuit breaker: a task completed, or failed for a reason
+	 * of its own, is an answer; a transient failure, an expired lease or a
+	 * lost agent is not.
+	 */
+	res->breaker_opened =
+		wf_exec_breaker_record(ex->spec, wf_agent_breaker_key(ex->spec),
+							   res->outcome == WF_STEP_COMPLETED ||
+							   res->error_class == WF_ERROR_BUSINESS);
+
 	if (res->outcome == WF_STEP_COMPLETED)
 	{
 		Datum		dargs[4];

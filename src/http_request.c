@@ -229,24 +229,35 @@ wf_http_check_url(const char *url, WfTemplateCtx *tc)
 }
 
 /*
- * Asks the host's circuit breaker whether a request may go now; returns 0
- * if so, else the time to try again.
+ * Asks circuit breaker "key" (a host, or "agent:POOL") of a step with
+ * "circuit_breaker" whether its attempt may start now.  If not, the step
+ * is deferred without burning an attempt until the breaker may let a probe
+ * through, or closes (wf._breaker_record wakes it then), and false is
+ * returned.  Also for agent steps.
  */
-static TimestampTz
-wf_http_breaker_admit(const char *host, Jsonb *breaker)
+bool
+wf_http_breaker_admit(WfStepExec *ex, WfStepResult *res, const char *key)
 {
+	Jsonb	   *breaker = wf_util_jsonb_get(ex->spec, "circuit_breaker");
 	Oid			types[2] = {TEXTOID, TEXTOID};
 	Datum		args[2];
 	bool		isnull;
 	Datum		d;
 
-	args[0] = CStringGetTextDatum(host);
+	if (breaker == NULL)
+		return true;
+	args[0] = CStringGetTextDatum(key);
 	args[1] = CStringGetTextDatum(wf_util_jsonb_get_text(breaker, "reset_after"));
 	if (SPI_execute_with_args("SELECT wf._breaker_admit($1, $2::interval)", 2, types,
 							  args, NULL, false, 1) != SPI_OK_SELECT || SPI_processed != 1)
-		elog(ERROR, "could not consult the circuit breaker of \"%s\"", host);
+		elog(ERROR, "could not consult the circuit breaker of \"%s\"", key);
 	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-	return isnull ? 0 : DatumGetTimestampTz(d);
+	if (isnull)
+		return true;
+	res->outcome = WF_STEP_DEFERRED;
+	res->defer_until = DatumGetTimestampTz(d);
+	res->defer_key = psprintf("breaker:%s", key);
+	return false;
 }
 
 /*
@@ -366,19 +377,9 @@ wf_http_execute(WfStepExec *ex, WfStepResult *res)
 	secrets = tc.secrets_used;
 
 	/* An open breaker: wait, without burning an attempt. */
+	if (!wf_http_breaker_admit(ex, res, host))
+		return;
 	breaker = wf_util_jsonb_get(ex->spec, "circuit_breaker");
-	if (breaker != NULL)
-	{
-		TimestampTz until = wf_http_breaker_admit(host, breaker);
-
-		if (until != 0)
-		{
-			res->outcome = WF_STEP_DEFERRED;
-			res->defer_until = until;
-			res->defer_key = psprintf("breaker:%s", host);
-			return;
-		}
-	}
 
 	/* No token of its rate limit: wait for the next one, no attempt burnt. */
 	if (!wf_http_rate_admit(ex, res, host, &rate_key))

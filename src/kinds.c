@@ -36,29 +36,29 @@
  * is the short form of "sleep" and shares its functions.
  */
 const WfStepKind wf_step_kinds[] = {
-	/* name, alias_of, supported, container, compensates, async, ... */
-	{"sql", NULL, true, false, true, false,
+	/* name, alias_of, supported, container, compensates, async, calls_out, ... */
+	{"sql", NULL, true, false, true, false, false,
 	wf_sql_execute, NULL, wf_sql_check, NULL},
-	{"http", NULL, true, false, true, true,
+	{"http", NULL, true, false, true, true, true,
 	wf_http_execute, NULL, wf_http_check, NULL},
-	{"agent", NULL, true, false, true, true,
+	{"agent", NULL, true, false, true, true, true,
 	wf_agent_execute, NULL, wf_agent_check, wf_agent_companions},
-	{"wait_for", NULL, true, false, true, false,
+	{"wait_for", NULL, true, false, true, false, false,
 	wf_wait_for_execute, wf_wait_for_resume, wf_wait_for_check, NULL},
-	{"human", NULL, true, false, true, false,
+	{"human", NULL, true, false, true, false, false,
 	wf_wait_human_execute, wf_wait_human_resume, wf_wait_human_check, NULL},
-	{"sleep", NULL, true, false, true, false,
+	{"sleep", NULL, true, false, true, false, false,
 	wf_wait_sleep_execute, wf_wait_sleep_resume, wf_wait_sleep_check, NULL},
-	{"workflow", NULL, true, false, true, false,
+	{"workflow", NULL, true, false, true, false, false,
 	wf_flow_workflow_execute, wf_flow_workflow_resume, wf_flow_workflow_check,
 	wf_flow_workflow_companions},
-	{"if", NULL, true, true, false, false,
+	{"if", NULL, true, true, false, false, false,
 	wf_flow_if_execute, NULL, wf_flow_if_check, wf_flow_if_companions},
-	{"parallel", NULL, true, true, false, false,
+	{"parallel", NULL, true, true, false, false, false,
 	wf_flow_parallel_execute, NULL, wf_flow_parallel_check, NULL},
-	{"map", NULL, true, true, false, false,
+	{"map", NULL, true, true, false, false, false,
 	wf_flow_map_execute, NULL, wf_flow_map_check, NULL},
-	{"until", "sleep", true, false, true, false,
+	{"until", "sleep", true, false, true, false, false,
 	wf_wait_sleep_execute, wf_wait_sleep_resume, wf_wait_sleep_check, NULL},
 };
 

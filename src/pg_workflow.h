@@ -262,6 +262,8 @@ struct WfStepKind
 	bool		compensates;	/* may be a step's "compensate" action */
 	bool		async;			/* an attempt ends outside the executor's
 								 * transaction (http, agent) */
+	bool		calls_out;		/* its attempts call another system, which
+								 * "circuit_breaker" and "rate_limit" guard */
 	void		(*execute) (WfStepExec *ex, WfStepResult *res);
 	/* for kinds that wait: the timer fired, or a signal or event came */
 	void		(*resume) (WfStepExec *ex, WfStepResult *res);
@@ -354,6 +356,8 @@ extern char *wf_guc_http_ca_file;
 
 extern void wf_http_init(void);
 extern void wf_http_execute(WfStepExec *ex, WfStepResult *res);
+extern bool wf_http_breaker_admit(WfStepExec *ex, WfStepResult *res,
+								  const char *key);
 extern bool wf_http_rate_admit(WfStepExec *ex, WfStepResult *res,
 							   const char *default_key, char **key_out);
 extern void wf_http_enqueue(WfHttpRequest *req);
@@ -378,6 +382,7 @@ extern void wf_http_completion_key(WfHttpCompletion *c, int64 *run_id, char **st
 								   int *attempt, TimestampTz *started_at);
 
 /* External agents (agent.c) */
+extern char *wf_agent_breaker_key(Jsonb *spec);
 extern void wf_agent_execute(WfStepExec *ex, WfStepResult *res);
 
 /* The caller-passing calls of wf._NAME functions (api.c) */

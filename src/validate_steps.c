@@ -240,14 +240,9 @@ wfv_check_circuit_breaker(WfvState *st, WfvObject *o, const char *path,
 	JsonbContainer *c;
 
 	/* without a single action, that has been reported already */
-	if (o->action != NULL &&
-		strcmp(wf_kind_base(o->action)->name, "agent") == 0)
-		wfv_problem(st, o->label, ERRCODE_FEATURE_NOT_SUPPORTED,
-					"\"%s\" is not supported on agent steps yet", path);
-	else if (o->action != NULL &&
-			 strcmp(wf_kind_base(o->action)->name, "http") != 0)
+	if (o->action != NULL && !o->action->calls_out)
 		wfv_problem(st, o->label, ERRCODE_INVALID_PARAMETER_VALUE,
-					"\"%s\" is only allowed on http steps", path);
+					"\"%s\" is only allowed on http and agent steps", path);
 
 	if ((c = wfv_object(st, o->label, path, v)) != NULL)
 		wfv_members(st, o, c, path, wfv_breaker_members);
@@ -310,9 +305,7 @@ wfv_check_rate_limit(WfvState *st, WfvObject *o, const char *path,
 	JsonbContainer *c;
 
 	/* without a single action, that has been reported already */
-	if (o->action != NULL &&
-		strcmp(wf_kind_base(o->action)->name, "http") != 0 &&
-		strcmp(wf_kind_base(o->action)->name, "agent") != 0)
+	if (o->action != NULL && !o->action->calls_out)
 		wfv_problem(st, o->label, ERRCODE_INVALID_PARAMETER_VALUE,
 					"\"%s\" is only allowed on http and agent steps", path);
 

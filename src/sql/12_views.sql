@@ -80,10 +80,16 @@ CREATE VIEW wf.history WITH (security_barrier) AS
 	 WHERE r.owner = (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user)
 		OR (SELECT pg_catalog.pg_has_role('wf_admin', 'MEMBER'));
 
+/*
+ * The breakers of http hosts (host) and of agent pools (pool): an agent
+ * step's is keyed "agent:POOL", which no host can be.
+ */
 CREATE VIEW wf.circuit_breakers AS
-	SELECT b.key AS host, b.state, b.failures, b.opened_at, b.reset_after,
+	SELECT CASE WHEN b.key NOT LIKE 'agent:%' THEN b.key END AS host,
+		   b.state, b.failures, b.opened_at, b.reset_after,
 		   CASE WHEN b.state <> 'closed' THEN b.opened_at + b.reset_after END AS retry_at,
-		   b.updated_at
+		   b.updated_at,
+		   CASE WHEN b.key LIKE 'agent:%' THEN substr(b.key, 7) END AS pool
 	  FROM wf.circuit_breaker b;
 
 CREATE VIEW wf.alerts WITH (security_barrier) AS

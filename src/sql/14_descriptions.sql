@@ -36,7 +36,7 @@ COMMENT ON VIEW wf.history IS 'the append-only audit log of every run and step t
 COMMENT ON VIEW wf.alerts IS 'failures, escalations, dropped owners: what an operator should look at';
 COMMENT ON VIEW wf.human_tasks IS 'open approvals, for their assignees and the runs'' owners';
 COMMENT ON VIEW wf.schedules IS 'schedules the current role may see, with their next and last runs';
-COMMENT ON VIEW wf.circuit_breakers IS 'the circuit breakers of http hosts: state, failures, when they close again';
+COMMENT ON VIEW wf.circuit_breakers IS 'the circuit breakers of http hosts and agent pools: state, failures, when they close again';
 COMMENT ON VIEW wf.secrets IS 'the secrets a role may use or manage, never their values';
 COMMENT ON FUNCTION @extschema@.wf_explain(bigint) IS 'a run as an indented tree, one line per step: status, attempt, duration, error (like EXPLAIN ANALYZE)';
 COMMENT ON FUNCTION @extschema@.wf_graph(text, text) IS 'a workflow as a Mermaid flowchart or Graphviz DOT graph';

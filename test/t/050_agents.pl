@@ -17,6 +17,9 @@
 #  - wf_fail retryable retries, not retryable fails the run; an {"error"}
 #    output is a business error;
 #  - wf_cancel of a run cancels its task: a later completion returns false;
+#  - a pool's circuit breaker opens after transient failures, holds its
+#    steps back without burning attempts, lets a probe out after
+#    reset_after, and closes when the probe completes;
 #  - a saga step whose undo is an agent action;
 #  - privileges: claiming needs wf_grant_pool; another role cannot claim,
 #    complete or heartbeat the agent's task; the agent role reads no task
@@ -245,6 +248,82 @@ is($node->safe_psql('postgres', "SELECT state FROM wf.task WHERE id = $task"),
 	'cancelled', 'the task was cancelled with its run');
 
 # -------------------------------------------------------------------------
+# The pool's circuit breaker: opens after 2 transient failures in a row,
+# holds the pool's steps back (no task) until reset_after, then lets one
+# probe task out whose completion closes it and releases the others.
+# -------------------------------------------------------------------------
+$node->safe_psql('postgres', "SELECT wf_grant_pool('brk', 'agent1')");
+wf_define(
+	$node, 'guarded',
+	{
+		steps => [
+			{
+				name => 'w',
+				agent => 'brk',
+				retry => { max_attempts => 1 },
+				circuit_breaker => { failures => 2, reset_after => '2 seconds' }
+			}
+		]
+	});
+my @failed;
+for my $i (1 .. 2)
+{
+	my $r = wf_start($node, 'guarded');
+	($task) = split /\|/, claim('brk');
+	is(as_agent("SELECT wf_fail($task, 'pool backend down')"), 't', "transient failure $i recorded");
+	is(wf_wait($node, $r), 'failed', "run $i failed (one attempt)");
+	push @failed, $r;
+}
+is( $node->safe_psql(
+		'postgres', "SELECT host IS NULL, state, failures FROM wf.circuit_breakers WHERE pool = 'brk'"),
+	't|open|2',
+	'the second failure in a row opened the pool\'s breaker (a pool, not a host)');
+is( $node->safe_psql(
+		'postgres', "SELECT detail->>'breaker_opened' FROM wf.history WHERE run_id = $failed[1] AND status = 'failed' AND step = 'w'"
+	),
+	'true',
+	'the failure that opened it says so');
+my $retry_at = $node->safe_psql('postgres',
+	"SELECT retry_at FROM wf.circuit_breakers WHERE pool = 'brk'");
+my @held = (wf_start($node, 'guarded'), wf_start($node, 'guarded'));
+$node->poll_query_until('postgres',
+	"SELECT bool_and(s.wait_key = 'breaker:agent:brk' OR EXISTS (SELECT 1 FROM wf.task t WHERE t.run_id = s.run_id)) FROM wf.step s WHERE s.run_id IN ($held[0], $held[1])"
+) or die 'the steps were never deferred';
+is( $node->safe_psql(
+		'postgres', "SELECT count(*) FROM wf.task WHERE run_id IN ($held[0], $held[1]) AND created_at < '$retry_at'"),
+	'0',
+	'no task of the pool is made while its breaker is open');
+is( $node->safe_psql(
+		'postgres', "SELECT count(*) FROM wf.steps WHERE run_id IN ($held[0], $held[1]) AND attempt > 1"),
+	'0',
+	'and the steps held back burnt no attempt');
+my ($probe, $prun) = split /\|/, claim('brk');
+ok($probe, 'after reset_after a probe task goes out');
+is( $node->safe_psql(
+		'postgres', "SELECT b.state, t.created_at >= '$retry_at' FROM wf.circuit_breakers b, wf.task t WHERE b.pool = 'brk' AND t.id = $probe"
+	),
+	'half_open|t',
+	'made once reset_after had passed, with the breaker half open');
+is(as_agent("SELECT wf_complete($probe)"), 't', 'the probe is completed');
+is($node->safe_psql('postgres', "SELECT state, failures FROM wf.circuit_breakers WHERE pool = 'brk'"),
+	'closed|0', 'its completion closed the breaker');
+($task) = split /\|/, claim('brk');
+ok($task && $task ne $probe, 'the other step held back gets its task');
+is(as_agent("SELECT wf_fail($task, 'wrong input', retryable => false)"), 't',
+	'a business failure is an answer of the pool');
+is(wf_wait_all($node, $prun == $held[0] ? @held : reverse @held),
+	'completed,failed', 'both runs held back ran: the probe\'s completed, the other\'s failed');
+is($node->safe_psql('postgres', "SELECT state, failures FROM wf.circuit_breakers WHERE pool = 'brk'"),
+	'closed|0', 'and leaves the breaker closed');
+like(
+	$node->safe_psql(
+		'postgres',
+		"SELECT string_agg(v, ';') FROM wf_validate('{\"steps\": [{\"name\": \"x\", \"sql\": \"SELECT 1\", \"circuit_breaker\": {\"failures\": 1, \"reset_after\": \"1s\"}}]}') v"
+	),
+	qr/"circuit_breaker" is only allowed on http and agent steps/,
+	'a circuit breaker on a sql step is refused');
+
+# -------------------------------------------------------------------------
 # A saga whose undo is an agent action.
 # -------------------------------------------------------------------------
 wf_define(
@@ -376,7 +455,7 @@ claim('gpu', caps => '{cpu,cuda,gpu}', wait => '0');
 is( as_agent(
 		"SELECT pool, agent, capabilities, state, in_flight, completed > 0, failed > 0 FROM wf.agents WHERE agent = 'a1' ORDER BY pool"
 	),
-	"gpu|a1|{cpu,cuda,gpu}|idle|0|t|f\np|a1|{}|idle|0|t|t",
+	"brk|a1|{}|idle|0|t|t\ngpu|a1|{cpu,cuda,gpu}|idle|0|t|f\np|a1|{}|idle|0|t|t",
 	'wf.agents shows the agent in each pool, idle, with its counts');
 is((as_role('other', 'SELECT count(*) FROM wf.agents'))[0], '0', 'another role sees no agents');
 is( as_agent(

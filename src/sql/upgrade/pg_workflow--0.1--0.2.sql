@@ -188,3 +188,9 @@ DROP FUNCTION wf._breaker_record(text, boolean, int, interval);
  * opened it (the step's error says so, for wf_recommendations).
  */
 -- @function wf._breaker_record
+
+/* The breakers of agent pools: wf.circuit_breakers has a column more. */
+DROP VIEW wf.circuit_breakers;
+-- @view wf.circuit_breakers
+GRANT SELECT ON wf.circuit_breakers TO PUBLIC;
+COMMENT ON VIEW wf.circuit_breakers IS 'the circuit breakers of http hosts and agent pools: state, failures, when they close again';
