@@ -16,9 +16,11 @@ OBJS = \
 	src/step_wait.o \
 	src/step_flow.o \
 	src/schedule.o \
+	src/schedule_next.o \
 	src/http.o \
 	src/http_request.o \
 	src/template.o \
+	src/template_redact.o \
 	src/api.o \
 	src/agent.o \
 	src/owners.o \

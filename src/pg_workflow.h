@@ -393,7 +393,7 @@ extern Datum wf_api_invoke_set(FmgrInfo *finfo, int nargs, NullableDatum *args,
 							   struct ReturnSetInfo *rsinfo, bool *isnull);
 
 /* ----------------------------------------------------------------
- * Templates and secrets (template.c)
+ * Templates and secrets (template.c, template_redact.c)
  * ----------------------------------------------------------------
  */
 /* A secret that a rendering substituted. */
