@@ -9,6 +9,9 @@ OBJS = \
 	src/executor.o \
 	src/exec_outcome.o \
 	src/exec_contain.o \
+	src/exec_plans.o \
+	src/exec_housekeeping.o \
+	src/exec_path.o \
 	src/kinds.o \
 	src/context.o \
 	src/snapwait.o \

@@ -2,8 +2,9 @@
  *
  * agent.c
  *		Steps executed by external agents: the "agent" step kind, which
- *		turns an attempt into a task of a pool, and wf_claim, through which
- *		agents take tasks, waiting for them in the server.
+ *		turns an attempt into a task of a pool and checkpoints its end, and
+ *		wf_claim, through which agents take tasks, waiting for them in the
+ *		server.
  *
  * An attempt of an agent step renders its payload (as the run's owner,
  * without secrets) and inserts a row of wf.task in the step's
@@ -11,9 +12,10 @@
  * transaction commits, which wakes the backends waiting in wf_claim for
  * that pool.  The step stays running until wf_complete or wf_fail (or the
  * expiry of its lease or timeout, wf._expire_tasks) checkpoints the
- * attempt through wf._agent_finish (executor.c).  One task is one attempt:
- * an expired lease is a transient failure of the attempt, and the retry
- * policy's next attempt is a new task.
+ * attempt through wf._agent_finish, below, by the executor's own path
+ * (executor_int.h).  One task is one attempt: an expired lease is a
+ * transient failure of the attempt, and the retry policy's next attempt is
+ * a new task.
  *
  * src/agent.c
  *
@@ -35,11 +37,13 @@
 #include "utils/timestamp.h"
 #include "utils/tuplestore.h"
 
+#include "executor_int.h"
 #include "validate_int.h"
 
 /* A wf_claim wait this long or longer is no limit at all (100 years). */
 #define WF_CLAIM_FOREVER_USECS	(100.0 * 365.25 * USECS_PER_DAY)
 
+PG_FUNCTION_INFO_V1(wf_agent_finish);
 PG_FUNCTION_INFO_V1(wf_claim);
 PG_FUNCTION_INFO_V1(wf_tasks_ready);
 
@@ -125,6 +129,107 @@ wf_agent_execute(WfStepExec *ex, WfStepResult *res)
 							  6, types, args, nulls, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not create the task of step \"%s\"", ex->step);
 	res->outcome = WF_STEP_STARTED;
+}
+
+/*
+ * wf._agent_finish(run_id, step, attempt, started_at, output, error,
+ *					retryable, timed_out) RETURNS boolean
+ *
+ * Checkpoints the attempt of an agent step that an agent completed (error
+ * NULL) or failed, or whose lease or timeout expired, through the same
+ * path as any step: the output's size limit, an {"error": ...} output as
+ * a business error, the successors made ready, or the failure recorded
+ * under the step's retry policy and on_error (transient when retryable,
+ * business otherwise).  False, with nothing changed, when that attempt is
+ * no longer the step's running one (the run was cancelled, retried or
+ * rewound).  An executor is woken at commit for what became ready.
+ */
+Datum
+wf_agent_finish(PG_FUNCTION_ARGS)
+{
+	WfStepExec *ex = palloc0(sizeof(WfStepExec));
+	WfStepResult *res = palloc0(sizeof(WfStepResult));
+	Datum		args[4];
+	char		nulls[4] = {' ', ' ', ' ', ' '};
+	Jsonb	   *defaults;
+	bool		isnull;
+
+	ex->run_id = PG_GETARG_INT64(0);
+	ex->step = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	ex->attempt = PG_GETARG_INT32(2);
+	ex->started_at = PG_GETARG_TIMESTAMPTZ(3);
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	wf_exec_prepare_all();
+	args[0] = Int64GetDatum(ex->run_id);
+	args[1] = PG_GETARG_DATUM(1);
+	args[2] = Int32GetDatum(ex->attempt);
+	args[3] = TimestampTzGetDatum(ex->started_at);
+	if (SPI_execute_plan(wf_plan_resume, args, nulls, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not resume step \"%s\"", ex->step);
+	if (SPI_processed == 0)
+	{
+		SPI_finish();
+		PG_RETURN_BOOL(false);
+	}
+	ex->spec = DatumGetJsonbPCopy(SPI_getbinval(SPI_tuptable->vals[0],
+												SPI_tuptable->tupdesc, 1, &isnull));
+	defaults = DatumGetJsonbPCopy(SPI_getbinval(SPI_tuptable->vals[0],
+												SPI_tuptable->tupdesc, 2, &isnull));
+	SPI_freetuptable(SPI_tuptable);
+
+	if (PG_ARGISNULL(5))
+	{
+		res->outcome = WF_STEP_COMPLETED;
+		res->output = PG_ARGISNULL(4) ? NULL : PG_GETARG_JSONB_P_COPY(4);
+		wf_exec_check_output(res);
+	}
+	else
+	{
+		res->outcome = WF_STEP_FAILED;
+		res->error_message = text_to_cstring(PG_GETARG_TEXT_PP(5));
+		res->error_class = (!PG_ARGISNULL(6) && PG_GETARG_BOOL(6)) ?
+			WF_ERROR_TRANSIENT : WF_ERROR_BUSINESS;
+		res->timed_out = !PG_ARGISNULL(7) && PG_GETARG_BOOL(7);
+	}
+
+	/*
+	 * The pool's circuit breaker: a task completed, or failed for a reason
+	 * of its own, is an answer; a transient failure, an expired lease or a
+	 * lost agent is not.
+	 */
+	res->breaker_opened =
+		wf_exec_breaker_record(ex->spec, wf_agent_breaker_key(ex->spec),
+							   res->outcome == WF_STEP_COMPLETED ||
+							   res->error_class == WF_ERROR_BUSINESS);
+
+	if (res->outcome == WF_STEP_COMPLETED)
+	{
+		Datum		dargs[4];
+		char		dnulls[4] = {' ', ' ', ' ', ' '};
+
+		dargs[0] = args[0];
+		dargs[1] = args[1];
+		dargs[2] = CStringGetTextDatum("completed");
+		dargs[3] = res->output ? JsonbPGetDatum(res->output) : (Datum) 0;
+		dnulls[3] = res->output ? ' ' : 'n';
+		if (SPI_execute_plan(wf_plan_done, dargs, dnulls, false, 0) != SPI_OK_SELECT ||
+			SPI_processed != 1)
+			elog(ERROR, "could not checkpoint step \"%s\"", ex->step);
+		if (!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
+										1, &isnull)))
+		{
+			SPI_finish();
+			PG_RETURN_BOOL(false);
+		}
+	}
+	else
+		(void) wf_exec_record_failure(ex, defaults, res, NIL, CurrentMemoryContext);
+
+	SPI_finish();
+	wf_shmem_wake_at_commit();
+	PG_RETURN_BOOL(true);
 }
 
 /* ----------------------------------------------------------------

@@ -29,8 +29,12 @@
  * Step kinds are looked up in the table of kinds.c; each kind executes one
  * attempt and reports a WfStepResult.  What becomes of a failed attempt and
  * of a finished http request is exec_outcome.c's, the containment of errors
- * that escape a step's handling exec_contain.c's; executor_int.h is what
- * the three files share.
+ * that escape a step's handling exec_contain.c's, the prepared statements
+ * exec_plans.c's, what is done before the claim besides steps (deferred
+ * changes, expiry, schedules, pruning) exec_housekeeping.c's;
+ * executor_int.h is what these files share.  The evaluation of a
+ * definition's JSON paths ("when", and for the kinds "if", a map's "over",
+ * a template's paths) is exec_path.c's.
  *
  * src/executor.c
  *
@@ -76,39 +80,11 @@ static bool wf_exec_has_siblings = false;
 /* Steps this batch handed over to long-step workers. */
 static int	wf_exec_offloaded = 0;
 
-/* Prepared statements, kept for the life of the process. */
-/*
- * How soon to look again at a deferred change whose row another transaction
- * held: usually an executor's, which lets go when its batch commits.  The
- * delay doubles while the row stays held (a step executing for long), up to
- * the maximum, and starts over once nothing is held.
- */
-#define WF_DEFERRED_RETRY_MS		10
-#define WF_DEFERRED_RETRY_MAX_MS	1000
-static int	wf_exec_deferred_retry_ms = WF_DEFERRED_RETRY_MS;
-
 /*
  * The current batch set timers (a step waiting with a timeout, a retry
  * later): the executors asleep learn about them only when they look.
  */
 bool wf_exec_timers_set = false;
-
-static SPIPlanPtr wf_plan_claim = NULL;
-static SPIPlanPtr wf_plan_next_due = NULL;
-static SPIPlanPtr wf_plan_load = NULL;
-SPIPlanPtr wf_plan_done = NULL;
-static SPIPlanPtr wf_plan_done_defer = NULL;
-static SPIPlanPtr wf_plan_children_done = NULL;
-SPIPlanPtr wf_plan_failed = NULL;
-SPIPlanPtr wf_plan_resume = NULL;
-static SPIPlanPtr wf_plan_requeue = NULL;
-static SPIPlanPtr wf_plan_wait = NULL;
-static SPIPlanPtr wf_plan_expire = NULL;
-static SPIPlanPtr wf_plan_deferred = NULL;
-static SPIPlanPtr wf_plan_solo = NULL;
-static SPIPlanPtr wf_plan_solo_due = NULL;
-static SPIPlanPtr wf_plan_solo_alike = NULL;
-static SPIPlanPtr wf_plan_prune = NULL;
 
 /*
  * The map items this batch completed, by map: the map's row is updated once
@@ -124,178 +100,10 @@ typedef struct WfMapDone
 
 static List *wf_exec_maps_done = NIL;
 
-/*
- * When wf._prune() is next worth calling (0: at once, DT_NOEND: never, until
- * a retention setting changes); a call never comes sooner than
- * WF_PRUNE_BUSY_MS after the previous one while there is a backlog, nor
- * than WF_PRUNE_INTERVAL_MS otherwise.
- */
-TimestampTz wf_exec_next_prune = 0;
-#define WF_PRUNE_BUSY_MS		1000
-#define WF_PRUNE_INTERVAL_MS	10000
-
-/*
- * The housekeeping done before a batch (wf._expire_runs, _fire_schedules,
- * _check_slas, _expire_tasks: about 0.5 ms) is done when what it last
- * returned is due, and otherwise at most once every WF_HOUSEKEEPING_MS: a
- * stream of small batches (agent steps arrive one at a time) does not pay
- * it each time.  A batch that skipped it bounds the next sleep to the end
- * of that interval, so that a deadline made meanwhile is seen then.
- */
-static TimestampTz wf_exec_housekeeping_at = 0;
-static TimestampTz wf_exec_housekeeping_due = 0;	/* 0: nothing due */
-#define WF_HOUSEKEEPING_MS		100
-
-/* All the plans above are prepared (a failure half-way starts over). */
-static bool wf_exec_plans_ready = false;
-
 /* Steps left running by an earlier incarnation have been requeued. */
 static bool wf_exec_requeued = false;
 
 static void wf_exec_checkpoint(WfStepExec *ex, WfStepResult *res);
-
-static SPIPlanPtr
-wf_exec_prepare(const char *sql, int nargs, Oid *argtypes)
-{
-	SPIPlanPtr	plan = SPI_prepare(sql, nargs, argtypes);
-
-	if (plan == NULL)
-		elog(ERROR, "SPI_prepare failed for \"%s\": %s",
-			 sql, SPI_result_code_string(SPI_result));
-	if (SPI_keepplan(plan) != 0)
-		elog(ERROR, "SPI_keepplan failed");
-	return plan;
-}
-
-static void
-wf_exec_prepare_all(void)
-{
-	Oid			claim_types[5] = {INT4OID, INT8ARRAYOID, BOOLOID, BOOLOID, BOOLOID};
-	Oid			resume_types[4] = {INT8OID, TEXTOID, INT4OID, TIMESTAMPTZOID};
-	Oid			requeue_types[2] = {INT4OID, INT4OID};
-	Oid			wait_types[4] = {INT8OID, TEXTOID, TIMESTAMPTZOID, TEXTOID};
-	Oid			key_types[3] = {INT8OID, TEXTOID, INT4OID};
-	Oid			done_types[4] = {INT8OID, TEXTOID, TEXTOID, JSONBOID};
-	Oid			children_types[3] = {INT8OID, TEXTOID, INT4OID};
-	Oid			alike_types[1] = {JSONBOID};
-	Oid			failed_types[9] = {INT8OID, TEXTOID, JSONBOID, TIMESTAMPTZOID,
-	BOOLOID, BOOLOID, BOOLOID, BOOLOID, TEXTOID};
-	Oid			prune_types[2] = {INT4OID, INT4OID};
-
-	if (wf_exec_plans_ready)
-		return;
-
-	/*
-	 * Due steps in the order of index step_ready (the CTE, so that the plan
-	 * reads the index in order and stops at the limit), skipping those
-	 * another executor holds and those of runs that wf_cancel, wf_retry or
-	 * wf_rewind are interrupting ($2), or whose parent run they are.  The
-	 * lock on the run orders our locks as theirs are ordered, run first:
-	 * they lock the run FOR UPDATE, which waits for our transaction, before
-	 * they touch its steps.  An executor takes it NO KEY UPDATE, the mode in
-	 * which a checkpoint locks it, in the batch's transaction rather than in
-	 * each step's subtransaction:
-	 *	- a run's steps are claimed by one executor at a time: another one
-	 *	  skips them (it would only wait for our commit to checkpoint them);
-	 *	- a lock of a subtransaction over the batch's, or of one
-	 *	  subtransaction over another's, would make the row's xmax a
-	 *	  MultiXactId, whose members every later read of the row must look up
-	 *	  (flat runs spent a third more executor time per step).
-	 * A batch lasts pg_workflow.batch_time, or until its step outlasts
-	 * pg_workflow.long_step_threshold.  A long-step worker's transaction
-	 * lasts as long as its step: it takes KEY SHARE, so that the run's
-	 * other steps go on meanwhile.
-	 */
-	wf_plan_claim = wf_exec_prepare(psprintf(
-											 "WITH c AS ("
-									" SELECT s.run_id, s.step, s.kind = 'http' AND s.status = 'ready' AS http"
-									" FROM wf.step s"
-									" WHERE s.status IN ('ready', 'waiting')"
-									" AND s.ready_at <= pg_catalog.clock_timestamp()"
-									" AND ($2 IS NULL OR s.run_id <> ALL ($2))"
-									" AND (s.kind <> 'http' OR $3)"
-									" AND (s.solo = $4 OR $5)"
-									" ORDER BY s.priority DESC, coalesce(s.fair_at, s.ready_at) LIMIT $1"
-									" FOR UPDATE OF s SKIP LOCKED)"
-									" SELECT c.run_id, c.step, c.http FROM c JOIN wf.run r ON r.id = c.run_id"
-									" WHERE $2 IS NULL OR r.parent_run IS NULL OR r.parent_run <> ALL ($2)"
-											 " FOR %s OF r SKIP LOCKED",
-											 wf_long_am_worker ? "KEY SHARE" : "NO KEY UPDATE"),
-									5, claim_types);
-	/*
-	 * statement_timestamp(), not clock_timestamp(): a stable bound, which the
-	 * index scan starts from, rather than a filter on every due step (a map
-	 * of 100,000 ready items made this 6 ms).  A step due between the two
-	 * only wakes us at once.
-	 */
-	wf_plan_next_due = wf_exec_prepare(
-									   "SELECT pg_catalog.min(ready_at) FROM wf.step"
-									   " WHERE status IN ('ready', 'waiting')"
-									   " AND ready_at > pg_catalog.statement_timestamp()",
-									   0, NULL);
-	wf_plan_load = wf_exec_prepare(
-								   "SELECT kind, spec, owner, search_path, attempt, defaults, started_at,"
-								   " resuming, payload, wait_key, escalated_at, parent_run,"
-								   " slot_wanted, slot_error"
-								   " FROM wf._step_load($1, $2, $3)",
-								   3, key_types);
-	wf_plan_done = wf_exec_prepare(
-								   "SELECT ok, ready FROM wf._step_done($1, $2, $3, $4)",
-								   4, done_types);
-	wf_plan_done_defer = wf_exec_prepare(
-										 "SELECT ok, ready, done_in FROM wf._step_done($1, $2, $3, $4, true)",
-										 4, done_types);
-	wf_plan_children_done = wf_exec_prepare(
-											"SELECT wf._children_done($1, $2, $3)",
-											3, children_types);
-	wf_plan_failed = wf_exec_prepare(
-									 "SELECT ready FROM wf._step_failed($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-									 9, failed_types);
-	wf_plan_resume = wf_exec_prepare(
-									 "SELECT spec, defaults FROM wf._step_resume($1, $2, $3, $4)",
-									 4, resume_types);
-	wf_plan_requeue = wf_exec_prepare(
-									  "SELECT wf._requeue_orphans($1, $2)",
-									  2, requeue_types);
-	wf_plan_wait = wf_exec_prepare(
-								   "SELECT wf._step_wait($1, $2, $3, $4)",
-								   4, wait_types);
-	wf_plan_expire = wf_exec_prepare("SELECT LEAST(wf._expire_runs(), wf._fire_schedules(),"
-									 " wf._check_slas(), wf._expire_tasks())",
-									 0, NULL);
-	wf_plan_deferred = wf_exec_prepare("SELECT wf._run_deferred()", 0, NULL);
-	wf_plan_solo = wf_exec_prepare("UPDATE wf.step SET solo = true"
-								   " WHERE run_id = $1 AND step = $2",
-								   2, key_types);
-	/*
-	 * The ready sql steps not yet solo with the definition $1 (but for the
-	 * name, which numbers a map's items) among the next 1,000 in the claim
-	 * order, skipping those other executors hold.
-	 */
-	wf_plan_solo_alike = wf_exec_prepare("WITH w AS ("
-										 " SELECT run_id, step FROM wf.step"
-										 " WHERE status IN ('ready', 'waiting')"
-										 " ORDER BY priority DESC, coalesce(fair_at, ready_at)"
-										 " LIMIT 1000),"
-										 " l AS ("
-										 " SELECT s.run_id, s.step FROM wf.step s JOIN w"
-										 " ON s.run_id = w.run_id AND s.step = w.step"
-										 " WHERE s.status = 'ready' AND NOT s.solo AND s.kind = 'sql'"
-										 " AND (s.spec OPERATOR(pg_catalog.-) 'name'::text)"
-										 " OPERATOR(pg_catalog.=) ($1 OPERATOR(pg_catalog.-) 'name'::text)"
-										 " FOR UPDATE OF s SKIP LOCKED)"
-										 " UPDATE wf.step s SET solo = true FROM l"
-										 " WHERE s.run_id = l.run_id AND s.step = l.step",
-										 1, alike_types);
-	/* Solo steps due that no long-step worker holds. */
-	wf_plan_solo_due = wf_exec_prepare("SELECT FROM wf.step"
-									   " WHERE solo AND status = 'ready'"
-									   " AND ready_at <= pg_catalog.clock_timestamp()"
-									   " LIMIT 1 FOR UPDATE SKIP LOCKED",
-									   0, NULL);
-	wf_plan_prune = wf_exec_prepare("SELECT wf._prune($1, $2)", 2, prune_types);
-	wf_exec_plans_ready = true;
-}
 
 /*
  * Timeout handler: cancels the statement in progress, as a query cancel
@@ -368,62 +176,6 @@ wf_exec_set_current_run(int64 run_id, int64 parent_run)
 	wf_worker_slot->current_run = run_id;
 	wf_worker_slot->current_parent = parent_run;
 	SpinLockRelease(&wf_shared->mutex);
-}
-
-/*
- * Calls a jsonb_path_* function(target, path, '{}', false) in the step's
- * sandbox, as everything the definition's author wrote; *isnull is the
- * function's.
- */
-static Datum
-wf_exec_path_call(PGFunction fn, Jsonb *target, const char *path, bool *isnull)
-{
-	LOCAL_FCINFO(fcinfo, 4);
-	Datum		result;
-	WfSandbox	sb;
-
-	wf_sandbox_enter(&sb);
-	InitFunctionCallInfoData(*fcinfo, NULL, 4, InvalidOid, NULL, NULL);
-	fcinfo->args[0].value = JsonbPGetDatum(target);
-	fcinfo->args[0].isnull = false;
-	/* A malformed path raises here: the definition is at fault. */
-	fcinfo->args[1].value = DirectFunctionCall1(jsonpath_in, CStringGetDatum(path));
-	fcinfo->args[1].isnull = false;
-	fcinfo->args[2].value = DirectFunctionCall1(jsonb_in, CStringGetDatum("{}"));
-	fcinfo->args[2].isnull = false;
-	fcinfo->args[3].value = BoolGetDatum(false);
-	fcinfo->args[3].isnull = false;
-	result = fn(fcinfo);
-	*isnull = fcinfo->isnull;
-	wf_sandbox_exit(&sb);
-	return result;
-}
-
-/*
- * Evaluates a "when" or "if" predicate on the context, jsonb_path_match()
- * style; an unknown (NULL) result counts as false.
- */
-bool
-wf_exec_predicate(Jsonb *context, const char *path)
-{
-	bool		isnull;
-	Datum		result = wf_exec_path_call(jsonb_path_match, context, path, &isnull);
-
-	return !isnull && DatumGetBool(result);
-}
-
-/*
- * The first item a JSON path finds in target (a template's or a map's
- * "over"), or NULL when it finds none.
- */
-Jsonb *
-wf_exec_path_first(Jsonb *target, const char *path)
-{
-	bool		isnull;
-	Datum		result = wf_exec_path_call(jsonb_path_query_first, target, path,
-										   &isnull);
-
-	return isnull ? NULL : DatumGetJsonbP(result);
 }
 
 /* Appends the names of a text[] datum as work items of run_id. */
@@ -867,133 +619,6 @@ wf_exec_step(WfWorkItem *item, List *queue, MemoryContext batchctx)
 }
 
 /*
- * Drops the requests in flight whose runs have ended (cancelled, failed),
- * when a commit that ended runs asked us to look.
- */
-static void
-wf_exec_recheck_http(void)
-{
-	bool		recheck;
-	int64	   *runs;
-	int			n;
-	Datum	   *elems;
-	Datum		args[1];
-	Oid			types[1] = {INT8ARRAYOID};
-	int64	   *ended;
-	uint64		i;
-	bool		isnull;
-
-	SpinLockAcquire(&wf_shared->mutex);
-	recheck = wf_worker_slot->recheck_http;
-	wf_worker_slot->recheck_http = false;
-	SpinLockRelease(&wf_shared->mutex);
-	if (!recheck || (runs = wf_http_in_flight_runs(&n)) == NULL)
-		return;
-
-	elems = palloc(sizeof(Datum) * n);
-	for (i = 0; i < n; i++)
-		elems[i] = Int64GetDatum(runs[i]);
-	args[0] = PointerGetDatum(construct_array(elems, n, INT8OID, sizeof(int64),
-											  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-	if (SPI_execute_with_args("SELECT id FROM wf.run WHERE id = ANY ($1)"
-							  " AND status NOT IN ('pending', 'running', 'waiting')",
-							  1, types, args, NULL, true, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not look at the runs of the requests in flight");
-	if (SPI_processed == 0)
-		return;
-	ended = palloc(sizeof(int64) * SPI_processed);
-	for (i = 0; i < SPI_processed; i++)
-		ended[i] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i],
-											   SPI_tuptable->tupdesc, 1, &isnull));
-	wf_http_drop_runs(ended, (int) SPI_processed);
-}
-
-/*
- * Makes the changes left in wf.deferred (wake-ups from wf_signal and
- * wf_emit, cancellations of an ended run's steps and child runs) because
- * another transaction held their rows.  True when some of them must wait
- * still: the caller asks for another look after its commit.
- */
-static bool
-wf_exec_run_deferred(void)
-{
-	ErrorData  *edata;
-	int32		held;
-
-	if (!wf_shmem_take_deferred())
-		return false;
-
-	/*
-	 * In a subtransaction of its own: a change that fails must not keep the
-	 * executor from the rest of its work.  It is tried again later.
-	 */
-	edata = wf_util_try_spi(wf_plan_deferred, NULL, 0, NULL, NULL, &held);
-	if (edata != NULL)
-	{
-		ereport(WARNING,
-				(errcode(edata->sqlerrcode),
-				 errmsg("could not make the changes deferred in wf.deferred: %s",
-						edata->message),
-				 errhint("They are tried again later.")));
-		FreeErrorData(edata);
-		held = 1;
-	}
-
-	if (held > 0)
-		return true;
-	wf_exec_deferred_retry_ms = WF_DEFERRED_RETRY_MS;
-	return false;
-}
-
-/*
- * Some deferred changes must wait for a lock still held: asks for another
- * look, and returns when it should be.
- */
-static TimestampTz
-wf_exec_retry_deferred(void)
-{
-	TimestampTz retry = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-													wf_exec_deferred_retry_ms);
-
-	wf_shmem_set_deferred();
-	wf_exec_deferred_retry_ms = Min(2 * wf_exec_deferred_retry_ms,
-									WF_DEFERRED_RETRY_MAX_MS);
-	return retry;
-}
-
-/*
- * Removes the finished runs and the events that pg_workflow.retention and
- * pg_workflow.event_retention no longer keep, one batch, when that is due
- * (wf._prune says when there will be something to remove).
- */
-static void
-wf_exec_prune(void)
-{
-	TimestampTz now = GetCurrentTimestamp();
-	Datum		args[2];
-	Datum		next;
-	bool		isnull;
-
-	if (now < wf_exec_next_prune ||
-		(wf_guc_retention_s == 0 && wf_guc_event_retention_s == 0))
-		return;
-	/* Should it fail, the batch is not tried again with it at once. */
-	wf_exec_next_prune = TimestampTzPlusMilliseconds(now, WF_PRUNE_INTERVAL_MS);
-	args[0] = Int32GetDatum(wf_guc_retention_s);
-	args[1] = Int32GetDatum(wf_guc_event_retention_s);
-	if (SPI_execute_plan(wf_plan_prune, args, NULL, false, 1) != SPI_OK_SELECT ||
-		SPI_processed != 1)
-		elog(ERROR, "could not remove old runs and events");
-	next = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-	if (isnull)
-		wf_exec_next_prune = DT_NOEND;
-	else if (DatumGetTimestampTz(next) <= now)
-		wf_exec_next_prune = TimestampTzPlusMilliseconds(now, WF_PRUNE_BUSY_MS);
-	else
-		wf_exec_next_prune = Max(DatumGetTimestampTz(next), wf_exec_next_prune);
-}
-
-/*
  * Runs one executor transaction.  Returns the number of steps executed;
  * when none was due, *next_due is when the next one will be (0: none
  * known, sleep until woken).
@@ -1018,7 +643,6 @@ wf_exec_batch(int max_steps, TimestampTz *next_due)
 	int			done = 0;
 	int			budget;
 	TimestampTz start;
-	TimestampTz now;
 	bool		isnull;
 	bool		deferred_held = false;
 	bool		solo_due = false;
@@ -1071,45 +695,13 @@ wf_exec_batch(int max_steps, TimestampTz *next_due)
 
 	completions = wf_http_completions();
 
-	/* Runs ended elsewhere: drop their requests still in flight. */
-	wf_exec_recheck_http();
-
-	/* Before the claim, which then sees the steps woken. */
-	deferred_held = wf_exec_run_deferred();
-
 	/*
-	 * Runs past their workflow timeout fail, due schedules start their runs,
-	 * old runs and events go; the next deadline, schedule or removal bounds
-	 * our sleep.
+	 * Requests of runs ended elsewhere dropped, deferred changes made, runs
+	 * past their workflow timeout failed, due schedules started, old runs
+	 * and events removed (exec_housekeeping.c); the next deadline, schedule
+	 * or removal bounds our sleep.
 	 */
-	now = GetCurrentTimestamp();
-	if (wf_exec_housekeeping_at == 0 ||
-		TimestampDifferenceExceeds(wf_exec_housekeeping_at, now, WF_HOUSEKEEPING_MS) ||
-		(wf_exec_housekeeping_due != 0 && wf_exec_housekeeping_due <= now))
-	{
-		Datum		due;
-
-		if (SPI_execute_plan(wf_plan_expire, NULL, NULL, false, 1) != SPI_OK_SELECT ||
-			SPI_processed != 1)
-			elog(ERROR, "could not expire runs");
-		due = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-		wf_exec_housekeeping_due = isnull ? 0 : DatumGetTimestampTz(due);
-		wf_exec_housekeeping_at = now;
-		next_deadline = wf_exec_housekeeping_due;
-	}
-	else
-	{
-		TimestampTz bound = TimestampTzPlusMilliseconds(wf_exec_housekeeping_at,
-														WF_HOUSEKEEPING_MS);
-
-		next_deadline = wf_exec_housekeeping_due;
-		if (next_deadline == 0 || bound < (TimestampTz) next_deadline)
-			next_deadline = bound;
-	}
-	wf_exec_prune();
-	if (wf_exec_next_prune != 0 && wf_exec_next_prune != DT_NOEND &&
-		(next_deadline == 0 || wf_exec_next_prune < next_deadline))
-		next_deadline = wf_exec_next_prune;
+	next_deadline = wf_exec_housekeeping(&deferred_held);
 
 claim:
 	args[0] = Int32GetDatum(max_steps);
@@ -1291,107 +883,4 @@ claim:
 		wf_shmem_wake_one();
 
 	return done;
-}
-
-PG_FUNCTION_INFO_V1(wf_agent_finish);
-
-/*
- * wf._agent_finish(run_id, step, attempt, started_at, output, error,
- *					retryable, timed_out) RETURNS boolean
- *
- * Checkpoints the attempt of an agent step that an agent completed (error
- * NULL) or failed, or whose lease or timeout expired, through the same
- * path as any step: the output's size limit, an {"error": ...} output as
- * a business error, the successors made ready, or the failure recorded
- * under the step's retry policy and on_error (transient when retryable,
- * business otherwise).  False, with nothing changed, when that attempt is
- * no longer the step's running one (the run was cancelled, retried or
- * rewound).  An executor is woken at commit for what became ready.
- */
-Datum
-wf_agent_finish(PG_FUNCTION_ARGS)
-{
-	WfStepExec *ex = palloc0(sizeof(WfStepExec));
-	WfStepResult *res = palloc0(sizeof(WfStepResult));
-	Datum		args[4];
-	char		nulls[4] = {' ', ' ', ' ', ' '};
-	Jsonb	   *defaults;
-	bool		isnull;
-
-	ex->run_id = PG_GETARG_INT64(0);
-	ex->step = text_to_cstring(PG_GETARG_TEXT_PP(1));
-	ex->attempt = PG_GETARG_INT32(2);
-	ex->started_at = PG_GETARG_TIMESTAMPTZ(3);
-
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	wf_exec_prepare_all();
-	args[0] = Int64GetDatum(ex->run_id);
-	args[1] = PG_GETARG_DATUM(1);
-	args[2] = Int32GetDatum(ex->attempt);
-	args[3] = TimestampTzGetDatum(ex->started_at);
-	if (SPI_execute_plan(wf_plan_resume, args, nulls, false, 1) != SPI_OK_SELECT)
-		elog(ERROR, "could not resume step \"%s\"", ex->step);
-	if (SPI_processed == 0)
-	{
-		SPI_finish();
-		PG_RETURN_BOOL(false);
-	}
-	ex->spec = DatumGetJsonbPCopy(SPI_getbinval(SPI_tuptable->vals[0],
-												SPI_tuptable->tupdesc, 1, &isnull));
-	defaults = DatumGetJsonbPCopy(SPI_getbinval(SPI_tuptable->vals[0],
-												SPI_tuptable->tupdesc, 2, &isnull));
-	SPI_freetuptable(SPI_tuptable);
-
-	if (PG_ARGISNULL(5))
-	{
-		res->outcome = WF_STEP_COMPLETED;
-		res->output = PG_ARGISNULL(4) ? NULL : PG_GETARG_JSONB_P_COPY(4);
-		wf_exec_check_output(res);
-	}
-	else
-	{
-		res->outcome = WF_STEP_FAILED;
-		res->error_message = text_to_cstring(PG_GETARG_TEXT_PP(5));
-		res->error_class = (!PG_ARGISNULL(6) && PG_GETARG_BOOL(6)) ?
-			WF_ERROR_TRANSIENT : WF_ERROR_BUSINESS;
-		res->timed_out = !PG_ARGISNULL(7) && PG_GETARG_BOOL(7);
-	}
-
-	/*
-	 * The pool's circuit breaker: a task completed, or failed for a reason
-	 * of its own, is an answer; a transient failure, an expired lease or a
-	 * lost agent is not.
-	 */
-	res->breaker_opened =
-		wf_exec_breaker_record(ex->spec, wf_agent_breaker_key(ex->spec),
-							   res->outcome == WF_STEP_COMPLETED ||
-							   res->error_class == WF_ERROR_BUSINESS);
-
-	if (res->outcome == WF_STEP_COMPLETED)
-	{
-		Datum		dargs[4];
-		char		dnulls[4] = {' ', ' ', ' ', ' '};
-
-		dargs[0] = args[0];
-		dargs[1] = args[1];
-		dargs[2] = CStringGetTextDatum("completed");
-		dargs[3] = res->output ? JsonbPGetDatum(res->output) : (Datum) 0;
-		dnulls[3] = res->output ? ' ' : 'n';
-		if (SPI_execute_plan(wf_plan_done, dargs, dnulls, false, 0) != SPI_OK_SELECT ||
-			SPI_processed != 1)
-			elog(ERROR, "could not checkpoint step \"%s\"", ex->step);
-		if (!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
-										1, &isnull)))
-		{
-			SPI_finish();
-			PG_RETURN_BOOL(false);
-		}
-	}
-	else
-		(void) wf_exec_record_failure(ex, defaults, res, NIL, CurrentMemoryContext);
-
-	SPI_finish();
-	wf_shmem_wake_at_commit();
-	PG_RETURN_BOOL(true);
 }

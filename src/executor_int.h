@@ -2,8 +2,10 @@
  *
  * executor_int.h
  *		What the batch executor (executor.c), the recording of attempts'
- *		outcomes (exec_outcome.c) and the containment of engine-side errors
- *		(exec_contain.c) share.
+ *		outcomes (exec_outcome.c), the containment of engine-side errors
+ *		(exec_contain.c), the executor's prepared statements (exec_plans.c)
+ *		and its housekeeping (exec_housekeeping.c) share, and the end of an
+ *		agent step's attempt (wf._agent_finish, agent.c) uses.
  *
  * src/executor_int.h
  *
@@ -24,10 +26,26 @@ typedef struct WfWorkItem
 	bool		http;			/* an http step: needs room in flight */
 } WfWorkItem;
 
-/* Prepared statements of the executor (executor.c prepares them). */
+/*
+ * Prepared statements of the executor (exec_plans.c prepares them:
+ * wf_exec_prepare_all()).
+ */
+extern SPIPlanPtr wf_plan_claim;
+extern SPIPlanPtr wf_plan_next_due;
+extern SPIPlanPtr wf_plan_load;
 extern SPIPlanPtr wf_plan_done;
+extern SPIPlanPtr wf_plan_done_defer;
+extern SPIPlanPtr wf_plan_children_done;
 extern SPIPlanPtr wf_plan_failed;
 extern SPIPlanPtr wf_plan_resume;
+extern SPIPlanPtr wf_plan_requeue;
+extern SPIPlanPtr wf_plan_wait;
+extern SPIPlanPtr wf_plan_expire;
+extern SPIPlanPtr wf_plan_deferred;
+extern SPIPlanPtr wf_plan_solo;
+extern SPIPlanPtr wf_plan_solo_due;
+extern SPIPlanPtr wf_plan_solo_alike;
+extern SPIPlanPtr wf_plan_prune;
 
 /*
  * The current batch set timers (a step waiting with a timeout, a retry
@@ -51,5 +69,12 @@ extern List *wf_exec_completion(WfHttpCompletion *c, List *queue,
 /* exec_contain.c */
 extern void wf_exec_fail_suspect_if_due(void);
 extern const int64 *wf_exec_excluded_runs(int *n);
+
+/* exec_plans.c */
+extern void wf_exec_prepare_all(void);
+
+/* exec_housekeeping.c */
+extern TimestampTz wf_exec_housekeeping(bool *deferred_held);
+extern TimestampTz wf_exec_retry_deferred(void);
 
 #endif							/* PG_WORKFLOW_EXECUTOR_INT_H */

@@ -283,15 +283,19 @@ extern const WfStepKind *wf_exec_find_kind(const char *name);
 
 /* executor.c */
 extern TimeoutId wf_exec_timeout_id;
-extern TimestampTz wf_exec_next_prune;
 extern void wf_exec_init(void);
 extern int	wf_exec_arm_timeout(WfStepExec *ex);
-extern bool wf_exec_predicate(Jsonb *context, const char *path);
-extern Jsonb *wf_exec_path_first(Jsonb *target, const char *path);
 extern int	wf_exec_batch(int max_steps, TimestampTz *next_due);
 extern void wf_exec_note_error(void);
 extern void wf_exec_set_item(int64 run_id, const char *step);
 extern bool wf_exec_solo_due(void);
+
+/* exec_housekeeping.c */
+extern TimestampTz wf_exec_next_prune;
+
+/* exec_path.c */
+extern bool wf_exec_predicate(Jsonb *context, const char *path);
+extern Jsonb *wf_exec_path_first(Jsonb *target, const char *path);
 
 /* slots.c */
 extern void wf_slots_want(int64 run_id, const char *step, const char *key);
