@@ -325,6 +325,8 @@ wf_claim(PG_FUNCTION_ARGS)
 	uint32		pool_hash;
 	bool		isnull;
 	bool		woken = false;
+	bool		got = false;
+	bool		loaded = false;
 	int			i;
 
 	if (rsinfo == NULL || !IsA(rsinfo, ReturnSetInfo) ||
@@ -379,13 +381,13 @@ wf_claim(PG_FUNCTION_ARGS)
 	{
 		/*
 		 * Registered before the first look: no commit after it is missed.
-		 * Its load orders the waiters that a commit wakes; it does not
-		 * change while we wait (only our own claims and ends change it).
+		 * The load orders the waiters that a commit wakes; it is computed
+		 * only once the first look found nothing (most claims of a busy
+		 * pool get tasks at once), and does not change while we wait (only
+		 * our own claims and ends change it).
 		 */
 		if (waits)
-			wf_shmem_set_claim_waiting(pool_hash,
-									   DatumGetFloat4(wf_api_invoke_set(&load_fn, 6, args,
-																		NULL, &isnull)));
+			wf_shmem_set_claim_waiting(pool_hash, 0);
 		for (;;)
 		{
 			long		timeout_ms = -1;
@@ -396,10 +398,17 @@ wf_claim(PG_FUNCTION_ARGS)
 			rsinfo->setResult = NULL;
 			rsinfo->setDesc = NULL;
 			(void) wf_api_invoke_set(&claim_fn, 6, args, rsinfo, &isnull);
-			if (!waits ||
-				(rsinfo->setResult != NULL &&
-				 tuplestore_tuple_count(rsinfo->setResult) > 0))
+			got = rsinfo->setResult != NULL &&
+				tuplestore_tuple_count(rsinfo->setResult) > 0;
+			if (!waits || got)
 				break;
+			if (!loaded)
+			{
+				wf_shmem_set_claim_waiting(pool_hash,
+										   DatumGetFloat4(wf_api_invoke_set(&load_fn, 6, args,
+																			NULL, &isnull)));
+				loaded = true;
+			}
 			if (woken)
 			{
 				/* Woken for tasks it did not get: the next waiter's turn. */
@@ -435,9 +444,11 @@ wf_claim(PG_FUNCTION_ARGS)
 
 	/*
 	 * The agent is seen now: its row in wf.agent is written, and locked,
-	 * only from here to the end of the transaction, never while it waits.
+	 * only from here to the end of the transaction, never while it waits
+	 * (by the look of wf._claim that returned tasks, else here).
 	 */
-	(void) wf_api_invoke_set(&seen_fn, 5, args, NULL, &isnull);
+	if (!got)
+		(void) wf_api_invoke_set(&seen_fn, 5, args, NULL, &isnull);
 
 	rsinfo->returnMode = SFRM_Materialize;
 	return (Datum) 0;

@@ -286,9 +286,11 @@ extern TimeoutId wf_exec_timeout_id;
 extern void wf_exec_init(void);
 extern int	wf_exec_arm_timeout(WfStepExec *ex);
 extern int	wf_exec_batch(int max_steps, TimestampTz *next_due);
+extern bool wf_exec_solo_due(void);
+
+/* exec_contain.c */
 extern void wf_exec_note_error(void);
 extern void wf_exec_set_item(int64 run_id, const char *step);
-extern bool wf_exec_solo_due(void);
 
 /* exec_housekeeping.c */
 extern TimestampTz wf_exec_next_prune;

@@ -247,7 +247,7 @@ $$;
  */
 /*
  * The engine could not handle a step (an error escaped its handling twice
- * in a row, see executor.c): the step and its run fail with the internal
+ * in a row, see exec_contain.c): the step and its run fail with the internal
  * error, which wf._finish_run raises as an alert.  Kept minimal, since the
  * failing handling may be any other function of this script.
  */

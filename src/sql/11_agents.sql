@@ -291,6 +291,7 @@ BEGIN
 			END IF;
 		END IF;
 	END IF;
+	PERFORM wf._agent_note(caller, p_pool, v_agent, p_caps);
 	/* The executors' next look at expired leases must come in time. */
 	PERFORM wf._wake();
 	RETURN QUERY
@@ -316,18 +317,29 @@ BEGIN
 END
 $$;
 
-/* The claim of an agent returns: it is seen now, with its capabilities. */
+/*
+ * The claim of an agent returns: it is seen now, with its capabilities
+ * (by wf._claim when it hands out tasks, else by wf._agent_seen).
+ */
+CREATE FUNCTION wf._agent_note(caller oid, p_pool text, p_agent text, p_caps text[])
+RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+	INSERT INTO wf.agent AS a (pool, agent, role, capabilities, first_seen, last_seen)
+	VALUES (p_pool, p_agent, caller, p_caps, clock_timestamp(), clock_timestamp())
+	ON CONFLICT (pool, agent) DO UPDATE
+	   SET role = EXCLUDED.role, capabilities = EXCLUDED.capabilities,
+		   last_seen = EXCLUDED.last_seen;
+END
+$$;
+
+/* The claim of wf_claim that returns nothing (see wf._agent_note). */
 CREATE FUNCTION wf._agent_seen(caller oid, caller_path text, p_pool text, p_max int,
 							   p_lease interval, p_agent text, p_caps text[])
 RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-	INSERT INTO wf.agent AS a (pool, agent, role, capabilities, first_seen, last_seen)
-	VALUES (p_pool, wf._agent_name(caller, p_agent),
-			caller, p_caps, clock_timestamp(), clock_timestamp())
-	ON CONFLICT (pool, agent) DO UPDATE
-	   SET role = EXCLUDED.role, capabilities = EXCLUDED.capabilities,
-		   last_seen = EXCLUDED.last_seen;
+	PERFORM wf._agent_note(caller, p_pool, wf._agent_name(caller, p_agent), p_caps);
 END
 $$;
 

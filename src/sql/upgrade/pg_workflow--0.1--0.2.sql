@@ -32,6 +32,13 @@
 
 -- @function wf._agent_load
 
+/* A claim that hands out tasks notes the agent itself (wf._agent_note). */
+-- @function wf._agent_note
+
+-- @function wf._agent_seen
+
+-- @function wf._claim
+
 -- @function wf._task_held
 
 
