@@ -38,9 +38,15 @@ CREATE TABLE wf.task (
 	lease_until	timestamptz,
 	seen_at		timestamptz,		-- the holder's last claim, heartbeat or end
 	progress	jsonb,
-	finished_at	timestamptz
+	finished_at	timestamptz,
+	fair_at		timestamptz NOT NULL	-- its step's place in the claim order
 );
-CREATE INDEX task_ready ON wf.task (pool, priority DESC, id) WHERE state = 'ready';
+/*
+ * The claim order: highest priority first, then by the place of the task's
+ * step in the executors' claim order (its owner's fair share, wf._fair_at),
+ * so that one owner's backlog of tasks does not hold another's behind it.
+ */
+CREATE INDEX task_ready ON wf.task (pool, priority DESC, fair_at, id) WHERE state = 'ready';
 CREATE INDEX task_open ON wf.task (run_id) WHERE state IN ('ready', 'claimed');
 CREATE INDEX task_due ON wf.task ((LEAST(lease_until, deadline)))
 	WHERE state IN ('ready', 'claimed');
@@ -115,11 +121,12 @@ DECLARE
 	v_id	bigint;
 BEGIN
 	INSERT INTO wf.task (run_id, step, attempt, started_at, pool, payload,
-						 requires, priority, deadline)
+						 requires, priority, deadline, fair_at)
 	SELECT s.run_id, s.step, s.attempt, s.started_at, p_pool, p_payload,
 		   p_requires, s.priority,
 		   CASE WHEN p_timeout_ms > 0
-				THEN clock_timestamp() + p_timeout_ms * interval '1 millisecond' END
+				THEN clock_timestamp() + p_timeout_ms * interval '1 millisecond' END,
+		   coalesce(s.fair_at, s.ready_at, clock_timestamp())
 	  FROM wf.step s WHERE s.run_id = p_run_id AND s.step = p_step
 	RETURNING id INTO v_id;
 	PERFORM wf._tasks_ready(p_pool);
@@ -251,7 +258,7 @@ BEGIN
 						WHERE s.run_id = t.run_id AND s.step = t.step
 						  AND s.status = 'running' AND s.attempt = t.attempt
 						  AND s.started_at = t.started_at)
-		 ORDER BY t.priority DESC, t.id
+		 ORDER BY t.priority DESC, t.fair_at, t.id
 		 LIMIT v_max
 		   FOR UPDATE OF t SKIP LOCKED
 	), u AS (
@@ -260,9 +267,9 @@ BEGIN
 			   claimed_at = clock_timestamp(), seen_at = clock_timestamp(),
 			   lease_until = clock_timestamp() + p_lease
 		  FROM c WHERE t.id = c.id
-		RETURNING t.id, t.priority
+		RETURNING t.id, t.priority, t.fair_at
 	)
-	SELECT array_agg(u.id ORDER BY u.priority DESC, u.id) INTO v_ids FROM u;
+	SELECT array_agg(u.id ORDER BY u.priority DESC, u.fair_at, u.id) INTO v_ids FROM u;
 	IF v_ids IS NULL THEN
 		RETURN;
 	END IF;
@@ -297,7 +304,7 @@ BEGIN
 	RETURN QUERY
 	SELECT t.id, t.run_id, t.step, t.payload, t.attempt, t.lease_until
 	  FROM wf.task t WHERE t.id = ANY (v_ids)
-	 ORDER BY t.priority DESC, t.id;
+	 ORDER BY t.priority DESC, t.fair_at, t.id;
 END
 $$;
 

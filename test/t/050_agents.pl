@@ -20,6 +20,8 @@
 #  - a pool's circuit breaker opens after transient failures, holds its
 #    steps back without burning attempts, lets a probe out after
 #    reset_after, and closes when the probe completes;
+#  - fair order: another owner's task is not claimed behind one owner's
+#    backlog;
 #  - a saga step whose undo is an agent action;
 #  - privileges: claiming needs wf_grant_pool; another role cannot claim,
 #    complete or heartbeat the agent's task; the agent role reads no task
@@ -322,6 +324,40 @@ like(
 	),
 	qr/"circuit_breaker" is only allowed on http and agent steps/,
 	'a circuit breaker on a sql step is refused');
+
+# -------------------------------------------------------------------------
+# Fair order across owners: a task of another owner's run, started after
+# one owner's backlog of 500 tasks was made, is not claimed behind all of
+# them (each task takes its step's place in its owner's fair share).
+# -------------------------------------------------------------------------
+$node->safe_psql('postgres', "SELECT wf_grant_pool('fair', 'agent1')");
+wf_define(
+	$node, 'fan_agents',
+	{
+		steps => [
+			{
+				name => 'each',
+				map => { over => '$.input.items', step => { name => 'one', agent => 'fair' } }
+			}
+		]
+	});
+wf_define($node, 'one_fair', { steps => [ { name => 'w', agent => 'fair' } ] });
+my $backlog = $node->safe_psql('postgres',
+	"SELECT wf_start('fan_agents', jsonb_build_object('items', (SELECT jsonb_agg(g) FROM generate_series(1, 500) g)))"
+);
+$node->poll_query_until('postgres',
+	"SELECT count(*) = 500 FROM wf.task WHERE run_id = $backlog AND state = 'ready'")
+  or die 'the backlog was not made';
+my $late = $node->safe_psql('postgres', "SET ROLE other; SELECT wf_start('one_fair')");
+$node->poll_query_until('postgres',
+	"SELECT count(*) = 1 FROM wf.task WHERE run_id = $late AND state = 'ready'")
+  or die 'no task for the late run';
+my @order = split /\n/,
+  as_agent("SELECT run_id FROM wf_claim('fair', 1000, agent => 'fair-1', wait => '0')");
+is(scalar(@order), 501, 'one claim gets the backlog and the late task');
+my ($pos) = grep { $order[$_] == $late } 0 .. $#order;
+cmp_ok($pos, '<', 500, "the other owner's task is not claimed behind the whole backlog (position $pos)");
+$node->safe_psql('postgres', "SELECT wf_cancel($backlog), wf_cancel($late)");
 
 # -------------------------------------------------------------------------
 # A saga whose undo is an agent action.

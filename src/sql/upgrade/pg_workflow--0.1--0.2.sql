@@ -32,6 +32,17 @@
 
 -- @function wf._agent_load
 
+/*
+ * Tasks are claimed in their steps' fair order (wf.task.fair_at): those
+ * made before the update take their creation time.
+ */
+ALTER TABLE wf.task ADD COLUMN fair_at timestamptz;
+UPDATE wf.task SET fair_at = created_at;
+ALTER TABLE wf.task ALTER COLUMN fair_at SET NOT NULL;
+DROP INDEX wf.task_ready;
+CREATE INDEX task_ready ON wf.task (pool, priority DESC, fair_at, id) WHERE state = 'ready';
+-- @function wf._task_create
+
 /* A claim that hands out tasks notes the agent itself (wf._agent_note). */
 -- @function wf._agent_note
 
