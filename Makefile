@@ -4,6 +4,7 @@ MODULE_big = pg_workflow
 OBJS = \
 	src/pg_workflow.o \
 	src/shmem.o \
+	src/listen.o \
 	src/worker.o \
 	src/longstep.o \
 	src/executor.o \

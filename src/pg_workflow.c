@@ -332,6 +332,7 @@ _PG_init(void)
 	shmem_request_hook = wf_shmem_request_hook;
 	wf_prev_shmem_startup_hook = shmem_startup_hook;
 	shmem_startup_hook = wf_shmem_startup_hook;
+	wf_listen_init();
 
 	for (i = 0; i < wf_guc_workers; i++)
 		wf_worker_register(i);

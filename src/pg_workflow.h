@@ -23,6 +23,7 @@
 #include "datatype/timestamp.h"
 #include "fmgr.h"
 #include "nodes/pg_list.h"
+#include "port/atomics.h"
 #include "storage/latch.h"
 #include "storage/spin.h"
 #include "utils/jsonb.h"
@@ -122,12 +123,17 @@ typedef struct WfShared
 	WfOwnerClock clocks[WF_FAIR_OWNERS];
 	bool		db_missing_told;	/* the log said pg_workflow.database is missing */
 	uint64		claim_seq;		/* the last wf_claim waiter's claim_seq */
+	pg_atomic_uint32 listeners; /* backends that LISTEN to a wf_ channel
+								 * (listen.c; not under mutex) */
 	/* One entry per backend id: wf_wait and interrupt requests. */
 	int			nbackends;
 	WfBackendSlot backends[FLEXIBLE_ARRAY_MEMBER];
 } WfShared;
 
 extern WfShared *wf_shared;
+
+/* listen.c */
+extern void wf_listen_init(void);
 
 extern void wf_shmem_request(void);
 extern void wf_shmem_startup(void);

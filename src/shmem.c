@@ -77,6 +77,7 @@ wf_shmem_startup(void)
 	{
 		memset(wf_shared, 0, wf_shmem_size());
 		SpinLockInit(&wf_shared->mutex);
+		pg_atomic_init_u32(&wf_shared->listeners, 0);
 		wf_shared->nworkers = wf_guc_workers;
 		wf_shared->nslots = wf_guc_workers + wf_guc_max_long_workers;
 		wf_shared->nbackends = MaxBackends + 1;

@@ -80,13 +80,22 @@ CREATE FUNCTION wf._step_kind(spec jsonb, compensate boolean DEFAULT false) RETU
 	LANGUAGE C IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp
 	AS 'MODULE_PATHNAME', 'wf_step_kind';
 
+/*
+ * Does any session LISTEN to one of the engine's channels (wf_events,
+ * wf_alerts, wf_pool_<pool>)?  The engine notifies only then: PostgreSQL
+ * serialises the commits of all transactions that notify (src/listen.c).
+ */
+CREATE FUNCTION wf._listened() RETURNS boolean
+	LANGUAGE C PARALLEL SAFE AS 'MODULE_PATHNAME', 'wf_listened';
+
 /* Announces a run transition on channel wf_events, as configured. */
 CREATE FUNCTION wf._notify(run_id bigint, workflow text, step text, status text)
 RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-	IF (step IS NULL AND current_setting('pg_workflow.notify') <> 'off')
-	   OR current_setting('pg_workflow.notify') = 'steps' THEN
+	IF ((step IS NULL AND current_setting('pg_workflow.notify') <> 'off')
+		OR current_setting('pg_workflow.notify') = 'steps')
+	   AND wf._listened() THEN
 		PERFORM pg_notify('wf_events',
 						  json_build_object('run', run_id, 'workflow', workflow,
 											'step', step, 'status', status)::text);

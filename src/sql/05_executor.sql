@@ -655,7 +655,8 @@ BEGIN
 	RETURNING id INTO aid;
 	PERFORM pg_notify('wf_alerts',
 					  json_build_object('alert', aid, 'run', p_run_id, 'step', p_step,
-										'kind', p_kind, 'message', left(p_message, 200))::text);
+										'kind', p_kind, 'message', left(p_message, 200))::text)
+	  WHERE wf._listened();
 END
 $$;
 

@@ -146,7 +146,7 @@ $$;
 CREATE FUNCTION wf._pool_notify(p_pool text) RETURNS void
 LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
 	SELECT pg_notify('wf_pool_' || p_pool, p_pool)
-	 WHERE octet_length('wf_pool_' || p_pool) < 64
+	 WHERE octet_length('wf_pool_' || p_pool) < 64 AND wf._listened()
 $$;
 
 /* May role caller claim the tasks of pool p_pool? */

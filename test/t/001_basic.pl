@@ -11,7 +11,8 @@
 #    a business error ({"error": ...}), a step timeout;
 #  - wf_wait refusing to wait in the transaction that started the run;
 #  - LISTEN wf_events: run transitions, and step transitions once
-#    pg_workflow.notify = 'steps' is reloaded.
+#    pg_workflow.notify = 'steps' is reloaded; the engine notifies only
+#    while a session listens to one of its channels.
 
 use strict;
 use warnings;
@@ -463,6 +464,20 @@ sub event_list
 {
 	return join(' ', map { ($_->{step} // '-') . ':' . $_->{status} } @_);
 }
+
+# The engine notifies only while a session listens to one of its channels
+# (PostgreSQL serialises the commits of all transactions that notify).
+is($node->safe_psql('postgres', 'SELECT wf._listened()'), 'f', 'nobody listens yet');
+my $other_listener = $node->background_psql('postgres');
+$other_listener->query_safe('LISTEN not_ours');
+is($node->safe_psql('postgres', 'SELECT wf._listened()'), 'f',
+	'a LISTEN of a channel that is not the engine\'s does not count');
+$other_listener->query_safe(q{DO $$ BEGIN EXECUTE 'LISTEN wf_alerts'; END $$});
+is($node->safe_psql('postgres', 'SELECT wf._listened()'), 't',
+	'a LISTEN of wf_alerts, even from PL/pgSQL, counts');
+$other_listener->quit;
+ok($node->poll_query_until('postgres', 'SELECT NOT wf._listened()'),
+	'and no longer once its session has ended');
 
 my $listener = $node->background_psql('postgres');
 $listener->query_safe('LISTEN wf_events');

@@ -212,3 +212,13 @@ DROP VIEW wf.circuit_breakers;
 -- @view wf.circuit_breakers
 GRANT SELECT ON wf.circuit_breakers TO PUBLIC;
 COMMENT ON VIEW wf.circuit_breakers IS 'the circuit breakers of http hosts and agent pools: state, failures, when they close again';
+
+/*
+ * The engine notifies only while a session listens to one of its channels
+ * (src/listen.c): PostgreSQL serialises the commits of all transactions
+ * that notify.
+ */
+-- @function wf._listened
+-- @function wf._notify
+-- @function wf._pool_notify
+-- @function wf._alert
