@@ -17,7 +17,8 @@
 #   --quick   1,000 runs, 2 s of yardstick: a smoke test, not figures
 #   --runs N  runs started (default 10000; a multiple of 10)
 #   --port P  server port (default 5496)
-#   --keep    leave the server running at the end
+#   --keep    leave the server running at the end (the directory keeps w0
+#             and w1, the WAL positions around the starts, for pg_waldump)
 #
 # Run as root (server programs then run as user postgres through runuser)
 # or as the user that should own the cluster; needs what bench/run.sh needs.
@@ -100,6 +101,7 @@ part_starts() {
 	q -c "SELECT pg_stat_statements_reset()" >/dev/null
 	lo=$(max_run_id)
 	w0=$(wal_lsn)
+	echo "$w0" >"$WORK/w0"
 	c0=$(server_cpu)
 	run_child pgbench_run -n -c "$CLIENTS" -j 2 -t $((RUNS / CLIENTS)) -f "$BENCH_DIR/start3.sql" \
 		>"$WORK/starts.log" 2>&1 || { cat "$WORK/starts.log" >&2; die "pgbench (starts) failed"; }
@@ -108,6 +110,7 @@ part_starts() {
 	wait_for_runs "$lo" "$hi"
 	c1=$(server_cpu)
 	w1=$(wal_lsn)
+	echo "$w1" >"$WORK/w1"
 	check_completed "$lo" "$hi" "starts"
 
 	R[start_tps]=$(awk '/^tps = / { printf "%.0f", $3 }' "$WORK/starts.log")
