@@ -268,14 +268,17 @@ wf_define(
 		]
 	});
 my @failed;
-for my $i (1 .. 2)
-{
-	my $r = wf_start($node, 'guarded');
-	($task) = split /\|/, claim('brk');
-	is(as_agent("SELECT wf_fail($task, 'pool backend down')"), 't', "transient failure $i recorded");
-	is(wf_wait($node, $r), 'failed', "run $i failed (one attempt)");
-	push @failed, $r;
-}
+# The first failure an agent's retryable wf_fail, the second a lease that
+# expires: both are failures of the pool.
+my $r = wf_start($node, 'guarded');
+($task) = split /\|/, claim('brk');
+is(as_agent("SELECT wf_fail($task, 'pool backend down')"), 't', 'transient failure 1 recorded');
+is(wf_wait($node, $r), 'failed', 'run 1 failed (one attempt)');
+push @failed, $r;
+$r = wf_start($node, 'guarded');
+($task) = split /\|/, claim('brk', lease => '1 second');
+is(wf_wait($node, $r), 'failed', 'run 2 failed when its task\'s lease expired');
+push @failed, $r;
 is( $node->safe_psql(
 		'postgres', "SELECT host IS NULL, state, failures FROM wf.circuit_breakers WHERE pool = 'brk'"),
 	't|open|2',
