@@ -143,15 +143,26 @@ DECLARE
 	st			wf.step;
 	v_parent	text;
 BEGIN
-	SELECT * INTO r FROM wf.run
-	 WHERE id = p_run_id AND status IN ('pending', 'running', 'waiting')
-	   FOR NO KEY UPDATE;
 	/*
+	 * The run, locked: by the update that counts a top-level step done (one
+	 * statement, not a lock and then the update), else FOR NO KEY UPDATE.
 	 * Too late once the run has ended, or has started undoing what was done
 	 * (its saga's list of steps to compensate is made): the step is rolled
 	 * back, and then cancelled (see wf._cancel_steps).
 	 */
-	IF NOT FOUND OR (r.compensating IS NOT NULL AND p_step NOT LIKE 'compensate:%') THEN
+	SELECT s.parent INTO v_parent FROM wf.step s WHERE s.run_id = p_run_id AND s.step = p_step;
+	IF v_parent IS NULL THEN
+		UPDATE wf.run SET steps_left = steps_left - 1
+		 WHERE id = p_run_id AND status IN ('pending', 'running', 'waiting')
+		   AND (compensating IS NULL OR p_step LIKE 'compensate:%')
+		RETURNING * INTO r;
+	ELSE
+		SELECT * INTO r FROM wf.run
+		 WHERE id = p_run_id AND status IN ('pending', 'running', 'waiting')
+		   AND (compensating IS NULL OR p_step LIKE 'compensate:%')
+		   FOR NO KEY UPDATE;
+	END IF;
+	IF NOT FOUND THEN
 		/*
 		 * Unless this very transaction did it: then the step itself ended
 		 * its run (or started its undoing), calling wf_cancel on it or on an
@@ -161,11 +172,6 @@ BEGIN
 		RETURN;
 	END IF;
 	ok := true;
-	SELECT s.parent INTO v_parent FROM wf.step s WHERE s.run_id = p_run_id AND s.step = p_step;
-	IF v_parent IS NULL THEN
-		UPDATE wf.run SET steps_left = steps_left - 1 WHERE id = p_run_id
-		RETURNING * INTO r;
-	END IF;
 	/* A step skipped by its "when" never ran; one skipped by on_error did. */
 	UPDATE wf.step SET status = p_status, output = p_output,
 		   error = CASE WHEN p_status = 'skipped' THEN error END,
@@ -234,7 +240,9 @@ BEGIN
 		PERFORM wf._flow_release(p_run_id);
 		PERFORM wf._notify(p_run_id, r.workflow, NULL, 'completed');
 		PERFORM wf._run_ended(p_run_id);
-		PERFORM wf._child_ended(p_run_id);
+		IF r.parent_run IS NOT NULL THEN
+			PERFORM wf._child_ended(p_run_id);
+		END IF;
 	END IF;
 END
 $$;

@@ -222,3 +222,9 @@ COMMENT ON VIEW wf.circuit_breakers IS 'the circuit breakers of http hosts and a
 -- @function wf._notify
 -- @function wf._pool_notify
 -- @function wf._alert
+
+/*
+ * A top-level step's checkpoint locks its run by the update that counts it
+ * done, not by a lock of its own first (one statement less a step).
+ */
+-- @function wf._step_done
