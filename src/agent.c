@@ -149,8 +149,6 @@ wf_agent_finish(PG_FUNCTION_ARGS)
 {
 	WfStepExec *ex = palloc0(sizeof(WfStepExec));
 	WfStepResult *res = palloc0(sizeof(WfStepResult));
-	Datum		args[4];
-	char		nulls[4] = {' ', ' ', ' ', ' '};
 	Jsonb	   *defaults;
 	bool		isnull;
 
@@ -162,22 +160,11 @@ wf_agent_finish(PG_FUNCTION_ARGS)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	wf_exec_prepare_all();
-	args[0] = Int64GetDatum(ex->run_id);
-	args[1] = PG_GETARG_DATUM(1);
-	args[2] = Int32GetDatum(ex->attempt);
-	args[3] = TimestampTzGetDatum(ex->started_at);
-	if (SPI_execute_plan(wf_plan_resume, args, nulls, false, 1) != SPI_OK_SELECT)
-		elog(ERROR, "could not resume step \"%s\"", ex->step);
-	if (SPI_processed == 0)
+	if (!wf_exec_resume_attempt(ex, &defaults))
 	{
 		SPI_finish();
 		PG_RETURN_BOOL(false);
 	}
-	ex->spec = DatumGetJsonbPCopy(SPI_getbinval(SPI_tuptable->vals[0],
-												SPI_tuptable->tupdesc, 1, &isnull));
-	defaults = DatumGetJsonbPCopy(SPI_getbinval(SPI_tuptable->vals[0],
-												SPI_tuptable->tupdesc, 2, &isnull));
-	SPI_freetuptable(SPI_tuptable);
 
 	if (PG_ARGISNULL(5))
 	{
@@ -209,8 +196,8 @@ wf_agent_finish(PG_FUNCTION_ARGS)
 		Datum		dargs[4];
 		char		dnulls[4] = {' ', ' ', ' ', ' '};
 
-		dargs[0] = args[0];
-		dargs[1] = args[1];
+		dargs[0] = Int64GetDatum(ex->run_id);
+		dargs[1] = PG_GETARG_DATUM(1);
 		dargs[2] = CStringGetTextDatum("completed");
 		dargs[3] = res->output ? JsonbPGetDatum(res->output) : (Datum) 0;
 		dnulls[3] = res->output ? ' ' : 'n';

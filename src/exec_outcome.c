@@ -286,6 +286,35 @@ wf_exec_http_status_ok(Jsonb *ok_status, int status)
 }
 
 /*
+ * The definition (ex->spec) and the workflow's defaults of the step of an
+ * asynchronous attempt that just ended (an http response, an agent's
+ * task), locked, if ex's attempt is still the step's running one; false
+ * otherwise (the run was cancelled, retried or rewound meanwhile).
+ */
+bool
+wf_exec_resume_attempt(WfStepExec *ex, Jsonb **defaults)
+{
+	Datum		args[4];
+	char		nulls[4] = {' ', ' ', ' ', ' '};
+	bool		isnull;
+
+	args[0] = Int64GetDatum(ex->run_id);
+	args[1] = CStringGetTextDatum(ex->step);
+	args[2] = Int32GetDatum(ex->attempt);
+	args[3] = TimestampTzGetDatum(ex->started_at);
+	if (SPI_execute_plan(wf_plan_resume, args, nulls, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not resume step \"%s\"", ex->step);
+	if (SPI_processed == 0)
+		return false;
+	ex->spec = DatumGetJsonbPCopy(SPI_getbinval(SPI_tuptable->vals[0],
+												SPI_tuptable->tupdesc, 1, &isnull));
+	*defaults = DatumGetJsonbPCopy(SPI_getbinval(SPI_tuptable->vals[0],
+												 SPI_tuptable->tupdesc, 2, &isnull));
+	SPI_freetuptable(SPI_tuptable);
+	return true;
+}
+
+/*
  * Records an attempt's end on circuit breaker "key" of a step with
  * "circuit_breaker" (an http step's host, an agent step's "agent:POOL"):
  * ok for an answer the other side gave (a success, or an error that is
@@ -325,26 +354,13 @@ wf_exec_completion(WfHttpCompletion *c, List *queue, MemoryContext batchctx)
 {
 	WfStepExec *ex = palloc0(sizeof(WfStepExec));
 	WfStepResult *res = palloc0(sizeof(WfStepResult));
-	Datum		args[4];
-	char		nulls[4] = {' ', ' ', ' ', ' '};
 	Jsonb	   *defaults;
 	bool		transient;
 	bool		isnull;
 
 	wf_http_completion_key(c, &ex->run_id, &ex->step, &ex->attempt, &ex->started_at);
-	args[0] = Int64GetDatum(ex->run_id);
-	args[1] = CStringGetTextDatum(ex->step);
-	args[2] = Int32GetDatum(ex->attempt);
-	args[3] = TimestampTzGetDatum(ex->started_at);
-	if (SPI_execute_plan(wf_plan_resume, args, nulls, false, 1) != SPI_OK_SELECT)
-		elog(ERROR, "could not resume step \"%s\"", ex->step);
-	if (SPI_processed == 0)
+	if (!wf_exec_resume_attempt(ex, &defaults))
 		return queue;
-	ex->spec = DatumGetJsonbPCopy(SPI_getbinval(SPI_tuptable->vals[0],
-												SPI_tuptable->tupdesc, 1, &isnull));
-	defaults = DatumGetJsonbPCopy(SPI_getbinval(SPI_tuptable->vals[0],
-												SPI_tuptable->tupdesc, 2, &isnull));
-	SPI_freetuptable(SPI_tuptable);
 
 	transient = c->error != NULL ? c->transient :
 		(c->status == 429 || c->status == 408 || c->status >= 500);
@@ -374,8 +390,8 @@ wf_exec_completion(WfHttpCompletion *c, List *queue, MemoryContext batchctx)
 		char		dnulls[4] = {' ', ' ', ' ', ' '};
 		Datum		ready;
 
-		dargs[0] = args[0];
-		dargs[1] = args[1];
+		dargs[0] = Int64GetDatum(ex->run_id);
+		dargs[1] = CStringGetTextDatum(ex->step);
 		dargs[2] = CStringGetTextDatum("completed");
 		dargs[3] = JsonbPGetDatum(output);
 		if (SPI_execute_plan(wf_plan_done, dargs, dnulls, false, 0) != SPI_OK_SELECT ||

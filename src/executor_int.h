@@ -62,6 +62,7 @@ extern void wf_exec_check_output(WfStepResult *res);
 extern List *wf_exec_record_failure(WfStepExec *ex, Jsonb *defaults,
 									WfStepResult *res, List *queue,
 									MemoryContext batchctx);
+extern bool wf_exec_resume_attempt(WfStepExec *ex, Jsonb **defaults);
 extern bool wf_exec_breaker_record(Jsonb *spec, const char *key, bool ok);
 extern List *wf_exec_completion(WfHttpCompletion *c, List *queue,
 								MemoryContext batchctx);

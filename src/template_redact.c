@@ -315,6 +315,18 @@ wf_template_patterns(WfTemplateCtx *tc, int *npats)
 	return pats;
 }
 
+/*
+ * Knuth-Morris-Pratt: the length of pattern pat matched after byte c, when
+ * q bytes of it were matched before.
+ */
+static inline int
+wf_template_kmp_next(const WfTemplatePattern *pat, int q, char c)
+{
+	while (q > 0 && pat->str[q] != c)
+		q = pat->fail[q - 1];
+	return pat->str[q] == c ? q + 1 : q;
+}
+
 /* Does pat occur in text (of len bytes)? */
 static bool
 wf_template_pattern_occurs(WfTemplatePattern *pat, const char *text, int len)
@@ -326,10 +338,7 @@ wf_template_pattern_occurs(WfTemplatePattern *pat, const char *text, int len)
 	{
 		if ((i & WF_TEMPLATE_CHECK_MASK) == 0)
 			CHECK_FOR_INTERRUPTS();
-		while (q > 0 && pat->str[q] != text[i])
-			q = pat->fail[q - 1];
-		if (pat->str[q] == text[i])
-			q++;
+		q = wf_template_kmp_next(pat, q, text[i]);
 		if (q == pat->len)
 			return true;
 	}
@@ -364,10 +373,7 @@ wf_template_redact_buf(WfTemplatePattern *pats, int npats, const char *text,
 		{
 			if ((i & WF_TEMPLATE_CHECK_MASK) == 0)
 				CHECK_FOR_INTERRUPTS();
-			while (q > 0 && pat->str[q] != text[i])
-				q = pat->fail[q - 1];
-			if (pat->str[q] == text[i])
-				q++;
+			q = wf_template_kmp_next(pat, q, text[i]);
 			if (q == pat->len)
 			{
 				int			j = Max(i - pat->len + 1, marked);
