@@ -237,6 +237,23 @@ wait_for_runs() {
 max_run_id() { q -c "SELECT coalesce(max(id), 0) FROM wf.run${TAG:+ /* $TAG */}"; }
 
 # check_completed LO HI WHAT: dies unless every run with LO < id <= HI completed.
+# latency_cte LO HI: SQL "WITH l AS (...)": for each run with LO < id <= HI,
+# ms from the commit of its wf_start to its first step's start (ms) and to
+# its end (done_ms), by commit timestamps (track_commit_timestamp = on).
+latency_cte() {
+	cat <<SQL
+		WITH l AS (
+			SELECT extract(epoch FROM s.first_start - pg_xact_commit_timestamp(h.xmin)) * 1000 AS ms,
+				   extract(epoch FROM r.finished_at - pg_xact_commit_timestamp(h.xmin)) * 1000 AS done_ms
+			  FROM wf.run r
+			  JOIN wf.history_log h
+				ON h.run_id = r.id AND h.step IS NULL AND h.status = 'pending'
+			  CROSS JOIN LATERAL (SELECT min(started_at) AS first_start
+									FROM wf.step WHERE run_id = r.id) s
+			 WHERE r.id > $1 AND r.id <= $2)
+SQL
+}
+
 check_completed() {
 	local lo=$1 hi=$2 what=$3 bad
 	bad=$(q -c "SELECT count(*) FROM wf.run WHERE id > $lo AND id <= $hi AND status <> 'completed'${TAG:+ /* $TAG */}")

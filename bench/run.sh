@@ -254,15 +254,7 @@ measure_latency() {
 	R[lat_client_avg]=$(awk '/^latency average/ { print $4 }' "$WORK/latency.log")
 
 	line=$(q -F '|' -c "/* $TAG */
-		WITH l AS (
-			SELECT extract(epoch FROM s.first_start - pg_xact_commit_timestamp(h.xmin)) * 1000 AS ms,
-				   extract(epoch FROM r.finished_at - pg_xact_commit_timestamp(h.xmin)) * 1000 AS done_ms
-			  FROM wf.run r
-			  JOIN wf.history_log h
-				ON h.run_id = r.id AND h.step IS NULL AND h.status = 'pending'
-			  CROSS JOIN LATERAL (SELECT min(started_at) AS first_start
-									FROM wf.step WHERE run_id = r.id) s
-			 WHERE r.id > $lo AND r.id <= $hi)
+		$(latency_cte "$lo" "$hi")
 		SELECT count(ms),
 			   round(percentile_cont(0.50) WITHIN GROUP (ORDER BY ms)::numeric, 3),
 			   round(percentile_cont(0.90) WITHIN GROUP (ORDER BY ms)::numeric, 3),

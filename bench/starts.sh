@@ -120,14 +120,7 @@ part_starts() {
 	R[wal_b]=$(q -c "SELECT round(pg_wal_lsn_diff('$w1', '$w0') / $RUNS) /* $TAG */")
 	R[cpu_us]=$(fmt '%.0f' "$(awk -v c=$((c1 - c0)) -v n="$RUNS" 'BEGIN { print c / 1000 / n }')")
 	line=$(q -F '|' -c "/* $TAG */
-		WITH l AS (
-			SELECT extract(epoch FROM s.first_start - pg_xact_commit_timestamp(h.xmin)) * 1000 AS ms
-			  FROM wf.run r
-			  JOIN wf.history_log h
-				ON h.run_id = r.id AND h.step IS NULL AND h.status = 'pending'
-			  CROSS JOIN LATERAL (SELECT min(started_at) AS first_start
-									FROM wf.step WHERE run_id = r.id) s
-			 WHERE r.id > $lo AND r.id <= $hi)
+		$(latency_cte "$lo" "$hi")
 		SELECT count(ms),
 			   round(percentile_cont(0.50) WITHIN GROUP (ORDER BY ms)::numeric, 2),
 			   round(percentile_cont(0.99) WITHIN GROUP (ORDER BY ms)::numeric, 2),
