@@ -33,6 +33,7 @@ OBJS = \
 	src/validate_values.o \
 	src/validate_steps.o \
 	src/sandbox.o \
+	src/states.o \
 	src/util.o
 
 EXTENSION = pg_workflow

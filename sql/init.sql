@@ -33,6 +33,24 @@ SELECT c.relname, c.relkind, has_table_privilege('public', c.oid, 'SELECT') AS p
   FROM pg_class c WHERE c.relnamespace = 'wf'::regnamespace AND c.relkind IN ('r', 'v')
  ORDER BY c.relkind, c.relname;
 
+-- The hot tables of the executors and agents carry no BEFORE UPDATE row
+-- trigger, under which every update locks its row first (a WAL record
+-- each), and check their states with a function call, which a statement
+-- reads back in a few words, rather than an IN list of strings.
+SELECT tgrelid::regclass, tgname FROM pg_trigger
+ WHERE tgrelid IN ('wf.run'::regclass, 'wf.step'::regclass, 'wf.task'::regclass)
+   AND NOT tgisinternal AND (tgtype & 2) <> 0 AND (tgtype & 16) <> 0;
+SELECT conrelid::regclass, conname, pg_get_constraintdef(oid) AS definition
+  FROM pg_constraint
+ WHERE conrelid IN ('wf.run'::regclass, 'wf.step'::regclass, 'wf.task'::regclass)
+   AND contype = 'c'
+ ORDER BY 1, 2;
+SELECT s AS state, wf._run_status_ok(s) AS run, wf._step_status_ok(s) AS step,
+	   wf._task_state_ok(s) AS task
+  FROM unnest(ARRAY['pending', 'ready', 'running', 'waiting', 'claimed', 'expired',
+					'completed', 'failed', 'skipped', 'escalated', 'compensated',
+					'cancelled', 'Completed', 'done', '']) s;
+
 -- Every public function and view says what it is for (\df+, \dv+).
 SELECT p.oid::regprocedure::text AS undescribed
   FROM pg_proc p JOIN pg_depend d ON d.classid = 'pg_proc'::regclass AND d.objid = p.oid

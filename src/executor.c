@@ -725,7 +725,7 @@ claim:
 	/* Solo steps are the long-step workers', unless none can be had. */
 	args[3] = BoolGetDatum(wf_long_am_worker);
 	args[4] = BoolGetDatum(!wf_long_am_worker && !wf_long_available());
-	if (SPI_execute_plan(wf_plan_claim, args, nulls, false, 0) != SPI_OK_SELECT)
+	if (wf_exec_claim(args, nulls) != SPI_OK_SELECT)
 		elog(ERROR, "could not claim ready steps");
 
 	if (SPI_processed == 0 && completions == NIL)

@@ -73,6 +73,7 @@ extern const int64 *wf_exec_excluded_runs(int *n);
 
 /* exec_plans.c */
 extern void wf_exec_prepare_all(void);
+extern int	wf_exec_claim(Datum *args, const char *nulls);
 
 /* exec_housekeeping.c */
 extern TimestampTz wf_exec_housekeeping(bool *deferred_held);

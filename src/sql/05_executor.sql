@@ -70,12 +70,12 @@ BEGIN
 		END;
 	END IF;
 	IF r.status = 'pending' THEN
-		/* The workflow's timeout counts from here. */
+		/* The workflow's timeout and its SLA count from here. */
 		UPDATE wf.run SET status = 'running', started_at = t,
-			   deadline = t + (SELECT (d.definition->>'timeout')::interval
-												 FROM wf.workflow_def d
-												WHERE d.name = r.workflow
-												  AND d.version = r.version)
+			   (deadline, sla_at) = (SELECT t + (d.definition->>'timeout')::interval,
+											t + (d.definition->>'sla')::interval
+									   FROM wf.workflow_def d
+									  WHERE d.name = r.workflow AND d.version = r.version)
 		 WHERE id = p_run_id;
 		INSERT INTO wf.history_log (run_id, status, actor)
 		VALUES (p_run_id, 'running', r.owner);

@@ -508,6 +508,8 @@ BEGIN
 				   FROM wf.step s
 				  WHERE p.kind IN ('if', 'parallel') AND s.run_id = p.run_id
 					AND s.label IS NOT NULL AND s.parent = p.step AND s.finished_at IS NOT NULL
+					AND s.status IN ('completed', 'failed', 'skipped', 'escalated',
+									 'compensated', 'cancelled')
 				  ORDER BY s.finished_at DESC LIMIT 1)) n
 	), on_path AS (
 		SELECT path.step COLLATE "C" AS name, sum(path.dur) AS t
@@ -631,32 +633,36 @@ ALTER TABLE wf.alert ADD COLUMN acknowledged_by regrole,
 CREATE INDEX run_sla ON wf.run (sla_at) WHERE sla_at IS NOT NULL;
 CREATE INDEX step_sla ON wf.step (sla_at) WHERE sla_at IS NOT NULL;
 
-/* A run's sla_at: set at its start, cleared (its alert resolved) at its end. */
+/*
+ * A run's sla_at is set at its start, with its deadline (wf._step_load);
+ * at its end it is cleared and its alert resolved, by the trigger below.
+ * A step's is set at its first attempt's start and cleared (its alert
+ * resolved) at its end, by the trigger after it.
+ *
+ * AFTER triggers, which write the rare row with an SLA once more, rather
+ * than BEFORE triggers, which would change the row being written: a table
+ * with a BEFORE UPDATE row trigger has each row locked before every update
+ * of it (for the trigger to see the version it updates), one WAL record
+ * and a buffer write more on every update of every run and step.
+ */
 CREATE FUNCTION wf._run_sla() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-	IF NEW.status IN ('completed', 'failed', 'cancelled') THEN
-		IF NEW.sla_at = 'infinity' THEN
-			UPDATE wf.alert SET resolved_at = clock_timestamp()
-			 WHERE run_id = NEW.id AND step IS NULL AND kind = 'sla'
-			   AND resolved_at IS NULL;
-		END IF;
-		NEW.sla_at := NULL;
-	ELSIF OLD.started_at IS NULL AND NEW.started_at IS NOT NULL THEN
-		NEW.sla_at := NEW.started_at
-			+ (SELECT (d.definition->>'sla')::interval FROM wf.workflow_def d
-				WHERE d.name = NEW.workflow AND d.version = NEW.version);
+	IF NEW.sla_at = 'infinity' THEN
+		UPDATE wf.alert SET resolved_at = clock_timestamp()
+		 WHERE run_id = NEW.id AND step IS NULL AND kind = 'sla'
+		   AND resolved_at IS NULL;
 	END IF;
-	RETURN NEW;
+	UPDATE wf.run SET sla_at = NULL WHERE id = NEW.id;
+	RETURN NULL;
 END
 $$;
 
-CREATE TRIGGER run_sla BEFORE UPDATE OF status, started_at ON wf.run
+CREATE TRIGGER run_sla AFTER UPDATE OF status ON wf.run
 	FOR EACH ROW
-	WHEN ((OLD.started_at IS NULL AND NEW.started_at IS NOT NULL) OR NEW.sla_at IS NOT NULL)
+	WHEN (NEW.sla_at IS NOT NULL AND NEW.status IN ('completed', 'failed', 'cancelled'))
 	EXECUTE FUNCTION wf._run_sla();
 
-/* A step's sla_at: set at its first start, cleared (its alert resolved) at its end. */
 CREATE FUNCTION wf._step_sla() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
@@ -666,15 +672,19 @@ BEGIN
 			 WHERE run_id = NEW.run_id AND step = NEW.step AND kind = 'sla'
 			   AND resolved_at IS NULL;
 		END IF;
-		NEW.sla_at := NULL;
+		IF NEW.sla_at IS NOT NULL THEN
+			UPDATE wf.step SET sla_at = NULL WHERE run_id = NEW.run_id AND step = NEW.step;
+		END IF;
 	ELSIF OLD.started_at IS NULL AND NEW.started_at IS NOT NULL AND NEW.attempt = 1 THEN
-		NEW.sla_at := NEW.started_at + (NEW.spec->>'sla')::interval;
+		UPDATE wf.step SET sla_at = NEW.started_at + (NEW.spec->>'sla')::interval
+		 WHERE run_id = NEW.run_id AND step = NEW.step;
 	END IF;
-	RETURN NEW;
+	RETURN NULL;
 END
 $$;
 
-CREATE TRIGGER step_sla BEFORE UPDATE OF status, started_at ON wf.step
+/* Its sla_at only: it does not fire again, nor step_slot_released. */
+CREATE TRIGGER step_sla AFTER UPDATE OF status, started_at ON wf.step
 	FOR EACH ROW
 	WHEN (NEW.spec ? 'sla')
 	EXECUTE FUNCTION wf._step_sla();

@@ -626,11 +626,10 @@ BEGIN
 END
 $$;
 
-CREATE TRIGGER step_slot_released AFTER UPDATE ON wf.step
+CREATE TRIGGER step_slot_released AFTER UPDATE OF status ON wf.step
 	FOR EACH ROW
 	WHEN (OLD.slot_key IS NOT NULL AND NEW.slot_key IS NOT NULL
-		  AND NEW.status IN ('pending', 'completed', 'failed', 'skipped', 'escalated',
-							 'compensated', 'cancelled'))
+		  AND NEW.status NOT IN ('ready', 'running', 'waiting'))
 	EXECUTE FUNCTION wf._step_slot_released();
 
 /*
