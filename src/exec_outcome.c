@@ -247,7 +247,7 @@ wf_exec_record_failure(WfStepExec *ex, Jsonb *defaults, WfStepResult *res,
 		SPI_processed != 1)
 		elog(ERROR, "could not record the failure of step \"%s\"", ex->step);
 	ready = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-	return wf_exec_append_ready(queue, ex->run_id, ready, isnull, batchctx);
+	return wf_exec_append_ready(queue, ex->run_id, ready, isnull, false, batchctx);
 }
 
 /*
@@ -401,7 +401,7 @@ wf_exec_completion(WfHttpCompletion *c, List *queue, MemoryContext batchctx)
 										1, &isnull)))
 			return queue;
 		ready = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
-		return wf_exec_append_ready(queue, ex->run_id, ready, isnull, batchctx);
+		return wf_exec_append_ready(queue, ex->run_id, ready, isnull, false, batchctx);
 	}
 
 	res->outcome = WF_STEP_FAILED;

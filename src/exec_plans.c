@@ -28,6 +28,7 @@ SPIPlanPtr	wf_plan_next_due = NULL;
 SPIPlanPtr	wf_plan_load = NULL;
 SPIPlanPtr	wf_plan_done = NULL;
 SPIPlanPtr	wf_plan_done_defer = NULL;
+SPIPlanPtr	wf_plan_release = NULL;
 SPIPlanPtr	wf_plan_children_done = NULL;
 SPIPlanPtr	wf_plan_failed = NULL;
 SPIPlanPtr	wf_plan_resume = NULL;
@@ -64,7 +65,7 @@ wf_exec_prepare_all(void)
 	Oid			requeue_types[2] = {INT4OID, INT4OID};
 	Oid			wait_types[4] = {INT8OID, TEXTOID, TIMESTAMPTZOID, TEXTOID};
 	Oid			key_types[3] = {INT8OID, TEXTOID, INT4OID};
-	Oid			done_types[4] = {INT8OID, TEXTOID, TEXTOID, JSONBOID};
+	Oid			done_types[5] = {INT8OID, TEXTOID, TEXTOID, JSONBOID, BOOLOID};
 	Oid			children_types[3] = {INT8OID, TEXTOID, INT4OID};
 	Oid			alike_types[1] = {JSONBOID};
 	Oid			failed_types[9] = {INT8OID, TEXTOID, JSONBOID, TIMESTAMPTZOID,
@@ -137,8 +138,14 @@ wf_exec_prepare_all(void)
 								   "SELECT ok, ready FROM wf._step_done($1, $2, $3, $4)",
 								   4, done_types);
 	wf_plan_done_defer = wf_exec_prepare(
-										 "SELECT ok, ready, done_in FROM wf._step_done($1, $2, $3, $4, true)",
-										 4, done_types);
+										 "SELECT ok, ready, done_in, held FROM wf._step_done($1, $2, $3, $4, true, $5)",
+										 5, done_types);
+	/* A step made ready but held (WfWorkItem.held) that the batch did not run. */
+	wf_plan_release = wf_exec_prepare("UPDATE wf.step SET status = 'ready',"
+									  " ready_at = pg_catalog.clock_timestamp()"
+									  " WHERE run_id = $1 AND step = $2"
+									  " AND status = 'pending' AND deps_left = 0",
+									  2, key_types);
 	wf_plan_children_done = wf_exec_prepare(
 											"SELECT wf._children_done($1, $2, $3)",
 											3, children_types);

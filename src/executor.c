@@ -178,9 +178,28 @@ wf_exec_set_current_run(int64 run_id, int64 parent_run)
 	SpinLockRelease(&wf_shared->mutex);
 }
 
+/*
+ * A held step (WfWorkItem.held) that this batch does not run after all:
+ * written ready, for any executor to claim once the batch commits.
+ */
+static void
+wf_exec_release_held(WfWorkItem *item)
+{
+	Datum		args[2];
+
+	if (!item->held)
+		return;
+	args[0] = Int64GetDatum(item->run_id);
+	args[1] = CStringGetTextDatum(item->step);
+	if (SPI_execute_plan(wf_plan_release, args, NULL, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "could not make step \"%s\" of run " INT64_FORMAT " ready",
+			 item->step, item->run_id);
+	item->held = false;
+}
+
 /* Appends the names of a text[] datum as work items of run_id. */
 List *
-wf_exec_append_ready(List *queue, int64 run_id, Datum arr, bool isnull,
+wf_exec_append_ready(List *queue, int64 run_id, Datum arr, bool isnull, bool held,
 					 MemoryContext batchctx)
 {
 	Datum	   *elems;
@@ -201,6 +220,7 @@ wf_exec_append_ready(List *queue, int64 run_id, Datum arr, bool isnull,
 
 		item->run_id = run_id;
 		item->step = TextDatumGetCString(elems[i]);
+		item->held = held;
 		items = lappend(items, item);
 	}
 	/* Depth first: the run that just advanced goes on first. */
@@ -292,8 +312,8 @@ wf_exec_attempt(WfStepExec *ex, WfStepResult *res)
 static void
 wf_exec_checkpoint(WfStepExec *ex, WfStepResult *res)
 {
-	Datum		args[4];
-	char		nulls[4] = {' ', ' ', ' ', ' '};
+	Datum		args[5];
+	char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
 	bool		isnull;
 	Datum		ready;
 
@@ -302,6 +322,12 @@ wf_exec_checkpoint(WfStepExec *ex, WfStepResult *res)
 	args[2] = CStringGetTextDatum(res->done_status);
 	args[3] = res->output ? JsonbPGetDatum(res->output) : (Datum) 0;
 	nulls[3] = res->output ? ' ' : 'n';
+	/*
+	 * An executor runs the step's successor next, unless it has other steps
+	 * of the run at hand (which may look at the states of their run's
+	 * steps); a long-step worker leaves it to others.
+	 */
+	args[4] = BoolGetDatum(!wf_long_am_worker && !wf_exec_has_siblings);
 	if (SPI_execute_plan(wf_plan_done_defer, args, nulls, false, 0) != SPI_OK_SELECT ||
 		SPI_processed != 1)
 		elog(ERROR, "could not checkpoint step \"%s\"", ex->step);
@@ -321,6 +347,8 @@ wf_exec_checkpoint(WfStepExec *ex, WfStepResult *res)
 	ready = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull);
 	if (!isnull)
 		res->done_in = TextDatumGetCString(ready);
+	ready = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4, &isnull);
+	res->ready_held = !isnull && DatumGetBool(ready);
 	SPI_freetuptable(SPI_tuptable);
 }
 
@@ -424,8 +452,12 @@ wf_exec_step(WfWorkItem *item, List *queue, MemoryContext batchctx)
 	d = SPI_getbinval(tuple, tupdesc, 13, &isnull);
 	if (!isnull)
 	{
-		wf_slots_want(item->run_id, item->step, TextDatumGetCString(d));
+		char	   *key = TextDatumGetCString(d);
+
 		SPI_freetuptable(SPI_tuptable);
+		/* The slot goes to a ready step. */
+		wf_exec_release_held(item);
+		wf_slots_want(item->run_id, item->step, key);
 		return queue;
 	}
 
@@ -570,13 +602,14 @@ wf_exec_step(WfWorkItem *item, List *queue, MemoryContext batchctx)
 		if (res->done_in != NULL)
 			wf_exec_map_item_done(ex->run_id, res->done_in, batchctx);
 		return wf_exec_append_ready(queue, ex->run_id, res->ready,
-									res->ready == (Datum) 0, batchctx);
+									res->ready == (Datum) 0, res->ready_held,
+									batchctx);
 	}
 	if (res->outcome == WF_STEP_WAITING)
 		return queue;
 	if (res->outcome == WF_STEP_EXPANDED)
 		return wf_exec_append_ready(queue, ex->run_id, res->ready,
-									res->ready == (Datum) 0, batchctx);
+									res->ready == (Datum) 0, false, batchctx);
 	if (res->outcome == WF_STEP_STARTED)
 	{
 		/* An agent step's task was created in the step's subtransaction. */
@@ -773,7 +806,7 @@ claim:
 	MemoryContextSwitchTo(batchctx);
 	for (i = 0; i < SPI_processed; i++)
 	{
-		WfWorkItem *item = palloc(sizeof(WfWorkItem));
+		WfWorkItem *item = palloc0(sizeof(WfWorkItem));
 
 		item->run_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i],
 												   SPI_tuptable->tupdesc, 1, &isnull));
@@ -818,7 +851,10 @@ claim:
 		queue = list_delete_first(queue);
 		CHECK_FOR_INTERRUPTS();
 		if (wf_shmem_run_is_interrupted(item->run_id))
-			continue;			/* stays ready for after the interrupter */
+		{
+			wf_exec_release_held(item); /* ready for after the interrupter */
+			continue;
+		}
 		if (item->http && wf_http_busy() >= wf_guc_http_max_concurrency)
 			continue;			/* stays ready until there is room */
 
@@ -835,6 +871,9 @@ claim:
 									   wf_guc_batch_time_ms))
 			break;
 	}
+	/* What the batch leaves for the next ones. */
+	foreach(lc, queue)
+		wf_exec_release_held((WfWorkItem *) lfirst(lc));
 	/* The maps done make their successors ready: someone should claim them. */
 	if (wf_exec_maps_done != NIL && wf_exec_maps_checkpoint())
 		maps_ready = true;

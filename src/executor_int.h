@@ -24,6 +24,16 @@ typedef struct WfWorkItem
 	int64		run_id;
 	char	   *step;
 	bool		http;			/* an http step: needs room in flight */
+
+	/*
+	 * Made ready by a checkpoint of this batch, which runs it next: its row
+	 * still says "pending" (deps_left 0), the update that would have made it
+	 * "ready" saved (a non-HOT update, its entries in the claim's indexes,
+	 * and a dead entry there for every claim to step over once it ran).
+	 * Unless it runs, it is written ready before the batch commits
+	 * (wf_exec_release_held).
+	 */
+	bool		held;
 } WfWorkItem;
 
 /*
@@ -35,6 +45,7 @@ extern SPIPlanPtr wf_plan_next_due;
 extern SPIPlanPtr wf_plan_load;
 extern SPIPlanPtr wf_plan_done;
 extern SPIPlanPtr wf_plan_done_defer;
+extern SPIPlanPtr wf_plan_release;
 extern SPIPlanPtr wf_plan_children_done;
 extern SPIPlanPtr wf_plan_failed;
 extern SPIPlanPtr wf_plan_resume;
@@ -54,7 +65,7 @@ extern SPIPlanPtr wf_plan_prune;
 extern bool wf_exec_timers_set;
 
 /* executor.c */
-extern List *wf_exec_append_ready(List *queue, int64 run_id, Datum arr, bool isnull,
+extern List *wf_exec_append_ready(List *queue, int64 run_id, Datum arr, bool isnull, bool held,
 								  MemoryContext batchctx);
 
 /* exec_outcome.c */

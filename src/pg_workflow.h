@@ -231,6 +231,8 @@ typedef struct WfStepResult
 	char		sqlstate[6];
 	bool		timed_out;
 	Datum		ready;			/* text[] of steps made ready, or 0 */
+	bool		ready_held;		/* ... and still pending in the table (see
+								 * WfWorkItem.held) */
 	const char *done_status;	/* WF_STEP_COMPLETED: "completed" or "skipped" */
 	char	   *done_in;		/* a map item: its map, to count it done in */
 	WfHttpRequest *request;		/* WF_STEP_STARTED by the http kind */

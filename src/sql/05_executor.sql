@@ -104,6 +104,10 @@ BEGIN
 		 * entry in step_ready for the claims to step over.
 		 */
 		UPDATE wf.step s SET attempt = s.attempt + 1, started_at = clock_timestamp(),
+			   /* A step's SLA counts from its first attempt's start. */
+			   sla_at = CASE WHEN s.attempt = 0 AND s.spec ? 'sla'
+							 THEN clock_timestamp() + (s.spec->>'sla')::interval
+							 ELSE s.sla_at END,
 			   status = CASE WHEN s.kind IN ('http', 'agent') THEN 'running' ELSE s.status END,
 			   running_by = CASE WHEN s.kind = 'http' THEN p_worker END,
 			   wait_snapshot = CASE WHEN s.kind = 'wait_for' THEN pg_current_snapshot() END
@@ -132,11 +136,17 @@ $$;
  * Checkpoints a finished step (completed or skipped): its output, the
  * successors that become ready, the run's completion, the history.  Returns
  * the steps that became ready, or nothing when the run had ended meanwhile
- * (the caller then rolls the step back).
+ * (the caller then rolls the step back).  With p_hold, the caller (an
+ * executor) runs the step's one successor next in its transaction, if it
+ * becomes ready, and has no other step of the run at hand: its row stays
+ * "pending", with no dependency left (held), and the executor writes
+ * "ready" should it not run it after all (see WfWorkItem.held).
  */
 CREATE FUNCTION wf._step_done(p_run_id bigint, p_step text, p_status text,
 							  p_output jsonb, p_defer boolean DEFAULT false,
-							  OUT ok boolean, OUT ready text[], OUT done_in text)
+							  p_hold boolean DEFAULT false,
+							  OUT ok boolean, OUT ready text[], OUT done_in text,
+							  OUT held boolean)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
 	r			wf.run;
@@ -189,16 +199,18 @@ BEGIN
 	END IF;
 
 	IF cardinality(st.successors) > 0 THEN
+		held := p_hold AND cardinality(st.successors) = 1;
 		WITH u AS (
 			UPDATE wf.step s
 			   SET deps_left = s.deps_left - 1,
-				   status = CASE WHEN s.deps_left = 1 THEN 'ready' ELSE s.status END,
-				   ready_at = CASE WHEN s.deps_left = 1 THEN clock_timestamp() END
+				   status = CASE WHEN s.deps_left = 1 AND NOT held THEN 'ready' ELSE s.status END,
+				   ready_at = CASE WHEN s.deps_left = 1 AND NOT held THEN clock_timestamp() END
 			 WHERE s.run_id = p_run_id AND s.step = ANY (st.successors)
 			   AND s.status = 'pending'
-			RETURNING s.step, s.status
+			RETURNING s.step, s.deps_left
 		)
-		SELECT array_agg(u.step) INTO ready FROM u WHERE u.status = 'ready';
+		SELECT array_agg(u.step) INTO ready FROM u WHERE u.deps_left = 0;
+		held := held AND ready IS NOT NULL;
 	END IF;
 
 	IF v_parent IS NOT NULL THEN
@@ -237,7 +249,10 @@ BEGIN
 		 WHERE id = p_run_id;
 		INSERT INTO wf.history_log (run_id, status, actor)
 		VALUES (p_run_id, 'completed', r.owner);
-		PERFORM wf._flow_release(p_run_id);
+		/* Most runs hold no concurrency key: the call costs, not the look. */
+		IF EXISTS (SELECT FROM wf.concurrency_hold h WHERE h.run_id = p_run_id) THEN
+			PERFORM wf._flow_release(p_run_id);
+		END IF;
 		PERFORM wf._notify(p_run_id, r.workflow, NULL, 'completed');
 		PERFORM wf._run_ended(p_run_id);
 		IF r.parent_run IS NOT NULL THEN

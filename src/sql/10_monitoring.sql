@@ -634,33 +634,37 @@ CREATE INDEX run_sla ON wf.run (sla_at) WHERE sla_at IS NOT NULL;
 CREATE INDEX step_sla ON wf.step (sla_at) WHERE sla_at IS NOT NULL;
 
 /*
- * A run's sla_at is set at its start, with its deadline (wf._step_load);
- * at its end it is cleared and its alert resolved, by the trigger below.
- * A step's is set at its first attempt's start and cleared (its alert
- * resolved) at its end, by the trigger after it.
+ * A run's sla_at is set at its start, with its deadline, and a step's at
+ * its first attempt's start, by wf._step_load; at the end of the run or
+ * step the triggers below clear it and resolve its alert.
  *
  * AFTER triggers, which write the rare row with an SLA once more, rather
  * than BEFORE triggers, which would change the row being written: a table
  * with a BEFORE UPDATE row trigger has each row locked before every update
  * of it (for the trigger to see the version it updates), one WAL record
- * and a buffer write more on every update of every run and step.
+ * and a buffer write more on every update of every run and step.  Their
+ * WHEN clauses are a single test: every statement that sets a status
+ * reads them back.
  */
 CREATE FUNCTION wf._run_sla() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-	IF NEW.sla_at = 'infinity' THEN
-		UPDATE wf.alert SET resolved_at = clock_timestamp()
-		 WHERE run_id = NEW.id AND step IS NULL AND kind = 'sla'
-		   AND resolved_at IS NULL;
+	IF NEW.status IN ('completed', 'failed', 'cancelled') THEN
+		IF NEW.sla_at = 'infinity' THEN
+			UPDATE wf.alert SET resolved_at = clock_timestamp()
+			 WHERE run_id = NEW.id AND step IS NULL AND kind = 'sla'
+			   AND resolved_at IS NULL;
+		END IF;
+		UPDATE wf.run SET sla_at = NULL WHERE id = NEW.id;
 	END IF;
-	UPDATE wf.run SET sla_at = NULL WHERE id = NEW.id;
 	RETURN NULL;
 END
 $$;
 
+/* Its sla_at only: it does not fire again. */
 CREATE TRIGGER run_sla AFTER UPDATE OF status ON wf.run
 	FOR EACH ROW
-	WHEN (NEW.sla_at IS NOT NULL AND NEW.status IN ('completed', 'failed', 'cancelled'))
+	WHEN (NEW.sla_at IS NOT NULL)
 	EXECUTE FUNCTION wf._run_sla();
 
 CREATE FUNCTION wf._step_sla() RETURNS trigger
@@ -672,21 +676,16 @@ BEGIN
 			 WHERE run_id = NEW.run_id AND step = NEW.step AND kind = 'sla'
 			   AND resolved_at IS NULL;
 		END IF;
-		IF NEW.sla_at IS NOT NULL THEN
-			UPDATE wf.step SET sla_at = NULL WHERE run_id = NEW.run_id AND step = NEW.step;
-		END IF;
-	ELSIF OLD.started_at IS NULL AND NEW.started_at IS NOT NULL AND NEW.attempt = 1 THEN
-		UPDATE wf.step SET sla_at = NEW.started_at + (NEW.spec->>'sla')::interval
-		 WHERE run_id = NEW.run_id AND step = NEW.step;
+		UPDATE wf.step SET sla_at = NULL WHERE run_id = NEW.run_id AND step = NEW.step;
 	END IF;
 	RETURN NULL;
 END
 $$;
 
 /* Its sla_at only: it does not fire again, nor step_slot_released. */
-CREATE TRIGGER step_sla AFTER UPDATE OF status, started_at ON wf.step
+CREATE TRIGGER step_sla AFTER UPDATE OF status ON wf.step
 	FOR EACH ROW
-	WHEN (NEW.spec ? 'sla')
+	WHEN (NEW.sla_at IS NOT NULL)
 	EXECUTE FUNCTION wf._step_sla();
 
 /*

@@ -612,11 +612,16 @@ $$;
 
 /*
  * After the statement that made a step leave the active states: it holds
- * no slot any more, and the slot is released (see above).
+ * no slot any more, and the slot is released (see above).  (The WHEN
+ * clause is a single test, read back by every statement that sets a
+ * status; the rest is here.)
  */
 CREATE FUNCTION wf._step_slot_released() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
+	IF OLD.slot_key IS NULL OR NEW.status IN ('ready', 'running', 'waiting') THEN
+		RETURN NULL;
+	END IF;
 	UPDATE wf.step SET slot_key = NULL WHERE run_id = OLD.run_id AND step = OLD.step;
 	IF NOT wf._slot_defer(OLD.slot_key, true) THEN
 		INSERT INTO wf.step_slot_release (key, release) VALUES (OLD.slot_key, true);
@@ -628,8 +633,7 @@ $$;
 
 CREATE TRIGGER step_slot_released AFTER UPDATE OF status ON wf.step
 	FOR EACH ROW
-	WHEN (OLD.slot_key IS NOT NULL AND NEW.slot_key IS NOT NULL
-		  AND NEW.status NOT IN ('ready', 'running', 'waiting'))
+	WHEN (NEW.slot_key IS NOT NULL)
 	EXECUTE FUNCTION wf._step_slot_released();
 
 /*

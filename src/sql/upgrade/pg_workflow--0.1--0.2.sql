@@ -109,8 +109,7 @@ SELECT pg_catalog.pg_extension_config_dump('wf.step_slot_release', '');
 
 CREATE TRIGGER step_slot_released AFTER UPDATE OF status ON wf.step
 	FOR EACH ROW
-	WHEN (OLD.slot_key IS NOT NULL AND NEW.slot_key IS NOT NULL
-		  AND NEW.status NOT IN ('ready', 'running', 'waiting'))
+	WHEN (NEW.slot_key IS NOT NULL)
 	EXECUTE FUNCTION wf._step_slot_released();
 
 CREATE OR REPLACE VIEW wf.concurrency WITH (security_barrier) AS
@@ -226,6 +225,7 @@ COMMENT ON VIEW wf.circuit_breakers IS 'the circuit breakers of http hosts and a
  * A top-level step's checkpoint locks its run by the update that counts it
  * done, not by a lock of its own first (one statement less a step).
  */
+DROP FUNCTION wf._step_done(bigint, text, text, jsonb, boolean);
 -- @function wf._step_done
 
 /*
@@ -257,8 +257,8 @@ CREATE INDEX step_context ON wf.step (run_id)
 
 /*
  * SLAs: AFTER triggers instead of BEFORE ones, under which every update of
- * a run or a step locked its row first (a WAL record each); a run's sla_at
- * is set at its start by wf._step_load.
+ * a run or a step locked its row first (a WAL record each); the sla_at of
+ * a run and of a step are set at their start by wf._step_load.
  */
 DROP TRIGGER run_sla ON wf.run;
 DROP TRIGGER step_sla ON wf.step;
@@ -266,9 +266,9 @@ DROP TRIGGER step_sla ON wf.step;
 -- @function wf._step_sla
 CREATE TRIGGER run_sla AFTER UPDATE OF status ON wf.run
 	FOR EACH ROW
-	WHEN (NEW.sla_at IS NOT NULL AND NEW.status IN ('completed', 'failed', 'cancelled'))
+	WHEN (NEW.sla_at IS NOT NULL)
 	EXECUTE FUNCTION wf._run_sla();
-CREATE TRIGGER step_sla AFTER UPDATE OF status, started_at ON wf.step
+CREATE TRIGGER step_sla AFTER UPDATE OF status ON wf.step
 	FOR EACH ROW
-	WHEN (NEW.spec ? 'sla')
+	WHEN (NEW.sla_at IS NOT NULL)
 	EXECUTE FUNCTION wf._step_sla();
