@@ -122,20 +122,32 @@ BEGIN
 		opt_key := NULL;
 		opt_start := greatest(opt_start, (gate->>'start_at')::timestamptz);
 	END IF;
-	INSERT INTO wf.run (workflow, version, status, input, owner, search_path,
-						priority, idempotency_key, steps_left, start_at, depth, origin_run)
-	VALUES (def.name, def.version, 'pending', p_input, caller,
-			coalesce(caller_path, ''), opt_prio, opt_key,
-			jsonb_array_length(def.plan), opt_start, v_depth, origin)
-	ON CONFLICT (workflow, idempotency_key) WHERE idempotency_key IS NOT NULL
-	DO NOTHING
-	RETURNING id INTO rid;
-
-	IF rid IS NULL THEN
-		/* The key was used before: hand back that run. */
-		SELECT id INTO STRICT rid FROM wf.run
-		 WHERE workflow = def.name AND idempotency_key = opt_key;
-		RETURN rid;
+	IF opt_key IS NULL THEN
+		/*
+		 * No key, no ON CONFLICT: a speculative insertion checks the
+		 * arbiter index first and writes a WAL record more to confirm.
+		 */
+		INSERT INTO wf.run (workflow, version, status, input, owner, search_path,
+							priority, steps_left, start_at, depth, origin_run)
+		VALUES (def.name, def.version, 'pending', p_input, caller,
+				coalesce(caller_path, ''), opt_prio,
+				jsonb_array_length(def.plan), opt_start, v_depth, origin)
+		RETURNING id INTO rid;
+	ELSE
+		INSERT INTO wf.run (workflow, version, status, input, owner, search_path,
+							priority, idempotency_key, steps_left, start_at, depth, origin_run)
+		VALUES (def.name, def.version, 'pending', p_input, caller,
+				coalesce(caller_path, ''), opt_prio, opt_key,
+				jsonb_array_length(def.plan), opt_start, v_depth, origin)
+		ON CONFLICT (workflow, idempotency_key) WHERE idempotency_key IS NOT NULL
+		DO NOTHING
+		RETURNING id INTO rid;
+		IF rid IS NULL THEN
+			/* The key was used before: hand back that run. */
+			SELECT id INTO STRICT rid FROM wf.run
+			 WHERE workflow = def.name AND idempotency_key = opt_key;
+			RETURN rid;
+		END IF;
 	END IF;
 
 	INSERT INTO wf.step (run_id, step, label, ord, kind, spec, status, deps, successors,

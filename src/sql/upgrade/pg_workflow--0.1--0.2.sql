@@ -272,3 +272,6 @@ CREATE TRIGGER step_sla AFTER UPDATE OF status ON wf.step
 	FOR EACH ROW
 	WHEN (NEW.sla_at IS NOT NULL)
 	EXECUTE FUNCTION wf._step_sla();
+
+/* A start without an idempotency key inserts its run without ON CONFLICT. */
+-- @function wf._start
